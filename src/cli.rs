@@ -1,0 +1,49 @@
+//! The command line: one subcommand per role.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::FileConfig;
+
+/// labctl runs a replicated web service: Raft over UDP, an HTTP API, and its data pipeline.
+#[derive(Debug, Parser)]
+#[command(name = "labctl", version, about, long_about = None)]
+pub struct Cli {
+    /// Configuration file (TOML) [default: config/labctl.toml when it exists]
+    #[arg(long, env = "LABCTL_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one cluster member: Raft over UDP and the control requests
+    Node(crate::node::Args),
+    /// Send a control request to nodes over UDP and print the replies
+    Controller(crate::controller::Args),
+    /// Run a whole cluster of N nodes on loopback (127.0.0.1 … 127.0.0.N)
+    Cluster(crate::cluster::Args),
+}
+
+/// Runs the chosen subcommand.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let file = FileConfig::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Node(args) => crate::node::run(args, &file),
+        Command::Controller(args) => crate::controller::run(args, &file),
+        Command::Cluster(args) => crate::cluster::run(args, &file, cli.config.as_deref()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_valid() {
+        super::Cli::command().debug_assert();
+    }
+}

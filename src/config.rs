@@ -1,0 +1,305 @@
+//! Configuration shared by every role.
+//!
+//! Precedence: command-line flag, then `LABCTL_*` environment variable (both handled by clap),
+//! then the TOML config file, then the built-in default. The file is `--config PATH`
+//! (`LABCTL_CONFIG`), or `config/labctl.toml` when that exists in the working directory.
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The file read when no `--config` is given and it exists.
+pub const DEFAULT_CONFIG_PATH: &str = "config/labctl.toml";
+
+/// Errors reading or resolving configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is not valid: {source}")]
+    Parse { path: PathBuf, source: toml::de::Error },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    #[error("cannot resolve {0}: {1}")]
+    Resolve(String, String),
+}
+
+/// The whole config file. Every section and field is optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub cluster: ClusterFile,
+    #[serde(default)]
+    pub raft: RaftFile,
+    #[serde(default)]
+    pub node: NodeFile,
+    #[serde(default)]
+    pub controller: ControllerFile,
+}
+
+/// `[cluster]`: who the members are and where they live.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    /// Number of members, `node1` … `nodeN`.
+    pub nodes: Option<u32>,
+    /// Host of node N, with `{id}` replaced by N: `127.0.0.{id}` locally, `node{id}` in Docker.
+    pub host: Option<String>,
+    /// UDP port for Raft and control traffic on every node.
+    pub raft_port: Option<u16>,
+    /// HTTP port on every node.
+    pub http_port: Option<u16>,
+}
+
+/// `[raft]`: timing and protocol options.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RaftFile {
+    pub heartbeat_ms: Option<u64>,
+    pub election_timeout_min_ms: Option<u64>,
+    pub election_timeout_max_ms: Option<u64>,
+    pub pre_vote: Option<bool>,
+    pub check_quorum: Option<bool>,
+}
+
+/// `[node]`: options of one member.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeFile {
+    /// Directory holding each node's data (`<data_dir>/node3/…`).
+    pub data_dir: Option<PathBuf>,
+    /// Address to bind instead of the node's own host (e.g. `0.0.0.0` in a container).
+    pub bind_host: Option<String>,
+}
+
+/// `[controller]`: options of `labctl controller`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerFile {
+    /// How long to wait for each reply, in milliseconds.
+    pub timeout_ms: Option<u64>,
+}
+
+impl FileConfig {
+    /// Loads `path`, or the default file when `path` is None and it exists, or nothing.
+    pub fn load(path: Option<&Path>) -> Result<FileConfig, ConfigError> {
+        let path = match path {
+            Some(p) => p.to_path_buf(),
+            None => {
+                let p = PathBuf::from(DEFAULT_CONFIG_PATH);
+                if !p.exists() {
+                    return Ok(FileConfig::default());
+                }
+                p
+            }
+        };
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse { path, source })
+    }
+}
+
+/// Flags shared by every role that talks to the cluster (`#[command(flatten)]` them).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ClusterArgs {
+    /// Number of cluster members, node1 … nodeN [default: 5]
+    #[arg(long, env = "LABCTL_NODES", global = true)]
+    pub nodes: Option<u32>,
+    /// Host of node N, `{id}` replaced by N [default: 127.0.0.{id}; `node{id}` in Docker]
+    #[arg(long, env = "LABCTL_HOST", global = true)]
+    pub host: Option<String>,
+    /// UDP port for Raft and control traffic [default: 5555]
+    #[arg(long, env = "LABCTL_RAFT_PORT", global = true)]
+    pub raft_port: Option<u16>,
+    /// HTTP port of every node [default: 8000]
+    #[arg(long, env = "LABCTL_HTTP_PORT", global = true)]
+    pub http_port: Option<u16>,
+}
+
+/// The resolved cluster layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    pub nodes: u32,
+    pub host: String,
+    pub raft_port: u16,
+    pub http_port: u16,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster { nodes: 5, host: "127.0.0.{id}".into(), raft_port: 5555, http_port: 8000 }
+    }
+}
+
+impl Cluster {
+    /// Merges flags/environment over the file over the defaults, and validates.
+    pub fn resolve(args: &ClusterArgs, file: &ClusterFile) -> Result<Cluster, ConfigError> {
+        let d = Cluster::default();
+        let c = Cluster {
+            nodes: args.nodes.or(file.nodes).unwrap_or(d.nodes),
+            host: args.host.clone().or_else(|| file.host.clone()).unwrap_or(d.host),
+            raft_port: args.raft_port.or(file.raft_port).unwrap_or(d.raft_port),
+            http_port: args.http_port.or(file.http_port).unwrap_or(d.http_port),
+        };
+        if c.nodes == 0 || c.nodes > 250 {
+            return Err(ConfigError::Invalid(format!("nodes must be between 1 and 250, not {}", c.nodes)));
+        }
+        if !c.host.contains("{id}") {
+            return Err(ConfigError::Invalid(format!("host {:?} must contain {{id}}", c.host)));
+        }
+        Ok(c)
+    }
+
+    /// Ids of all members, 1..=N.
+    pub fn ids(&self) -> impl Iterator<Item = u32> {
+        1..=self.nodes
+    }
+
+    /// Host name or address of node `id`.
+    pub fn host_of(&self, id: u32) -> String {
+        self.host.replace("{id}", &id.to_string())
+    }
+
+    /// Resolves node `id`'s Raft/control UDP address (DNS in Docker, an IP locally).
+    pub fn raft_addr(&self, id: u32) -> Result<SocketAddr, ConfigError> {
+        resolve(&self.host_of(id), self.raft_port)
+    }
+
+    /// Node `id`'s HTTP address as `host:port`, for URLs.
+    pub fn http_addr(&self, id: u32) -> String {
+        format!("{}:{}", self.host_of(id), self.http_port)
+    }
+}
+
+/// Resolves `host:port` to one socket address, preferring IPv4.
+pub fn resolve(host: &str, port: u16) -> Result<SocketAddr, ConfigError> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| ConfigError::Resolve(format!("{host}:{port}"), e.to_string()))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| ConfigError::Resolve(format!("{host}:{port}"), "no address".into()))
+}
+
+/// Flags for Raft timing, shared by `node` and `cluster`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RaftArgs {
+    /// Leader heartbeat interval in ms [default: 50]
+    #[arg(long, env = "LABCTL_HEARTBEAT_MS")]
+    pub heartbeat_ms: Option<u64>,
+    /// Lower bound of the randomized election timeout in ms [default: 150]
+    #[arg(long, env = "LABCTL_ELECTION_TIMEOUT_MIN_MS")]
+    pub election_timeout_min_ms: Option<u64>,
+    /// Upper bound of the randomized election timeout in ms [default: 300]
+    #[arg(long, env = "LABCTL_ELECTION_TIMEOUT_MAX_MS")]
+    pub election_timeout_max_ms: Option<u64>,
+    /// Run the PreVote phase before an election [default: true]
+    #[arg(long, env = "LABCTL_PRE_VOTE")]
+    pub pre_vote: Option<bool>,
+    /// A leader steps down when it has not heard from a majority for an election timeout [default: true]
+    #[arg(long, env = "LABCTL_CHECK_QUORUM")]
+    pub check_quorum: Option<bool>,
+}
+
+/// Resolved Raft timing, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RaftTiming {
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    pub pre_vote: bool,
+    pub check_quorum: bool,
+}
+
+impl Default for RaftTiming {
+    fn default() -> Self {
+        RaftTiming {
+            heartbeat_ms: 50,
+            election_timeout_min_ms: 150,
+            election_timeout_max_ms: 300,
+            pre_vote: true,
+            check_quorum: true,
+        }
+    }
+}
+
+impl RaftTiming {
+    /// Merges flags/environment over the file over the defaults, and validates.
+    pub fn resolve(args: &RaftArgs, file: &RaftFile) -> Result<RaftTiming, ConfigError> {
+        let d = RaftTiming::default();
+        let t = RaftTiming {
+            heartbeat_ms: args.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(d.heartbeat_ms),
+            election_timeout_min_ms: args
+                .election_timeout_min_ms
+                .or(file.election_timeout_min_ms)
+                .unwrap_or(d.election_timeout_min_ms),
+            election_timeout_max_ms: args
+                .election_timeout_max_ms
+                .or(file.election_timeout_max_ms)
+                .unwrap_or(d.election_timeout_max_ms),
+            pre_vote: args.pre_vote.or(file.pre_vote).unwrap_or(d.pre_vote),
+            check_quorum: args.check_quorum.or(file.check_quorum).unwrap_or(d.check_quorum),
+        };
+        if t.heartbeat_ms == 0 {
+            return Err(ConfigError::Invalid("heartbeat_ms must be positive".into()));
+        }
+        if t.election_timeout_min_ms <= t.heartbeat_ms {
+            return Err(ConfigError::Invalid(format!(
+                "election_timeout_min_ms ({}) must be larger than heartbeat_ms ({})",
+                t.election_timeout_min_ms, t.heartbeat_ms
+            )));
+        }
+        if t.election_timeout_max_ms <= t.election_timeout_min_ms {
+            return Err(ConfigError::Invalid(format!(
+                "election_timeout_max_ms ({}) must be larger than election_timeout_min_ms ({})",
+                t.election_timeout_max_ms, t.election_timeout_min_ms
+            )));
+        }
+        Ok(t)
+    }
+
+    /// These settings as arguments for a `labctl node` child process.
+    pub fn to_args(&self) -> Vec<String> {
+        vec![
+            format!("--heartbeat-ms={}", self.heartbeat_ms),
+            format!("--election-timeout-min-ms={}", self.election_timeout_min_ms),
+            format!("--election-timeout-max-ms={}", self.election_timeout_max_ms),
+            format!("--pre-vote={}", self.pre_vote),
+            format!("--check-quorum={}", self.check_quorum),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flag_beats_file_beats_default() {
+        let file: FileConfig = toml::from_str("[cluster]\nnodes = 3\nraft_port = 6000\n").unwrap();
+        let args = ClusterArgs { nodes: Some(7), ..ClusterArgs::default() };
+        let c = Cluster::resolve(&args, &file.cluster).unwrap();
+        assert_eq!(c.nodes, 7);
+        assert_eq!(c.raft_port, 6000);
+        assert_eq!(c.http_port, 8000);
+        assert_eq!(c.host_of(3), "127.0.0.3");
+        assert_eq!(c.raft_addr(3).unwrap(), "127.0.0.3:6000".parse().unwrap());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_rejected() {
+        assert!(toml::from_str::<FileConfig>("[cluster]\nnodez = 3\n").is_err());
+        let bad = ClusterArgs { host: Some("localhost".into()), ..ClusterArgs::default() };
+        assert!(Cluster::resolve(&bad, &ClusterFile::default()).is_err());
+        let bad = RaftArgs { election_timeout_max_ms: Some(100), ..RaftArgs::default() };
+        assert!(RaftTiming::resolve(&bad, &RaftFile::default()).is_err());
+    }
+}

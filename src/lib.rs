@@ -1,0 +1,16 @@
+//! labctl: one binary that runs a replicated web service and its data pipeline.
+//!
+//! # Layout
+//! - [`proto`]: the UDP wire message (the course's `Message.json`), shared by every role.
+//! - [`config`]: configuration file, environment and flags, merged in that order.
+//! - [`node`]: a cluster member. [`node::raft`] is the pure consensus core (no sockets, no
+//!   clock, no disk); the rest of `node` drives it with UDP, timers and a durable log.
+//! - [`controller`]: sends one control request to nodes and prints the replies.
+//! - [`cluster`]: runs N nodes on loopback as child processes.
+
+pub mod cli;
+pub mod cluster;
+pub mod config;
+pub mod controller;
+pub mod node;
+pub mod proto;

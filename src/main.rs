@@ -1,0 +1,17 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = labctl::cli::Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
+    match labctl::cli::run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("labctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

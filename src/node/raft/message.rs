@@ -1,0 +1,193 @@
+//! Messages between Raft nodes, and their mapping onto the course's wire format.
+
+use crate::proto::{self, LogEntry, Message, Request};
+
+/// A node's id: `node3` is 3.
+pub type NodeId = u32;
+
+/// A message from one node to another.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Msg {
+    /// AppendEntries (§5.3): replicate `entries` after `prev_log_index`; empty is a heartbeat.
+    /// Wire: `APPEND_RPC`.
+    Append { term: u64, prev_log_index: u64, prev_log_term: u64, entries: Vec<LogEntry>, leader_commit: u64 },
+    /// Reply to `Append`. On success `match_index` is the last index known to match the
+    /// leader; on a mismatch `conflict_index`/`conflict_term` let the leader skip a whole
+    /// conflicting term at once. Wire: `APPEND_REPLY`.
+    AppendReply { term: u64, success: bool, match_index: u64, conflict_index: u64, conflict_term: Option<u64> },
+    /// RequestVote (§5.2). `force` marks an election started by a controller TIMEOUT, which
+    /// voters do not refuse for having heard from a leader recently. Wire: `VOTE_REQUEST`.
+    Vote { term: u64, last_log_index: u64, last_log_term: u64, force: bool },
+    /// A granted vote; refusals are not sent. Wire: `VOTE_ACK`.
+    VoteAck { term: u64 },
+    /// PreVote (thesis §9.6): "would you vote for me in `term`?" Changes no state at the
+    /// receiver. Wire: `PRE_VOTE_REQUEST`.
+    PreVote { term: u64, last_log_index: u64, last_log_term: u64 },
+    /// Answer to `PreVote`: granted for the asked `term`, or refused with the voter's newer
+    /// term. Wire: `PRE_VOTE_REPLY`.
+    PreVoteReply { term: u64, granted: bool },
+}
+
+/// Why a datagram could not be read as a Raft message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("sender {0:?} is not a node name")]
+    BadSender(Option<String>),
+    #[error("{0} is not a Raft message")]
+    NotRaft(Request),
+    #[error("{request} lacks field {field}")]
+    Missing { request: Request, field: &'static str },
+}
+
+impl Msg {
+    pub fn term(&self) -> u64 {
+        match self {
+            Msg::Append { term, .. }
+            | Msg::AppendReply { term, .. }
+            | Msg::Vote { term, .. }
+            | Msg::VoteAck { term }
+            | Msg::PreVote { term, .. }
+            | Msg::PreVoteReply { term, .. } => *term,
+        }
+    }
+
+    pub fn request(&self) -> Request {
+        match self {
+            Msg::Append { .. } => Request::AppendRpc,
+            Msg::AppendReply { .. } => Request::AppendReply,
+            Msg::Vote { .. } => Request::VoteRequest,
+            Msg::VoteAck { .. } => Request::VoteAck,
+            Msg::PreVote { .. } => Request::PreVoteRequest,
+            Msg::PreVoteReply { .. } => Request::PreVoteReply,
+        }
+    }
+
+    /// The datagram `from` sends for this message.
+    pub fn to_wire(&self, from: NodeId) -> Message {
+        let mut m = Message::new(proto::node_name(from), self.request(), Some(self.term()));
+        match self {
+            Msg::Append { prev_log_index, prev_log_term, entries, leader_commit, .. } => {
+                m.prev_log_index = Some(*prev_log_index);
+                m.prev_log_term = Some(*prev_log_term);
+                m.entries = Some(entries.clone());
+                m.leader_commit = Some(*leader_commit);
+            }
+            Msg::AppendReply { success, match_index, conflict_index, conflict_term, .. } => {
+                m.success = Some(*success);
+                m.match_index = Some(*match_index);
+                if !success {
+                    m.conflict_index = Some(*conflict_index);
+                    m.conflict_term = *conflict_term;
+                }
+            }
+            Msg::Vote { last_log_index, last_log_term, force, .. } => {
+                m.last_log_index = Some(*last_log_index);
+                m.last_log_term = Some(*last_log_term);
+                if *force {
+                    m.force = Some(true);
+                }
+            }
+            Msg::VoteAck { .. } => {}
+            Msg::PreVote { last_log_index, last_log_term, .. } => {
+                m.last_log_index = Some(*last_log_index);
+                m.last_log_term = Some(*last_log_term);
+            }
+            Msg::PreVoteReply { granted, .. } => m.success = Some(*granted),
+        }
+        m
+    }
+
+    /// Reads a decoded datagram as a Raft message from a node.
+    pub fn from_wire(m: &Message, request: Request) -> Result<(NodeId, Msg), WireError> {
+        let from = m
+            .sender_name
+            .as_deref()
+            .and_then(proto::parse_node_name)
+            .ok_or_else(|| WireError::BadSender(m.sender_name.clone()))?;
+        let need = |v: Option<u64>, field: &'static str| v.ok_or(WireError::Missing { request, field });
+        let term = need(m.term, "term")?;
+        let msg = match request {
+            Request::AppendRpc => Msg::Append {
+                term,
+                prev_log_index: need(m.prev_log_index, "prev_log_index")?,
+                prev_log_term: need(m.prev_log_term, "prev_log_term")?,
+                entries: m.entries.clone().unwrap_or_default(),
+                leader_commit: m.leader_commit.unwrap_or(0),
+            },
+            Request::AppendReply => Msg::AppendReply {
+                term,
+                success: m.success.unwrap_or(false),
+                match_index: m.match_index.unwrap_or(0),
+                conflict_index: m.conflict_index.unwrap_or(0),
+                conflict_term: m.conflict_term,
+            },
+            Request::VoteRequest => Msg::Vote {
+                term,
+                last_log_index: need(m.last_log_index, "last_log_index")?,
+                last_log_term: need(m.last_log_term, "last_log_term")?,
+                force: m.force.unwrap_or(false),
+            },
+            Request::VoteAck => Msg::VoteAck { term },
+            Request::PreVoteRequest => Msg::PreVote {
+                term,
+                last_log_index: need(m.last_log_index, "last_log_index")?,
+                last_log_term: need(m.last_log_term, "last_log_term")?,
+            },
+            Request::PreVoteReply => Msg::PreVoteReply { term, granted: m.success.unwrap_or(false) },
+            other => return Err(WireError::NotRaft(other)),
+        };
+        Ok((from, msg))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_message_round_trips_through_json() {
+        let msgs = vec![
+            Msg::Append {
+                term: 3,
+                prev_log_index: 4,
+                prev_log_term: 2,
+                entries: vec![LogEntry { term: 3, key: Some("k".into()), value: "v".into() }, LogEntry::noop(3)],
+                leader_commit: 4,
+            },
+            Msg::AppendReply { term: 3, success: true, match_index: 6, conflict_index: 0, conflict_term: None },
+            Msg::AppendReply { term: 3, success: false, match_index: 0, conflict_index: 2, conflict_term: Some(1) },
+            Msg::Vote { term: 4, last_log_index: 6, last_log_term: 3, force: true },
+            Msg::Vote { term: 4, last_log_index: 6, last_log_term: 3, force: false },
+            Msg::VoteAck { term: 4 },
+            Msg::PreVote { term: 5, last_log_index: 6, last_log_term: 3 },
+            Msg::PreVoteReply { term: 5, granted: true },
+        ];
+        for msg in msgs {
+            let bytes = msg.to_wire(2).encode();
+            let (wire, req) = Message::decode(&bytes).unwrap();
+            assert_eq!(Msg::from_wire(&wire, req), Ok((2, msg.clone())), "{}", String::from_utf8_lossy(&bytes));
+        }
+    }
+
+    #[test]
+    fn vote_request_looks_like_the_course_message() {
+        let bytes = Msg::Vote { term: 7, last_log_index: 0, last_log_term: 0, force: false }.to_wire(2).encode();
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["sender_name"], "node2");
+        assert_eq!(v["request"], "VOTE_REQUEST");
+        assert_eq!(v["term"], 7);
+        assert!(v["key"].is_null() && v["value"].is_null());
+    }
+
+    #[test]
+    fn malformed_raft_messages_are_errors() {
+        let m = Message::new("node1", Request::VoteRequest, Some(1));
+        assert!(matches!(Msg::from_wire(&m, Request::VoteRequest), Err(WireError::Missing { .. })));
+        let m = Message::new("Controller", Request::VoteAck, Some(1));
+        assert!(matches!(Msg::from_wire(&m, Request::VoteAck), Err(WireError::BadSender(_))));
+        let m = Message::new("node1", Request::VoteAck, None);
+        assert!(Msg::from_wire(&m, Request::VoteAck).is_err());
+        let m = Message::new("node1", Request::Timeout, Some(1));
+        assert!(matches!(Msg::from_wire(&m, Request::Timeout), Err(WireError::NotRaft(_))));
+    }
+}

@@ -1,0 +1,789 @@
+//! The Raft consensus core: pure state, no sockets, no clock, no disk.
+//!
+//! # How Raft works here
+//!
+//! Every node is a follower, a candidate or the leader of a *term* (§5.1). Time is cut into
+//! terms, each with at most one leader; a node that hears of a newer term adopts it and
+//! becomes a follower.
+//!
+//! **Leader election (§5.2).** A follower that hears nothing from a leader for a randomized
+//! election timeout first runs a *PreVote* round (thesis §9.6): it asks the others whether
+//! they would vote for it in the next term, changing nobody's state. Only with a majority of
+//! pre-votes does it become a candidate, increment its term, vote for itself and ask for real
+//! votes. A voter grants one vote per term, and only to a candidate whose log is at least as
+//! up-to-date as its own (last term, then last index; §5.4.1). A candidate with votes from a
+//! majority becomes leader and appends a no-op entry, which commits everything before it.
+//!
+//! **Staying put (CheckQuorum, thesis §6.2 and §9.6).** A leader that has not heard from a
+//! majority within an election timeout steps down. A node that heard from a leader within
+//! the minimum election timeout ignores (pre-)vote requests: a live leader is not deposed
+//! by a node that merely lost contact with it. Two known traps of PreVote+CheckQuorum are
+//! avoided: a node starting a pre-vote forgets its leader, so pre-candidates do not refuse
+//! each other forever (etcd #8334); and a node answers a stale leader's AppendEntries with
+//! its newer term, so a node stuck on a higher term forces a fresh election instead of
+//! being ignored forever (etcd #8501).
+//!
+//! **TimeoutNow.** A controller's TIMEOUT starts a real election at once, without PreVote,
+//! marked `force`: voters grant it even while they hear from a leader (thesis §3.10).
+//!
+//! **Log replication (§5.3).** The leader appends client entries and sends them in
+//! AppendEntries batches that each fit one datagram, pipelining without waiting for replies.
+//! A follower accepts entries only if its log holds the entry before them with the same term
+//! (the consistency check); on a mismatch it replies with the conflicting term and its first
+//! index, so the leader skips a whole term per round trip. Lost datagrams are resent on the
+//! next heartbeat, from the last index known to match.
+//!
+//! **Commitment (§5.3, §5.4.2).** The leader commits an index once a majority stores it and
+//! the entry is from the leader's own term; earlier entries commit with it. Followers learn
+//! the commit index from AppendEntries. Entries are applied in index order by the driver.
+//!
+//! # Driving the core
+//!
+//! The driver calls [`Raft::step`] for each message, [`Raft::tick`] when
+//! [`Raft::next_deadline`] has passed, [`Raft::propose`] for client entries, and then
+//! [`Raft::take_ready`]. A [`Ready`] must be handled in order: persist the hard state and
+//! log changes (and fsync), then send the messages, then apply entries up to the commit
+//! index. Persisting before sending is what makes a vote or an acknowledgement durable.
+//! Time is plain microseconds from any fixed origin.
+
+mod log;
+mod message;
+mod rng;
+mod role;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+pub use self::log::{encoded_size, Log};
+pub use self::message::{Msg, NodeId, WireError};
+pub use self::rng::Rng;
+pub use self::role::{InvalidTransition, Role};
+pub use crate::proto::LogEntry;
+
+/// Microseconds since an arbitrary origin chosen by the driver.
+pub type Micros = u64;
+
+/// How many AppendEntries datagrams a leader sends to one follower at once when catching it up.
+const MAX_BATCHES_PER_SEND: usize = 4;
+
+/// Static configuration of one node.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub id: NodeId,
+    /// The other members.
+    pub peers: Vec<NodeId>,
+    pub heartbeat: Micros,
+    pub election_min: Micros,
+    pub election_max: Micros,
+    pub pre_vote: bool,
+    pub check_quorum: bool,
+    /// Budget for the encoded entries of one AppendEntries message.
+    pub max_batch_bytes: usize,
+}
+
+impl Config {
+    /// The defaults of the product: heartbeat 50 ms, election timeout 150–300 ms.
+    pub fn new(id: NodeId, peers: Vec<NodeId>) -> Config {
+        Config {
+            id,
+            peers,
+            heartbeat: 50_000,
+            election_min: 150_000,
+            election_max: 300_000,
+            pre_vote: true,
+            check_quorum: true,
+            max_batch_bytes: crate::proto::MAX_DATAGRAM - 4 * 1024,
+        }
+    }
+}
+
+/// What must survive a crash besides the log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HardState {
+    pub term: u64,
+    pub voted_for: Option<NodeId>,
+}
+
+/// Something the driver may want to report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The node's role, term or known leader changed.
+    RoleChanged { role: Role, term: u64, leader: Option<NodeId> },
+}
+
+/// Work for the driver, in the order it must be done.
+#[derive(Debug, Default)]
+pub struct Ready {
+    /// Persist this before sending anything.
+    pub hard_state: Option<HardState>,
+    /// Log entries from this index to the end are new or replaced: drop what storage holds
+    /// from this index on and write `log().slice(from, last_index)`. Persist before sending.
+    pub persist_from: Option<u64>,
+    /// Send these after persisting.
+    pub messages: Vec<(NodeId, Msg)>,
+    /// Entries up to here are committed and may be applied (after persisting).
+    pub commit_index: u64,
+    pub events: Vec<Event>,
+}
+
+/// Why a proposal was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    #[error("not the leader")]
+    NotLeader { leader: Option<NodeId> },
+    #[error("entry of {size} bytes exceeds the limit of {max}")]
+    TooLarge { size: usize, max: usize },
+}
+
+/// The leader's view of one follower.
+#[derive(Debug, Clone, Copy)]
+struct Progress {
+    /// Next index to send.
+    next: u64,
+    /// Highest index known to be stored.
+    matched: u64,
+    /// Heard from since the last CheckQuorum round.
+    active: bool,
+}
+
+/// One Raft node's state.
+pub struct Raft {
+    cfg: Config,
+    rng: Rng,
+    role: Role,
+    term: u64,
+    voted_for: Option<NodeId>,
+    leader: Option<NodeId>,
+    log: Log,
+    commit: u64,
+
+    /// Follower/candidate: when to start an election.
+    election_deadline: Micros,
+    /// Follower: when we last heard from the leader (for the lease of CheckQuorum).
+    last_leader_contact: Option<Micros>,
+    /// Leader: next heartbeat.
+    heartbeat_deadline: Micros,
+    /// Leader: next CheckQuorum round.
+    quorum_deadline: Micros,
+
+    /// Follower running a PreVote round, and who granted it.
+    prevoting: bool,
+    pre_votes: BTreeSet<NodeId>,
+    /// Candidate: who voted for us.
+    votes: BTreeSet<NodeId>,
+    /// Leader: per-follower replication state.
+    progress: BTreeMap<NodeId, Progress>,
+    /// Leader: first index proposed since the last flush.
+    unflushed_from: Option<u64>,
+
+    // Output accumulated until take_ready().
+    msgs: Vec<(NodeId, Msg)>,
+    hard_dirty: bool,
+    persist_from: Option<u64>,
+    reported: Option<(Role, u64, Option<NodeId>)>,
+}
+
+impl Raft {
+    /// A node restarted from persisted `hard` state and `log`, as a follower.
+    pub fn new(cfg: Config, hard: HardState, log: Vec<LogEntry>, now: Micros, seed: u64) -> Raft {
+        let mut raft = Raft {
+            rng: Rng::new(seed ^ (cfg.id as u64).wrapping_mul(0x2545_F491_4F6C_DD1D)),
+            cfg,
+            role: Role::Follower,
+            term: hard.term,
+            voted_for: hard.voted_for,
+            leader: None,
+            log: Log::from_entries(log),
+            commit: 0,
+            election_deadline: 0,
+            last_leader_contact: None,
+            heartbeat_deadline: 0,
+            quorum_deadline: 0,
+            prevoting: false,
+            pre_votes: BTreeSet::new(),
+            votes: BTreeSet::new(),
+            progress: BTreeMap::new(),
+            unflushed_from: None,
+            msgs: Vec::new(),
+            hard_dirty: false,
+            persist_from: None,
+            reported: None,
+        };
+        raft.reset_election_timer(now);
+        raft
+    }
+
+    // ---- accessors ----
+
+    pub fn id(&self) -> NodeId {
+        self.cfg.id
+    }
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+    pub fn role(&self) -> Role {
+        self.role
+    }
+    pub fn term(&self) -> u64 {
+        self.term
+    }
+    pub fn voted_for(&self) -> Option<NodeId> {
+        self.voted_for
+    }
+    /// The leader of the current term, if known (self when leading).
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader
+    }
+    pub fn commit_index(&self) -> u64 {
+        self.commit
+    }
+    pub fn log(&self) -> &Log {
+        &self.log
+    }
+    pub fn last_index(&self) -> u64 {
+        self.log.last_index()
+    }
+    pub fn hard_state(&self) -> HardState {
+        HardState { term: self.term, voted_for: self.voted_for }
+    }
+    /// True while a follower runs a PreVote round.
+    pub fn is_prevoting(&self) -> bool {
+        self.prevoting
+    }
+    /// Votes needed to win, and acknowledgements needed to commit.
+    pub fn quorum(&self) -> usize {
+        let members = self.cfg.peers.len() + 1;
+        members / 2 + 1
+    }
+    /// Leader: the highest index each follower is known to store.
+    pub fn match_indexes(&self) -> Vec<(NodeId, u64)> {
+        self.progress.iter().map(|(&id, p)| (id, p.matched)).collect()
+    }
+
+    /// When `tick` next has something to do.
+    pub fn next_deadline(&self) -> Micros {
+        match self.role {
+            Role::Leader if self.cfg.check_quorum => self.heartbeat_deadline.min(self.quorum_deadline),
+            Role::Leader => self.heartbeat_deadline,
+            _ => self.election_deadline,
+        }
+    }
+
+    // ---- inputs ----
+
+    /// Fires whatever timers have expired by `now`.
+    pub fn tick(&mut self, now: Micros) {
+        match self.role {
+            Role::Leader => {
+                if self.cfg.check_quorum && now >= self.quorum_deadline {
+                    let active = 1 + self.progress.values().filter(|p| p.active).count();
+                    if active < self.quorum() {
+                        ::log::info!(
+                            "{} steps down in term {}: heard from {active} of {} members",
+                            self.name(),
+                            self.term,
+                            self.cfg.peers.len() + 1
+                        );
+                        self.become_follower(now, self.term, None);
+                        return;
+                    }
+                    self.progress.values_mut().for_each(|p| p.active = false);
+                    self.quorum_deadline = now + self.cfg.election_min;
+                }
+                if now >= self.heartbeat_deadline {
+                    self.heartbeat_deadline = now + self.cfg.heartbeat;
+                    let peers: Vec<NodeId> = self.progress.keys().copied().collect();
+                    for peer in peers {
+                        // Resend from the last known match: anything beyond may have been lost.
+                        let pr = self.progress.get_mut(&peer).expect("peer progress");
+                        if pr.matched < self.log.last_index() {
+                            pr.next = pr.matched + 1;
+                        }
+                        self.send_append(peer, MAX_BATCHES_PER_SEND);
+                    }
+                }
+            }
+            Role::Follower | Role::Candidate => {
+                if now >= self.election_deadline {
+                    if self.cfg.pre_vote {
+                        self.start_prevote(now);
+                    } else {
+                        self.campaign(now, false);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles one message from another node.
+    pub fn step(&mut self, now: Micros, from: NodeId, msg: Msg) {
+        if from == self.cfg.id || !self.cfg.peers.contains(&from) {
+            ::log::debug!("{} ignores {:?} from unknown node {from}", self.name(), msg.request());
+            return;
+        }
+        match msg {
+            Msg::PreVote { term, last_log_index, last_log_term } => {
+                self.on_prevote(now, from, term, last_log_index, last_log_term)
+            }
+            Msg::PreVoteReply { term, granted } => self.on_prevote_reply(now, from, term, granted),
+            Msg::Vote { term, last_log_index, last_log_term, force } => {
+                self.on_vote(now, from, term, last_log_index, last_log_term, force)
+            }
+            Msg::VoteAck { term } => {
+                if term > self.term {
+                    self.become_follower(now, term, None);
+                } else if term == self.term && self.role == Role::Candidate {
+                    self.votes.insert(from);
+                    if self.votes.len() >= self.quorum() {
+                        self.become_leader(now);
+                    }
+                }
+            }
+            Msg::Append { term, prev_log_index, prev_log_term, entries, leader_commit } => {
+                self.on_append(now, from, term, prev_log_index, prev_log_term, entries, leader_commit)
+            }
+            Msg::AppendReply { term, success, match_index, conflict_index, conflict_term } => {
+                if term > self.term {
+                    self.become_follower(now, term, None);
+                } else if term == self.term && self.role == Role::Leader {
+                    self.on_append_reply(from, success, match_index, conflict_index, conflict_term);
+                }
+            }
+        }
+    }
+
+    /// Appends a client entry on the leader; returns its index. The entry is sent to the
+    /// followers on the next [`Raft::take_ready`], batched with other proposals.
+    pub fn propose(&mut self, key: Option<String>, value: serde_json::Value) -> Result<u64, ProposeError> {
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader { leader: self.leader });
+        }
+        let entry = LogEntry { term: self.term, key, value };
+        let size = encoded_size(&entry);
+        if size > self.cfg.max_batch_bytes {
+            return Err(ProposeError::TooLarge { size, max: self.cfg.max_batch_bytes });
+        }
+        let index = self.append_local(entry);
+        self.unflushed_from.get_or_insert(index);
+        Ok(index)
+    }
+
+    /// A controller's TIMEOUT: start an election now, skipping PreVote, that voters grant even
+    /// while they hear from a leader. A leader steps down first.
+    pub fn timeout_now(&mut self, now: Micros) {
+        if self.role == Role::Leader {
+            self.become_follower(now, self.term, None);
+        }
+        self.campaign(now, true);
+    }
+
+    /// A controller's CONVERT_FOLLOWER: become a follower of the current term.
+    pub fn convert_follower(&mut self, now: Micros) {
+        let leader = if self.role == Role::Follower { self.leader } else { None };
+        self.become_follower(now, self.term, leader);
+        self.reset_election_timer(now);
+    }
+
+    /// Takes the work accumulated since the last call.
+    pub fn take_ready(&mut self) -> Ready {
+        self.flush_proposals();
+        let mut events = Vec::new();
+        let current = (self.role, self.term, self.leader);
+        if self.reported != Some(current) {
+            self.reported = Some(current);
+            events.push(Event::RoleChanged { role: self.role, term: self.term, leader: self.leader });
+        }
+        let hard_state = std::mem::take(&mut self.hard_dirty).then(|| self.hard_state());
+        Ready {
+            hard_state,
+            persist_from: self.persist_from.take(),
+            messages: std::mem::take(&mut self.msgs),
+            commit_index: self.commit,
+            events,
+        }
+    }
+
+    /// True when take_ready would return work.
+    pub fn has_ready(&self) -> bool {
+        self.hard_dirty
+            || self.persist_from.is_some()
+            || !self.msgs.is_empty()
+            || self.unflushed_from.is_some()
+            || self.reported != Some((self.role, self.term, self.leader))
+    }
+
+    // ---- elections ----
+
+    fn name(&self) -> String {
+        crate::proto::node_name(self.cfg.id)
+    }
+
+    fn set_role(&mut self, to: Role) -> bool {
+        match self.role.transition(to) {
+            Ok(role) => {
+                self.role = role;
+                true
+            }
+            Err(e) => {
+                ::log::error!("{}: {e}", self.name());
+                debug_assert!(false, "{e}");
+                false
+            }
+        }
+    }
+
+    fn reset_election_timer(&mut self, now: Micros) {
+        self.election_deadline = now + self.rng.range(self.cfg.election_min, self.cfg.election_max + 1);
+    }
+
+    /// Within the minimum election timeout of hearing from a live leader (or leading), a node
+    /// ignores elections it was not forced into.
+    fn in_lease(&self, now: Micros) -> bool {
+        if !self.cfg.check_quorum {
+            return false;
+        }
+        match self.role {
+            Role::Leader => true,
+            _ => self.leader.is_some() && self.last_leader_contact.is_some_and(|t| now < t + self.cfg.election_min),
+        }
+    }
+
+    fn log_up_to_date(&self, last_log_index: u64, last_log_term: u64) -> bool {
+        let (my_index, my_term) = (self.log.last_index(), self.log.last_term());
+        last_log_term > my_term || (last_log_term == my_term && last_log_index >= my_index)
+    }
+
+    fn become_follower(&mut self, now: Micros, term: u64, leader: Option<NodeId>) {
+        let was_follower = self.role == Role::Follower;
+        if !self.set_role(Role::Follower) {
+            return;
+        }
+        if term > self.term {
+            self.term = term;
+            self.voted_for = None;
+            self.hard_dirty = true;
+        }
+        self.leader = leader;
+        self.prevoting = false;
+        self.pre_votes.clear();
+        self.votes.clear();
+        self.progress.clear();
+        self.unflushed_from = None;
+        if leader.is_some() {
+            self.last_leader_contact = Some(now);
+        }
+        // A follower that merely learned of a newer term keeps its timer, so that a node
+        // campaigning with a stale log cannot hold elections off forever.
+        if !was_follower || leader.is_some() {
+            self.reset_election_timer(now);
+        }
+    }
+
+    fn start_prevote(&mut self, now: Micros) {
+        if self.role == Role::Candidate && !self.set_role(Role::Follower) {
+            return;
+        }
+        self.prevoting = true;
+        // Forget the leader, so we grant other pre-candidates' requests (etcd #8334).
+        self.leader = None;
+        self.pre_votes.clear();
+        self.pre_votes.insert(self.cfg.id);
+        self.reset_election_timer(now);
+        if self.pre_votes.len() >= self.quorum() {
+            self.campaign(now, false);
+            return;
+        }
+        let msg = Msg::PreVote {
+            term: self.term + 1,
+            last_log_index: self.log.last_index(),
+            last_log_term: self.log.last_term(),
+        };
+        self.broadcast(msg);
+    }
+
+    fn campaign(&mut self, now: Micros, force: bool) {
+        if !self.set_role(Role::Candidate) {
+            return;
+        }
+        self.term += 1;
+        self.voted_for = Some(self.cfg.id);
+        self.hard_dirty = true;
+        self.leader = None;
+        self.prevoting = false;
+        self.pre_votes.clear();
+        self.votes.clear();
+        self.votes.insert(self.cfg.id);
+        self.reset_election_timer(now);
+        if self.votes.len() >= self.quorum() {
+            self.become_leader(now);
+            return;
+        }
+        let msg = Msg::Vote {
+            term: self.term,
+            last_log_index: self.log.last_index(),
+            last_log_term: self.log.last_term(),
+            force,
+        };
+        self.broadcast(msg);
+    }
+
+    fn become_leader(&mut self, now: Micros) {
+        if !self.set_role(Role::Leader) {
+            return;
+        }
+        self.leader = Some(self.cfg.id);
+        self.votes.clear();
+        let next = self.log.last_index() + 1;
+        self.progress = self.cfg.peers.iter().map(|&p| (p, Progress { next, matched: 0, active: true })).collect();
+        self.heartbeat_deadline = now + self.cfg.heartbeat;
+        self.quorum_deadline = now + self.cfg.election_min;
+        // The no-op commits earlier terms' entries (§5.4.2) and tells followers who leads.
+        let index = self.append_local(LogEntry::noop(self.term));
+        self.unflushed_from = Some(index);
+        self.flush_proposals();
+    }
+
+    fn on_prevote(&mut self, now: Micros, from: NodeId, term: u64, last_log_index: u64, last_log_term: u64) {
+        if term <= self.term {
+            // Behind: tell it our term so it can catch up (etcd #8501).
+            self.send(from, Msg::PreVoteReply { term: self.term, granted: false });
+        } else if !self.in_lease(now) && self.log_up_to_date(last_log_index, last_log_term) {
+            self.send(from, Msg::PreVoteReply { term, granted: true });
+        }
+    }
+
+    fn on_prevote_reply(&mut self, now: Micros, from: NodeId, term: u64, granted: bool) {
+        if !granted {
+            if term > self.term {
+                self.become_follower(now, term, None);
+            }
+            return;
+        }
+        if self.prevoting && self.role == Role::Follower && term == self.term + 1 {
+            self.pre_votes.insert(from);
+            if self.pre_votes.len() >= self.quorum() {
+                self.campaign(now, false);
+            }
+        }
+    }
+
+    fn on_vote(&mut self, now: Micros, from: NodeId, term: u64, last_log_index: u64, last_log_term: u64, force: bool) {
+        if term < self.term {
+            return;
+        }
+        if term > self.term {
+            if !force && self.in_lease(now) {
+                return;
+            }
+            self.become_follower(now, term, None);
+        }
+        let can_vote = self.voted_for == Some(from) || (self.voted_for.is_none() && self.leader.is_none());
+        if can_vote && self.log_up_to_date(last_log_index, last_log_term) {
+            if self.voted_for != Some(from) {
+                self.voted_for = Some(from);
+                self.hard_dirty = true;
+            }
+            self.reset_election_timer(now);
+            self.send(from, Msg::VoteAck { term: self.term });
+        }
+    }
+
+    // ---- replication ----
+
+    fn append_local(&mut self, entry: LogEntry) -> u64 {
+        let index = self.log.append(entry);
+        self.persist_from = Some(self.persist_from.map_or(index, |p| p.min(index)));
+        if self.role == Role::Leader {
+            self.maybe_commit();
+        }
+        index
+    }
+
+    /// Sends newly proposed entries to the followers that are caught up; lagging followers
+    /// get them as their acknowledgements come in.
+    fn flush_proposals(&mut self) {
+        let Some(from) = self.unflushed_from.take() else { return };
+        if self.role != Role::Leader {
+            return;
+        }
+        let peers: Vec<NodeId> = self.progress.iter().filter(|(_, p)| p.next >= from).map(|(&id, _)| id).collect();
+        for peer in peers {
+            self.send_append(peer, 1);
+        }
+    }
+
+    fn send_append(&mut self, peer: NodeId, max_batches: usize) {
+        let last = self.log.last_index();
+        let commit = self.commit;
+        let term = self.term;
+        let budget = self.cfg.max_batch_bytes;
+        let Some(pr) = self.progress.get_mut(&peer) else { return };
+        pr.next = pr.next.clamp(pr.matched + 1, last + 1);
+        if pr.next > last {
+            // Nothing new: a heartbeat anchored at the last index known to match, so it
+            // never fails the consistency check on entries still in flight.
+            let prev = pr.matched;
+            let prev_log_term = self.log.term(prev).unwrap_or(0);
+            let msg =
+                Msg::Append { term, prev_log_index: prev, prev_log_term, entries: Vec::new(), leader_commit: commit };
+            self.msgs.push((peer, msg));
+            return;
+        }
+        for _ in 0..max_batches {
+            if pr.next > last {
+                break;
+            }
+            let prev = pr.next - 1;
+            let end = self.log.batch_end(pr.next, budget);
+            let msg = Msg::Append {
+                term,
+                prev_log_index: prev,
+                prev_log_term: self.log.term(prev).unwrap_or(0),
+                entries: self.log.slice(pr.next, end).to_vec(),
+                leader_commit: commit,
+            };
+            self.msgs.push((peer, msg));
+            pr.next = end + 1;
+        }
+    }
+
+    fn on_append_reply(
+        &mut self,
+        from: NodeId,
+        success: bool,
+        match_index: u64,
+        conflict_index: u64,
+        conflict_term: Option<u64>,
+    ) {
+        let last = self.log.last_index();
+        let Some(pr) = self.progress.get_mut(&from) else { return };
+        pr.active = true;
+        if success {
+            let matched = match_index.min(last);
+            if matched > pr.matched {
+                pr.matched = matched;
+            }
+            pr.next = pr.next.max(pr.matched + 1);
+            let more = pr.next <= last;
+            self.maybe_commit();
+            if more {
+                self.send_append(from, 1);
+            }
+        } else {
+            let hint = match conflict_term.and_then(|t| self.log.last_index_of_term(t)) {
+                Some(i) => i + 1,
+                None => conflict_index,
+            };
+            let pr = self.progress.get_mut(&from).expect("progress");
+            pr.next = hint.clamp(pr.matched + 1, last + 1);
+            self.send_append(from, MAX_BATCHES_PER_SEND);
+        }
+    }
+
+    /// Commits the highest index stored by a majority, if it is from this term (§5.4.2).
+    fn maybe_commit(&mut self) {
+        let mut matched: Vec<u64> = self.progress.values().map(|p| p.matched).collect();
+        matched.push(self.log.last_index());
+        matched.sort_unstable_by(|a, b| b.cmp(a));
+        let candidate = matched[self.quorum() - 1];
+        if candidate > self.commit && self.log.term(candidate) == Some(self.term) {
+            self.commit = candidate;
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_append(
+        &mut self,
+        now: Micros,
+        from: NodeId,
+        term: u64,
+        prev_log_index: u64,
+        prev_log_term: u64,
+        entries: Vec<LogEntry>,
+        leader_commit: u64,
+    ) {
+        if term < self.term {
+            // A stale leader: our newer term makes it step down.
+            self.send(
+                from,
+                Msg::AppendReply {
+                    term: self.term,
+                    success: false,
+                    match_index: 0,
+                    conflict_index: 0,
+                    conflict_term: None,
+                },
+            );
+            return;
+        }
+        if self.role == Role::Leader {
+            // Two leaders in one term would break Raft's first guarantee.
+            ::log::error!("{} is leader of term {term} and got AppendEntries from node{from}", self.name());
+            debug_assert!(false, "two leaders in term {term}");
+            return;
+        }
+        if term > self.term || self.role == Role::Candidate || self.leader != Some(from) {
+            self.become_follower(now, term, Some(from));
+        } else {
+            self.last_leader_contact = Some(now);
+            self.prevoting = false;
+            self.reset_election_timer(now);
+        }
+
+        let reject = |conflict_index: u64, conflict_term: Option<u64>| Msg::AppendReply {
+            term,
+            success: false,
+            match_index: 0,
+            conflict_index,
+            conflict_term,
+        };
+        match self.log.term(prev_log_index) {
+            None => {
+                let msg = reject(self.log.last_index() + 1, None);
+                self.send(from, msg);
+                return;
+            }
+            Some(t) if t != prev_log_term => {
+                let msg = reject(self.log.first_index_of_term_at(prev_log_index), Some(t));
+                self.send(from, msg);
+                return;
+            }
+            Some(_) => {}
+        }
+
+        let match_index = prev_log_index + entries.len() as u64;
+        for (offset, entry) in entries.into_iter().enumerate() {
+            let index = prev_log_index + 1 + offset as u64;
+            match self.log.term(index) {
+                Some(t) if t == entry.term => continue,
+                Some(_) => {
+                    if index <= self.commit {
+                        ::log::error!("{}: leader node{from} conflicts with committed index {index}", self.name());
+                        debug_assert!(false, "conflict below the commit index");
+                        return;
+                    }
+                    self.log.truncate_from(index);
+                }
+                None => {}
+            }
+            // append_local records `index` as the first index to persist, which also covers
+            // the truncation just made.
+            self.append_local(entry);
+        }
+        let new_commit = leader_commit.min(match_index);
+        if new_commit > self.commit {
+            self.commit = new_commit;
+        }
+        self.send(from, Msg::AppendReply { term, success: true, match_index, conflict_index: 0, conflict_term: None });
+    }
+
+    fn send(&mut self, to: NodeId, msg: Msg) {
+        self.msgs.push((to, msg));
+    }
+
+    fn broadcast(&mut self, msg: Msg) {
+        for i in 0..self.cfg.peers.len() {
+            let peer = self.cfg.peers[i];
+            self.msgs.push((peer, msg.clone()));
+        }
+    }
+}

@@ -1,0 +1,329 @@
+//! The UDP wire message shared by nodes, the controller and tests (SPEC §3).
+//!
+//! One JSON object per datagram. Every message carries the five fields of the course's
+//! `Message.json` (`sender_name`, `request`, `term`, `key`, `value`), always present on the
+//! wire, `null` when unused. Raft adds fields beside them; a receiver ignores fields it does
+//! not know and reads a missing field as `null`.
+//!
+//! [`Message`] is the lenient, untyped form as it travels; [`Request`] names the request kinds
+//! this product understands. Decoding never panics: anything that is not such an object, is
+//! larger than [`MAX_DATAGRAM`], or has a field of the wrong type is a [`DecodeError`].
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Largest datagram a node sends or accepts. Leaders batch log entries so that every
+/// AppendEntries datagram stays below it.
+pub const MAX_DATAGRAM: usize = 60 * 1024;
+
+/// The `sender_name` of control requests.
+pub const CONTROLLER: &str = "Controller";
+
+/// One datagram, as it travels.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    /// `nodeN` for node traffic, `Controller` for control requests.
+    pub sender_name: Option<String>,
+    /// The request kind, e.g. `APPEND_RPC`; see [`Request`].
+    pub request: Option<String>,
+    /// The sender's current term (`null` from controllers).
+    pub term: Option<u64>,
+    /// Request key: the STORE key, `LEADER` in LEADER_INFO replies, `COMMITED_LOGS` in RETRIEVE replies.
+    pub key: Option<String>,
+    /// Request value: any JSON.
+    #[serde(default)]
+    pub value: Value,
+
+    // ---- Raft fields, absent from the wire when unused ----
+    /// RequestVote / PreVote: index of the candidate's last log entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_log_index: Option<u64>,
+    /// RequestVote / PreVote: term of the candidate's last log entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_log_term: Option<u64>,
+    /// RequestVote: the election was started by a controller TIMEOUT; voters do not refuse it
+    /// for having heard from a live leader (the thesis's TimeoutNow).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force: Option<bool>,
+    /// AppendEntries: index of the entry just before `entries`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev_log_index: Option<u64>,
+    /// AppendEntries: term of the entry at `prev_log_index`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev_log_term: Option<u64>,
+    /// AppendEntries: the entries to append (empty for a heartbeat).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entries: Option<Vec<LogEntry>>,
+    /// AppendEntries: the leader's commit index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader_commit: Option<u64>,
+    /// Replies: whether the request was accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success: Option<bool>,
+    /// APPEND_REPLY: the highest index known to match the leader's log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub match_index: Option<u64>,
+    /// APPEND_REPLY on a mismatch: where the leader should retry from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conflict_index: Option<u64>,
+    /// APPEND_REPLY on a mismatch: the term of the follower's conflicting entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conflict_term: Option<u64>,
+}
+
+/// One replicated log entry as it appears on the wire and in RETRIEVE replies:
+/// `{"Term":1,"Key":"k","Value":"v"}`. A leader's no-op entry has a null key and value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogEntry {
+    #[serde(rename = "Term")]
+    pub term: u64,
+    #[serde(rename = "Key", default)]
+    pub key: Option<String>,
+    #[serde(rename = "Value", default)]
+    pub value: Value,
+}
+
+impl LogEntry {
+    /// The entry a new leader appends to commit earlier terms' entries.
+    pub fn noop(term: u64) -> Self {
+        LogEntry { term, key: None, value: Value::Null }
+    }
+
+    /// True for a leader's no-op entry, which carries no user data.
+    pub fn is_noop(&self) -> bool {
+        self.key.is_none() && self.value.is_null()
+    }
+}
+
+/// The request kinds labctl understands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Request {
+    // Node requests.
+    AppendRpc,
+    AppendReply,
+    VoteRequest,
+    VoteAck,
+    PreVoteRequest,
+    PreVoteReply,
+    // Control requests (sender "Controller") and their replies.
+    ConvertFollower,
+    Timeout,
+    Shutdown,
+    LeaderInfo,
+    Store,
+    Retrieve,
+}
+
+impl Request {
+    pub const ALL: [Request; 12] = [
+        Request::AppendRpc,
+        Request::AppendReply,
+        Request::VoteRequest,
+        Request::VoteAck,
+        Request::PreVoteRequest,
+        Request::PreVoteReply,
+        Request::ConvertFollower,
+        Request::Timeout,
+        Request::Shutdown,
+        Request::LeaderInfo,
+        Request::Store,
+        Request::Retrieve,
+    ];
+
+    /// The name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Request::AppendRpc => "APPEND_RPC",
+            Request::AppendReply => "APPEND_REPLY",
+            Request::VoteRequest => "VOTE_REQUEST",
+            Request::VoteAck => "VOTE_ACK",
+            Request::PreVoteRequest => "PRE_VOTE_REQUEST",
+            Request::PreVoteReply => "PRE_VOTE_REPLY",
+            Request::ConvertFollower => "CONVERT_FOLLOWER",
+            Request::Timeout => "TIMEOUT",
+            Request::Shutdown => "SHUTDOWN",
+            Request::LeaderInfo => "LEADER_INFO",
+            Request::Store => "STORE",
+            Request::Retrieve => "RETRIEVE",
+        }
+    }
+
+    /// Parses a wire name; names are matched exactly, as the course protocol spells them.
+    pub fn parse(s: &str) -> Option<Request> {
+        Request::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
+    /// True for the requests a controller sends.
+    pub fn is_control(self) -> bool {
+        matches!(
+            self,
+            Request::ConvertFollower
+                | Request::Timeout
+                | Request::Shutdown
+                | Request::LeaderInfo
+                | Request::Store
+                | Request::Retrieve
+        )
+    }
+}
+
+impl std::fmt::Display for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Key of the LEADER_INFO reply.
+pub const KEY_LEADER: &str = "LEADER";
+/// Key of the RETRIEVE reply, spelled as the course protocol spells it.
+pub const KEY_COMMITED_LOGS: &str = "COMMITED_LOGS";
+/// The correct spelling, accepted wherever a reply is read.
+pub const KEY_COMMITTED_LOGS: &str = "COMMITTED_LOGS";
+
+/// Why a datagram was dropped.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("datagram of {0} bytes is larger than {MAX_DATAGRAM}")]
+    TooLarge(usize),
+    #[error("not UTF-8 JSON of the message shape: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("no `request` field")]
+    MissingRequest,
+    #[error("unknown request {0:?}")]
+    UnknownRequest(String),
+}
+
+impl Message {
+    /// A message with the five base fields set and no Raft fields.
+    pub fn new(sender: impl Into<String>, request: Request, term: Option<u64>) -> Self {
+        Message {
+            sender_name: Some(sender.into()),
+            request: Some(request.as_str().to_string()),
+            term,
+            ..Message::default()
+        }
+    }
+
+    /// Decodes one datagram, checking that it names a known request.
+    pub fn decode(bytes: &[u8]) -> Result<(Message, Request), DecodeError> {
+        if bytes.len() > MAX_DATAGRAM {
+            return Err(DecodeError::TooLarge(bytes.len()));
+        }
+        let msg: Message = serde_json::from_slice(bytes)?;
+        let name = msg.request.as_deref().ok_or(DecodeError::MissingRequest)?;
+        let request =
+            Request::parse(name).ok_or_else(|| DecodeError::UnknownRequest(name.chars().take(64).collect()))?;
+        Ok((msg, request))
+    }
+
+    /// Encodes as one JSON datagram.
+    pub fn encode(&self) -> Vec<u8> {
+        // Serializing these plain structs cannot fail: every map key is a string.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// The parsed request kind, if known.
+    pub fn request_kind(&self) -> Option<Request> {
+        self.request.as_deref().and_then(Request::parse)
+    }
+
+    /// The leader named in a LEADER_INFO reply (`value`), if any.
+    pub fn leader_name(&self) -> Option<&str> {
+        self.value.as_str()
+    }
+
+    /// The committed log in a RETRIEVE reply, accepting both spellings of the key.
+    pub fn committed_logs(&self) -> Option<Vec<LogEntry>> {
+        match self.key.as_deref() {
+            Some(KEY_COMMITED_LOGS) | Some(KEY_COMMITTED_LOGS) => serde_json::from_value(self.value.clone()).ok(),
+            _ => None,
+        }
+    }
+}
+
+/// Parses a node name (`node3`, `Node3`, `NODE3`) into its id. Names are case-insensitive.
+pub fn parse_node_name(name: &str) -> Option<u32> {
+    let lower = name.trim().to_ascii_lowercase();
+    let digits = lower.strip_prefix("node")?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok().filter(|&id| id > 0)
+}
+
+/// The canonical name of node `id`: `node3`.
+pub fn node_name(id: u32) -> String {
+    format!("node{id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn course_controller_message_decodes() {
+        let raw =
+            br#"{"sender_name": "Controller", "request": "LEADER_INFO", "term": null, "key": null, "value": null}"#;
+        let (msg, req) = Message::decode(raw).unwrap();
+        assert_eq!(req, Request::LeaderInfo);
+        assert_eq!(msg.sender_name.as_deref(), Some(CONTROLLER));
+        assert_eq!(msg.term, None);
+    }
+
+    #[test]
+    fn missing_fields_are_null_and_unknown_fields_ignored() {
+        let (msg, req) = Message::decode(br#"{"request":"TIMEOUT","colour":"blue"}"#).unwrap();
+        assert_eq!(req, Request::Timeout);
+        assert_eq!(msg.sender_name, None);
+        assert_eq!(msg.value, Value::Null);
+    }
+
+    #[test]
+    fn encoded_message_always_has_the_five_fields() {
+        let bytes = Message::new("node2", Request::VoteRequest, Some(7)).encode();
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        let obj = v.as_object().unwrap();
+        for field in ["sender_name", "request", "term", "key", "value"] {
+            assert!(obj.contains_key(field), "missing {field} in {v}");
+        }
+        assert_eq!(obj["sender_name"], "node2");
+        assert_eq!(obj["request"], "VOTE_REQUEST");
+        assert_eq!(obj["term"], 7);
+        assert!(!obj.contains_key("entries"));
+    }
+
+    #[test]
+    fn bad_datagrams_are_errors() {
+        assert!(matches!(Message::decode(b"\xff\xfe"), Err(DecodeError::Json(_))));
+        assert!(matches!(Message::decode(b"[1,2]"), Err(DecodeError::Json(_))));
+        assert!(matches!(Message::decode(br#"{"request":5}"#), Err(DecodeError::Json(_))));
+        assert!(matches!(Message::decode(br#"{"term":"x","request":"TIMEOUT"}"#), Err(DecodeError::Json(_))));
+        assert!(matches!(Message::decode(br#"{"term":-1,"request":"TIMEOUT"}"#), Err(DecodeError::Json(_))));
+        assert!(matches!(Message::decode(br#"{"key":null}"#), Err(DecodeError::MissingRequest)));
+        assert!(matches!(Message::decode(br#"{"request":"HELLO"}"#), Err(DecodeError::UnknownRequest(_))));
+        let huge = vec![b' '; MAX_DATAGRAM + 1];
+        assert!(matches!(Message::decode(&huge), Err(DecodeError::TooLarge(_))));
+    }
+
+    #[test]
+    fn committed_logs_accepts_both_spellings() {
+        let entries = serde_json::json!([{"Term": 1, "Key": "k", "Value": "v"}]);
+        for key in [KEY_COMMITED_LOGS, KEY_COMMITTED_LOGS] {
+            let msg = Message { key: Some(key.into()), value: entries.clone(), ..Message::default() };
+            let logs = msg.committed_logs().unwrap();
+            assert_eq!(logs, vec![LogEntry { term: 1, key: Some("k".into()), value: "v".into() }]);
+        }
+    }
+
+    #[test]
+    fn node_names_are_case_insensitive() {
+        assert_eq!(parse_node_name("node3"), Some(3));
+        assert_eq!(parse_node_name("Node1"), Some(1));
+        assert_eq!(parse_node_name("NODE12"), Some(12));
+        assert_eq!(parse_node_name("node"), None);
+        assert_eq!(parse_node_name("node0"), None);
+        assert_eq!(parse_node_name("node-1"), None);
+        assert_eq!(parse_node_name("Controller"), None);
+        assert_eq!(node_name(4), "node4");
+    }
+}
