@@ -47,8 +47,8 @@ pub enum Action {
     /// log is up to date thereby becomes the leader.
     Timeout {
         /// The node(s), e.g. node2
-        #[arg(required = true, value_parser = parse_node)]
-        nodes: Vec<u32>,
+        #[arg(required = true, value_name = "NODE", value_parser = parse_node)]
+        targets: Vec<u32>,
     },
     /// Make nodes become followers (CONVERT_FOLLOWER); prints "sent", no reply is awaited
     ///
@@ -56,14 +56,14 @@ pub enum Action {
     /// (possibly the same node) in a higher term.
     ConvertFollower {
         /// The node(s), e.g. node1
-        #[arg(required = true, value_parser = parse_node)]
-        nodes: Vec<u32>,
+        #[arg(required = true, value_name = "NODE", value_parser = parse_node)]
+        targets: Vec<u32>,
     },
     /// Stop nodes (SHUTDOWN): each stops all its work and exits 0; prints "sent", no reply is awaited
     Shutdown {
         /// The node(s), e.g. node3
-        #[arg(required = true, value_parser = parse_node)]
-        nodes: Vec<u32>,
+        #[arg(required = true, value_name = "NODE", value_parser = parse_node)]
+        targets: Vec<u32>,
     },
     /// Ask nodes whom they know as leader (LEADER_INFO) and print NODE, LEADER, TERM
     ///
@@ -71,8 +71,8 @@ pub enum Action {
     /// time; the command then fails.
     LeaderInfo {
         /// The nodes to ask [default: all members]
-        #[arg(value_parser = parse_node)]
-        nodes: Vec<u32>,
+        #[arg(value_name = "NODE", value_parser = parse_node)]
+        targets: Vec<u32>,
     },
     /// Store KEY = VALUE in the replicated log (STORE) and wait until the leader acknowledges it
     ///
@@ -146,10 +146,10 @@ struct Controller {
 impl Controller {
     fn execute(&self, action: &Action) -> Result<(), ControllerError> {
         match action {
-            Action::Timeout { nodes } => self.send_only(Request::Timeout, nodes),
-            Action::ConvertFollower { nodes } => self.send_only(Request::ConvertFollower, nodes),
-            Action::Shutdown { nodes } => self.send_only(Request::Shutdown, nodes),
-            Action::LeaderInfo { nodes } => self.leader_info(nodes),
+            Action::Timeout { targets } => self.send_only(Request::Timeout, targets),
+            Action::ConvertFollower { targets } => self.send_only(Request::ConvertFollower, targets),
+            Action::Shutdown { targets } => self.send_only(Request::Shutdown, targets),
+            Action::LeaderInfo { targets } => self.leader_info(targets),
             Action::Store { key, value, node } => self.store(key, value, *node),
             Action::Retrieve { node } => self.retrieve(*node),
             Action::Status => self.status(),
@@ -412,14 +412,13 @@ mod tests {
     use super::*;
     use clap::Parser;
 
-    #[derive(Debug, Parser)]
-    struct TestCli {
-        #[command(flatten)]
-        args: Args,
-    }
-
+    /// Parses `labctl controller ARGV…` through the whole command line, as users type it.
     fn parse(argv: &[&str]) -> Result<Args, clap::Error> {
-        TestCli::try_parse_from(std::iter::once("controller").chain(argv.iter().copied())).map(|c| c.args)
+        let cli = crate::cli::Cli::try_parse_from(["labctl", "controller"].into_iter().chain(argv.iter().copied()))?;
+        match cli.command {
+            crate::cli::Command::Controller(args) => Ok(args),
+            other => panic!("parsed as {other:?}"),
+        }
     }
 
     fn answer(raw: Value) -> Answer {
@@ -431,9 +430,9 @@ mod tests {
     #[test]
     fn node_names_are_case_insensitive_and_checked() {
         let args = parse(&["timeout", "Node2"]).unwrap();
-        assert!(matches!(args.action, Action::Timeout { ref nodes } if nodes == &[2]));
+        assert!(matches!(args.action, Action::Timeout { ref targets } if targets == &[2]));
         let args = parse(&["leader-info", "node1", "NODE3", "--timeout-ms", "200", "--json"]).unwrap();
-        assert!(matches!(args.action, Action::LeaderInfo { ref nodes } if nodes == &[1, 3]));
+        assert!(matches!(args.action, Action::LeaderInfo { ref targets } if targets == &[1, 3]));
         assert_eq!(args.timeout_ms, Some(200));
         assert!(args.json);
         assert!(parse(&["shutdown", "server3"]).is_err());
@@ -443,8 +442,13 @@ mod tests {
             matches!(args.action, Action::Store { ref key, ref value, node: Some(4) } if key == "k" && value == "v")
         );
         assert!(
-            matches!(parse(&["leader-info"]).unwrap().action, Action::LeaderInfo { ref nodes } if nodes.is_empty())
+            matches!(parse(&["leader-info"]).unwrap().action, Action::LeaderInfo { ref targets } if targets.is_empty())
         );
+        // The cluster flags apply after any subcommand.
+        let args = parse(&["leader-info", "node1", "--nodes", "3", "--raft-port", "6000"]).unwrap();
+        assert_eq!((args.cluster.nodes, args.cluster.raft_port), (Some(3), Some(6000)));
+        let args = parse(&["timeout", "node1", "--nodes=7"]).unwrap();
+        assert_eq!(args.cluster.nodes, Some(7));
     }
 
     #[test]
