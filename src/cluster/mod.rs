@@ -62,11 +62,11 @@ pub struct Args {
 pub enum ClusterError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("cannot create the data directory {path}: {source}")]
+    #[error("cannot create the data directory {path}")]
     DataDir { path: PathBuf, source: std::io::Error },
     #[error("cannot find the labctl executable to start nodes with: {0}")]
     Exe(std::io::Error),
-    #[error("cannot start {node}: {source}")]
+    #[error("cannot start {node}")]
     Spawn { node: String, source: std::io::Error },
     #[error("cannot set up signal handling or the runtime: {0}")]
     Runtime(std::io::Error),
@@ -248,7 +248,7 @@ impl Supervisor {
                 match self.launch.spawn(member.id) {
                     Ok(child) => member.child = Some(child),
                     Err(e) => {
-                        log::error!("{e}; trying again in {} s", RESTART_DELAY.as_secs());
+                        log::error!("{}; trying again in {} s", with_causes(&e), RESTART_DELAY.as_secs());
                         member.restart_at = Some(Instant::now() + RESTART_DELAY);
                     }
                 }
@@ -290,7 +290,7 @@ async fn stop_all(cluster: &Cluster, members: &mut [Member]) {
         match cluster.raft_addr(member.id) {
             Ok(addr) => {
                 if let Err(e) = client::exchange(addr, &shutdown, None) {
-                    log::warn!("cannot send SHUTDOWN to {}: {e}", node_name(member.id));
+                    log::warn!("cannot send SHUTDOWN to {}: {}", node_name(member.id), with_causes(&e));
                 }
             }
             Err(e) => log::warn!("cannot send SHUTDOWN to {}: {e}", node_name(member.id)),
@@ -332,6 +332,18 @@ async fn wait_all(members: &mut [Member], grace: Duration) -> bool {
         member.child = None;
     }
     true
+}
+
+/// An error with its causes, "a: b: c", for a log line.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// An exit status in words: "exit code 1", "killed by signal 9".
@@ -390,6 +402,16 @@ mod tests {
         assert_eq!(node.id, 4);
         assert_eq!(node.cluster.nodes, Some(5));
         assert_eq!(node.raft.heartbeat_ms, Some(50));
+    }
+
+    #[test]
+    fn example_config_holds_the_defaults() {
+        let file: FileConfig = toml::from_str(include_str!("../../config/labctl.toml")).unwrap();
+        assert_eq!(Cluster::resolve(&ClusterArgs::default(), &file.cluster).unwrap(), Cluster::default());
+        assert_eq!(RaftTiming::resolve(&RaftArgs::default(), &file.raft).unwrap(), RaftTiming::default());
+        assert_eq!(file.node.data_dir.as_deref(), Some(Path::new(DEFAULT_DATA_DIR)));
+        assert_eq!(file.node.bind_host, None);
+        assert_eq!(file.controller.timeout_ms, Some(crate::controller::DEFAULT_TIMEOUT_MS));
     }
 
     #[test]

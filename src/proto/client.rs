@@ -24,9 +24,9 @@ const RECV_BUFFER: usize = 65_536;
 pub enum ClientError {
     #[error("cannot open a UDP socket: {0}")]
     Bind(io::Error),
-    #[error("cannot send to {addr}: {source}")]
+    #[error("cannot send to {addr}")]
     Send { addr: SocketAddr, source: io::Error },
-    #[error("cannot receive from {addr}: {source}")]
+    #[error("cannot receive from {addr}")]
     Receive { addr: SocketAddr, source: io::Error },
 }
 
