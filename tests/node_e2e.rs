@@ -49,6 +49,54 @@ fn killing_the_leader_elects_a_new_one() {
 }
 
 #[test]
+fn a_cut_off_leader_is_replaced_and_follows_when_it_returns() {
+    let mut cluster = TestCluster::start(5, 16109, &[]);
+    let (old, old_term) = cluster.wait_for_leader(ELECTION);
+    let others: Vec<u32> = (1..=5).filter(|&id| id != old).collect();
+    cluster.freeze(old, true);
+    let (new, new_term) = poll("a new leader among the others", ELECTION, || cluster.agreed_leader(&others));
+    assert_ne!(new, old);
+    assert!(new_term > old_term);
+    cluster.freeze(old, false);
+    // Back: the old leader learns the newer term and follows; still one leader.
+    poll("the old leader to follow", ELECTION, || {
+        (cluster.leader_info(old) == Some((new_term, Some(format!("node{new}"))))).then_some(())
+    });
+    assert_eq!(cluster.agreed_leader(&[1, 2, 3, 4, 5]), Some((new, new_term)));
+}
+
+#[test]
+fn a_minority_has_no_leader_until_the_majority_returns() {
+    let mut cluster = TestCluster::start(5, 16110, &[]);
+    let (leader, _) = cluster.wait_for_leader(ELECTION);
+    // Cut off three nodes, the leader among them: the two left must not have a leader.
+    let followers: Vec<u32> = (1..=5).filter(|&id| id != leader).collect();
+    let (cut, left) = (vec![leader, followers[0], followers[1]], vec![followers[2], followers[3]]);
+    for &id in &cut {
+        cluster.freeze(id, true);
+    }
+    poll("the minority to forget its leader", ELECTION, || {
+        left.iter().all(|&id| cluster.leader_info(id).is_some_and(|(_, l)| l.is_none())).then_some(())
+    });
+    // And it stays without one: watch for a second.
+    let until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < until {
+        for &id in &left {
+            let (_, l) = cluster.leader_info(id).expect("minority node answers");
+            assert_eq!(l, None, "node{id} names a leader in a minority");
+        }
+    }
+    for &id in &cut {
+        cluster.freeze(id, false);
+    }
+    cluster.wait_for_leader(ELECTION);
+    poll("all five to agree again", ELECTION, || {
+        let (id, term) = cluster.agreed_leader(&[1, 2, 3, 4, 5])?;
+        (1..=5).all(|n| cluster.leader_info(n) == Some((term, Some(format!("node{id}"))))).then_some(())
+    });
+}
+
+#[test]
 fn store_and_retrieve_go_through_the_leader() {
     let cluster = TestCluster::start(5, 16103, &[]);
     let (leader, _) = cluster.wait_for_leader(ELECTION);

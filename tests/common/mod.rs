@@ -116,6 +116,16 @@ impl TestCluster {
         }
     }
 
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) node `id`: a frozen node neither sends nor
+    /// answers, as if the network had cut it off, and keeps its state.
+    pub fn freeze(&mut self, id: u32, frozen: bool) {
+        let child = self.children[id as usize - 1].as_ref().expect("node is running");
+        let signal = if frozen { libc::SIGSTOP } else { libc::SIGCONT };
+        // SAFETY: kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+        assert_eq!(rc, 0, "cannot signal node{id}");
+    }
+
     /// Waits for node `id` to exit by itself.
     pub fn wait_exit(&mut self, id: u32, timeout: Duration) -> ExitStatus {
         let child = self.children[id as usize - 1].as_mut().expect("node is running");
@@ -196,10 +206,19 @@ impl TestCluster {
 impl Drop for TestCluster {
     fn drop(&mut self) {
         for child in self.children.iter_mut().flatten() {
+            // SAFETY: kill(2) on our own child's pid; a frozen child must be thawed to die.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGCONT) };
             let _ = child.kill();
             let _ = child.wait();
         }
         if !std::thread::panicking() {
+            // A node that panicked fails the test even when the cluster carried on without it.
+            for id in 1..=self.nodes {
+                let text = self.log_text(id);
+                if text.contains("panicked at") {
+                    panic!("node{id} panicked; logs kept in {}:\n{text}", self.dir.display());
+                }
+            }
             let _ = std::fs::remove_dir_all(&self.dir);
         } else {
             eprintln!("node logs kept in {}", self.dir.display());

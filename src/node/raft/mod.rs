@@ -717,7 +717,7 @@ impl Raft {
             );
             return;
         }
-        if self.role == Role::Leader {
+        if self.role == Role::Leader && term == self.term {
             // Two leaders in one term would break Raft's first guarantee.
             ::log::error!("{} is leader of term {term} and got AppendEntries from node{from}", self.name());
             debug_assert!(false, "two leaders in term {term}");

@@ -240,3 +240,16 @@ fn check_quorum_makes_an_isolated_leader_step_down() {
     let after = now - elected;
     assert!(after <= raft.config().election_min, "stepped down {after} µs after winning");
 }
+
+#[test]
+fn a_leader_follows_a_leader_of_a_newer_term() {
+    let mut raft = elect(3);
+    raft.take_ready();
+    raft.step(0, 2, Msg::Append { term: 2, prev_log_index: 0, prev_log_term: 0, entries: vec![], leader_commit: 0 });
+    assert_eq!((raft.role(), raft.term(), raft.leader()), (Role::Follower, 2, Some(2)));
+    let ready = raft.take_ready();
+    assert_eq!(
+        sent_to(&ready, 2),
+        [&Msg::AppendReply { term: 2, success: true, match_index: 0, conflict_index: 0, conflict_term: None }]
+    );
+}
