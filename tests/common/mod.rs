@@ -40,6 +40,20 @@ pub fn udp_request(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> Option<
     Message::decode(&buf[..n]).ok().map(|(m, _)| m)
 }
 
+/// A UDP port free on 127.0.0.1 … 127.0.0.N right now. Test runs on one machine may overlap,
+/// so fixed ports could put one run's requests on another run's cluster.
+pub fn free_port(nodes: u32) -> u16 {
+    for _ in 0..100 {
+        let first = UdpSocket::bind("127.0.0.1:0").expect("bind a UDP port");
+        let port = first.local_addr().unwrap().port();
+        let others: Vec<_> = (2..=nodes).map(|id| UdpSocket::bind(format!("127.0.0.{id}:{port}"))).collect();
+        if others.iter().all(Result::is_ok) {
+            return port;
+        }
+    }
+    panic!("no UDP port is free on 127.0.0.1 … 127.0.0.{nodes}");
+}
+
 /// A control message as a controller sends it.
 pub fn control(request: Request, key: Option<&str>, value: Value) -> Message {
     let mut m = Message::new(CONTROLLER, request, None);
@@ -58,8 +72,10 @@ pub struct TestCluster {
 }
 
 impl TestCluster {
-    /// Starts `nodes` nodes on 127.0.0.1..=N with the given Raft port.
+    /// Starts `nodes` nodes on 127.0.0.1..=N with the given Raft port (0: a free one), and
+    /// waits until each answers.
     pub fn start(nodes: u32, raft_port: u16, extra: &[&str]) -> TestCluster {
+        let raft_port = if raft_port == 0 { free_port(nodes) } else { raft_port };
         let dir = std::env::temp_dir().join(format!("labctl-test-{raft_port}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create test dir");
@@ -72,6 +88,12 @@ impl TestCluster {
         };
         for id in 1..=nodes {
             cluster.spawn(id);
+        }
+        for id in 1..=nodes {
+            poll(&format!("node{id} to answer"), Duration::from_secs(10), || {
+                assert!(cluster.is_running(id), "node{id} exited at start:\n{}", cluster.log_text(id));
+                cluster.leader_info(id)
+            });
         }
         cluster
     }
