@@ -12,8 +12,6 @@ use common::{control, poll, udp_request, BIN};
 use labctl::proto::Request;
 use serde_json::Value;
 
-const RAFT_PORT: u16 = 16021;
-
 /// The `labctl cluster` process, killed on drop (its nodes follow it).
 struct Supervisor {
     child: Child,
@@ -32,8 +30,8 @@ impl Drop for Supervisor {
     }
 }
 
-fn leader_of(id: u32) -> Option<(u64, Option<String>)> {
-    let addr = format!("127.0.0.{id}:{RAFT_PORT}").parse().unwrap();
+fn leader_of(raft_port: u16, id: u32) -> Option<(u64, Option<String>)> {
+    let addr = format!("127.0.0.{id}:{raft_port}").parse().unwrap();
     let reply =
         udp_request(addr, &control(Request::LeaderInfo, None, Value::Null).encode(), Duration::from_millis(300))?;
     Some((reply.term?, reply.value.as_str().map(str::to_string)))
@@ -41,14 +39,15 @@ fn leader_of(id: u32) -> Option<(u64, Option<String>)> {
 
 #[test]
 fn cluster_starts_reports_its_leader_and_stops_on_sigint() {
+    let raft_port = common::free_port(3);
     let dir = std::env::temp_dir().join(format!("labctl-cluster-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let stderr = std::fs::File::create(dir.join("cluster.log")).unwrap();
     let child = Command::new(BIN)
         .args(["cluster", "--nodes", "3", "--restart"])
-        .arg(format!("--raft-port={RAFT_PORT}"))
-        .arg(format!("--http-port={}", RAFT_PORT + 2000))
+        .arg(format!("--raft-port={raft_port}"))
+        .arg(format!("--http-port={}", common::free_port(3)))
         .arg("--data-dir")
         .arg(dir.join("data"))
         .env("RUST_LOG", "info")
@@ -75,7 +74,7 @@ fn cluster_starts_reports_its_leader_and_stops_on_sigint() {
     assert!(labctl::proto::parse_node_name(leader).is_some(), "{up}");
 
     // The nodes are really there, each with its data under the one directory.
-    let (t, l) = leader_of(1).expect("node1 answers");
+    let (t, l) = leader_of(raft_port, 1).expect("node1 answers");
     assert!(t >= term && l.is_some());
     for id in 1..=3 {
         assert!(dir.join("data").join(format!("node{id}")).is_dir(), "no data directory for node{id}");
@@ -87,7 +86,7 @@ fn cluster_starts_reports_its_leader_and_stops_on_sigint() {
     let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     let victim = if leader == "node3" { 2 } else { 3 };
     let _ = udp_request(
-        format!("127.0.0.{victim}:{RAFT_PORT}").parse().unwrap(),
+        format!("127.0.0.{victim}:{raft_port}").parse().unwrap(),
         &control(Request::Shutdown, None, Value::Null).encode(),
         Duration::from_millis(1),
     );
@@ -95,8 +94,8 @@ fn cluster_starts_reports_its_leader_and_stops_on_sigint() {
         log().contains(&format!("node{victim} exited unexpectedly (exit code 0)")).then_some(())
     });
     let other = (1..=3).find(|&id| id != victim).unwrap();
-    assert!(leader_of(other).is_some(), "node{other} keeps running");
-    poll("the node to be restarted and answer", Duration::from_secs(10), || leader_of(victim));
+    assert!(leader_of(raft_port, other).is_some(), "node{other} keeps running");
+    poll("the node to be restarted and answer", Duration::from_secs(10), || leader_of(raft_port, victim));
 
     // SIGINT: every node is shut down and the supervisor exits 0.
     let pid = cluster.child.id() as libc::pid_t;
@@ -111,7 +110,7 @@ fn cluster_starts_reports_its_leader_and_stops_on_sigint() {
     }
     assert!(rest.iter().any(|l| l == "cluster stopped"), "{rest:?}");
     for id in 1..=3 {
-        assert!(leader_of(id).is_none(), "node{id} still answers after the cluster stopped");
+        assert!(leader_of(raft_port, id).is_none(), "node{id} still answers after the cluster stopped");
         assert!(log().contains(&format!("node{id} stopped")), "{}", log());
     }
 }

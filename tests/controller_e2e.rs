@@ -55,7 +55,7 @@ fn table_rows(text: &str) -> Vec<(String, String, String)> {
 
 #[test]
 fn leader_info_and_status_agree_on_one_leader() {
-    let cluster = TestCluster::start(5, 16001, &[]);
+    let cluster = TestCluster::start(5, 0, &[]);
     let (leader, term) = cluster.wait_for_leader(ELECTION);
     let name = format!("node{leader}");
 
@@ -96,7 +96,7 @@ fn leader_info_and_status_agree_on_one_leader() {
 
 #[test]
 fn a_python_udp_client_gets_the_leader_info_answer() {
-    let cluster = TestCluster::start(5, 16002, &[]);
+    let cluster = TestCluster::start(5, 0, &[]);
     cluster.wait_for_leader(ELECTION);
     let script = r#"
 import json, socket, sys
@@ -123,7 +123,7 @@ print(data.decode("utf-8"))
 
 #[test]
 fn timeout_elects_the_follower_and_convert_follower_forces_a_new_election() {
-    let cluster = TestCluster::start(5, 16003, &[]);
+    let cluster = TestCluster::start(5, 0, &[]);
     let (leader, term) = cluster.wait_for_leader(ELECTION);
     let follower = (1..=5).find(|&id| id != leader).unwrap();
 
@@ -145,7 +145,7 @@ fn timeout_elects_the_follower_and_convert_follower_forces_a_new_election() {
 
 #[test]
 fn store_then_retrieve_shows_the_entries() {
-    let cluster = TestCluster::start(5, 16004, &[]);
+    let cluster = TestCluster::start(5, 0, &[]);
     let (leader, _) = cluster.wait_for_leader(ELECTION);
     let follower = (1..=5).find(|&id| id != leader).unwrap();
 
@@ -177,7 +177,7 @@ fn store_then_retrieve_shows_the_entries() {
 
 #[test]
 fn shutdown_stops_the_node_cleanly_and_a_silent_node_fails_the_command() {
-    let mut cluster = TestCluster::start(5, 16005, &[]);
+    let mut cluster = TestCluster::start(5, 0, &[]);
     let (leader, _) = cluster.wait_for_leader(ELECTION);
     let follower = (1..=5).find(|&id| id != leader).unwrap();
     let name = format!("node{follower}");
@@ -204,19 +204,20 @@ fn shutdown_stops_the_node_cleanly_and_a_silent_node_fails_the_command() {
 #[test]
 fn without_nodes_every_command_that_waits_fails_clearly() {
     // Nothing listens on this port.
-    let out = controller_at(3, 16009, &["leader-info", "--timeout-ms", "200"]);
+    let port = common::free_port(3);
+    let out = controller_at(3, port, &["leader-info", "--timeout-ms", "200"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("no reply from node1, node2, node3 within 200 ms"), "{}", stderr(&out));
-    let out = controller_at(3, 16009, &["store", "k", "v", "--timeout-ms", "200"]);
+    let out = controller_at(3, port, &["store", "k", "v", "--timeout-ms", "200"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("no reply"), "{}", stderr(&out));
-    let out = controller_at(3, 16009, &["retrieve", "--node", "node2", "--timeout-ms", "200"]);
+    let out = controller_at(3, port, &["retrieve", "--node", "node2", "--timeout-ms", "200"]);
     assert!(stderr(&out).contains("no reply from node2"), "{}", stderr(&out));
 
-    let out = controller_at(3, 16009, &["timeout", "node4"]);
+    let out = controller_at(3, port, &["timeout", "node4"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("node4 is not a member"), "{}", stderr(&out));
-    let out = controller_at(3, 16009, &["shutdown", "server1"]);
+    let out = controller_at(3, port, &["shutdown", "server1"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("not a node name"), "{}", stderr(&out));
 }
