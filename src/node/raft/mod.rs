@@ -180,6 +180,8 @@ pub struct Raft {
     hard_dirty: bool,
     persist_from: Option<u64>,
     reported: Option<(Role, u64, Option<NodeId>)>,
+    /// The commit index handed out in the last Ready.
+    reported_commit: u64,
 }
 
 impl Raft {
@@ -207,6 +209,7 @@ impl Raft {
             hard_dirty: false,
             persist_from: None,
             reported: None,
+            reported_commit: 0,
         };
         raft.reset_election_timer(now);
         raft
@@ -393,6 +396,7 @@ impl Raft {
             events.push(Event::RoleChanged { role: self.role, term: self.term, leader: self.leader });
         }
         let hard_state = std::mem::take(&mut self.hard_dirty).then(|| self.hard_state());
+        self.reported_commit = self.commit;
         Ready {
             hard_state,
             persist_from: self.persist_from.take(),
@@ -408,6 +412,7 @@ impl Raft {
             || self.persist_from.is_some()
             || !self.msgs.is_empty()
             || self.unflushed_from.is_some()
+            || self.commit > self.reported_commit
             || self.reported != Some((self.role, self.term, self.leader))
     }
 

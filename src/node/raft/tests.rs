@@ -253,3 +253,23 @@ fn a_leader_follows_a_leader_of_a_newer_term() {
         [&Msg::AppendReply { term: 2, success: true, match_index: 0, conflict_index: 0, conflict_term: None }]
     );
 }
+
+#[test]
+fn an_advanced_commit_index_alone_is_ready_work() {
+    // The reply that commits an entry often sends nothing; the driver must still apply it
+    // (and answer the client) at once, not with the next heartbeat.
+    let mut raft = elect(3);
+    raft.take_ready();
+    assert!(!raft.has_ready());
+    raft.step(
+        0,
+        2,
+        Msg::AppendReply { term: 1, success: true, match_index: 1, conflict_index: 0, conflict_term: None },
+    );
+    assert_eq!(raft.commit_index(), 1);
+    assert!(raft.has_ready());
+    let ready = raft.take_ready();
+    assert!(ready.messages.is_empty());
+    assert_eq!(ready.commit_index, 1);
+    assert!(!raft.has_ready());
+}
