@@ -99,7 +99,7 @@ fn main() {
 /// The kill/measure/restart loop for one system.
 fn run(mut sys: Box<dyn System>, kills: usize, rng: &mut Rng) -> Outcome {
     let label = sys.label();
-    eprintln!("== {label}: {kills} kills");
+    eprintln!("== {label}: {kills} kills (load average {})", common::loadavg());
     let all: Vec<usize> = (0..sys.size()).collect();
     let start = Instant::now();
     let mut samples = Vec::new();
@@ -128,6 +128,7 @@ fn run(mut sys: Box<dyn System>, kills: usize, rng: &mut Rng) -> Outcome {
         }
     }
     let outcome = Outcome { label, samples, failures, wall: start.elapsed() };
+    eprintln!("   done (load average {})", common::loadavg());
     write_csv(&outcome);
     outcome
 }
@@ -253,6 +254,7 @@ fn report(outcomes: &[Outcome]) {
     for (label, _, _, wall) in &summaries {
         eprintln!("{label}: {:.0} s", wall.as_secs_f64());
     }
+    println!("\nload average at the end: {}", common::loadavg());
     for o in outcomes {
         for f in o.failures.iter().take(5) {
             println!("\nfailure ({}): {f}", o.label);

@@ -98,7 +98,7 @@ fn main() {
 fn measure(sys: &mut dyn System, seconds: u64) -> Vec<Row> {
     let label = sys.label();
     let all: Vec<usize> = (0..sys.size()).collect();
-    eprintln!("== {label}: idle for {seconds} s");
+    eprintln!("== {label}: idle for {seconds} s (load average {})", common::loadavg());
     if let Err(e) = wait_for_agreement(sys, &all, Duration::from_secs(30)) {
         eprintln!("   {e}");
         return Vec::new();
@@ -109,6 +109,7 @@ fn measure(sys: &mut dyn System, seconds: u64) -> Vec<Row> {
     let start = Instant::now();
     std::thread::sleep(Duration::from_secs(seconds));
     let elapsed = start.elapsed().as_secs_f64();
+    println!("{label}: load average after the idle period {}  ", common::loadavg());
     let mut rows = Vec::new();
     for (&(member, pid), (b, bs)) in pids.iter().zip(before) {
         let (Some(b), Ok(a)) = (b, proc_sample(pid)) else {

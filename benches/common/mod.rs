@@ -236,6 +236,12 @@ pub fn machine() -> String {
     format!("{model}, {cores} cores, Linux {}", kernel.trim())
 }
 
+/// The 1-, 5- and 15-minute load averages: other work on the machine skews every figure.
+pub fn loadavg() -> String {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
 /// Command-line options after `cargo bench --bench X --`; cargo's own `--bench` is skipped.
 pub struct Args(Vec<String>);
 
