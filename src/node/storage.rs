@@ -24,7 +24,7 @@ use super::raft::{HardState, LogEntry, NodeId};
 /// Errors of the durable log.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
-    #[error("{path}: {source}")]
+    #[error("cannot use {path}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path} is used by another running node")]
     Locked { path: PathBuf },

@@ -1,9 +1,10 @@
 //! UDP transport: one socket on the Raft port for node traffic and control requests.
 //!
 //! Peers are addressed by name (`node3` → the cluster's host pattern). In Docker a peer's
-//! name may not resolve until its container is up, so addresses are resolved lazily and
-//! retried at most once a second; a datagram to a peer without an address is dropped, as
-//! the network would drop it.
+//! name may not resolve until its container is up, so addresses are resolved lazily, retried
+//! at most once a second, and refreshed every few seconds (a restarted container may have a
+//! new address); a datagram to a peer without an address is dropped, as the network would
+//! drop it. An IP address in the host pattern needs no lookup.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,6 +16,8 @@ use super::raft::NodeId;
 use crate::config::Cluster;
 
 const RESOLVE_RETRY: Duration = Duration::from_secs(1);
+/// A resolved name is looked up again this often: a restarted container may get a new address.
+const REFRESH: Duration = Duration::from_secs(10);
 
 /// Largest datagram the receive buffer takes; anything above the protocol's limit is rejected
 /// by the decoder.
@@ -73,10 +76,17 @@ impl Transport {
     fn peer_addr(&mut self, id: NodeId) -> Option<SocketAddr> {
         let now = Instant::now();
         let peer = self.peers.entry(id).or_insert(Peer { addr: None, next_try: now });
-        if peer.addr.is_none() && now >= peer.next_try {
+        if now >= peer.next_try {
             match self.cluster.raft_addr(id) {
-                Ok(addr) => peer.addr = Some(addr),
+                Ok(addr) => {
+                    if peer.addr.is_some_and(|old| old != addr) {
+                        log::info!("node{id} moved to {addr}");
+                    }
+                    peer.addr = Some(addr);
+                    peer.next_try = now + REFRESH;
+                }
                 Err(e) => {
+                    // Keep the last known address: the name may be briefly unresolvable.
                     peer.next_try = now + RESOLVE_RETRY;
                     if self.send_errors.allow() {
                         log::warn!("node{id} has no address yet: {e}");

@@ -533,7 +533,9 @@ impl Raft {
         self.leader = Some(self.cfg.id);
         self.votes.clear();
         let next = self.log.last_index() + 1;
-        self.progress = self.cfg.peers.iter().map(|&p| (p, Progress { next, matched: 0, active: true })).collect();
+        // Followers count as active only once they answer, so a leader elected just before it
+        // was cut off steps down after one CheckQuorum round.
+        self.progress = self.cfg.peers.iter().map(|&p| (p, Progress { next, matched: 0, active: false })).collect();
         self.heartbeat_deadline = now + self.cfg.heartbeat;
         self.quorum_deadline = now + self.cfg.election_min;
         // The no-op commits earlier terms' entries (§5.4.2) and tells followers who leads.
@@ -715,7 +717,7 @@ impl Raft {
             );
             return;
         }
-        if self.role == Role::Leader {
+        if self.role == Role::Leader && term == self.term {
             // Two leaders in one term would break Raft's first guarantee.
             ::log::error!("{} is leader of term {term} and got AppendEntries from node{from}", self.name());
             debug_assert!(false, "two leaders in term {term}");
@@ -787,3 +789,6 @@ impl Raft {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
