@@ -715,8 +715,9 @@ impl Raft {
             );
             return;
         }
-        if self.role == Role::Leader {
-            // Two leaders in one term would break Raft's first guarantee.
+        if self.role == Role::Leader && term == self.term {
+            // Two leaders in one term would break Raft's first guarantee. (A leader of a
+            // newer term is normal: this node was deposed and steps down below.)
             ::log::error!("{} is leader of term {term} and got AppendEntries from node{from}", self.name());
             debug_assert!(false, "two leaders in term {term}");
             return;
