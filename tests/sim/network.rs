@@ -41,6 +41,8 @@ pub struct NetStats {
     pub sent: u64,
     pub delivered: u64,
     pub dropped: u64,
+    /// Log entries carried by AppendEntries datagrams.
+    pub entries_sent: u64,
 }
 
 /// Links between nodes and the datagrams on them. Two nodes talk when they are in the same
@@ -150,6 +152,9 @@ impl Network {
     /// datagram of the product's wire protocol.
     pub fn send(&mut self, now: Micros, from: NodeId, to: NodeId, msg: Msg) -> Result<(), String> {
         self.stats.sent += 1;
+        if let Msg::Append { entries, .. } = &msg {
+            self.stats.entries_sent += entries.len() as u64;
+        }
         let msg = if self.rng.chance(self.wire_check) { through_the_wire(from, &msg)? } else { msg };
         if !self.connected(from, to) || self.rng.chance(self.loss) {
             self.stats.dropped += 1;
