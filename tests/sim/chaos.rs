@@ -38,7 +38,7 @@ pub fn run(seed: u64) -> Report {
     // follower up takes many AppendEntries without needing huge entries.
     let pre_vote = rng.chance(0.85);
     let check_quorum = rng.chance(0.85);
-    let small_batches = rng.chance(0.3).then(|| rng.range(300, 4096) as usize);
+    let small_batches = rng.chance(0.3).then(|| rng.range(40, 4096) as usize);
     let mut c = Cluster::with_config(nodes, seed, |cfg| {
         cfg.pre_vote = pre_vote;
         cfg.check_quorum = check_quorum;
@@ -49,10 +49,11 @@ pub fn run(seed: u64) -> Report {
     // Encoding every datagram would dominate the run time; a sample still covers the wire
     // format over many seeds (scenario tests encode every datagram).
     c.net.wire_check = 0.1;
+    let profile = if rng.chance(0.25) { Profile::LeaderCrashes } else { Profile::Mixed };
     let mut client = Client { proposed: 0 };
     for _ in 0..ROUNDS {
         let until = c.now() + rng.range(SEC, 6 * SEC);
-        chaos(&mut c, &mut rng, &mut client, until);
+        chaos(&mut c, &mut rng, &mut client, profile, until);
         heal_and_check_liveness(&mut c, &mut client);
     }
     c.check_logs_match();
@@ -80,7 +81,19 @@ impl Client {
     }
 }
 
-fn chaos(c: &mut Cluster, rng: &mut Rng, client: &mut Client, until: Micros) {
+/// The kind of faults a run sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Profile {
+    /// Every kind of fault, every 10-500 ms.
+    Mixed,
+    /// As in MIT 6.824's Figure 8 test: leaders crash within milliseconds of taking
+    /// proposals, and crashed nodes restart so that about a majority stays up. This is
+    /// where a leader that counted replicas of an earlier term's entry to commit it
+    /// (Figure 8 of the paper) would lose a committed entry.
+    LeaderCrashes,
+}
+
+fn chaos(c: &mut Cluster, rng: &mut Rng, client: &mut Client, profile: Profile, until: Micros) {
     let mut next_fault = c.now() + rng.range(0, 300 * MS);
     let mut next_proposal = c.now() + rng.range(0, 100 * MS);
     loop {
@@ -90,12 +103,23 @@ fn chaos(c: &mut Cluster, rng: &mut Rng, client: &mut Client, until: Micros) {
             return;
         }
         if t == next_fault {
-            fault(c, rng);
-            next_fault = t + rng.range(10 * MS, 500 * MS);
+            next_fault = match profile {
+                Profile::Mixed => {
+                    fault(c, rng);
+                    t + rng.range(10 * MS, 500 * MS)
+                }
+                Profile::LeaderCrashes => {
+                    crash_or_restart(c, rng);
+                    t + rng.range(MS, 60 * MS)
+                }
+            };
         }
         if t == next_proposal {
             propose(c, rng, client);
-            next_proposal = t + rng.range(MS, 100 * MS);
+            next_proposal = t + match profile {
+                Profile::Mixed => rng.range(MS, 100 * MS),
+                Profile::LeaderCrashes => rng.range(MS, 20 * MS),
+            };
         }
     }
 }
@@ -183,6 +207,22 @@ fn fault(c: &mut Cluster, rng: &mut Rng) {
                 c.convert_follower(id);
             }
         }
+    }
+}
+
+fn crash_or_restart(c: &mut Cluster, rng: &mut Rng) {
+    let ids = c.ids();
+    let down: Vec<NodeId> = ids.iter().copied().filter(|&id| !c.is_up(id)).collect();
+    let up = ids.len() - down.len();
+    if up <= c.quorum() && !down.is_empty() && rng.chance(0.7) {
+        let id = pick(rng, &down).expect("a down node");
+        c.restart(id);
+    } else if let Some(leader) = pick(rng, &c.leaders()) {
+        if rng.chance(0.5) {
+            c.crash(leader);
+        }
+    } else if rng.chance(0.1) {
+        fault(c, rng);
     }
 }
 
