@@ -15,9 +15,9 @@ pub const DEFAULT_CONFIG_PATH: &str = "config/labctl.toml";
 /// Errors reading or resolving configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}")]
     Read { path: PathBuf, source: std::io::Error },
-    #[error("config file {path} is not valid: {source}")]
+    #[error("config file {path} is not valid")]
     Parse { path: PathBuf, source: toml::de::Error },
     #[error("invalid configuration: {0}")]
     Invalid(String),

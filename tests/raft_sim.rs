@@ -10,7 +10,9 @@ mod sim;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use sim::chaos;
+use labctl::node::raft::{NodeId, Role};
+use serde_json::json;
+use sim::{chaos, Cluster, MS, SEC};
 
 /// Seeds run by default: enough to cover every fault, small enough for a quick debug build.
 const DEFAULT_SEEDS: u64 = 200;
@@ -83,11 +85,7 @@ fn random_faults_never_break_safety_and_the_cluster_recovers() {
     }
 }
 
-// ---- scenarios ----
-
-use labctl::node::raft::{NodeId, Role};
-use serde_json::json;
-use sim::{Cluster, MS, SEC};
+// ---- scenarios: what a user of the cluster checks, deterministic, no faults unless stated ----
 
 /// Ten of the longest election timeouts: the bound on electing a leader in a healthy cluster.
 fn election_bound(c: &Cluster) -> u64 {

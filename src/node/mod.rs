@@ -3,12 +3,24 @@
 //! [`raft`] is the consensus core; the other modules are its edges: UDP transport, the
 //! durable log on disk, and the driver loop that feeds the core messages and time.
 
+pub mod driver;
 pub mod raft;
+pub mod storage;
+pub mod transport;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::config::{ClusterArgs, FileConfig, RaftArgs};
+use std::net::IpAddr;
+
+use anyhow::Context;
+
+use self::driver::Driver;
+use self::raft::{NodeId, Raft};
+use self::storage::Storage;
+use self::transport::Transport;
+use crate::config::{Cluster, ClusterArgs, FileConfig, RaftArgs, RaftTiming};
+use crate::proto;
 
 /// Options of `labctl node`.
 #[derive(Debug, Clone, clap::Args)]
@@ -30,6 +42,76 @@ pub struct Args {
 
 /// Runs a node until SHUTDOWN or a signal.
 pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
-    let _ = (args, file);
-    anyhow::bail!("labctl node is not built yet")
+    let cluster = Cluster::resolve(&args.cluster, &file.cluster)?;
+    let timing = RaftTiming::resolve(&args.raft, &file.raft)?;
+    if args.id == 0 || args.id > cluster.nodes {
+        anyhow::bail!("--id {} is not a member: the cluster has node1 … node{}", args.id, cluster.nodes);
+    }
+    let name = proto::node_name(args.id);
+    let data_dir =
+        args.data_dir.clone().or_else(|| file.node.data_dir.clone()).unwrap_or_else(|| PathBuf::from("data"));
+    let node_dir = data_dir.join(&name);
+    let bind_host = args.bind_host.clone().or_else(|| file.node.bind_host.clone()).unwrap_or_else(|| {
+        let own = cluster.host_of(args.id);
+        if own.parse::<IpAddr>().is_ok() {
+            own
+        } else {
+            "0.0.0.0".into()
+        }
+    });
+    let bind = crate::config::resolve(&bind_host, cluster.raft_port)?;
+
+    let (storage, recovered) = Storage::open(&node_dir).with_context(|| format!("cannot open the data of {name}"))?;
+    log::info!(
+        "{name}: recovered term {} and {} log entries from {}",
+        recovered.hard_state.term,
+        recovered.entries.len(),
+        node_dir.display()
+    );
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let stopped = runtime.block_on(async {
+        let transport = Transport::bind(bind, cluster.clone())
+            .await
+            .with_context(|| format!("cannot bind UDP {bind} for {name}"))?;
+        log::info!("{name}: Raft and control on udp://{}", transport.local_addr()?);
+        let peers: Vec<NodeId> = cluster.ids().filter(|&i| i != args.id).collect();
+        let config = raft::Config {
+            heartbeat: timing.heartbeat_ms * 1000,
+            election_min: timing.election_timeout_min_ms * 1000,
+            election_max: timing.election_timeout_max_ms * 1000,
+            pre_vote: timing.pre_vote,
+            check_quorum: timing.check_quorum,
+            ..raft::Config::new(args.id, peers)
+        };
+        let origin = tokio::time::Instant::now();
+        let raft = Raft::new(config, recovered.hard_state, recovered.entries, 0, entropy_seed());
+        let driver = Driver::new(raft, storage, transport, origin);
+        driver.run(stop_signal()).await.map_err(anyhow::Error::from)
+    })?;
+    log::info!("{name}: stopped ({stopped})");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        _ => {
+            log::warn!("cannot listen for signals; stop the node with SHUTDOWN");
+            std::future::pending::<()>().await
+        }
+    }
+}
+
+/// A seed for election timeouts that differs between nodes and runs.
+fn entropy_seed() -> u64 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ ((std::process::id() as u64) << 32)
 }

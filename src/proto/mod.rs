@@ -8,6 +8,11 @@
 //! [`Message`] is the lenient, untyped form as it travels; [`Request`] names the request kinds
 //! this product understands. Decoding never panics: anything that is not such an object, is
 //! larger than [`MAX_DATAGRAM`], or has a field of the wrong type is a [`DecodeError`].
+//!
+//! [`client`] is the sending side of the control requests, shared by the controller, the
+//! cluster runner and tests.
+
+pub mod client;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

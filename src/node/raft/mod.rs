@@ -538,11 +538,13 @@ impl Raft {
         self.leader = Some(self.cfg.id);
         self.votes.clear();
         let next = self.log.last_index() + 1;
+        // Followers count as active only once they answer, so a leader elected just before it
+        // was cut off steps down after one CheckQuorum round.
         self.progress = self
             .cfg
             .peers
             .iter()
-            .map(|&p| (p, Progress { next, matched: 0, active: true, rewound_to: None }))
+            .map(|&p| (p, Progress { next, matched: 0, active: false, rewound_to: None }))
             .collect();
         self.heartbeat_deadline = now + self.cfg.heartbeat;
         self.quorum_deadline = now + self.cfg.election_min;
@@ -807,3 +809,6 @@ impl Raft {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,328 @@
+//! The loop that drives the Raft core: datagrams and timers in, durable writes and datagrams
+//! out, committed entries applied in order.
+//!
+//! One task owns the core, the durable log and the socket. Each turn it waits for a datagram,
+//! the core's next deadline or a stop signal; takes every datagram already waiting (so one
+//! fsync covers a burst); then handles the core's `Ready` strictly as persist → send → apply.
+//! Timers are exact deadlines from the core, not a periodic tick, so no tick period is added
+//! to elections or heartbeats.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::time::Instant;
+
+use super::raft::{Event, LogEntry, Msg, ProposeError, Raft, Role};
+use super::storage::{Storage, StorageError};
+use super::transport::{RateLimited, Transport, RECV_BUFFER};
+use crate::proto::{self, Message, Request, KEY_COMMITED_LOGS, KEY_LEADER, MAX_DATAGRAM};
+
+/// How long a STORE waits to be committed before the controller is told it failed.
+const STORE_DEADLINE: Duration = Duration::from_secs(10);
+/// At most this many waiting datagrams are taken in one turn.
+const MAX_BURST: usize = 256;
+
+/// Why the node stopped.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// A controller sent SHUTDOWN.
+    Shutdown,
+    /// SIGINT or SIGTERM.
+    Signal,
+}
+
+/// A STORE waiting for its entry to commit.
+struct PendingStore {
+    term: u64,
+    reply_to: SocketAddr,
+    key: String,
+    value: Value,
+    deadline: Instant,
+}
+
+/// One node's running state.
+pub struct Driver {
+    name: String,
+    raft: Raft,
+    storage: Storage,
+    transport: Transport,
+    origin: Instant,
+    applied: u64,
+    pending: BTreeMap<u64, PendingStore>,
+    drops: RateLimited,
+    stop: Option<Stopped>,
+}
+
+impl Driver {
+    /// A driver for `raft`, whose `origin` is time zero of the core's clock.
+    pub fn new(raft: Raft, storage: Storage, transport: Transport, origin: Instant) -> Driver {
+        Driver {
+            name: proto::node_name(raft.id()),
+            raft,
+            storage,
+            transport,
+            origin,
+            applied: 0,
+            pending: BTreeMap::new(),
+            drops: RateLimited::new(10),
+            stop: None,
+        }
+    }
+
+    /// Microseconds since `origin`: the core's clock.
+    pub fn micros(origin: Instant) -> u64 {
+        origin.elapsed().as_micros() as u64
+    }
+
+    fn now(&self) -> u64 {
+        Self::micros(self.origin)
+    }
+
+    /// Runs until SHUTDOWN or `signal` completes. A storage failure stops the node with an
+    /// error: without durable writes it may not vote or acknowledge anything.
+    pub async fn run(mut self, signal: impl Future<Output = ()>) -> Result<Stopped, StorageError> {
+        tokio::pin!(signal);
+        let mut buf = vec![0u8; RECV_BUFFER];
+        self.handle_ready()?;
+        loop {
+            let deadline = self.origin + Duration::from_micros(self.raft.next_deadline());
+            tokio::select! {
+                received = self.transport.recv(&mut buf) => match received {
+                    Ok((n, from)) => {
+                        self.handle_datagram(&buf[..n], from);
+                        for _ in 1..MAX_BURST {
+                            if self.stop.is_some() {
+                                break;
+                            }
+                            let Some((n, from)) = self.transport.try_recv(&mut buf) else { break };
+                            self.handle_datagram(&buf[..n], from);
+                        }
+                    }
+                    Err(e) => {
+                        // ICMP errors from earlier sends surface here on Linux; nothing to do.
+                        log::debug!("{}: receive error: {e}", self.name);
+                    }
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    let now = self.now();
+                    self.raft.tick(now);
+                }
+                _ = &mut signal => self.stop = Some(Stopped::Signal),
+            }
+            self.handle_ready()?;
+            self.expire_pending();
+            if let Some(stopped) = self.stop.take() {
+                return Ok(stopped);
+            }
+        }
+    }
+
+    fn handle_datagram(&mut self, bytes: &[u8], from: SocketAddr) {
+        let (msg, request) = match Message::decode(bytes) {
+            Ok(decoded) => decoded,
+            Err(e) => return self.dropped(from, &e),
+        };
+        if request.is_control() {
+            return self.handle_control(&msg, request, from);
+        }
+        match Msg::from_wire(&msg, request) {
+            Ok((peer, raft_msg)) => {
+                if let Msg::Append { term, ref entries, .. } = raft_msg {
+                    if entries.is_empty() {
+                        log::debug!("heartbeat from node{peer} term {term}");
+                    } else {
+                        log::debug!("{} entries from node{peer} term {term}", entries.len());
+                    }
+                }
+                let now = self.now();
+                self.raft.step(now, peer, raft_msg);
+            }
+            Err(e) => self.dropped(from, &e),
+        }
+    }
+
+    fn dropped(&mut self, from: SocketAddr, reason: &dyn std::fmt::Display) {
+        if self.drops.allow() {
+            log::warn!("{}: dropped datagram from {from}: {reason}", self.name);
+        }
+    }
+
+    fn handle_control(&mut self, msg: &Message, request: Request, from: SocketAddr) {
+        let now = self.now();
+        match request {
+            Request::ConvertFollower => {
+                log::info!("{}: CONVERT_FOLLOWER from {from}", self.name);
+                self.raft.convert_follower(now);
+            }
+            Request::Timeout => {
+                log::info!("{}: TIMEOUT from {from}: starting an election", self.name);
+                self.raft.timeout_now(now);
+            }
+            Request::Shutdown => {
+                log::info!("{}: SHUTDOWN from {from}", self.name);
+                self.stop = Some(Stopped::Shutdown);
+            }
+            Request::LeaderInfo => self.reply_leader_info(from),
+            Request::Store => self.store(msg, from),
+            Request::Retrieve => {
+                if self.raft.role() == Role::Leader {
+                    self.reply_retrieve(from);
+                } else {
+                    self.reply_leader_info(from);
+                }
+            }
+            _ => unreachable!("is_control() covers the control requests"),
+        }
+    }
+
+    fn reply(&mut self, to: SocketAddr, msg: &Message) {
+        self.transport.send_to(to, &msg.encode());
+    }
+
+    fn leader_info(&self) -> Message {
+        let mut reply = Message::new(self.name.clone(), Request::LeaderInfo, Some(self.raft.term()));
+        reply.key = Some(KEY_LEADER.into());
+        reply.value = self.raft.leader().map_or(Value::Null, |id| Value::String(proto::node_name(id)));
+        reply
+    }
+
+    fn reply_leader_info(&mut self, to: SocketAddr) {
+        let reply = self.leader_info();
+        self.reply(to, &reply);
+    }
+
+    fn store_reply(&self, key: Option<String>, value: Value, success: bool) -> Message {
+        let mut reply = Message::new(self.name.clone(), Request::Store, Some(self.raft.term()));
+        reply.key = key;
+        reply.value = value;
+        reply.success = Some(success);
+        reply
+    }
+
+    fn store(&mut self, msg: &Message, from: SocketAddr) {
+        if self.raft.role() != Role::Leader {
+            return self.reply_leader_info(from);
+        }
+        let Some(key) = msg.key.clone() else {
+            let reply = self.store_reply(None, Value::String("STORE needs a key".into()), false);
+            return self.reply(from, &reply);
+        };
+        match self.raft.propose(Some(key.clone()), msg.value.clone()) {
+            Ok(index) => {
+                let pending = PendingStore {
+                    term: self.raft.term(),
+                    reply_to: from,
+                    key,
+                    value: msg.value.clone(),
+                    deadline: Instant::now() + STORE_DEADLINE,
+                };
+                self.pending.insert(index, pending);
+            }
+            Err(ProposeError::NotLeader { .. }) => self.reply_leader_info(from),
+            Err(e @ ProposeError::TooLarge { .. }) => {
+                let reply = self.store_reply(Some(key), Value::String(e.to_string()), false);
+                self.reply(from, &reply);
+            }
+        }
+    }
+
+    /// The committed log, without the leaders' no-op entries, newest entries first when it
+    /// does not fit one datagram.
+    fn reply_retrieve(&mut self, to: SocketAddr) {
+        let committed = self.raft.log().slice(1, self.raft.commit_index());
+        let user: Vec<&LogEntry> = committed.iter().filter(|e| !e.is_noop()).collect();
+        let mut reply = Message::new(self.name.clone(), Request::Retrieve, Some(self.raft.term()));
+        reply.key = Some(KEY_COMMITED_LOGS.into());
+        let budget = MAX_DATAGRAM - 512;
+        let mut used = 0;
+        let mut start = user.len();
+        while start > 0 {
+            let size = super::raft::encoded_size(user[start - 1]) + 1;
+            if used + size > budget {
+                log::warn!(
+                    "{}: RETRIEVE reply holds the newest {} of {} committed entries (datagram limit)",
+                    self.name,
+                    user.len() - start,
+                    user.len()
+                );
+                break;
+            }
+            used += size;
+            start -= 1;
+        }
+        reply.value = serde_json::to_value(&user[start..]).unwrap_or(Value::Null);
+        self.reply(to, &reply);
+    }
+
+    /// Persist, then send, then apply: the order that makes votes and acknowledgements durable.
+    fn handle_ready(&mut self) -> Result<(), StorageError> {
+        while self.raft.has_ready() {
+            let ready = self.raft.take_ready();
+            let last = self.raft.last_index();
+            let entries = ready.persist_from.map(|from| (from, self.raft.log().slice(from, last)));
+            self.storage.persist(ready.hard_state, entries)?;
+            for (to, msg) in ready.messages {
+                let bytes = msg.to_wire(self.raft.id()).encode();
+                if bytes.len() > MAX_DATAGRAM {
+                    log::error!("{}: not sending a {}-byte {} to node{to}", self.name, bytes.len(), msg.request());
+                    continue;
+                }
+                self.transport.send_to_node(to, &bytes);
+            }
+            for event in ready.events {
+                let Event::RoleChanged { role, term, leader } = event;
+                match (role, leader) {
+                    (Role::Leader, _) => log::info!("{} is LEADER for term {term}", self.name),
+                    (Role::Follower, Some(l)) => {
+                        log::info!("{} is FOLLOWER for term {term}, leader node{l}", self.name)
+                    }
+                    (role, _) => log::info!("{} is {role} for term {term}", self.name),
+                }
+            }
+            self.apply(ready.commit_index);
+        }
+        Ok(())
+    }
+
+    /// Applies committed entries in order and answers the STOREs they complete.
+    fn apply(&mut self, commit: u64) {
+        while self.applied < commit {
+            self.applied += 1;
+            let index = self.applied;
+            let term = self.raft.log().term(index).unwrap_or(0);
+            if let Some(p) = self.pending.remove(&index) {
+                let ok = p.term == term;
+                let value = if ok { p.value } else { Value::String("lost leadership before commit".into()) };
+                let reply = self.store_reply(Some(p.key), value, ok);
+                self.reply(p.reply_to, &reply);
+            }
+        }
+    }
+
+    /// Fails STOREs that have not committed in time (e.g. the leader lost its majority).
+    fn expire_pending(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let expired: Vec<u64> = self.pending.iter().filter(|(_, p)| p.deadline <= now).map(|(&i, _)| i).collect();
+        for index in expired {
+            if let Some(p) = self.pending.remove(&index) {
+                let reply = self.store_reply(Some(p.key), Value::String("not committed in time".into()), false);
+                self.reply(p.reply_to, &reply);
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Stopped::Shutdown => "SHUTDOWN",
+            Stopped::Signal => "signal",
+        })
+    }
+}

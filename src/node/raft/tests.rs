@@ -1,0 +1,255 @@
+//! Unit tests of the core: each drives one node by hand and checks exactly what it asks the
+//! driver to persist and send.
+
+use super::*;
+use serde_json::json;
+
+const MS: Micros = 1000;
+
+fn node(id: NodeId, n: u32) -> Raft {
+    let peers = (1..=n).filter(|&p| p != id).collect();
+    Raft::new(Config::new(id, peers), HardState::default(), Vec::new(), 0, 7)
+}
+
+/// Fires the election timer.
+fn expire(raft: &mut Raft) -> Micros {
+    let now = raft.next_deadline();
+    raft.tick(now);
+    now
+}
+
+fn sent_to(ready: &Ready, to: NodeId) -> Vec<&Msg> {
+    ready.messages.iter().filter(|(p, _)| *p == to).map(|(_, m)| m).collect()
+}
+
+/// Makes node 1 of `n` leader in term 1 through a real pre-vote and vote round.
+fn elect(n: u32) -> Raft {
+    let mut raft = node(1, n);
+    let now = expire(&mut raft);
+    raft.take_ready();
+    for p in 2..=n {
+        raft.step(now, p, Msg::PreVoteReply { term: 1, granted: true });
+    }
+    raft.take_ready();
+    for p in 2..=n {
+        raft.step(now, p, Msg::VoteAck { term: 1 });
+    }
+    assert_eq!(raft.role(), Role::Leader);
+    raft
+}
+
+#[test]
+fn election_timeout_starts_a_prevote_that_changes_no_state() {
+    let mut raft = node(1, 3);
+    let deadline = raft.next_deadline();
+    assert!((150 * MS..=300 * MS).contains(&deadline), "{deadline}");
+    raft.tick(deadline - 1);
+    assert!(!raft.is_prevoting());
+    expire(&mut raft);
+    let ready = raft.take_ready();
+    assert_eq!(raft.term(), 0);
+    assert_eq!(raft.role(), Role::Follower);
+    assert!(ready.hard_state.is_none(), "a pre-vote persists nothing");
+    for p in [2, 3] {
+        assert_eq!(sent_to(&ready, p), [&Msg::PreVote { term: 1, last_log_index: 0, last_log_term: 0 }]);
+    }
+}
+
+#[test]
+fn a_majority_of_prevotes_starts_a_real_election_and_persists_the_vote() {
+    let mut raft = node(1, 5);
+    let now = expire(&mut raft);
+    raft.take_ready();
+    raft.step(now, 2, Msg::PreVoteReply { term: 1, granted: true });
+    assert_eq!(raft.role(), Role::Follower, "two of five is not a majority");
+    raft.step(now, 3, Msg::PreVoteReply { term: 1, granted: true });
+    let ready = raft.take_ready();
+    assert_eq!(raft.role(), Role::Candidate);
+    assert_eq!(ready.hard_state, Some(HardState { term: 1, voted_for: Some(1) }));
+    assert_eq!(sent_to(&ready, 4), [&Msg::Vote { term: 1, last_log_index: 0, last_log_term: 0, force: false }]);
+}
+
+#[test]
+fn a_new_leader_appends_a_noop_and_sends_it_to_everyone() {
+    let mut raft = elect(3);
+    let ready = raft.take_ready();
+    assert_eq!(ready.persist_from, Some(1));
+    assert_eq!(raft.log().entries(), [LogEntry::noop(1)]);
+    for p in [2, 3] {
+        assert_eq!(
+            sent_to(&ready, p),
+            [&Msg::Append {
+                term: 1,
+                prev_log_index: 0,
+                prev_log_term: 0,
+                entries: vec![LogEntry::noop(1)],
+                leader_commit: 0
+            }]
+        );
+    }
+    assert!(ready.events.contains(&Event::RoleChanged { role: Role::Leader, term: 1, leader: Some(1) }));
+    // One acknowledgement makes a majority of three: the no-op commits.
+    raft.step(
+        0,
+        2,
+        Msg::AppendReply { term: 1, success: true, match_index: 1, conflict_index: 0, conflict_term: None },
+    );
+    assert_eq!(raft.commit_index(), 1);
+}
+
+#[test]
+fn a_vote_is_granted_once_per_term_and_only_to_an_up_to_date_log() {
+    let log = vec![LogEntry::noop(1), LogEntry::noop(2)];
+    let mut raft = Raft::new(Config::new(1, vec![2, 3]), HardState { term: 2, voted_for: None }, log, 0, 1);
+    // Stale log (last term 1): refused, silently.
+    raft.step(0, 2, Msg::Vote { term: 3, last_log_index: 5, last_log_term: 1, force: false });
+    let ready = raft.take_ready();
+    assert!(sent_to(&ready, 2).is_empty());
+    assert_eq!(raft.term(), 3, "the newer term is adopted all the same");
+    // Up to date: granted, and the vote is persisted in the same Ready as the ack.
+    raft.step(0, 3, Msg::Vote { term: 3, last_log_index: 2, last_log_term: 2, force: false });
+    let ready = raft.take_ready();
+    assert_eq!(ready.hard_state, Some(HardState { term: 3, voted_for: Some(3) }));
+    assert_eq!(sent_to(&ready, 3), [&Msg::VoteAck { term: 3 }]);
+    // A second candidate in the same term gets nothing.
+    raft.step(0, 2, Msg::Vote { term: 3, last_log_index: 9, last_log_term: 2, force: false });
+    assert!(sent_to(&raft.take_ready(), 2).is_empty());
+}
+
+#[test]
+fn a_follower_hearing_from_its_leader_ignores_elections_unless_forced() {
+    let mut raft = node(2, 3);
+    raft.step(0, 1, Msg::Append { term: 1, prev_log_index: 0, prev_log_term: 0, entries: vec![], leader_commit: 0 });
+    raft.take_ready();
+    raft.step(10 * MS, 3, Msg::PreVote { term: 2, last_log_index: 0, last_log_term: 0 });
+    raft.step(10 * MS, 3, Msg::Vote { term: 2, last_log_index: 0, last_log_term: 0, force: false });
+    assert!(raft.take_ready().messages.is_empty());
+    assert_eq!(raft.term(), 1);
+    raft.step(10 * MS, 3, Msg::Vote { term: 2, last_log_index: 0, last_log_term: 0, force: true });
+    let ready = raft.take_ready();
+    assert_eq!(sent_to(&ready, 3), [&Msg::VoteAck { term: 2 }]);
+    // After the lease, a pre-vote is granted without changing the term.
+    let mut raft = node(2, 3);
+    raft.step(0, 1, Msg::Append { term: 1, prev_log_index: 0, prev_log_term: 0, entries: vec![], leader_commit: 0 });
+    raft.take_ready();
+    raft.step(200 * MS, 3, Msg::PreVote { term: 2, last_log_index: 0, last_log_term: 0 });
+    assert_eq!(sent_to(&raft.take_ready(), 3), [&Msg::PreVoteReply { term: 2, granted: true }]);
+    assert_eq!(raft.term(), 1);
+}
+
+#[test]
+fn timeout_now_elects_at_once_without_prevote() {
+    let mut raft = node(3, 3);
+    raft.timeout_now(5 * MS);
+    let ready = raft.take_ready();
+    assert_eq!(raft.role(), Role::Candidate);
+    assert_eq!(raft.term(), 1);
+    assert_eq!(sent_to(&ready, 1), [&Msg::Vote { term: 1, last_log_index: 0, last_log_term: 0, force: true }]);
+}
+
+#[test]
+fn a_stale_leader_learns_the_newer_term_from_the_reply() {
+    let mut raft = Raft::new(Config::new(2, vec![1, 3]), HardState { term: 5, voted_for: None }, vec![], 0, 1);
+    raft.step(0, 1, Msg::Append { term: 3, prev_log_index: 0, prev_log_term: 0, entries: vec![], leader_commit: 0 });
+    let ready = raft.take_ready();
+    assert_eq!(
+        sent_to(&ready, 1),
+        [&Msg::AppendReply { term: 5, success: false, match_index: 0, conflict_index: 0, conflict_term: None }]
+    );
+    let mut leader = elect(3);
+    leader.step(
+        0,
+        2,
+        Msg::AppendReply { term: 5, success: false, match_index: 0, conflict_index: 0, conflict_term: None },
+    );
+    assert_eq!((leader.role(), leader.term()), (Role::Follower, 5));
+}
+
+#[test]
+fn a_conflicting_term_is_skipped_in_one_round_trip() {
+    // Follower: terms [1,1,2,2,2]; leader sends prev=5 with term 3.
+    let log = [1, 1, 2, 2, 2].iter().map(|&t| LogEntry::noop(t)).collect();
+    let mut f = Raft::new(Config::new(2, vec![1, 3]), HardState { term: 3, voted_for: None }, log, 0, 1);
+    f.step(0, 1, Msg::Append { term: 3, prev_log_index: 5, prev_log_term: 3, entries: vec![], leader_commit: 0 });
+    let ready = f.take_ready();
+    assert_eq!(
+        sent_to(&ready, 1),
+        [&Msg::AppendReply { term: 3, success: false, match_index: 0, conflict_index: 3, conflict_term: Some(2) }]
+    );
+    // Accepting a batch that overwrites the conflicting suffix persists from the first change.
+    let entries = vec![LogEntry::noop(3), LogEntry::noop(3)];
+    f.step(0, 1, Msg::Append { term: 3, prev_log_index: 2, prev_log_term: 1, entries, leader_commit: 4 });
+    let ready = f.take_ready();
+    assert_eq!(ready.persist_from, Some(3));
+    assert_eq!(f.last_index(), 4);
+    assert_eq!(f.commit_index(), 4);
+    assert_eq!(
+        sent_to(&ready, 1),
+        [&Msg::AppendReply { term: 3, success: true, match_index: 4, conflict_index: 0, conflict_term: None }]
+    );
+}
+
+#[test]
+fn proposals_are_batched_into_datagrams_under_the_limit() {
+    let mut raft = elect(3);
+    raft.take_ready();
+    for p in [2, 3] {
+        raft.step(
+            0,
+            p,
+            Msg::AppendReply { term: 1, success: true, match_index: 1, conflict_index: 0, conflict_term: None },
+        );
+    }
+    raft.take_ready();
+    let value = json!("v".repeat(1000));
+    for i in 0..200 {
+        raft.propose(Some(format!("k{i}")), value.clone()).unwrap();
+    }
+    let ready = raft.take_ready();
+    // 200 proposals made between two Readies leave as one batch per follower.
+    assert_eq!(sent_to(&ready, 2).len(), 1);
+    // A heartbeat resends from the last match in several datagrams, each under the limit.
+    let now = raft.next_deadline();
+    raft.tick(now);
+    let ready = raft.take_ready();
+    let to2 = sent_to(&ready, 2);
+    assert!(to2.len() > 1, "200 KB of entries need several datagrams");
+    let mut next = 2;
+    for msg in to2 {
+        let Msg::Append { prev_log_index, entries, .. } = msg else { panic!("{msg:?}") };
+        assert_eq!(*prev_log_index + 1, next);
+        next += entries.len() as u64;
+        assert!(msg.to_wire(1).encode().len() < crate::proto::MAX_DATAGRAM);
+    }
+    // An entry too large for one datagram is refused up front.
+    let huge = json!("x".repeat(crate::proto::MAX_DATAGRAM));
+    assert!(matches!(raft.propose(Some("big".into()), huge), Err(ProposeError::TooLarge { .. })));
+}
+
+#[test]
+fn check_quorum_makes_an_isolated_leader_step_down() {
+    let mut raft = elect(3);
+    raft.take_ready();
+    let elected = raft.next_deadline() - raft.config().heartbeat;
+    let mut now = elected;
+    while raft.role() == Role::Leader && now < 2_000 * MS {
+        now = raft.next_deadline();
+        raft.tick(now);
+    }
+    assert_eq!(raft.role(), Role::Follower);
+    let after = now - elected;
+    assert!(after <= raft.config().election_min, "stepped down {after} µs after winning");
+}
+
+#[test]
+fn a_leader_follows_a_leader_of_a_newer_term() {
+    let mut raft = elect(3);
+    raft.take_ready();
+    raft.step(0, 2, Msg::Append { term: 2, prev_log_index: 0, prev_log_term: 0, entries: vec![], leader_commit: 0 });
+    assert_eq!((raft.role(), raft.term(), raft.leader()), (Role::Follower, 2, Some(2)));
+    let ready = raft.take_ready();
+    assert_eq!(
+        sent_to(&ready, 2),
+        [&Msg::AppendReply { term: 2, success: true, match_index: 0, conflict_index: 0, conflict_term: None }]
+    );
+}

@@ -1,0 +1,308 @@
+//! The durable Raft state of one node: term, vote and log, in one append-only file.
+//!
+//! Each line of `<node dir>/raft.log` is one JSON record:
+//! - `{"hs":{"term":7,"voted_for":3}}`: the hard state from here on;
+//! - `{"from":12,"entries":[…]}`: the log from index 12 on is replaced by these entries.
+//!
+//! A write appends records and calls `fdatasync` before the node sends anything that depends
+//! on them. After a crash, a torn last line (no newline, or not JSON) is cut off: it was never
+//! synced, so nothing was promised on it. A damaged line anywhere else is an error, because
+//! synced state would be lost. On open the file is rewritten compactly when it has grown to
+//! several times its content.
+//!
+//! The file is locked (`flock`) while a node runs, so two processes cannot share a data dir.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::raft::{HardState, LogEntry, NodeId};
+
+/// Errors of the durable log.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("cannot use {path}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path} is used by another running node")]
+    Locked { path: PathBuf },
+    #[error("{path}: damaged record at line {line}: {reason}")]
+    Corrupt { path: PathBuf, line: usize, reason: String },
+}
+
+#[derive(Serialize, Deserialize)]
+struct HardStateRecord {
+    term: u64,
+    voted_for: Option<NodeId>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum Record {
+    HardState { hs: HardStateRecord },
+    Entries { from: u64, entries: Vec<LogEntry> },
+}
+
+/// What a node recovers on start.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Recovered {
+    pub hard_state: HardState,
+    pub entries: Vec<LogEntry>,
+}
+
+/// The open durable log.
+pub struct Storage {
+    path: PathBuf,
+    file: File,
+    /// Bytes of records written since open; drives compaction on the next open.
+    written: u64,
+}
+
+const FILE_NAME: &str = "raft.log";
+
+impl Storage {
+    /// Opens (creating if needed) the durable state in `dir`, recovering what it holds.
+    pub fn open(dir: &Path) -> Result<(Storage, Recovered), StorageError> {
+        std::fs::create_dir_all(dir).map_err(|source| StorageError::Io { path: dir.to_path_buf(), source })?;
+        let path = dir.join(FILE_NAME);
+        let io = |source| StorageError::Io { path: path.clone(), source };
+        let mut file =
+            OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path).map_err(io)?;
+        // SAFETY: flock on a valid open descriptor; no memory is shared.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(StorageError::Locked { path });
+        }
+        let (recovered, good_len, total_len) = read_records(&path, &file)?;
+        if good_len < total_len {
+            log::warn!("{}: cutting off {} bytes of an unfinished last write", path.display(), total_len - good_len);
+            file.set_len(good_len).map_err(io)?;
+            file.sync_data().map_err(io)?;
+        }
+        file.seek(SeekFrom::End(0)).map_err(io)?;
+        let mut storage = Storage { path, file, written: 0 };
+        let content = compact_size(&recovered);
+        if good_len > 4 * content + 64 * 1024 {
+            storage.rewrite(&recovered)?;
+        }
+        Ok((storage, recovered))
+    }
+
+    /// Appends the changes of one Ready and syncs them to disk.
+    pub fn persist(
+        &mut self,
+        hard_state: Option<HardState>,
+        entries: Option<(u64, &[LogEntry])>,
+    ) -> Result<(), StorageError> {
+        if hard_state.is_none() && entries.is_none() {
+            return Ok(());
+        }
+        let mut buf = Vec::new();
+        if let Some(hs) = hard_state {
+            write_record(
+                &mut buf,
+                &Record::HardState { hs: HardStateRecord { term: hs.term, voted_for: hs.voted_for } },
+            );
+        }
+        if let Some((from, entries)) = entries {
+            write_record(&mut buf, &Record::Entries { from, entries: entries.to_vec() });
+        }
+        let io = |source| StorageError::Io { path: self.path.clone(), source };
+        self.file.write_all(&buf).map_err(io)?;
+        self.file.sync_data().map_err(io)?;
+        self.written += buf.len() as u64;
+        Ok(())
+    }
+
+    /// Replaces the file by one holding just `state`, atomically (write, sync, rename).
+    fn rewrite(&mut self, state: &Recovered) -> Result<(), StorageError> {
+        let tmp = self.path.with_extension("log.tmp");
+        let io_tmp = |source| StorageError::Io { path: tmp.clone(), source };
+        let mut buf = Vec::new();
+        let hs = state.hard_state;
+        write_record(&mut buf, &Record::HardState { hs: HardStateRecord { term: hs.term, voted_for: hs.voted_for } });
+        if !state.entries.is_empty() {
+            write_record(&mut buf, &Record::Entries { from: 1, entries: state.entries.clone() });
+        }
+        let mut f = File::create(&tmp).map_err(io_tmp)?;
+        f.write_all(&buf).map_err(io_tmp)?;
+        f.sync_all().map_err(io_tmp)?;
+        // SAFETY: as in open().
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(StorageError::Locked { path: tmp });
+        }
+        std::fs::rename(&tmp, &self.path).map_err(|source| StorageError::Io { path: self.path.clone(), source })?;
+        if let Some(dir) = self.path.parent() {
+            if let Ok(d) = File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        f.seek(SeekFrom::End(0)).map_err(io_tmp)?;
+        self.file = f;
+        log::info!("{}: compacted to {} bytes", self.path.display(), buf.len());
+        Ok(())
+    }
+
+    /// Bytes appended since open.
+    pub fn bytes_written(&self) -> u64 {
+        self.written
+    }
+}
+
+fn write_record(buf: &mut Vec<u8>, record: &Record) {
+    // Records are plain data with string keys: serialization cannot fail.
+    serde_json::to_writer(&mut *buf, record).expect("serialize record");
+    buf.push(b'\n');
+}
+
+fn compact_size(state: &Recovered) -> u64 {
+    state.entries.iter().map(|e| super::raft::encoded_size(e) as u64 + 1).sum::<u64>() + 64
+}
+
+/// Replays the records; returns the state, the length of the good prefix and the file length.
+fn read_records(path: &Path, file: &File) -> Result<(Recovered, u64, u64), StorageError> {
+    let io = |source| StorageError::Io { path: path.to_path_buf(), source };
+    let total = file.metadata().map_err(io)?.len();
+    let mut reader = BufReader::new(file);
+    let mut state = Recovered::default();
+    let mut good = 0u64;
+    let mut line = Vec::new();
+    let mut number = 0usize;
+    loop {
+        line.clear();
+        let n = reader.read_until(b'\n', &mut line).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        number += 1;
+        if line.last() != Some(&b'\n') {
+            // Every record is written together with its newline, so a line without one is a
+            // write that never finished, and was never synced.
+            break;
+        }
+        match serde_json::from_slice::<Record>(&line) {
+            Ok(record) => {
+                apply(&mut state, record).map_err(|reason| StorageError::Corrupt {
+                    path: path.to_path_buf(),
+                    line: number,
+                    reason,
+                })?;
+                good += n as u64;
+            }
+            Err(_) if good + n as u64 == total => break,
+            Err(e) => {
+                return Err(StorageError::Corrupt { path: path.to_path_buf(), line: number, reason: e.to_string() })
+            }
+        }
+    }
+    Ok((state, good, total))
+}
+
+fn apply(state: &mut Recovered, record: Record) -> Result<(), String> {
+    match record {
+        Record::HardState { hs } => state.hard_state = HardState { term: hs.term, voted_for: hs.voted_for },
+        Record::Entries { from, entries } => {
+            if from == 0 || from > state.entries.len() as u64 + 1 {
+                return Err(format!("entries from index {from} leave a gap after {}", state.entries.len()));
+            }
+            state.entries.truncate(from as usize - 1);
+            state.entries.extend(entries);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(term: u64, key: &str) -> LogEntry {
+        LogEntry { term, key: Some(key.into()), value: serde_json::json!(key) }
+    }
+
+    fn tempdir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("labctl-storage-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn state_survives_reopen_with_truncation() {
+        let dir = tempdir("reopen");
+        {
+            let (mut s, rec) = Storage::open(&dir).unwrap();
+            assert_eq!(rec, Recovered::default());
+            s.persist(Some(HardState { term: 2, voted_for: Some(3) }), Some((1, &[entry(1, "a"), entry(2, "b")])))
+                .unwrap();
+            s.persist(None, Some((2, &[entry(2, "c"), entry(2, "d")]))).unwrap();
+            s.persist(Some(HardState { term: 3, voted_for: None }), None).unwrap();
+        }
+        let (_s, rec) = Storage::open(&dir).unwrap();
+        assert_eq!(rec.hard_state, HardState { term: 3, voted_for: None });
+        assert_eq!(rec.entries, vec![entry(1, "a"), entry(2, "c"), entry(2, "d")]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_torn_last_write_is_cut_off() {
+        let dir = tempdir("torn");
+        {
+            let (mut s, _) = Storage::open(&dir).unwrap();
+            s.persist(Some(HardState { term: 1, voted_for: Some(1) }), Some((1, &[entry(1, "a")]))).unwrap();
+        }
+        let path = dir.join(FILE_NAME);
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(br#"{"from":2,"entries":[{"Term":1,"Key":"b""#).unwrap();
+        drop(f);
+        let (mut s, rec) = Storage::open(&dir).unwrap();
+        assert_eq!(rec.entries, vec![entry(1, "a")]);
+        s.persist(None, Some((2, &[entry(1, "b")]))).unwrap();
+        drop(s);
+        let (_s, rec) = Storage::open(&dir).unwrap();
+        assert_eq!(rec.entries, vec![entry(1, "a"), entry(1, "b")]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn damage_before_the_end_is_an_error() {
+        let dir = tempdir("corrupt");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(FILE_NAME), b"garbage\n{\"hs\":{\"term\":1,\"voted_for\":null}}\n").unwrap();
+        assert!(matches!(Storage::open(&dir), Err(StorageError::Corrupt { line: 1, .. })));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_second_process_cannot_open_the_same_dir() {
+        let dir = tempdir("lock");
+        let (_s, _) = Storage::open(&dir).unwrap();
+        // flock locks are per open file description, so a second open in-process conflicts too.
+        assert!(matches!(Storage::open(&dir), Err(StorageError::Locked { .. })));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_grown_file_is_compacted_on_open() {
+        let dir = tempdir("compact");
+        {
+            let (mut s, _) = Storage::open(&dir).unwrap();
+            // Each write replaces index 1 with a 2 KB entry: the file grows, the state does not.
+            let big = "x".repeat(2048);
+            for term in 1..200 {
+                s.persist(Some(HardState { term, voted_for: Some(1) }), Some((1, &[entry(term, &big)]))).unwrap();
+            }
+            s.persist(None, Some((1, &[entry(199, "x")]))).unwrap();
+        }
+        let before = std::fs::metadata(dir.join(FILE_NAME)).unwrap().len();
+        let (_s, rec) = Storage::open(&dir).unwrap();
+        let after = std::fs::metadata(dir.join(FILE_NAME)).unwrap().len();
+        assert!(after < before / 10, "{after} vs {before}");
+        assert_eq!(rec.hard_state.term, 199);
+        assert_eq!(rec.entries, vec![entry(199, "x")]);
+        drop(_s);
+        let (_s, rec2) = Storage::open(&dir).unwrap();
+        assert_eq!(rec2, rec);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
