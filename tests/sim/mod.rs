@@ -179,7 +179,16 @@ impl Cluster {
 
     /// A one-line-per-node picture of the cluster for failure reports.
     pub fn dump(&self) -> String {
-        let mut out = format!("at {}us, network: {}\n", self.now, self.net.describe());
+        let cfg = &self.nodes[0].cfg;
+        let mut out = format!(
+            "{} nodes, pre-vote {}, check-quorum {}, batches of {} bytes; at {}us, network: {}\n",
+            self.nodes.len(),
+            cfg.pre_vote,
+            cfg.check_quorum,
+            cfg.max_batch_bytes,
+            self.now,
+            self.net.describe()
+        );
         for n in &self.nodes {
             match &n.raft {
                 Some(r) => {
