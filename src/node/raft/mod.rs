@@ -143,6 +143,9 @@ struct Progress {
     matched: u64,
     /// Heard from since the last CheckQuorum round.
     active: bool,
+    /// Where `next` was last moved back to, since the last heartbeat: entries from there on
+    /// are already being resent.
+    rewound_to: Option<u64>,
 }
 
 /// One Raft node's state.
@@ -298,8 +301,10 @@ impl Raft {
                     for peer in peers {
                         // Resend from the last known match: anything beyond may have been lost.
                         let pr = self.progress.get_mut(&peer).expect("peer progress");
+                        pr.rewound_to = None;
                         if pr.matched < self.log.last_index() {
                             pr.next = pr.matched + 1;
+                            pr.rewound_to = Some(pr.next);
                         }
                         self.send_append(peer, MAX_BATCHES_PER_SEND);
                     }
@@ -540,7 +545,12 @@ impl Raft {
         let next = self.log.last_index() + 1;
         // Followers count as active only once they answer, so a leader elected just before it
         // was cut off steps down after one CheckQuorum round.
-        self.progress = self.cfg.peers.iter().map(|&p| (p, Progress { next, matched: 0, active: false })).collect();
+        self.progress = self
+            .cfg
+            .peers
+            .iter()
+            .map(|&p| (p, Progress { next, matched: 0, active: false, rewound_to: None }))
+            .collect();
         self.heartbeat_deadline = now + self.cfg.heartbeat;
         self.quorum_deadline = now + self.cfg.election_min;
         // The no-op commits earlier terms' entries (§5.4.2) and tells followers who leads.
@@ -681,7 +691,16 @@ impl Raft {
                 None => conflict_index,
             };
             let pr = self.progress.get_mut(&from).expect("progress");
-            pr.next = hint.clamp(pr.matched + 1, last + 1);
+            let next = hint.clamp(pr.matched + 1, last + 1);
+            // Pipelined datagrams that overtook each other are all rejected from about the
+            // same index. Entries from there are already being resent, and answering every
+            // rejection would send the same batches again and again; one lost for good is
+            // resent on the next heartbeat.
+            if pr.rewound_to.is_some_and(|r| r <= next && next < pr.next) {
+                return;
+            }
+            pr.rewound_to = Some(next);
+            pr.next = next;
             self.send_append(from, MAX_BATCHES_PER_SEND);
         }
     }
@@ -723,7 +742,8 @@ impl Raft {
             return;
         }
         if self.role == Role::Leader && term == self.term {
-            // Two leaders in one term would break Raft's first guarantee.
+            // Two leaders in one term would break Raft's first guarantee. (A leader of a
+            // newer term is normal: this node was deposed and steps down below.)
             ::log::error!("{} is leader of term {term} and got AppendEntries from node{from}", self.name());
             debug_assert!(false, "two leaders in term {term}");
             return;

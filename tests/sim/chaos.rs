@@ -1,0 +1,260 @@
+//! One seeded run under a random fault schedule.
+//!
+//! A run alternates *chaos* phases with *healed* phases. During chaos, faults come at random
+//! times: partitions (random splits, the leader cut off alone or with one follower, a
+//! minority against a majority, one-way links), message loss, duplication and widely
+//! varying delay (so datagrams are reordered and arrive long after they were sent), crashes
+//! of random nodes and of the leader, restarts, and a controller's TIMEOUT and
+//! CONVERT_FOLLOWER; meanwhile a client proposes entries, now and then in bursts of large
+//! ones, to whoever leads. Safety is checked after every step by the cluster. When the
+//! network heals and every node is back, a leader followed by a majority must appear, and an
+//! entry proposed then must commit on every node, each within ten election timeouts.
+
+use labctl::node::raft::{Micros, NodeId, Rng};
+use serde_json::json;
+
+use super::network::NetStats;
+use super::{Cluster, MS, SEC};
+
+/// Chaos phases per run, each followed by a healed phase.
+const ROUNDS: usize = 2;
+
+/// What one run did, for the summary of a batch of seeds.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Report {
+    pub nodes: u32,
+    pub virtual_time: Micros,
+    pub leaders: usize,
+    pub committed: u64,
+    pub net: NetStats,
+}
+
+/// Runs seed `seed` to the end; panics, naming the seed, if Raft misbehaves.
+pub fn run(seed: u64) -> Report {
+    let mut rng = Rng::new(seed);
+    let nodes = [3, 5, 7][rng.range(0, 3) as usize];
+    // Mostly the product's configuration; sometimes without PreVote or CheckQuorum (safety
+    // must not depend on them), and sometimes with small batches, so that catching a
+    // follower up takes many AppendEntries without needing huge entries.
+    let pre_vote = rng.chance(0.85);
+    let check_quorum = rng.chance(0.85);
+    let small_batches = rng.chance(0.3).then(|| rng.range(40, 4096) as usize);
+    let mut c = Cluster::with_config(nodes, seed, |cfg| {
+        cfg.pre_vote = pre_vote;
+        cfg.check_quorum = check_quorum;
+        if let Some(bytes) = small_batches {
+            cfg.max_batch_bytes = bytes;
+        }
+    });
+    // Encoding every datagram would dominate the run time; a sample still covers the wire
+    // format over many seeds (scenario tests encode every datagram).
+    c.net.wire_check = 0.1;
+    let profile = if rng.chance(0.25) { Profile::LeaderCrashes } else { Profile::Mixed };
+    let mut client = Client { proposed: 0 };
+    for _ in 0..ROUNDS {
+        let until = c.now() + rng.range(SEC, 6 * SEC);
+        chaos(&mut c, &mut rng, &mut client, profile, until);
+        heal_and_check_liveness(&mut c, &mut client);
+    }
+    c.check_logs_match();
+    Report {
+        nodes,
+        virtual_time: c.now(),
+        leaders: c.leaders_elected(),
+        committed: c.committed_len(),
+        net: c.net.stats,
+    }
+}
+
+struct Client {
+    proposed: u64,
+}
+
+impl Client {
+    fn next_value(&mut self, pad: usize) -> serde_json::Value {
+        self.proposed += 1;
+        if pad == 0 {
+            json!(self.proposed)
+        } else {
+            json!({ "n": self.proposed, "pad": "x".repeat(pad) })
+        }
+    }
+}
+
+/// The kind of faults a run sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Profile {
+    /// Every kind of fault, every 10-500 ms.
+    Mixed,
+    /// As in MIT 6.824's Figure 8 test: leaders crash within milliseconds of taking
+    /// proposals, and crashed nodes restart so that about a majority stays up. This is
+    /// where a leader that counted replicas of an earlier term's entry to commit it
+    /// (Figure 8 of the paper) would lose a committed entry.
+    LeaderCrashes,
+}
+
+fn chaos(c: &mut Cluster, rng: &mut Rng, client: &mut Client, profile: Profile, until: Micros) {
+    let mut next_fault = c.now() + rng.range(0, 300 * MS);
+    let mut next_proposal = c.now() + rng.range(0, 100 * MS);
+    loop {
+        let t = next_fault.min(next_proposal).min(until);
+        c.run_until(t);
+        if t == until {
+            return;
+        }
+        if t == next_fault {
+            next_fault = match profile {
+                Profile::Mixed => {
+                    fault(c, rng);
+                    t + rng.range(10 * MS, 500 * MS)
+                }
+                Profile::LeaderCrashes => {
+                    crash_or_restart(c, rng);
+                    t + rng.range(MS, 60 * MS)
+                }
+            };
+        }
+        if t == next_proposal {
+            propose(c, rng, client);
+            next_proposal = t + match profile {
+                Profile::Mixed => rng.range(MS, 100 * MS),
+                Profile::LeaderCrashes => rng.range(MS, 20 * MS),
+            };
+        }
+    }
+}
+
+fn pick<T: Copy>(rng: &mut Rng, items: &[T]) -> Option<T> {
+    (!items.is_empty()).then(|| items[rng.range(0, items.len() as u64) as usize])
+}
+
+fn shuffle<T>(rng: &mut Rng, items: &mut [T]) {
+    for i in (1..items.len()).rev() {
+        let j = rng.range(0, i as u64 + 1) as usize;
+        items.swap(i, j);
+    }
+}
+
+fn fault(c: &mut Cluster, rng: &mut Rng) {
+    let ids = c.ids();
+    let up: Vec<NodeId> = ids.iter().copied().filter(|&id| c.is_up(id)).collect();
+    let down: Vec<NodeId> = ids.iter().copied().filter(|&id| !c.is_up(id)).collect();
+    let leaders = c.leaders();
+    match rng.range(0, 100) {
+        // A random split into two sides.
+        0..=14 => {
+            let (a, b): (Vec<NodeId>, Vec<NodeId>) = ids.iter().partition(|_| rng.chance(0.5));
+            c.net.partition(&[&a, &b]);
+        }
+        // The leader cut off, alone or with one follower.
+        15..=24 => {
+            if let Some(leader) = pick(rng, &leaders) {
+                let others: Vec<NodeId> = ids.iter().copied().filter(|&id| id != leader).collect();
+                if rng.chance(0.5) {
+                    c.net.isolate(leader);
+                } else {
+                    let mut others = others;
+                    shuffle(rng, &mut others);
+                    let with = others.pop().expect("another node");
+                    c.net.partition(&[&[leader, with], &others]);
+                }
+            }
+        }
+        // A minority against a majority.
+        25..=34 => {
+            let mut all = ids.clone();
+            shuffle(rng, &mut all);
+            let (minority, majority) = all.split_at(ids.len() / 2);
+            c.net.partition(&[minority, majority]);
+        }
+        35..=49 => c.net.heal(),
+        // A one-way link failure.
+        50..=54 => {
+            let from = pick(rng, &ids).expect("nodes");
+            let to = pick(rng, &ids).expect("nodes");
+            if from != to {
+                c.net.block(from, to);
+            }
+        }
+        55..=61 => c.net.loss = pick(rng, &[0.0, 0.01, 0.05, 0.2, 0.5]).expect("choices"),
+        62..=67 => {
+            c.net.delay = pick(rng, &[(MS, 5 * MS), (MS, 20 * MS), (0, 80 * MS), (0, 300 * MS)]).expect("choices");
+            c.net.duplicate = pick(rng, &[0.0, 0.05, 0.3]).expect("choices");
+        }
+        68..=75 => {
+            if let Some(id) = pick(rng, &up) {
+                c.crash(id);
+            }
+        }
+        76..=80 => {
+            if let Some(id) = pick(rng, &leaders) {
+                c.crash(id);
+            }
+        }
+        81..=89 => {
+            if let Some(id) = pick(rng, &down) {
+                c.restart(id);
+            }
+        }
+        90..=94 => {
+            if let Some(id) = pick(rng, &up) {
+                c.timeout_now(id);
+            }
+        }
+        _ => {
+            let target = if rng.chance(0.7) { pick(rng, &leaders) } else { pick(rng, &up) };
+            if let Some(id) = target {
+                c.convert_follower(id);
+            }
+        }
+    }
+}
+
+fn crash_or_restart(c: &mut Cluster, rng: &mut Rng) {
+    let ids = c.ids();
+    let down: Vec<NodeId> = ids.iter().copied().filter(|&id| !c.is_up(id)).collect();
+    let up = ids.len() - down.len();
+    if up <= c.quorum() && !down.is_empty() && rng.chance(0.7) {
+        let id = pick(rng, &down).expect("a down node");
+        c.restart(id);
+    } else if let Some(leader) = pick(rng, &c.leaders()) {
+        if rng.chance(0.5) {
+            c.crash(leader);
+        }
+    } else if rng.chance(0.1) {
+        fault(c, rng);
+    }
+}
+
+fn propose(c: &mut Cluster, rng: &mut Rng, client: &mut Client) {
+    let up: Vec<NodeId> = c.ids().into_iter().filter(|&id| c.is_up(id)).collect();
+    let leaders = c.leaders();
+    let target = if rng.chance(0.9) { pick(rng, &leaders).or_else(|| pick(rng, &up)) } else { pick(rng, &up) };
+    let Some(target) = target else { return };
+    let burst = if rng.chance(0.03) { rng.range(10, 120) } else { 1 };
+    for _ in 0..burst {
+        let pad = if rng.chance(0.1) { rng.range(0, 600) as usize } else { 0 };
+        let value = client.next_value(pad);
+        if c.propose(target, value).is_err() {
+            return;
+        }
+    }
+}
+
+/// Heals the network, restarts every node, and checks that the cluster recovers.
+fn heal_and_check_liveness(c: &mut Cluster, client: &mut Client) {
+    c.net.heal();
+    c.net.loss = 0.0;
+    c.net.delay = (MS, 10 * MS);
+    for id in c.ids() {
+        c.restart(id);
+    }
+    let bound = 10 * c.election_max();
+    if !c.run_until_cond(bound, |c| c.stable_leader().is_some()) {
+        c.fail(&format!("liveness: no leader followed by a majority within {}ms after the network healed", bound / MS));
+    }
+    let value = client.next_value(0);
+    if !c.commit_values(std::slice::from_ref(&value), bound) {
+        c.fail(&format!("liveness: entry {value} did not commit on every node within {}ms", bound / MS));
+    }
+}

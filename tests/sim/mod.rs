@@ -1,0 +1,540 @@
+//! A deterministic simulated cluster that drives the real Raft core.
+//!
+//! Time is virtual, in microseconds. Datagrams in flight wait in the [`Network`]'s queue;
+//! node timers are read from each core's `next_deadline()`, and the earliest of the two is
+//! processed next, so a run is a pure function of its seed.
+//!
+//! Every input to a node (a datagram, a timer, a proposal, a controller request) is followed
+//! by what a real driver does with the node's `Ready`, in order: persist the hard state and
+//! the log into the node's simulated durable storage, send the messages, apply committed
+//! entries to the node's state machine. A crash drops the core and everything volatile; a
+//! restart builds a new core from the durable hard state and log only.
+//!
+//! After every step the [`Checker`] verifies Raft's safety properties; a violation, like any
+//! panic of the core, fails the run with the seed and a dump of the cluster.
+
+pub mod chaos;
+mod checker;
+mod network;
+
+use std::collections::HashSet;
+
+use labctl::node::raft::{Config, HardState, LogEntry, Micros, NodeId, ProposeError, Raft, Role};
+use serde_json::Value;
+
+pub use self::checker::Checker;
+pub use self::network::Network;
+
+pub const MS: Micros = 1_000;
+pub const SEC: Micros = 1_000_000;
+
+/// One simulated server: a core while it is up, and the storage that survives a crash.
+struct Node {
+    id: NodeId,
+    cfg: Config,
+    raft: Option<Raft>,
+    /// Durable: the persisted hard state and log.
+    hard: HardState,
+    log: Vec<LogEntry>,
+    /// Hash of the durable log up to each index.
+    prefix: Vec<u64>,
+    /// Volatile: how far the state machine has applied the log.
+    applied: u64,
+    /// Volatile: the commit index the core last reported.
+    commit: u64,
+    /// Volatile: the term this node was last seen leading and its log length then.
+    leading: Option<(u64, u64)>,
+    restarts: u64,
+}
+
+/// A simulated cluster of `n` nodes, `node1..=nodeN`.
+pub struct Cluster {
+    pub seed: u64,
+    now: Micros,
+    nodes: Vec<Node>,
+    pub net: Network,
+    checker: Checker,
+    proposals: u64,
+    trace: bool,
+}
+
+impl Cluster {
+    /// `n` nodes with the product's default configuration, on a reliable network with a
+    /// delay of 1–5 ms.
+    pub fn new(n: u32, seed: u64) -> Cluster {
+        Cluster::with_config(n, seed, |_| {})
+    }
+
+    /// `n` nodes whose default configuration `tune` may change.
+    pub fn with_config(n: u32, seed: u64, tune: impl Fn(&mut Config)) -> Cluster {
+        let ids: Vec<NodeId> = (1..=n).collect();
+        let nodes = ids
+            .iter()
+            .map(|&id| {
+                let mut cfg = Config::new(id, ids.iter().copied().filter(|&p| p != id).collect());
+                tune(&mut cfg);
+                let raft = Raft::new(cfg.clone(), HardState::default(), Vec::new(), 0, seed);
+                Node {
+                    id,
+                    cfg,
+                    raft: Some(raft),
+                    hard: HardState::default(),
+                    log: Vec::new(),
+                    prefix: Vec::new(),
+                    applied: 0,
+                    commit: 0,
+                    leading: None,
+                    restarts: 0,
+                }
+            })
+            .collect();
+        Cluster {
+            seed,
+            now: 0,
+            nodes,
+            net: Network::new(&ids, seed),
+            checker: Checker::default(),
+            proposals: 0,
+            trace: std::env::var_os("LABCTL_SIM_TRACE").is_some(),
+        }
+    }
+
+    // ---- reading the cluster ----
+
+    pub fn now(&self) -> Micros {
+        self.now
+    }
+
+    pub fn ids(&self) -> Vec<NodeId> {
+        self.nodes.iter().map(|n| n.id).collect()
+    }
+
+    pub fn quorum(&self) -> usize {
+        self.nodes.len() / 2 + 1
+    }
+
+    /// The longest election timeout of any node.
+    pub fn election_max(&self) -> Micros {
+        self.nodes.iter().map(|n| n.cfg.election_max).max().unwrap_or(0)
+    }
+
+    pub fn is_up(&self, id: NodeId) -> bool {
+        self.slot(id).raft.is_some()
+    }
+
+    /// The core of a node that is up.
+    pub fn node(&self, id: NodeId) -> &Raft {
+        match &self.slot(id).raft {
+            Some(raft) => raft,
+            None => self.fail(&format!("node{id} is down")),
+        }
+    }
+
+    pub fn up_nodes(&self) -> impl Iterator<Item = &Raft> {
+        self.nodes.iter().filter_map(|n| n.raft.as_ref())
+    }
+
+    /// The nodes that are up and believe they lead.
+    pub fn leaders(&self) -> Vec<NodeId> {
+        self.up_nodes().filter(|r| r.role() == Role::Leader).map(|r| r.id()).collect()
+    }
+
+    /// A leader that a majority of the cluster (itself included) follows in its term.
+    pub fn stable_leader(&self) -> Option<NodeId> {
+        self.up_nodes()
+            .filter(|r| r.role() == Role::Leader)
+            .map(|r| (r.id(), r.term()))
+            .find(|&(id, term)| {
+                self.up_nodes().filter(|r| r.term() == term && r.leader() == Some(id)).count() >= self.quorum()
+            })
+            .map(|(id, _)| id)
+    }
+
+    /// True when every node is up, in one term, and follows one leader.
+    pub fn all_agree(&self) -> bool {
+        let Some(leader) = self.stable_leader() else { return false };
+        let term = self.node(leader).term();
+        self.nodes.iter().all(|n| n.raft.as_ref().is_some_and(|r| r.term() == term && r.leader() == Some(leader)))
+    }
+
+    /// The user entries a node has committed, in log order.
+    pub fn committed_values(&self, id: NodeId) -> Vec<Value> {
+        let raft = self.node(id);
+        raft.log().slice(1, raft.commit_index()).iter().filter(|e| !e.is_noop()).map(|e| e.value.clone()).collect()
+    }
+
+    /// True when every node is up and has committed every value.
+    pub fn all_committed(&self, values: &[Value]) -> bool {
+        self.nodes.iter().all(|n| {
+            let Some(raft) = &n.raft else { return false };
+            let committed = raft.log().slice(1, raft.commit_index());
+            if values.len() == 1 {
+                // The common case: look from the end, where a new entry is.
+                return committed.iter().rev().any(|e| e.value == values[0]);
+            }
+            let have: HashSet<String> = committed.iter().map(|e| e.value.to_string()).collect();
+            values.iter().all(|v| have.contains(&v.to_string()))
+        })
+    }
+
+    /// A one-line-per-node picture of the cluster for failure reports.
+    pub fn dump(&self) -> String {
+        let cfg = &self.nodes[0].cfg;
+        let mut out = format!(
+            "{} nodes, pre-vote {}, check-quorum {}, batches of {} bytes; at {}us, network: {}\n",
+            self.nodes.len(),
+            cfg.pre_vote,
+            cfg.check_quorum,
+            cfg.max_batch_bytes,
+            self.now,
+            self.net.describe()
+        );
+        for n in &self.nodes {
+            match &n.raft {
+                Some(r) => {
+                    out += &format!(
+                        "  node{} {:?} term {} leader {:?} voted {:?} log {} (last term {}) commit {} applied {}\n",
+                        n.id,
+                        r.role(),
+                        r.term(),
+                        r.leader(),
+                        r.voted_for(),
+                        r.last_index(),
+                        r.log().last_term(),
+                        r.commit_index(),
+                        n.applied
+                    )
+                }
+                None => {
+                    out += &format!(
+                        "  node{} DOWN, durable term {} voted {:?} log {}\n",
+                        n.id,
+                        n.hard.term,
+                        n.hard.voted_for,
+                        n.log.len()
+                    )
+                }
+            }
+        }
+        out += &format!("  leaders by term: {:?}\n", self.checker.leaders());
+        out
+    }
+
+    /// Fails the run, naming the seed.
+    pub fn fail(&self, why: &str) -> ! {
+        panic!("seed {}: {why}\n{}", self.seed, self.dump())
+    }
+
+    fn slot(&self, id: NodeId) -> &Node {
+        &self.nodes[id as usize - 1]
+    }
+
+    fn trace(&self, what: impl FnOnce() -> String) {
+        if self.trace {
+            eprintln!("{:>10}us {}", self.now, what());
+        }
+    }
+
+    // ---- inputs ----
+
+    /// A client proposal to node `id`; the key is unique per proposal.
+    pub fn propose(&mut self, id: NodeId, value: Value) -> Result<u64, ProposeError> {
+        self.proposals += 1;
+        let key = format!("k{}", self.proposals);
+        let result = self.raft_mut(id).propose(Some(key), value);
+        self.trace(|| format!("node{id} propose -> {result:?}"));
+        self.after_input(id);
+        result
+    }
+
+    /// A controller's TIMEOUT to node `id`.
+    pub fn timeout_now(&mut self, id: NodeId) {
+        self.trace(|| format!("node{id} TIMEOUT"));
+        let now = self.now;
+        self.raft_mut(id).timeout_now(now);
+        self.after_input(id);
+    }
+
+    /// A controller's CONVERT_FOLLOWER to node `id`.
+    pub fn convert_follower(&mut self, id: NodeId) {
+        self.trace(|| format!("node{id} CONVERT_FOLLOWER"));
+        let now = self.now;
+        self.raft_mut(id).convert_follower(now);
+        self.after_input(id);
+    }
+
+    /// Kills node `id`: its core, state machine and everything else volatile are gone.
+    pub fn crash(&mut self, id: NodeId) {
+        self.trace(|| format!("node{id} CRASH"));
+        let node = &self.nodes[id as usize - 1];
+        let Some(raft) = &node.raft else { return };
+        // What a restart will see must be what the core had: nothing acknowledged is lost.
+        if raft.hard_state() != node.hard || raft.log().entries() != node.log.as_slice() {
+            self.fail(&format!("node{id}'s durable state differs from its core's state when it crashes"));
+        }
+        let node = &mut self.nodes[id as usize - 1];
+        node.raft = None;
+        node.applied = 0;
+        node.commit = 0;
+        node.leading = None;
+    }
+
+    /// Restarts a crashed node from its durable hard state and log.
+    pub fn restart(&mut self, id: NodeId) {
+        let now = self.now;
+        let seed = self.seed;
+        let node = &mut self.nodes[id as usize - 1];
+        if node.raft.is_some() {
+            return;
+        }
+        node.restarts += 1;
+        let seed = seed.wrapping_add(node.restarts.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        node.raft = Some(Raft::new(node.cfg.clone(), node.hard, node.log.clone(), now, seed));
+        self.trace(|| format!("node{id} RESTART"));
+        self.after_input(id);
+    }
+
+    fn raft_mut(&mut self, id: NodeId) -> &mut Raft {
+        if self.nodes[id as usize - 1].raft.is_none() {
+            self.fail(&format!("node{id} is down"));
+        }
+        self.nodes[id as usize - 1].raft.as_mut().expect("up")
+    }
+
+    // ---- running ----
+
+    /// Processes the next event (a timer or a datagram) due at or before `limit`; false when
+    /// there is none.
+    pub fn step_before(&mut self, limit: Micros) -> bool {
+        let timer = self.nodes.iter().filter_map(|n| n.raft.as_ref().map(|r| (r.next_deadline(), n.id))).min();
+        let datagram = self.net.next_at();
+        match (timer, datagram) {
+            (Some((at, id)), d) if at <= limit && d.is_none_or(|d| at <= d) => {
+                self.now = self.now.max(at);
+                self.tick(id);
+                true
+            }
+            (_, Some(at)) if at <= limit => {
+                self.now = self.now.max(at);
+                if let Some(d) = self.net.pop() {
+                    if self.is_up(d.to) {
+                        self.trace(|| format!("node{} <- node{} {:?}", d.to, d.from, d.msg));
+                        let now = self.now;
+                        self.raft_mut(d.to).step(now, d.from, d.msg);
+                        self.after_input(d.to);
+                    }
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Runs until virtual time `t`.
+    pub fn run_until(&mut self, t: Micros) {
+        while self.step_before(t) {}
+        self.now = self.now.max(t);
+    }
+
+    pub fn run_for(&mut self, d: Micros) {
+        self.run_until(self.now + d);
+    }
+
+    /// Runs until `cond` holds (checked after every event) or `within` has passed; says
+    /// whether it held.
+    pub fn run_until_cond(&mut self, within: Micros, cond: impl Fn(&Cluster) -> bool) -> bool {
+        let limit = self.now + within;
+        loop {
+            if cond(self) {
+                return true;
+            }
+            if !self.step_before(limit) {
+                self.now = self.now.max(limit);
+                return cond(self);
+            }
+        }
+    }
+
+    /// Waits for a leader that a majority follows; fails the run if none appears `within`.
+    pub fn wait_for_leader(&mut self, within: Micros) -> NodeId {
+        if !self.run_until_cond(within, |c| c.stable_leader().is_some()) {
+            self.fail(&format!("no leader followed by a majority within {}ms", within / MS));
+        }
+        self.stable_leader().expect("leader")
+    }
+
+    /// Acts as a client that submits `values` to whoever leads, submitting again what a new
+    /// leader lacks, until every node has committed them all; says whether that happened
+    /// `within` the time given.
+    pub fn commit_values(&mut self, values: &[Value], within: Micros) -> bool {
+        let deadline = self.now + within;
+        let mut submitted_to = None;
+        loop {
+            if self.all_committed(values) {
+                return true;
+            }
+            if self.now >= deadline {
+                return false;
+            }
+            if let Some(leader) = self.stable_leader() {
+                let term = self.node(leader).term();
+                if submitted_to != Some((leader, term)) {
+                    submitted_to = Some((leader, term));
+                    let have: HashSet<String> =
+                        self.node(leader).log().entries().iter().map(|e| e.value.to_string()).collect();
+                    for v in values.iter().filter(|v| !have.contains(&v.to_string())) {
+                        if let Err(e) = self.propose(leader, v.clone()) {
+                            self.fail(&format!("the leader refused a proposal: {e}"));
+                        }
+                    }
+                }
+            }
+            self.run_until(deadline.min(self.now + 5 * MS));
+        }
+    }
+
+    /// Cross-checks log matching the slow way: any two logs (of up nodes, or durable logs of
+    /// crashed ones) that share an (index, term) are identical up to it.
+    pub fn check_logs_match(&self) {
+        let logs: Vec<(NodeId, &[LogEntry])> = self
+            .nodes
+            .iter()
+            .map(|n| (n.id, n.raft.as_ref().map_or(n.log.as_slice(), |r| r.log().entries())))
+            .collect();
+        for (i, (a, la)) in logs.iter().enumerate() {
+            for (b, lb) in &logs[i + 1..] {
+                let common = la.len().min(lb.len());
+                if let Some(last_same) = (0..common).rev().find(|&k| la[k].term == lb[k].term) {
+                    if la[..=last_same] != lb[..=last_same] {
+                        self.fail(&format!(
+                            "log matching: node{a} and node{b} agree on the term at index {} but not before",
+                            last_same + 1
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    // ---- the driver ----
+
+    fn tick(&mut self, id: NodeId) {
+        let now = self.now;
+        self.raft_mut(id).tick(now);
+        self.after_input(id);
+        if let Some(raft) = &self.slot(id).raft {
+            if raft.next_deadline() <= now {
+                self.fail(&format!("node{id}'s timer did not move past {now}us after it fired"));
+            }
+        }
+    }
+
+    /// Handles the node's `Ready` as a real driver does, then checks the safety properties.
+    fn after_input(&mut self, id: NodeId) {
+        if let Err(why) = self.handle_ready(id) {
+            self.fail(&why);
+        }
+    }
+
+    fn handle_ready(&mut self, id: NodeId) -> Result<(), String> {
+        let now = self.now;
+        let node = &mut self.nodes[id as usize - 1];
+        let Some(raft) = node.raft.as_mut() else { return Ok(()) };
+        let ready = raft.take_ready();
+        let (role, term, last) = (raft.role(), raft.term(), raft.last_index());
+
+        // 1. Persist.
+        if let Some(hard) = ready.hard_state {
+            self.checker.hard_state(id, node.hard, hard)?;
+            node.hard = hard;
+        }
+        if node.hard != raft.hard_state() {
+            return Err(format!("node{id} changed its hard state without reporting it"));
+        }
+        if let Some(from) = ready.persist_from {
+            let stored = node.log.len() as u64;
+            if from == 0 || from > stored + 1 {
+                return Err(format!("node{id} asks to persist from index {from} but storage ends at {stored}"));
+            }
+            node.log.truncate(from as usize - 1);
+            node.prefix.truncate(from as usize - 1);
+            for entry in raft.log().slice(from, last) {
+                let prev = node.prefix.last().copied().unwrap_or(0);
+                node.prefix.push(checker::chain(prev, entry));
+                node.log.push(entry.clone());
+            }
+            self.checker.stored(id, &node.log, &node.prefix, from)?;
+        }
+        if node.log.len() as u64 != last
+            || node.log.last().map(|e| e.term) != raft.log().entries().last().map(|e| e.term)
+        {
+            return Err(format!("node{id} changed its log without reporting it"));
+        }
+
+        // Election safety, and a leader only ever appends to its log.
+        self.checker.role(id, role, term)?;
+        let mut new_leader = false;
+        if role == Role::Leader {
+            match node.leading {
+                Some((t, len)) if t == term => {
+                    if let Some(from) = ready.persist_from.filter(|&from| from <= len) {
+                        return Err(format!("node{id}, leader of term {term}, rewrote its log from index {from}"));
+                    }
+                }
+                _ => new_leader = true,
+            }
+            node.leading = Some((term, last));
+        } else {
+            node.leading = None;
+        }
+        if new_leader {
+            self.checker.leader_complete(id, term, &node.prefix)?;
+        }
+
+        // 2. Send.
+        for (to, msg) in ready.messages {
+            self.net.send(now, id, to, msg)?;
+        }
+
+        // 3. Apply.
+        let commit = ready.commit_index;
+        if commit != raft.commit_index() {
+            return Err(format!("node{id} reports commit index {commit} but holds {}", raft.commit_index()));
+        }
+        if commit < node.commit {
+            return Err(format!("node{id}'s commit index went back from {} to {commit}", node.commit));
+        }
+        if commit > last {
+            return Err(format!("node{id}'s commit index {commit} is past the end of its log ({last})"));
+        }
+        let newly_committed = commit > node.commit;
+        if newly_committed {
+            self.checker.committed(id, term, node.commit, commit, &node.log, &node.prefix)?;
+            node.commit = commit;
+        }
+        while node.applied < commit {
+            node.applied += 1;
+            self.checker.applied(id, node.applied, &node.log[node.applied as usize - 1])?;
+        }
+
+        // Leader completeness for every leader, now that more is known committed.
+        if newly_committed {
+            for n in &self.nodes {
+                if let Some(r) = n.raft.as_ref().filter(|r| r.role() == Role::Leader) {
+                    self.checker.leader_complete(n.id, r.term(), &n.prefix)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Entries known committed so far.
+    pub fn committed_len(&self) -> u64 {
+        self.checker.committed_len()
+    }
+
+    /// Terms that had a leader so far.
+    pub fn leaders_elected(&self) -> usize {
+        self.checker.leaders().len()
+    }
+}
