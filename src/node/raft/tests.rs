@@ -273,3 +273,36 @@ fn an_advanced_commit_index_alone_is_ready_work() {
     assert_eq!(ready.commit_index, 1);
     assert!(!raft.has_ready());
 }
+
+#[test]
+fn an_earlier_terms_entry_is_not_committed_by_counting_replicas() {
+    // Figure 8 of the Raft paper: node 1 holds index 2 from term 2, never committed, and
+    // leads again in term 4. Once nodes 2 and 3 store index 2 it sits on a majority, but a
+    // node with a term-3 entry there could still win and overwrite it: it may only commit
+    // together with an entry of the leader's own term (§5.4.2).
+    let log = vec![LogEntry::noop(1), LogEntry { term: 2, key: Some("x".into()), value: json!(1) }];
+    let peers = vec![2, 3, 4, 5];
+    let mut raft = Raft::new(Config::new(1, peers), HardState { term: 3, voted_for: None }, log, 0, 1);
+    raft.timeout_now(0);
+    raft.step(0, 2, Msg::VoteAck { term: 4 });
+    raft.step(0, 3, Msg::VoteAck { term: 4 });
+    assert_eq!((raft.role(), raft.term()), (Role::Leader, 4));
+    assert_eq!(raft.log().term(3), Some(4), "the new term's no-op");
+    raft.take_ready();
+    for p in [2, 3] {
+        raft.step(
+            0,
+            p,
+            Msg::AppendReply { term: 4, success: true, match_index: 2, conflict_index: 0, conflict_term: None },
+        );
+    }
+    assert_eq!(raft.commit_index(), 0, "index 2 is on a majority but from an earlier term");
+    for p in [2, 3] {
+        raft.step(
+            0,
+            p,
+            Msg::AppendReply { term: 4, success: true, match_index: 3, conflict_index: 0, conflict_term: None },
+        );
+    }
+    assert_eq!(raft.commit_index(), 3, "the no-op of term 4 commits index 2 with it");
+}
