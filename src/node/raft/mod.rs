@@ -13,6 +13,8 @@
 //! votes. A voter grants one vote per term, and only to a candidate whose log is at least as
 //! up-to-date as its own (last term, then last index; §5.4.1). A candidate with votes from a
 //! majority becomes leader and appends a no-op entry, which commits everything before it.
+//! Granting a pre-vote restarts the voter's own election timer, as granting a vote does:
+//! the pre-candidate is about to campaign, and a competing round would only split the vote.
 //!
 //! **Staying put (CheckQuorum, thesis §6.2 and §9.6).** A leader that has not heard from a
 //! majority within an election timeout steps down. A node that heard from a leader within
@@ -564,6 +566,14 @@ impl Raft {
             // Behind: tell it our term so it can catch up (etcd #8501).
             self.send(from, Msg::PreVoteReply { term: self.term, granted: false });
         } else if !self.in_lease(now) && self.log_up_to_date(last_log_index, last_log_term) {
+            // Backing a pre-candidate restarts our own timer, as granting a vote does (§5.2):
+            // it is about to campaign, and a competing round of ours now would only split
+            // the vote. A node mid-round keeps going, so two pre-candidates never both stand
+            // down; the timer only delays, so a pre-candidate that then fails costs at most
+            // one more timeout.
+            if !self.prevoting {
+                self.reset_election_timer(now);
+            }
             self.send(from, Msg::PreVoteReply { term, granted: true });
         }
     }

@@ -306,3 +306,22 @@ fn an_earlier_terms_entry_is_not_committed_by_counting_replicas() {
     }
     assert_eq!(raft.commit_index(), 3, "the no-op of term 4 commits index 2 with it");
 }
+
+#[test]
+fn granting_a_prevote_restarts_the_voters_timer() {
+    let mut raft = node(2, 5);
+    let first = raft.next_deadline();
+    let now = first - 1;
+    raft.step(now, 1, Msg::PreVote { term: 1, last_log_index: 0, last_log_term: 0 });
+    assert_eq!(sent_to(&raft.take_ready(), 1), [&Msg::PreVoteReply { term: 1, granted: true }]);
+    assert!(raft.next_deadline() >= now + raft.config().election_min, "timer not restarted");
+    // A node in its own pre-vote round grants too, but carries on with its round.
+    let mut raft = node(2, 5);
+    let now = expire(&mut raft);
+    raft.take_ready();
+    let deadline = raft.next_deadline();
+    raft.step(now + 1, 1, Msg::PreVote { term: 1, last_log_index: 0, last_log_term: 0 });
+    assert_eq!(sent_to(&raft.take_ready(), 1), [&Msg::PreVoteReply { term: 1, granted: true }]);
+    assert!(raft.is_prevoting());
+    assert_eq!(raft.next_deadline(), deadline);
+}
