@@ -13,11 +13,14 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::Value;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::raft::{Event, LogEntry, Msg, ProposeError, Raft, Role};
+use super::http::{NodeStatus, PeerStatus};
+use super::raft::{Event, LogEntry, Msg, NodeId, ProposeError, Raft, Role};
 use super::storage::{Storage, StorageError};
 use super::transport::{RateLimited, Transport, RECV_BUFFER};
+use crate::config::Cluster;
 use crate::proto::{self, Message, Request, KEY_COMMITED_LOGS, KEY_LEADER, MAX_DATAGRAM};
 
 /// How long a STORE waits to be committed before the controller is told it failed.
@@ -54,12 +57,30 @@ pub struct Driver {
     pending: BTreeMap<u64, PendingStore>,
     drops: RateLimited,
     stop: Option<Stopped>,
+    cluster: Cluster,
+    status: watch::Sender<NodeStatus>,
+    elections: u64,
+    leader_changes: u64,
+    last_leader: Option<NodeId>,
 }
 
 impl Driver {
     /// A driver for `raft`, whose `origin` is time zero of the core's clock.
-    pub fn new(raft: Raft, storage: Storage, transport: Transport, origin: Instant) -> Driver {
-        Driver {
+    pub fn new(raft: Raft, storage: Storage, transport: Transport, origin: Instant, cluster: Cluster) -> Driver {
+        let (status, _) = watch::channel(NodeStatus {
+            name: proto::node_name(raft.id()),
+            role: Role::Follower.to_string(),
+            term: raft.term(),
+            leader: None,
+            leader_http: None,
+            commit_index: 0,
+            applied_index: 0,
+            last_log_index: raft.last_index(),
+            peers: Vec::new(),
+            elections: 0,
+            leader_changes: 0,
+        });
+        let mut driver = Driver {
             name: proto::node_name(raft.id()),
             raft,
             storage,
@@ -69,7 +90,56 @@ impl Driver {
             pending: BTreeMap::new(),
             drops: RateLimited::new(10),
             stop: None,
-        }
+            cluster,
+            status,
+            elections: 0,
+            leader_changes: 0,
+            last_leader: None,
+        };
+        driver.publish();
+        driver
+    }
+
+    /// The node's state as it changes, for the HTTP server.
+    pub fn subscribe(&self) -> watch::Receiver<NodeStatus> {
+        self.status.subscribe()
+    }
+
+    /// Publishes the current state when it differs from the last published one.
+    fn publish(&mut self) {
+        let leader = self.raft.leader();
+        let matches: BTreeMap<NodeId, u64> = self.raft.match_indexes().into_iter().collect();
+        let me = self.raft.id();
+        let peers = self
+            .cluster
+            .ids()
+            .filter(|&id| id != me)
+            .map(|id| PeerStatus {
+                name: proto::node_name(id),
+                http: self.cluster.http_addr(id),
+                match_index: matches.get(&id).copied(),
+            })
+            .collect();
+        let snapshot = NodeStatus {
+            name: self.name.clone(),
+            role: self.raft.role().to_string(),
+            term: self.raft.term(),
+            leader: leader.map(proto::node_name),
+            leader_http: leader.map(|id| self.cluster.http_addr(id)),
+            commit_index: self.raft.commit_index(),
+            applied_index: self.applied,
+            last_log_index: self.raft.last_index(),
+            peers,
+            elections: self.elections,
+            leader_changes: self.leader_changes,
+        };
+        self.status.send_if_modified(|current| {
+            let changed = *current != snapshot;
+            if changed {
+                *current = snapshot;
+            }
+            changed
+        });
     }
 
     /// Microseconds since `origin`: the core's clock.
@@ -114,6 +184,7 @@ impl Driver {
             }
             self.handle_ready()?;
             self.expire_pending();
+            self.publish();
             if let Some(stopped) = self.stop.take() {
                 return Ok(stopped);
             }
@@ -274,6 +345,15 @@ impl Driver {
             }
             for event in ready.events {
                 let Event::RoleChanged { role, term, leader } = event;
+                if role == Role::Candidate {
+                    self.elections += 1;
+                }
+                if leader.is_some() && leader != self.last_leader {
+                    self.leader_changes += 1;
+                }
+                if leader.is_some() {
+                    self.last_leader = leader;
+                }
                 match (role, leader) {
                     (Role::Leader, _) => log::info!("{} is LEADER for term {term}", self.name),
                     (Role::Follower, Some(l)) => {

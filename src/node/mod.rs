@@ -4,6 +4,7 @@
 //! durable log on disk, and the driver loop that feeds the core messages and time.
 
 pub mod driver;
+pub mod http;
 pub mod raft;
 pub mod storage;
 pub mod transport;
@@ -60,6 +61,7 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
         }
     });
     let bind = crate::config::resolve(&bind_host, cluster.raft_port)?;
+    let http_bind = crate::config::resolve(&bind_host, cluster.http_port)?;
 
     let (storage, recovered) = Storage::open(&node_dir).with_context(|| format!("cannot open the data of {name}"))?;
     log::info!(
@@ -86,8 +88,13 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
         };
         let origin = tokio::time::Instant::now();
         let raft = Raft::new(config, recovered.hard_state, recovered.entries, 0, entropy_seed());
-        let driver = Driver::new(raft, storage, transport, origin);
-        driver.run(stop_signal()).await.map_err(anyhow::Error::from)
+        let driver = Driver::new(raft, storage, transport, origin, cluster.clone());
+        let http = http::Server::start(http_bind, driver.subscribe())
+            .with_context(|| format!("cannot serve HTTP on {http_bind} for {name}"))?;
+        log::info!("{name}: HTTP on http://{}", http.local_addr());
+        let stopped = driver.run(stop_signal()).await;
+        http.stop().await;
+        stopped.map_err(anyhow::Error::from)
     })?;
     log::info!("{name}: stopped ({stopped})");
     Ok(ExitCode::SUCCESS)

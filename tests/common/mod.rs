@@ -40,18 +40,40 @@ pub fn udp_request(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> Option<
     Message::decode(&buf[..n]).ok().map(|(m, _)| m)
 }
 
-/// A UDP port free on 127.0.0.1 … 127.0.0.N right now. Test runs on one machine may overlap,
-/// so fixed ports could put one run's requests on another run's cluster.
+/// A port free for UDP and TCP on 127.0.0.1 … 127.0.0.N right now: test clusters use it for
+/// both Raft (UDP) and HTTP (TCP). Test runs on one machine may overlap, so fixed ports could
+/// put one run's requests on another run's cluster.
 pub fn free_port(nodes: u32) -> u16 {
     for _ in 0..100 {
         let first = UdpSocket::bind("127.0.0.1:0").expect("bind a UDP port");
         let port = first.local_addr().unwrap().port();
-        let others: Vec<_> = (2..=nodes).map(|id| UdpSocket::bind(format!("127.0.0.{id}:{port}"))).collect();
-        if others.iter().all(Result::is_ok) {
+        let udp_ok = (2..=nodes).all(|id| UdpSocket::bind(format!("127.0.0.{id}:{port}")).is_ok());
+        let tcp_ok = (1..=nodes).all(|id| std::net::TcpListener::bind(format!("127.0.0.{id}:{port}")).is_ok());
+        if udp_ok && tcp_ok {
             return port;
         }
     }
-    panic!("no UDP port is free on 127.0.0.1 … 127.0.0.{nodes}");
+    panic!("no port is free on 127.0.0.1 … 127.0.0.{nodes}");
+}
+
+/// `GET path` on node `id`'s HTTP port: (status code, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    http_request(addr, "GET", path)
+}
+
+/// A minimal HTTP/1.1 request with `Connection: close`: (status code, body).
+pub fn http_request(addr: SocketAddr, method: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).ok()?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.to_string()))
 }
 
 /// A control message as a controller sends it.
@@ -102,6 +124,11 @@ impl TestCluster {
         format!("127.0.0.{id}:{}", self.raft_port).parse().unwrap()
     }
 
+    /// Node `id`'s HTTP address (the same port number as Raft, over TCP).
+    pub fn http_addr(&self, id: u32) -> SocketAddr {
+        self.addr(id)
+    }
+
     pub fn log_path(&self, id: u32) -> PathBuf {
         self.dir.join(format!("node{id}.log"))
     }
@@ -116,6 +143,7 @@ impl TestCluster {
         let child = Command::new(BIN)
             .args(["node", "--id", &id.to_string(), "--nodes", &self.nodes.to_string()])
             .arg(format!("--raft-port={}", self.raft_port))
+            .arg(format!("--http-port={}", self.raft_port))
             .arg("--data-dir")
             .arg(&self.dir)
             .args(&self.extra)

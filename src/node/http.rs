@@ -1,0 +1,286 @@
+//! The node's HTTP server (actix-web): health, readiness, state and metrics.
+//!
+//! The driver publishes a [`NodeStatus`] snapshot on a `watch` channel after every turn; the
+//! handlers only read the latest snapshot, so HTTP never waits on, or slows, the Raft loop.
+//! The server runs on a thread of its own with actix's runtime and stops gracefully when the
+//! node stops.
+//!
+//! | endpoint | answer |
+//! |---|---|
+//! | `GET /healthz` | 200 while the process serves |
+//! | `GET /readyz` | 200 when a leader is known, else 503 with the failed checks |
+//! | `GET /status` | name, role, term, leader and its HTTP address, indexes, peers |
+//! | `GET /heartbeat` | name, role, term, leader, uptime |
+//! | `GET /metrics` | Prometheus text format |
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServerHandle, ServiceRequest, ServiceResponse};
+use actix_web::http::StatusCode;
+use actix_web::middleware::{self, Next};
+use actix_web::{web, App, HttpResponse, HttpServer};
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::watch;
+
+/// One peer as this node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PeerStatus {
+    pub name: String,
+    /// `host:port` of the peer's HTTP API.
+    pub http: String,
+    /// Leader only: the highest log index the peer is known to store.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub match_index: Option<u64>,
+}
+
+/// What `/status` shows; published by the driver.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NodeStatus {
+    pub name: String,
+    pub role: String,
+    pub term: u64,
+    pub leader: Option<String>,
+    /// `host:port` of the leader's HTTP API.
+    pub leader_http: Option<String>,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub last_log_index: u64,
+    pub peers: Vec<PeerStatus>,
+    /// Elections this node has started since it started.
+    pub elections: u64,
+    /// Times this node has seen a new leader since it started.
+    pub leader_changes: u64,
+}
+
+/// Shared by the handlers.
+struct State {
+    status: watch::Receiver<NodeStatus>,
+    started: Instant,
+    /// Responses by HTTP status code.
+    responses: Mutex<BTreeMap<u16, u64>>,
+}
+
+/// The running server.
+pub struct Server {
+    handle: ServerHandle,
+    thread: std::thread::JoinHandle<std::io::Result<()>>,
+    addr: SocketAddr,
+}
+
+impl Server {
+    /// Binds `bind` and serves on a thread of its own. Fails at once if `bind` is taken.
+    pub fn start(bind: SocketAddr, status: watch::Receiver<NodeStatus>) -> std::io::Result<Server> {
+        let state = web::Data::new(State { status, started: Instant::now(), responses: Mutex::new(BTreeMap::new()) });
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new().name("http".into()).spawn(move || {
+            actix_web::rt::System::new().block_on(async move {
+                let server = HttpServer::new(move || app(state.clone()))
+                    .workers(2)
+                    .disable_signals()
+                    .shutdown_timeout(2)
+                    .bind(bind);
+                let server = match server {
+                    Ok(server) => server,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return Ok(());
+                    }
+                };
+                let addr = server.addrs().first().copied().unwrap_or(bind);
+                let running = server.run();
+                let _ = tx.send(Ok((running.handle(), addr)));
+                running.await
+            })
+        })?;
+        match rx.recv() {
+            Ok(Ok((handle, addr))) => Ok(Server { handle, thread, addr }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(e)
+            }
+            Err(_) => Err(std::io::Error::other("the HTTP server thread ended before it started")),
+        }
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, lets requests in progress finish, and waits for the thread.
+    pub async fn stop(self) {
+        self.handle.stop(true).await;
+        match self.thread.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => log::warn!("HTTP server ended with an error: {e}"),
+            Err(_) => log::warn!("HTTP server thread panicked"),
+        }
+    }
+}
+
+fn app(
+    state: web::Data<State>,
+) -> App<
+    impl actix_web::dev::ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    App::new()
+        .app_data(state)
+        .wrap(middleware::from_fn(count_responses))
+        .service(web::resource("/healthz").get(healthz).default_service(web::to(method_not_allowed)))
+        .service(web::resource("/readyz").get(readyz).default_service(web::to(method_not_allowed)))
+        .service(web::resource("/status").get(status).default_service(web::to(method_not_allowed)))
+        .service(web::resource("/heartbeat").get(heartbeat).default_service(web::to(method_not_allowed)))
+        .service(web::resource("/metrics").get(metrics).default_service(web::to(method_not_allowed)))
+        .default_service(web::to(not_found))
+}
+
+async fn count_responses(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let state = req.app_data::<web::Data<State>>().cloned();
+    let res = next.call(req).await?;
+    if let Some(state) = state {
+        let code = res.status().as_u16();
+        if let Ok(mut counts) = state.responses.lock() {
+            *counts.entry(code).or_default() += 1;
+        }
+    }
+    Ok(res)
+}
+
+async fn healthz(state: web::Data<State>) -> HttpResponse {
+    let name = state.status.borrow().name.clone();
+    HttpResponse::Ok().json(json!({ "status": "ok", "name": name }))
+}
+
+async fn readyz(state: web::Data<State>) -> HttpResponse {
+    let status = state.status.borrow().clone();
+    let leader = status.leader.is_some();
+    let body = json!({
+        "ready": leader,
+        "name": status.name,
+        "checks": { "node": true, "leader": leader },
+    });
+    if leader {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().insert_header(("Retry-After", "1")).json(body)
+    }
+}
+
+async fn status(state: web::Data<State>) -> HttpResponse {
+    let status = state.status.borrow().clone();
+    HttpResponse::Ok().json(status)
+}
+
+async fn heartbeat(state: web::Data<State>) -> HttpResponse {
+    let s = state.status.borrow().clone();
+    HttpResponse::Ok().json(json!({
+        "name": s.name,
+        "role": s.role,
+        "term": s.term,
+        "leader": s.leader,
+        "uptime_ms": state.started.elapsed().as_millis() as u64,
+    }))
+}
+
+async fn metrics(state: web::Data<State>) -> HttpResponse {
+    let s = state.status.borrow().clone();
+    let responses = state.responses.lock().map(|c| c.clone()).unwrap_or_default();
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(render_metrics(&s, &responses))
+}
+
+async fn method_not_allowed() -> HttpResponse {
+    HttpResponse::build(StatusCode::METHOD_NOT_ALLOWED)
+        .insert_header(("Allow", "GET"))
+        .json(json!({ "error": "this endpoint answers GET only" }))
+}
+
+async fn not_found() -> HttpResponse {
+    HttpResponse::build(StatusCode::NOT_FOUND).json(json!({ "error": "no such endpoint" }))
+}
+
+/// The Prometheus text exposition of a node's state.
+pub fn render_metrics(s: &NodeStatus, responses: &BTreeMap<u16, u64>) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, kind: &str, lines: &[(String, u64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in lines {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    let role_lines: Vec<(String, u64)> = ["FOLLOWER", "CANDIDATE", "LEADER"]
+        .iter()
+        .map(|r| (format!("{{node=\"{}\",role=\"{r}\"}}", s.name), u64::from(s.role == *r)))
+        .collect();
+    let node = format!("{{node=\"{}\"}}", s.name);
+    gauge("labctl_role", "1 for the node's current Raft role", "gauge", &role_lines);
+    gauge("labctl_term", "Current Raft term", "gauge", &[(node.clone(), s.term)]);
+    gauge(
+        "labctl_leader_known",
+        "1 while a leader is known",
+        "gauge",
+        &[(node.clone(), u64::from(s.leader.is_some()))],
+    );
+    gauge("labctl_commit_index", "Highest log index known committed", "gauge", &[(node.clone(), s.commit_index)]);
+    gauge("labctl_applied_index", "Highest log index applied", "gauge", &[(node.clone(), s.applied_index)]);
+    gauge("labctl_last_log_index", "Index of the last log entry", "gauge", &[(node.clone(), s.last_log_index)]);
+    gauge("labctl_elections_total", "Elections started by this node", "counter", &[(node.clone(), s.elections)]);
+    gauge("labctl_leader_changes_total", "New leaders seen by this node", "counter", &[(node, s.leader_changes)]);
+    let http: Vec<(String, u64)> =
+        responses.iter().map(|(code, n)| (format!("{{node=\"{}\",status=\"{code}\"}}", s.name), *n)).collect();
+    gauge("labctl_http_requests_total", "HTTP responses by status code", "counter", &http);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_are_prometheus_text() {
+        let s = NodeStatus {
+            name: "node2".into(),
+            role: "LEADER".into(),
+            term: 7,
+            leader: Some("node2".into()),
+            leader_http: Some("127.0.0.2:8000".into()),
+            commit_index: 12,
+            applied_index: 11,
+            last_log_index: 13,
+            peers: vec![],
+            elections: 3,
+            leader_changes: 2,
+        };
+        let text = render_metrics(&s, &BTreeMap::from([(200, 5), (404, 1)]));
+        for line in [
+            "labctl_role{node=\"node2\",role=\"LEADER\"} 1",
+            "labctl_role{node=\"node2\",role=\"FOLLOWER\"} 0",
+            "labctl_term{node=\"node2\"} 7",
+            "labctl_commit_index{node=\"node2\"} 12",
+            "labctl_applied_index{node=\"node2\"} 11",
+            "labctl_elections_total{node=\"node2\"} 3",
+            "labctl_http_requests_total{node=\"node2\",status=\"404\"} 1",
+            "# TYPE labctl_http_requests_total counter",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        // Every sample line is `name{labels} value`.
+        for l in text.lines().filter(|l| !l.starts_with('#')) {
+            let (_, value) = l.rsplit_once(' ').unwrap();
+            value.parse::<u64>().unwrap_or_else(|_| panic!("bad sample {l:?}"));
+        }
+    }
+}
