@@ -6,6 +6,7 @@
 pub mod driver;
 pub mod raft;
 pub mod storage;
+pub mod store;
 pub mod transport;
 
 use std::path::PathBuf;
