@@ -7,6 +7,7 @@ pub mod driver;
 pub mod http;
 pub mod raft;
 pub mod storage;
+pub mod store;
 pub mod transport;
 
 use std::path::PathBuf;

@@ -1,0 +1,313 @@
+//! What a Raft log entry carries for the database, and what applying it answered.
+//!
+//! A [`Command`] is serialized into the `value` of a log entry. Everything a node needs to apply
+//! it is inside: the operation, the leader's clock when it accepted the write ([`Command::at`],
+//! used for every timestamp so that nodes agree), and the client's idempotency key.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::models::{Product, Task, User};
+
+/// Longest accepted `Idempotency-Key`.
+pub const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// One replicated write.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Command {
+    /// A repeated key returns the first outcome and changes nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// The leader's clock when it accepted the write; stamps `created_at`/`updated_at`.
+    pub at: DateTime<Utc>,
+    pub op: Op,
+}
+
+impl Command {
+    pub fn new(at: DateTime<Utc>, op: Op) -> Command {
+        Command { idempotency_key: None, at, op }
+    }
+
+    pub fn with_key(mut self, key: impl Into<String>) -> Command {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+}
+
+/// The operations on the replicated database. Updates replace every field (HTTP `PUT`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Op {
+    CreateProduct {
+        product: ProductInput,
+    },
+    UpdateProduct {
+        id: i64,
+        product: ProductInput,
+    },
+    DeleteProduct {
+        id: i64,
+    },
+    /// An uploaded file: all rows or none.
+    ImportProducts {
+        items: Vec<ProductInput>,
+    },
+    CreateUser {
+        user: UserInput,
+    },
+    UpdateUser {
+        id: i64,
+        user: UserInput,
+    },
+    /// Tasks assigned to the user become unassigned.
+    DeleteUser {
+        id: i64,
+    },
+    CreateTask {
+        task: TaskInput,
+    },
+    UpdateTask {
+        id: i64,
+        task: TaskInput,
+    },
+    DeleteTask {
+        id: i64,
+    },
+}
+
+/// A product as the scraper produces it or a client sends it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProductInput {
+    pub title: String,
+    pub price: f64,
+    /// ISO 4217 code, e.g. `GBP`.
+    pub currency: String,
+    #[serde(default)]
+    pub converted_price: Option<f64>,
+    #[serde(default)]
+    pub converted_currency: Option<String>,
+    #[serde(default)]
+    pub availability: Option<String>,
+    /// Stars, 0 to 5.
+    #[serde(default)]
+    pub rating: Option<i32>,
+    #[serde(default)]
+    pub link: Option<String>,
+    #[serde(default)]
+    pub scraped_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserInput {
+    pub name: String,
+    /// Unique, compared case-insensitively (stored lower-case).
+    pub email: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskInput {
+    pub title: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub due_date: Option<NaiveDate>,
+    #[serde(default)]
+    pub status: Status,
+    #[serde(default)]
+    pub priority: Priority,
+    /// A user id; must exist.
+    #[serde(default)]
+    pub assignee: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    #[default]
+    Todo,
+    InProgress,
+    Done,
+}
+
+impl Status {
+    pub const ALL: [Status; 3] = [Status::Todo, Status::InProgress, Status::Done];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Todo => "todo",
+            Status::InProgress => "in_progress",
+            Status::Done => "done",
+        }
+    }
+}
+
+impl std::str::FromStr for Status {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Status, String> {
+        Status::ALL.into_iter().find(|v| v.as_str() == s).ok_or_else(|| format!("unknown status {s:?}"))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    Low,
+    #[default]
+    Medium,
+    High,
+}
+
+impl Priority {
+    pub const ALL: [Priority; 3] = [Priority::Low, Priority::Medium, Priority::High];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Low => "low",
+            Priority::Medium => "medium",
+            Priority::High => "high",
+        }
+    }
+}
+
+impl std::str::FromStr for Priority {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Priority, String> {
+        Priority::ALL.into_iter().find(|v| v.as_str() == s).ok_or_else(|| format!("unknown priority {s:?}"))
+    }
+}
+
+/// What applying one log entry did. Deterministic: every node applying the same entry to the
+/// same state gets the same outcome.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum ApplyOutcome {
+    /// The write took effect; `status` is the HTTP status to answer (201 or 200).
+    Applied { status: u16, reply: Reply },
+    /// The write was refused (404 unknown id, 409 conflict, 422 invalid) and changed nothing
+    /// but the applied index.
+    Rejected { status: u16, error: String },
+    /// The index was applied before (by this node earlier, or by another node sharing the
+    /// database); nothing was done.
+    AlreadyApplied,
+}
+
+/// The body of a successful write.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Reply {
+    Product(Box<Product>),
+    User(Box<User>),
+    Task(Box<Task>),
+    Deleted { id: i64 },
+    Imported { ids: Vec<i64> },
+}
+
+/// A refused write, before it becomes [`ApplyOutcome::Rejected`].
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Rejection {
+    pub status: u16,
+    pub error: String,
+}
+
+impl Rejection {
+    pub fn not_found(what: &str, id: i64) -> Rejection {
+        Rejection { status: 404, error: format!("{what} {id} does not exist") }
+    }
+    pub fn conflict(error: impl Into<String>) -> Rejection {
+        Rejection { status: 409, error: error.into() }
+    }
+    pub fn invalid(error: impl Into<String>) -> Rejection {
+        Rejection { status: 422, error: error.into() }
+    }
+}
+
+const MAX_TEXT: usize = 10_000;
+
+fn check_text(field: &str, value: &str, required: bool) -> Result<(), Rejection> {
+    if required && value.trim().is_empty() {
+        return Err(Rejection::invalid(format!("{field} must not be empty")));
+    }
+    if value.len() > MAX_TEXT {
+        return Err(Rejection::invalid(format!("{field} is longer than {MAX_TEXT} bytes")));
+    }
+    Ok(())
+}
+
+fn check_amount(field: &str, value: f64) -> Result<(), Rejection> {
+    if !value.is_finite() || value < 0.0 {
+        return Err(Rejection::invalid(format!("{field} must be a finite number ≥ 0")));
+    }
+    Ok(())
+}
+
+fn check_currency(field: &str, value: &str) -> Result<(), Rejection> {
+    if value.len() != 3 || !value.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(Rejection::invalid(format!("{field} must be a 3-letter ISO 4217 code such as GBP")));
+    }
+    Ok(())
+}
+
+impl ProductInput {
+    pub(super) fn validate(&self) -> Result<(), Rejection> {
+        check_text("title", &self.title, true)?;
+        check_amount("price", self.price)?;
+        check_currency("currency", &self.currency)?;
+        match (self.converted_price, &self.converted_currency) {
+            (Some(p), Some(c)) => {
+                check_amount("converted_price", p)?;
+                check_currency("converted_currency", c)?;
+            }
+            (None, None) => {}
+            _ => return Err(Rejection::invalid("converted_price and converted_currency go together")),
+        }
+        if let Some(a) = &self.availability {
+            check_text("availability", a, false)?;
+        }
+        if let Some(r) = self.rating {
+            if !(0..=5).contains(&r) {
+                return Err(Rejection::invalid("rating must be between 0 and 5"));
+            }
+        }
+        if let Some(l) = &self.link {
+            check_text("link", l, false)?;
+        }
+        Ok(())
+    }
+}
+
+impl UserInput {
+    pub(super) fn validate(&self) -> Result<(), Rejection> {
+        check_text("name", &self.name, true)?;
+        let email = self.email.trim();
+        let valid = email.len() <= 254
+            && email.split_once('@').is_some_and(|(local, domain)| {
+                !local.is_empty() && !domain.is_empty() && !domain.contains('@') && !email.contains(char::is_whitespace)
+            });
+        if !valid {
+            return Err(Rejection::invalid(format!("{:?} is not an email address", self.email)));
+        }
+        Ok(())
+    }
+
+    pub(super) fn normalized_email(&self) -> String {
+        self.email.trim().to_lowercase()
+    }
+}
+
+impl TaskInput {
+    pub(super) fn validate(&self) -> Result<(), Rejection> {
+        check_text("title", &self.title, true)?;
+        if let Some(d) = &self.description {
+            check_text("description", d, false)?;
+        }
+        Ok(())
+    }
+}
+
+/// The text form of a timestamp in the database: fixed width, so text order is time order.
+pub(super) fn timestamp_text(at: &DateTime<Utc>) -> String {
+    at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}

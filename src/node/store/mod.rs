@@ -1,0 +1,510 @@
+//! The replicated database of a node: committed Raft log entries carrying a [`Command`] are
+//! applied here, in index order, and HTTP reads are answered from here.
+//!
+//! # Guarantees
+//! - **Exactly once.** [`Store::apply`] runs in one transaction that first locks the `meta`
+//!   row, skips the entry if its index is not above the last applied index, applies it and
+//!   records the index. A crash between two entries, or several nodes sharing one database,
+//!   never applies an entry twice.
+//! - **Deterministic.** Ids come from counters in `meta` advanced inside that transaction,
+//!   timestamps from the leader's clock in the command, and business errors (unknown id,
+//!   duplicate email, unknown assignee, invalid field) are an [`ApplyOutcome::Rejected`] that
+//!   changes nothing but the applied index. Every node applying the same log ends with the
+//!   same rows, ids included.
+//! - **Idempotency keys** are part of the replicated state: a repeated key returns the first
+//!   outcome and changes nothing.
+//! - **Referential integrity.** A task's assignee must exist (else 422); deleting a user
+//!   unassigns their tasks (the foreign key is also `ON DELETE SET NULL`).
+//!
+//! # Backends
+//! [`DbConnection`] is a `diesel::MultiConnection` enum; a backend is one variant, one
+//! migrations directory (`migrations/<backend>/`) and one arm in [`Store::open`]. This build
+//! has SQLite (bundled), chosen by a path or a `sqlite://` URL.
+
+pub mod command;
+pub mod models;
+mod schema;
+
+use chrono::NaiveDate;
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+
+use self::command::{timestamp_text, Rejection};
+pub use self::command::{
+    ApplyOutcome, Command, Op, Priority, ProductInput, Reply, Status, TaskInput, UserInput, MAX_IDEMPOTENCY_KEY,
+};
+pub use self::models::{
+    Applied, Dump, IdempotencyRecord, Meta, Page, PageRequest, Pagination, Product, ProductQuery, Task, TaskQuery,
+    TaskStats, User, DEFAULT_LIMIT, MAX_LIMIT,
+};
+use self::schema::{idempotency_keys, meta, products, tasks, users};
+
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+
+/// A connection to one of the supported databases.
+#[derive(diesel::MultiConnection)]
+pub enum DbConnection {
+    Sqlite(diesel::SqliteConnection),
+}
+
+/// Errors of the database itself; business errors of a write are an [`ApplyOutcome`] instead.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("unsupported database URL {url:?}: this build knows SQLite (a file path or sqlite://PATH)")]
+    UnsupportedUrl { url: String },
+    #[error("cannot connect to the database")]
+    Connect(#[from] diesel::ConnectionError),
+    #[error("cannot migrate the database: {0}")]
+    Migration(String),
+    #[error("database error")]
+    Database(#[from] DieselError),
+    #[error("cannot encode or decode a stored outcome")]
+    Json(#[from] serde_json::Error),
+    #[error("log index or term {0} is beyond what the database stores")]
+    OutOfRange(u64),
+    #[error("invalid query: {0}")]
+    InvalidQuery(String),
+    #[error("the database has no meta row: it was not created by this program")]
+    NoMeta,
+}
+
+/// The replicated database of one node.
+pub struct Store {
+    conn: DbConnection,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let backend = match self.conn {
+            DbConnection::Sqlite(_) => "sqlite",
+        };
+        f.debug_struct("Store").field("backend", &backend).finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the database named by `url` and runs pending migrations.
+    /// `url` is a file path, `:memory:`, or `sqlite://PATH`.
+    pub fn open(url: &str) -> Result<Store, StoreError> {
+        let url = url.trim();
+        let sqlite_path = if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+            path
+        } else if url.contains("://") || url.is_empty() {
+            return Err(StoreError::UnsupportedUrl { url: url.to_string() });
+        } else {
+            url
+        };
+        if sqlite_path.is_empty() {
+            return Err(StoreError::UnsupportedUrl { url: url.to_string() });
+        }
+        let mut conn = diesel::SqliteConnection::establish(sqlite_path)?;
+        // WAL lets readers run during a write; the busy timeout makes writers sharing one file
+        // wait for each other instead of failing.
+        conn.batch_execute("PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;")?;
+        if sqlite_path != ":memory:" {
+            conn.batch_execute("PRAGMA journal_mode = WAL;")?;
+        }
+        conn.run_pending_migrations(SQLITE_MIGRATIONS).map_err(|e| StoreError::Migration(e.to_string()))?;
+        Ok(Store { conn: DbConnection::Sqlite(conn) })
+    }
+
+    /// Applies the log entry `index` of `term`, exactly once.
+    pub fn apply(&mut self, index: u64, term: u64, cmd: &Command) -> Result<ApplyOutcome, StoreError> {
+        self.conn.transaction(|c| apply_one(c, index, term, cmd))
+    }
+
+    /// Applies consecutive log entries in one transaction; one outcome per entry.
+    pub fn apply_batch(&mut self, entries: &[(u64, u64, Command)]) -> Result<Vec<ApplyOutcome>, StoreError> {
+        self.conn.transaction(|c| entries.iter().map(|(index, term, cmd)| apply_one(c, *index, *term, cmd)).collect())
+    }
+
+    /// Records a log entry that carries no command (e.g. a leader's no-op) as applied.
+    pub fn skip(&mut self, index: u64, term: u64) -> Result<bool, StoreError> {
+        self.conn.transaction(|c| {
+            let mut m = lock_meta(c)?;
+            if to_i64(index)? <= m.last_index {
+                return Ok(false);
+            }
+            m.last_index = to_i64(index)?;
+            m.last_term = to_i64(term)?;
+            write_meta(c, &m)?;
+            Ok(true)
+        })
+    }
+
+    /// The last log entry applied to this database.
+    pub fn last_applied(&mut self) -> Result<Applied, StoreError> {
+        let m = read_meta(&mut self.conn)?;
+        Ok(Applied { index: m.last_index as u64, term: m.last_term as u64 })
+    }
+
+    pub fn get_product(&mut self, id: i64) -> Result<Option<Product>, StoreError> {
+        Ok(products::table.find(id).select(Product::as_select()).first(&mut self.conn).optional()?)
+    }
+
+    /// Products in id order, filtered by price (inclusive bounds).
+    pub fn list_products(&mut self, q: &ProductQuery) -> Result<Page<Product>, StoreError> {
+        for (name, bound) in [("min_price", q.min_price), ("max_price", q.max_price)] {
+            if bound.is_some_and(|b| !b.is_finite()) {
+                return Err(StoreError::InvalidQuery(format!("{name} must be a finite number")));
+            }
+        }
+        let (offset, limit) = q.page.bounded();
+        let filtered = || {
+            let mut query = products::table.into_boxed();
+            if let Some(min) = q.min_price {
+                query = query.filter(products::price.ge(min));
+            }
+            if let Some(max) = q.max_price {
+                query = query.filter(products::price.le(max));
+            }
+            query
+        };
+        let total: i64 = filtered().count().get_result(&mut self.conn)?;
+        let data = filtered()
+            .select(Product::as_select())
+            .order(products::id)
+            .offset(offset)
+            .limit(limit)
+            .load(&mut self.conn)?;
+        Ok(Page::new(data, total, offset, limit))
+    }
+
+    pub fn get_user(&mut self, id: i64) -> Result<Option<User>, StoreError> {
+        Ok(users::table.find(id).select(User::as_select()).first(&mut self.conn).optional()?)
+    }
+
+    /// Users in id order.
+    pub fn list_users(&mut self, page: PageRequest) -> Result<Page<User>, StoreError> {
+        let (offset, limit) = page.bounded();
+        let total: i64 = users::table.count().get_result(&mut self.conn)?;
+        let data =
+            users::table.select(User::as_select()).order(users::id).offset(offset).limit(limit).load(&mut self.conn)?;
+        Ok(Page::new(data, total, offset, limit))
+    }
+
+    pub fn get_task(&mut self, id: i64) -> Result<Option<Task>, StoreError> {
+        Ok(tasks::table.find(id).select(Task::as_select()).first(&mut self.conn).optional()?)
+    }
+
+    /// Tasks in id order, filtered by status, priority and assignee.
+    pub fn list_tasks(&mut self, q: &TaskQuery) -> Result<Page<Task>, StoreError> {
+        let (offset, limit) = q.page.bounded();
+        let filtered = || {
+            let mut query = tasks::table.into_boxed();
+            if let Some(s) = q.status {
+                query = query.filter(tasks::status.eq(s.as_str()));
+            }
+            if let Some(p) = q.priority {
+                query = query.filter(tasks::priority.eq(p.as_str()));
+            }
+            if let Some(a) = q.assignee {
+                query = query.filter(tasks::assignee.eq(a));
+            }
+            query
+        };
+        let total: i64 = filtered().count().get_result(&mut self.conn)?;
+        let data =
+            filtered().select(Task::as_select()).order(tasks::id).offset(offset).limit(limit).load(&mut self.conn)?;
+        Ok(Page::new(data, total, offset, limit))
+    }
+
+    /// Task counts by status and priority; overdue: not done and due before `today`.
+    pub fn task_stats(&mut self, today: NaiveDate) -> Result<TaskStats, StoreError> {
+        let by_status: Vec<(String, i64)> = tasks::table
+            .group_by(tasks::status)
+            .select((tasks::status, diesel::dsl::count_star()))
+            .load(&mut self.conn)?;
+        let by_priority: Vec<(String, i64)> = tasks::table
+            .group_by(tasks::priority)
+            .select((tasks::priority, diesel::dsl::count_star()))
+            .load(&mut self.conn)?;
+        let overdue: i64 = tasks::table
+            .filter(tasks::status.ne(Status::Done.as_str()))
+            .filter(tasks::due_date.lt(today.format("%Y-%m-%d").to_string()))
+            .count()
+            .get_result(&mut self.conn)?;
+        let mut stats = TaskStats {
+            total: by_status.iter().map(|(_, n)| *n as u64).sum(),
+            by_status: Status::ALL.iter().map(|s| (s.as_str().to_string(), 0)).collect(),
+            by_priority: Priority::ALL.iter().map(|p| (p.as_str().to_string(), 0)).collect(),
+            overdue: overdue as u64,
+        };
+        for (s, n) in by_status {
+            stats.by_status.insert(s, n as u64);
+        }
+        for (p, n) in by_priority {
+            stats.by_priority.insert(p, n as u64);
+        }
+        Ok(stats)
+    }
+
+    /// The whole replicated state, for comparing nodes and for tests.
+    pub fn dump(&mut self) -> Result<Dump, StoreError> {
+        let c = &mut self.conn;
+        Ok(Dump {
+            meta: read_meta(c)?,
+            products: products::table.select(Product::as_select()).order(products::id).load(c)?,
+            users: users::table.select(User::as_select()).order(users::id).load(c)?,
+            tasks: tasks::table.select(Task::as_select()).order(tasks::id).load(c)?,
+            idempotency: idempotency_keys::table
+                .select(IdempotencyRecord::as_select())
+                .order(idempotency_keys::idem_key)
+                .load(c)?,
+        })
+    }
+}
+
+fn to_i64(n: u64) -> Result<i64, StoreError> {
+    i64::try_from(n).map_err(|_| StoreError::OutOfRange(n))
+}
+
+fn read_meta(c: &mut DbConnection) -> Result<Meta, StoreError> {
+    meta::table.find(1).select(Meta::as_select()).first(c).optional()?.ok_or(StoreError::NoMeta)
+}
+
+/// Reads the meta row after writing it, so that the transaction holds the write lock (SQLite)
+/// or the row lock (PostgreSQL, MySQL) from here on: appliers sharing a database take turns.
+fn lock_meta(c: &mut DbConnection) -> Result<Meta, StoreError> {
+    diesel::update(meta::table.find(1)).set(meta::last_index.eq(meta::last_index)).execute(c)?;
+    read_meta(c)
+}
+
+fn write_meta(c: &mut DbConnection, m: &Meta) -> Result<(), StoreError> {
+    diesel::update(meta::table.find(1)).set(m).execute(c)?;
+    Ok(())
+}
+
+/// Why an operation stopped: a deterministic refusal, or the database failing.
+enum OpError {
+    Rejected(Rejection),
+    Database(DieselError),
+}
+
+impl From<DieselError> for OpError {
+    fn from(e: DieselError) -> OpError {
+        OpError::Database(e)
+    }
+}
+
+impl From<Rejection> for OpError {
+    fn from(r: Rejection) -> OpError {
+        OpError::Rejected(r)
+    }
+}
+
+fn apply_one(c: &mut DbConnection, index: u64, term: u64, cmd: &Command) -> Result<ApplyOutcome, StoreError> {
+    let mut m = lock_meta(c)?;
+    let (index, term) = (to_i64(index)?, to_i64(term)?);
+    if index <= m.last_index {
+        return Ok(ApplyOutcome::AlreadyApplied);
+    }
+    m.last_index = index;
+    m.last_term = term;
+
+    let key = cmd.idempotency_key.as_deref();
+    if let Some(key) = key {
+        if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
+            write_meta(c, &m)?;
+            return Ok(ApplyOutcome::Rejected {
+                status: 422,
+                error: format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} bytes"),
+            });
+        }
+        let stored: Option<String> =
+            idempotency_keys::table.find(key).select(idempotency_keys::outcome).first(c).optional()?;
+        if let Some(stored) = stored {
+            write_meta(c, &m)?;
+            return Ok(serde_json::from_str(&stored)?);
+        }
+    }
+
+    // A savepoint: a refused operation leaves no partial rows and no used ids behind.
+    let mut next = m.clone();
+    let result = c.transaction(|c| run_op(c, cmd, &mut next));
+    let outcome = match result {
+        Ok((status, reply)) => {
+            m = next;
+            ApplyOutcome::Applied { status, reply }
+        }
+        Err(OpError::Rejected(r)) => ApplyOutcome::Rejected { status: r.status, error: r.error },
+        // A constraint the checks in run_op missed: still a deterministic refusal.
+        Err(OpError::Database(DieselError::DatabaseError(kind, info))) => match kind {
+            DatabaseErrorKind::UniqueViolation => ApplyOutcome::Rejected { status: 409, error: info.message().into() },
+            DatabaseErrorKind::ForeignKeyViolation | DatabaseErrorKind::CheckViolation => {
+                ApplyOutcome::Rejected { status: 422, error: info.message().into() }
+            }
+            _ => return Err(DieselError::DatabaseError(kind, info).into()),
+        },
+        Err(OpError::Database(e)) => return Err(e.into()),
+    };
+    if let Some(key) = key {
+        let record = IdempotencyRecord {
+            idem_key: key.to_string(),
+            log_index: index,
+            outcome: serde_json::to_string(&outcome)?,
+        };
+        diesel::insert_into(idempotency_keys::table).values(&record).execute(c)?;
+    }
+    write_meta(c, &m)?;
+    Ok(outcome)
+}
+
+fn take_id(counter: &mut i64) -> i64 {
+    let id = *counter;
+    *counter += 1;
+    id
+}
+
+fn product_row(id: i64, p: &ProductInput, created_at: String, updated_at: String) -> Product {
+    Product {
+        id,
+        title: p.title.trim().to_string(),
+        price: p.price,
+        currency: p.currency.clone(),
+        converted_price: p.converted_price,
+        converted_currency: p.converted_currency.clone(),
+        availability: p.availability.clone(),
+        rating: p.rating,
+        link: p.link.clone(),
+        scraped_at: p.scraped_at.as_ref().map(timestamp_text),
+        created_at,
+        updated_at,
+    }
+}
+
+fn task_row(id: i64, t: &TaskInput, created_at: String, updated_at: String) -> Task {
+    Task {
+        id,
+        title: t.title.trim().to_string(),
+        description: t.description.clone(),
+        due_date: t.due_date.map(|d| d.format("%Y-%m-%d").to_string()),
+        status: t.status.as_str().to_string(),
+        priority: t.priority.as_str().to_string(),
+        assignee: t.assignee,
+        created_at,
+        updated_at,
+    }
+}
+
+fn user_exists(c: &mut DbConnection, id: i64) -> Result<bool, DieselError> {
+    Ok(users::table.find(id).select(users::id).first::<i64>(c).optional()?.is_some())
+}
+
+fn check_assignee(c: &mut DbConnection, assignee: Option<i64>) -> Result<(), OpError> {
+    match assignee {
+        Some(a) if !user_exists(c, a)? => Err(Rejection::invalid(format!("assignee: user {a} does not exist")).into()),
+        _ => Ok(()),
+    }
+}
+
+fn check_email_free(c: &mut DbConnection, email: &str, except: Option<i64>) -> Result<(), OpError> {
+    let holder: Option<i64> = users::table.filter(users::email.eq(email)).select(users::id).first(c).optional()?;
+    match holder {
+        Some(h) if Some(h) != except => Err(Rejection::conflict(format!("email {email} is taken by user {h}")).into()),
+        _ => Ok(()),
+    }
+}
+
+/// Applies one operation; `m` holds the id counters to advance.
+fn run_op(c: &mut DbConnection, cmd: &Command, m: &mut Meta) -> Result<(u16, Reply), OpError> {
+    let now = timestamp_text(&cmd.at);
+    match &cmd.op {
+        Op::CreateProduct { product } => {
+            product.validate()?;
+            let row = product_row(take_id(&mut m.next_product_id), product, now.clone(), now);
+            diesel::insert_into(products::table).values(&row).execute(c)?;
+            Ok((201, Reply::Product(Box::new(row))))
+        }
+        Op::UpdateProduct { id, product } => {
+            product.validate()?;
+            let old: Product = products::table
+                .find(id)
+                .select(Product::as_select())
+                .first(c)
+                .optional()?
+                .ok_or_else(|| Rejection::not_found("product", *id))?;
+            let row = product_row(*id, product, old.created_at, now);
+            diesel::update(products::table.find(id)).set(&row).execute(c)?;
+            Ok((200, Reply::Product(Box::new(row))))
+        }
+        Op::DeleteProduct { id } => match diesel::delete(products::table.find(id)).execute(c)? {
+            0 => Err(Rejection::not_found("product", *id).into()),
+            _ => Ok((200, Reply::Deleted { id: *id })),
+        },
+        Op::ImportProducts { items } => {
+            for (i, item) in items.iter().enumerate() {
+                item.validate().map_err(|r| Rejection { status: r.status, error: format!("item {i}: {}", r.error) })?;
+            }
+            let rows: Vec<Product> = items
+                .iter()
+                .map(|p| product_row(take_id(&mut m.next_product_id), p, now.clone(), now.clone()))
+                .collect();
+            // One statement a row: multi-row INSERT is not portable across diesel's backends
+            // (MultiConnection), and inside one transaction the difference is small.
+            for row in &rows {
+                diesel::insert_into(products::table).values(row).execute(c)?;
+            }
+            Ok((201, Reply::Imported { ids: rows.iter().map(|r| r.id).collect() }))
+        }
+        Op::CreateUser { user } => {
+            user.validate()?;
+            let email = user.normalized_email();
+            check_email_free(c, &email, None)?;
+            let row =
+                User { id: take_id(&mut m.next_user_id), name: user.name.trim().to_string(), email, created_at: now };
+            diesel::insert_into(users::table).values(&row).execute(c)?;
+            Ok((201, Reply::User(Box::new(row))))
+        }
+        Op::UpdateUser { id, user } => {
+            user.validate()?;
+            let old: User = users::table
+                .find(id)
+                .select(User::as_select())
+                .first(c)
+                .optional()?
+                .ok_or_else(|| Rejection::not_found("user", *id))?;
+            let email = user.normalized_email();
+            check_email_free(c, &email, Some(*id))?;
+            let row = User { id: *id, name: user.name.trim().to_string(), email, created_at: old.created_at };
+            diesel::update(users::table.find(id)).set(&row).execute(c)?;
+            Ok((200, Reply::User(Box::new(row))))
+        }
+        Op::DeleteUser { id } => {
+            if !user_exists(c, *id)? {
+                return Err(Rejection::not_found("user", *id).into());
+            }
+            diesel::update(tasks::table.filter(tasks::assignee.eq(id)))
+                .set((tasks::assignee.eq(None::<i64>), tasks::updated_at.eq(&now)))
+                .execute(c)?;
+            diesel::delete(users::table.find(id)).execute(c)?;
+            Ok((200, Reply::Deleted { id: *id }))
+        }
+        Op::CreateTask { task } => {
+            task.validate()?;
+            check_assignee(c, task.assignee)?;
+            let row = task_row(take_id(&mut m.next_task_id), task, now.clone(), now);
+            diesel::insert_into(tasks::table).values(&row).execute(c)?;
+            Ok((201, Reply::Task(Box::new(row))))
+        }
+        Op::UpdateTask { id, task } => {
+            task.validate()?;
+            let old: Task = tasks::table
+                .find(id)
+                .select(Task::as_select())
+                .first(c)
+                .optional()?
+                .ok_or_else(|| Rejection::not_found("task", *id))?;
+            check_assignee(c, task.assignee)?;
+            let row = task_row(*id, task, old.created_at, now);
+            diesel::update(tasks::table.find(id)).set(&row).execute(c)?;
+            Ok((200, Reply::Task(Box::new(row))))
+        }
+        Op::DeleteTask { id } => match diesel::delete(tasks::table.find(id)).execute(c)? {
+            0 => Err(Rejection::not_found("task", *id).into()),
+            _ => Ok((200, Reply::Deleted { id: *id })),
+        },
+    }
+}

@@ -1,0 +1,396 @@
+//! The replicated database on real SQLite files: commands in, rows and outcomes out.
+
+use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use labctl::node::store::{
+    Applied, ApplyOutcome, Command, Op, PageRequest, Priority, ProductInput, ProductQuery, Reply, Status, Store,
+    StoreError, TaskInput, TaskQuery, UserInput,
+};
+
+fn at(secs: i64) -> DateTime<Utc> {
+    Utc.timestamp_opt(1_790_000_000 + secs, 0).unwrap()
+}
+
+fn product(title: &str, price: f64) -> ProductInput {
+    ProductInput {
+        title: title.into(),
+        price,
+        currency: "GBP".into(),
+        converted_price: Some(price * 1.2),
+        converted_currency: Some("EUR".into()),
+        availability: Some("In stock".into()),
+        rating: Some(3),
+        link: Some(format!("https://books.toscrape.com/{title}")),
+        scraped_at: Some(at(0)),
+    }
+}
+
+fn user(name: &str, email: &str) -> UserInput {
+    UserInput { name: name.into(), email: email.into() }
+}
+
+fn task(title: &str, status: Status, priority: Priority, assignee: Option<i64>, due: Option<&str>) -> TaskInput {
+    TaskInput {
+        title: title.into(),
+        description: Some(format!("about {title}")),
+        due_date: due.map(|d| d.parse().unwrap()),
+        status,
+        priority,
+        assignee,
+    }
+}
+
+/// A store on a fresh file; the directory lives as long as the returned guard.
+fn open_temp() -> (tempfile::TempDir, String, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.db").to_str().unwrap().to_string();
+    let store = Store::open(&path).unwrap();
+    (dir, path, store)
+}
+
+fn applied_reply(outcome: ApplyOutcome) -> Reply {
+    match outcome {
+        ApplyOutcome::Applied { reply, .. } => reply,
+        other => panic!("expected Applied, got {other:?}"),
+    }
+}
+
+fn rejected_status(outcome: &ApplyOutcome) -> u16 {
+    match outcome {
+        ApplyOutcome::Rejected { status, .. } => *status,
+        other => panic!("expected Rejected, got {other:?}"),
+    }
+}
+
+/// Applies `ops` as log entries 1, 2, … in term 1, one second apart.
+fn apply_all(store: &mut Store, ops: &[Op]) -> Vec<ApplyOutcome> {
+    ops.iter()
+        .enumerate()
+        .map(|(i, op)| store.apply(i as u64 + 1, 1, &Command::new(at(i as i64), op.clone())).unwrap())
+        .collect()
+}
+
+#[test]
+fn products_crud_through_commands() {
+    let (_dir, _path, mut s) = open_temp();
+    let created = s.apply(1, 1, &Command::new(at(1), Op::CreateProduct { product: product("a", 10.5) })).unwrap();
+    let ApplyOutcome::Applied { status: 201, reply: Reply::Product(p) } = created else { panic!("{created:?}") };
+    assert_eq!(p.id, 1);
+    assert_eq!(p.created_at, "2026-09-21T14:13:21.000000Z");
+    assert_eq!(s.get_product(1).unwrap(), Some(*p.clone()));
+
+    let mut changed = product("a2", 12.0);
+    changed.rating = None;
+    changed.converted_price = None;
+    changed.converted_currency = None;
+    let updated = s.apply(2, 1, &Command::new(at(2), Op::UpdateProduct { id: 1, product: changed })).unwrap();
+    let Reply::Product(u) = applied_reply(updated) else { panic!() };
+    assert_eq!((u.title.as_str(), u.price, u.rating, u.converted_price), ("a2", 12.0, None, None));
+    assert_eq!(u.created_at, p.created_at);
+    assert_ne!(u.updated_at, p.updated_at);
+    assert_eq!(s.get_product(1).unwrap(), Some(*u));
+
+    let missing = s.apply(3, 1, &Command::new(at(3), Op::UpdateProduct { id: 9, product: product("x", 1.0) })).unwrap();
+    assert_eq!(rejected_status(&missing), 404);
+    assert_eq!(s.last_applied().unwrap(), Applied { index: 3, term: 1 }, "a rejected entry is still applied");
+
+    assert_eq!(
+        applied_reply(s.apply(4, 2, &Command::new(at(4), Op::DeleteProduct { id: 1 })).unwrap()),
+        Reply::Deleted { id: 1 }
+    );
+    assert_eq!(s.get_product(1).unwrap(), None);
+    let again = s.apply(5, 2, &Command::new(at(5), Op::DeleteProduct { id: 1 })).unwrap();
+    assert_eq!(rejected_status(&again), 404);
+    assert_eq!(s.last_applied().unwrap(), Applied { index: 5, term: 2 });
+}
+
+#[test]
+fn invalid_products_are_rejected_with_422() {
+    let (_dir, _path, mut s) = open_temp();
+    let mut bad = vec![product("", 1.0), product("neg", -1.0), product("nan", f64::NAN), product("inf", f64::INFINITY)];
+    let mut cur = product("cur", 1.0);
+    cur.currency = "pounds".into();
+    let mut rating = product("rating", 1.0);
+    rating.rating = Some(6);
+    let mut half = product("half", 1.0);
+    half.converted_currency = None;
+    bad.extend([cur, rating, half]);
+    for (i, p) in bad.into_iter().enumerate() {
+        let out = s.apply(i as u64 + 1, 1, &Command::new(at(0), Op::CreateProduct { product: p.clone() })).unwrap();
+        assert_eq!(rejected_status(&out), 422, "{p:?}");
+    }
+    // An import with one bad item imports nothing and uses no ids.
+    let items = vec![product("ok", 1.0), product("bad", -3.0)];
+    let out = s.apply(100, 1, &Command::new(at(0), Op::ImportProducts { items })).unwrap();
+    assert_eq!(rejected_status(&out), 422);
+    let ok = s.apply(101, 1, &Command::new(at(0), Op::CreateProduct { product: product("ok", 1.0) })).unwrap();
+    let Reply::Product(p) = applied_reply(ok) else { panic!() };
+    assert_eq!(p.id, 1, "rejected writes must not consume ids");
+    assert_eq!(s.list_products(&ProductQuery::default()).unwrap().pagination.total, 1);
+}
+
+#[test]
+fn product_listing_paginates_and_filters_by_price() {
+    let (_dir, _path, mut s) = open_temp();
+    let items: Vec<ProductInput> = (1..=25).map(|i| product(&format!("p{i}"), i as f64)).collect();
+    let out = s.apply(1, 1, &Command::new(at(0), Op::ImportProducts { items })).unwrap();
+    assert_eq!(applied_reply(out), Reply::Imported { ids: (1..=25).collect() });
+
+    let q = ProductQuery { page: PageRequest::new(5, 10), min_price: Some(3.0), max_price: Some(20.0) };
+    let page = s.list_products(&q).unwrap();
+    let prices: Vec<f64> = page.data.iter().map(|p| p.price).collect();
+    assert_eq!(prices, (8..=17).map(|i| i as f64).collect::<Vec<_>>());
+    assert_eq!((page.pagination.total, page.pagination.offset, page.pagination.limit), (18, 5, 10));
+    assert!(page.pagination.has_more);
+
+    let last = s.list_products(&ProductQuery { page: PageRequest::new(15, 10), ..q }).unwrap();
+    assert_eq!(last.data.iter().map(|p| p.id).collect::<Vec<_>>(), vec![18, 19, 20]);
+    assert!(!last.pagination.has_more);
+
+    let all = s.list_products(&ProductQuery { page: PageRequest::new(0, 10_000), ..Default::default() }).unwrap();
+    assert_eq!((all.data.len(), all.pagination.limit), (25, 100), "limit is bounded");
+    let default = s.list_products(&ProductQuery::default()).unwrap();
+    assert_eq!((default.data.len(), default.pagination.limit, default.pagination.has_more), (20, 20, true));
+    let zero = s.list_products(&ProductQuery { page: PageRequest::new(0, 0), ..Default::default() }).unwrap();
+    assert_eq!(zero.data.len(), 1);
+    let beyond = s.list_products(&ProductQuery { page: PageRequest::new(u64::MAX, 5), ..Default::default() }).unwrap();
+    assert!(beyond.data.is_empty() && !beyond.pagination.has_more);
+
+    let nan = s.list_products(&ProductQuery { min_price: Some(f64::NAN), ..Default::default() });
+    assert!(matches!(nan, Err(StoreError::InvalidQuery(_))), "{nan:?}");
+}
+
+#[test]
+fn users_and_tasks_keep_referential_integrity() {
+    let (_dir, _path, mut s) = open_temp();
+    let outcomes = apply_all(
+        &mut s,
+        &[
+            Op::CreateUser { user: user("Ann", "Ann@Example.org") }, // 1 → user 1
+            Op::CreateUser { user: user("Bob", "bob@example.org") }, // 2 → user 2
+            Op::CreateUser { user: user("Ann again", "ann@example.org") }, // 3: 409
+            Op::CreateUser { user: user("Nobody", "not-an-email") }, // 4: 422
+            Op::CreateTask { task: task("t1", Status::Todo, Priority::High, Some(1), Some("2026-01-01")) }, // task 1
+            Op::CreateTask { task: task("t2", Status::Done, Priority::High, Some(1), Some("2026-01-01")) }, // task 2
+            Op::CreateTask { task: task("t3", Status::InProgress, Priority::Low, Some(2), None) }, // task 3
+            Op::CreateTask { task: task("t4", Status::Todo, Priority::Medium, Some(42), None) }, // 8: 422
+            Op::UpdateTask { id: 3, task: task("t3", Status::Todo, Priority::Low, Some(42), None) }, // 9: 422
+            Op::UpdateUser { id: 2, user: user("Bob", "ANN@example.org") }, // 10: 409
+            Op::CreateTask { task: task("t5", Status::Todo, Priority::Low, None, Some("2030-01-01")) }, // task 4
+        ],
+    );
+    assert_eq!(
+        outcomes.iter().map(|o| matches!(o, ApplyOutcome::Applied { .. })).collect::<Vec<_>>(),
+        [true, true, false, false, true, true, true, false, false, false, true]
+    );
+    assert_eq!(
+        [&outcomes[2], &outcomes[3], &outcomes[7], &outcomes[8], &outcomes[9]].map(rejected_status),
+        [409, 422, 422, 422, 409]
+    );
+    assert_eq!(s.get_user(1).unwrap().unwrap().email, "ann@example.org");
+    assert_eq!(s.get_task(3).unwrap().unwrap().assignee, Some(2), "a rejected update changes nothing");
+    assert_eq!(s.get_task(5).unwrap(), None);
+
+    let by = |s: &mut Store, q: TaskQuery| s.list_tasks(&q).unwrap().data.iter().map(|t| t.id).collect::<Vec<_>>();
+    assert_eq!(by(&mut s, TaskQuery { status: Some(Status::Todo), ..Default::default() }), [1, 4]);
+    assert_eq!(by(&mut s, TaskQuery { priority: Some(Priority::High), ..Default::default() }), [1, 2]);
+    assert_eq!(by(&mut s, TaskQuery { assignee: Some(1), ..Default::default() }), [1, 2]);
+    assert_eq!(by(&mut s, TaskQuery { assignee: Some(1), status: Some(Status::Done), ..Default::default() }), [2]);
+    let paged = s.list_tasks(&TaskQuery { page: PageRequest::new(1, 2), ..Default::default() }).unwrap();
+    assert_eq!(paged.data.iter().map(|t| t.id).collect::<Vec<_>>(), [2, 3]);
+    assert_eq!((paged.pagination.total, paged.pagination.has_more), (4, true));
+
+    let stats = s.task_stats(NaiveDate::from_ymd_opt(2026, 6, 1).unwrap()).unwrap();
+    assert_eq!(stats.total, 4);
+    assert_eq!(stats.by_status["todo"], 2);
+    assert_eq!(stats.by_status["in_progress"], 1);
+    assert_eq!(stats.by_status["done"], 1);
+    assert_eq!((stats.by_priority["low"], stats.by_priority["medium"], stats.by_priority["high"]), (2, 0, 2));
+    assert_eq!(stats.overdue, 1, "t1 is overdue; t2 is done; t5 is due later");
+
+    // Deleting a user unassigns their tasks.
+    let del = s.apply(12, 1, &Command::new(at(12), Op::DeleteUser { id: 1 })).unwrap();
+    assert_eq!(applied_reply(del), Reply::Deleted { id: 1 });
+    assert_eq!(s.get_user(1).unwrap(), None);
+    let t1 = s.get_task(1).unwrap().unwrap();
+    assert_eq!((t1.assignee, t1.updated_at.as_str()), (None, "2026-09-21T14:13:32.000000Z"));
+    assert_eq!(by(&mut s, TaskQuery { assignee: Some(1), ..Default::default() }), Vec::<i64>::new());
+    let users = s.list_users(PageRequest::default()).unwrap();
+    assert_eq!(users.data.iter().map(|u| u.id).collect::<Vec<_>>(), [2]);
+}
+
+#[test]
+fn an_index_is_applied_once_and_survives_reopening() {
+    let (_dir, path, mut s) = open_temp();
+    let cmd = Command::new(at(0), Op::CreateProduct { product: product("a", 1.0) });
+    assert!(matches!(s.apply(1, 1, &cmd).unwrap(), ApplyOutcome::Applied { .. }));
+    assert_eq!(s.apply(1, 1, &cmd).unwrap(), ApplyOutcome::AlreadyApplied);
+    s.apply(3, 2, &cmd).unwrap();
+    assert_eq!(s.apply(2, 1, &cmd).unwrap(), ApplyOutcome::AlreadyApplied, "an older index is skipped");
+    assert!(!s.skip(3, 2).unwrap());
+    assert!(s.skip(4, 2).unwrap());
+    let before = s.dump().unwrap();
+    assert_eq!(before.products.len(), 2);
+    drop(s);
+
+    let mut reopened = Store::open(&format!("sqlite://{path}")).unwrap();
+    assert_eq!(reopened.last_applied().unwrap(), Applied { index: 4, term: 2 });
+    assert_eq!(reopened.dump().unwrap(), before);
+    assert_eq!(reopened.apply(3, 2, &cmd).unwrap(), ApplyOutcome::AlreadyApplied);
+    assert_eq!(reopened.dump().unwrap(), before);
+}
+
+#[test]
+fn nodes_sharing_one_database_apply_each_entry_once() {
+    let (_dir, path, mut a) = open_temp();
+    let mut b = Store::open(&path).unwrap();
+    let threads: Vec<_> = [path.clone(), path.clone()]
+        .into_iter()
+        .map(|p| {
+            std::thread::spawn(move || {
+                let mut s = Store::open(&p).unwrap();
+                for i in 1..=50u64 {
+                    s.apply(i, 1, &Command::new(at(i as i64), Op::CreateProduct { product: product("x", i as f64) }))
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for i in 1..=50u64 {
+        let (first, second) = if i % 2 == 0 { (&mut a, &mut b) } else { (&mut b, &mut a) };
+        let cmd = Command::new(at(i as i64), Op::CreateProduct { product: product("x", i as f64) });
+        first.apply(i, 1, &cmd).unwrap();
+        assert_eq!(second.apply(i, 1, &cmd).unwrap(), ApplyOutcome::AlreadyApplied);
+    }
+    for t in threads {
+        t.join().unwrap();
+    }
+    let dump = a.dump().unwrap();
+    assert_eq!(dump.products.len(), 50);
+    assert_eq!(dump.products.iter().map(|p| p.price).collect::<Vec<_>>(), (1..=50).map(f64::from).collect::<Vec<_>>());
+    assert_eq!(dump.meta.last_index, 50);
+}
+
+fn mixed_log() -> Vec<(u64, u64, Command)> {
+    let ops = vec![
+        Op::CreateUser { user: user("Ann", "ann@example.org") },
+        Op::CreateUser { user: user("Dup", "ann@example.org") },
+        Op::CreateProduct { product: product("a", 3.0) },
+        Op::CreateProduct { product: product("bad", -1.0) },
+        Op::ImportProducts { items: vec![product("b", 4.0), product("c", 5.0)] },
+        Op::CreateTask { task: task("t", Status::Todo, Priority::High, Some(1), Some("2026-02-03")) },
+        Op::CreateTask { task: task("orphan", Status::Todo, Priority::High, Some(7), None) },
+        Op::UpdateProduct { id: 2, product: product("b2", 4.5) },
+        Op::DeleteProduct { id: 99 },
+        Op::DeleteUser { id: 1 },
+        Op::CreateUser { user: user("Cid", "cid@example.org") },
+        Op::UpdateTask { id: 1, task: task("t", Status::Done, Priority::Low, Some(3), None) },
+        Op::DeleteTask { id: 1 },
+    ];
+    let mut log: Vec<(u64, u64, Command)> = ops
+        .into_iter()
+        .enumerate()
+        .map(|(i, op)| (i as u64 + 1, 1 + i as u64 / 5, Command::new(at(i as i64), op)))
+        .collect();
+    log[2].2.idempotency_key = Some("k-a".into());
+    let mut repeat = log[2].2.clone();
+    repeat.at = at(100);
+    log.push((log.len() as u64 + 1, 3, repeat));
+    log
+}
+
+#[test]
+fn the_same_log_gives_the_same_state() {
+    let log = mixed_log();
+    let (_d1, _p1, mut one) = open_temp();
+    let (_d2, _p2, mut two) = open_temp();
+    let (_d3, _p3, mut batched) = open_temp();
+    let outcomes_one: Vec<_> = log.iter().map(|(i, t, c)| one.apply(*i, *t, c).unwrap()).collect();
+    let outcomes_two: Vec<_> = log.iter().map(|(i, t, c)| two.apply(*i, *t, c).unwrap()).collect();
+    let outcomes_batched = [batched.apply_batch(&log[..6]).unwrap(), batched.apply_batch(&log[4..]).unwrap()].concat();
+    assert_eq!(outcomes_one, outcomes_two);
+    assert_eq!(outcomes_batched[6..8], [ApplyOutcome::AlreadyApplied, ApplyOutcome::AlreadyApplied]);
+    assert_eq!([&outcomes_batched[..6], &outcomes_batched[8..]].concat(), outcomes_one);
+
+    let dump = one.dump().unwrap();
+    assert_eq!(dump, two.dump().unwrap());
+    assert_eq!(dump, batched.dump().unwrap());
+    assert_eq!(
+        dump.products.iter().map(|p| (p.id, p.title.as_str())).collect::<Vec<_>>(),
+        [(1, "a"), (2, "b2"), (3, "c")]
+    );
+    assert_eq!(dump.users.iter().map(|u| u.id).collect::<Vec<_>>(), [2]);
+    assert!(dump.tasks.is_empty());
+    assert_eq!((dump.meta.last_index, dump.meta.last_term), (14, 3));
+    assert_eq!((dump.meta.next_product_id, dump.meta.next_user_id, dump.meta.next_task_id), (4, 3, 2));
+}
+
+#[test]
+fn a_repeated_idempotency_key_returns_the_first_outcome() {
+    let (_dir, _path, mut s) = open_temp();
+    let first = Command::new(at(1), Op::CreateProduct { product: product("a", 1.0) }).with_key("req-1");
+    let out1 = s.apply(1, 1, &first).unwrap();
+    let mut retry = first.clone();
+    retry.at = at(50);
+    let out2 = s.apply(2, 2, &retry).unwrap();
+    assert_eq!(out1, out2);
+    assert_eq!(s.list_products(&ProductQuery::default()).unwrap().pagination.total, 1);
+    assert_eq!(s.last_applied().unwrap(), Applied { index: 2, term: 2 });
+
+    // The key also remembers a refusal.
+    let bad = Command::new(at(3), Op::DeleteProduct { id: 77 }).with_key("req-2");
+    let refused = s.apply(3, 2, &bad).unwrap();
+    assert_eq!(rejected_status(&refused), 404);
+    let other_op = Command::new(at(4), Op::CreateProduct { product: product("b", 2.0) }).with_key("req-2");
+    assert_eq!(s.apply(4, 2, &other_op).unwrap(), refused);
+    assert_eq!(s.list_products(&ProductQuery::default()).unwrap().pagination.total, 1);
+
+    let long = Command::new(at(5), Op::DeleteProduct { id: 1 }).with_key("k".repeat(300));
+    assert_eq!(rejected_status(&s.apply(5, 2, &long).unwrap()), 422);
+    assert!(s.get_product(1).unwrap().is_some());
+    assert_eq!(s.dump().unwrap().idempotency.len(), 2);
+}
+
+#[test]
+fn apply_batch_is_one_transaction_with_one_outcome_per_entry() {
+    let (_dir, _path, mut s) = open_temp();
+    let log: Vec<(u64, u64, Command)> = (1..=200u64)
+        .map(|i| (i, 1, Command::new(at(i as i64), Op::CreateProduct { product: product(&format!("p{i}"), i as f64) })))
+        .collect();
+    let outcomes = s.apply_batch(&log).unwrap();
+    assert_eq!(outcomes.len(), 200);
+    assert!(outcomes.iter().all(|o| matches!(o, ApplyOutcome::Applied { status: 201, .. })));
+    assert_eq!(s.last_applied().unwrap(), Applied { index: 200, term: 1 });
+    assert_eq!(s.list_products(&ProductQuery::default()).unwrap().pagination.total, 200);
+    assert!(s.apply_batch(&log).unwrap().iter().all(|o| *o == ApplyOutcome::AlreadyApplied));
+    assert!(s.apply_batch(&[]).unwrap().is_empty());
+}
+
+#[test]
+fn commands_travel_as_json_log_values() {
+    for (_, _, cmd) in mixed_log() {
+        let value = serde_json::to_value(&cmd).unwrap();
+        let back: Command = serde_json::from_value(value.clone()).unwrap();
+        assert_eq!(back, cmd, "{value}");
+    }
+    let json =
+        r#"{"at":"2026-11-22T10:00:00Z","op":{"type":"create_task","task":{"title":"x","status":"in_progress"}}}"#;
+    let cmd: Command = serde_json::from_str(json).unwrap();
+    let Op::CreateTask { task } = cmd.op else { panic!() };
+    assert_eq!((task.status, task.priority, task.assignee), (Status::InProgress, Priority::Medium, None));
+    let unknown =
+        r#"{"at":"2026-11-22T10:00:00Z","op":{"type":"create_user","user":{"name":"a","email":"a@b","x":1}}}"#;
+    assert!(serde_json::from_str::<Command>(unknown).is_err());
+    let bad_status =
+        r#"{"at":"2026-11-22T10:00:00Z","op":{"type":"create_task","task":{"title":"x","status":"later"}}}"#;
+    assert!(serde_json::from_str::<Command>(bad_status).is_err());
+}
+
+#[test]
+fn unsupported_urls_are_errors() {
+    for url in ["postgres://u@127.0.0.1/db", "mysql://u@127.0.0.1/db", "", "sqlite://"] {
+        assert!(matches!(Store::open(url), Err(StoreError::UnsupportedUrl { .. })), "{url}");
+    }
+    let mut mem = Store::open(":memory:").unwrap();
+    assert_eq!(mem.last_applied().unwrap(), Applied::default());
+    assert!(Store::open("/nonexistent-dir/x/y.db").is_err());
+}
