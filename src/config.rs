@@ -72,6 +72,8 @@ pub struct NodeFile {
     pub data_dir: Option<PathBuf>,
     /// Address to bind instead of the node's own host (e.g. `0.0.0.0` in a container).
     pub bind_host: Option<String>,
+    /// Database URL (a SQLite file path); default `<data_dir>/nodeN/labctl.db`.
+    pub database_url: Option<String>,
 }
 
 /// `[controller]`: options of `labctl controller`.

@@ -13,9 +13,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
+use super::apply::{Applier, ApplyItem, WriteResult, COMMAND_KEY};
 use super::http::{NodeStatus, PeerStatus};
 use super::raft::{Event, LogEntry, Msg, NodeId, ProposeError, Raft, Role};
 use super::storage::{Storage, StorageError};
@@ -46,6 +47,19 @@ struct PendingStore {
     deadline: Instant,
 }
 
+/// A replicated write from the HTTP API: a serialized store command and where to answer.
+pub struct Proposal {
+    pub command: Value,
+    pub reply: oneshot::Sender<WriteResult>,
+}
+
+/// A write waiting for its entry to commit.
+struct PendingWrite {
+    term: u64,
+    reply: oneshot::Sender<WriteResult>,
+    deadline: Instant,
+}
+
 /// One node's running state.
 pub struct Driver {
     name: String,
@@ -62,11 +76,22 @@ pub struct Driver {
     elections: u64,
     leader_changes: u64,
     last_leader: Option<NodeId>,
+    proposals: mpsc::Receiver<Proposal>,
+    writes: BTreeMap<u64, PendingWrite>,
+    applier: Applier,
 }
 
 impl Driver {
     /// A driver for `raft`, whose `origin` is time zero of the core's clock.
-    pub fn new(raft: Raft, storage: Storage, transport: Transport, origin: Instant, cluster: Cluster) -> Driver {
+    pub fn new(
+        raft: Raft,
+        storage: Storage,
+        transport: Transport,
+        origin: Instant,
+        cluster: Cluster,
+        proposals: mpsc::Receiver<Proposal>,
+        applier: Applier,
+    ) -> Driver {
         let (status, _) = watch::channel(NodeStatus {
             name: proto::node_name(raft.id()),
             role: Role::Follower.to_string(),
@@ -95,6 +120,9 @@ impl Driver {
             elections: 0,
             leader_changes: 0,
             last_leader: None,
+            proposals,
+            writes: BTreeMap::new(),
+            applier,
         };
         driver.publish();
         driver
@@ -127,7 +155,7 @@ impl Driver {
             leader: leader.map(proto::node_name),
             leader_http: leader.map(|id| self.cluster.http_addr(id)),
             commit_index: self.raft.commit_index(),
-            applied_index: self.applied,
+            applied_index: self.applier.applied(),
             last_log_index: self.raft.last_index(),
             peers,
             elections: self.elections,
@@ -180,13 +208,38 @@ impl Driver {
                     let now = self.now();
                     self.raft.tick(now);
                 }
+                Some(proposal) = self.proposals.recv() => {
+                    // Take every waiting write: they leave as one batch of entries.
+                    self.propose(proposal);
+                    for _ in 1..MAX_BURST {
+                        let Ok(proposal) = self.proposals.try_recv() else { break };
+                        self.propose(proposal);
+                    }
+                }
                 _ = &mut signal => self.stop = Some(Stopped::Signal),
             }
             self.handle_ready()?;
             self.expire_pending();
             self.publish();
             if let Some(stopped) = self.stop.take() {
+                self.applier.stop();
                 return Ok(stopped);
+            }
+        }
+    }
+
+    fn propose(&mut self, proposal: Proposal) {
+        let Proposal { command, reply } = proposal;
+        match self.raft.propose(Some(COMMAND_KEY.to_string()), command) {
+            Ok(index) => {
+                let deadline = Instant::now() + STORE_DEADLINE;
+                self.writes.insert(index, PendingWrite { term: self.raft.term(), reply, deadline });
+            }
+            Err(ProposeError::NotLeader { leader }) => {
+                let _ = reply.send(WriteResult::NotLeader { leader });
+            }
+            Err(e @ ProposeError::TooLarge { .. }) => {
+                let _ = reply.send(WriteResult::TooLarge(e.to_string()));
             }
         }
     }
@@ -367,12 +420,23 @@ impl Driver {
         Ok(())
     }
 
-    /// Applies committed entries in order and answers the STOREs they complete.
+    /// Hands committed entries to the applier in order, and answers the STOREs they complete.
     fn apply(&mut self, commit: u64) {
         while self.applied < commit {
             self.applied += 1;
             let index = self.applied;
             let term = self.raft.log().term(index).unwrap_or(0);
+            let mut waiter = None;
+            if let Some(w) = self.writes.remove(&index) {
+                if w.term == term {
+                    waiter = Some(w.reply);
+                } else {
+                    let _ = w.reply.send(WriteResult::LostLeadership);
+                }
+            }
+            if let Some(entry) = self.raft.log().get(index) {
+                self.applier.push(ApplyItem { index, term, entry: entry.clone(), waiter });
+            }
             if let Some(p) = self.pending.remove(&index) {
                 let ok = p.term == term;
                 let value = if ok { p.value } else { Value::String("lost leadership before commit".into()) };
@@ -384,10 +448,18 @@ impl Driver {
 
     /// Fails STOREs that have not committed in time (e.g. the leader lost its majority).
     fn expire_pending(&mut self) {
+        let now = Instant::now();
+        if !self.writes.is_empty() {
+            let expired: Vec<u64> = self.writes.iter().filter(|(_, w)| w.deadline <= now).map(|(&i, _)| i).collect();
+            for index in expired {
+                if let Some(w) = self.writes.remove(&index) {
+                    let _ = w.reply.send(WriteResult::Timeout);
+                }
+            }
+        }
         if self.pending.is_empty() {
             return;
         }
-        let now = Instant::now();
         let expired: Vec<u64> = self.pending.iter().filter(|(_, p)| p.deadline <= now).map(|(&i, _)| i).collect();
         for index in expired {
             if let Some(p) = self.pending.remove(&index) {

@@ -12,6 +12,8 @@
 //! | `GET /status` | name, role, term, leader and its HTTP address, indexes, peers |
 //! | `GET /heartbeat` | name, role, term, leader, uptime |
 //! | `GET /metrics` | Prometheus text format |
+//!
+//! The data API (products, users, tasks) is in [`super::api`].
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -74,12 +76,16 @@ pub struct Server {
 
 impl Server {
     /// Binds `bind` and serves on a thread of its own. Fails at once if `bind` is taken.
-    pub fn start(bind: SocketAddr, status: watch::Receiver<NodeStatus>) -> std::io::Result<Server> {
+    pub fn start(
+        bind: SocketAddr,
+        status: watch::Receiver<NodeStatus>,
+        api: web::Data<super::api::Api>,
+    ) -> std::io::Result<Server> {
         let state = web::Data::new(State { status, started: Instant::now(), responses: Mutex::new(BTreeMap::new()) });
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new().name("http".into()).spawn(move || {
             actix_web::rt::System::new().block_on(async move {
-                let server = HttpServer::new(move || app(state.clone()))
+                let server = HttpServer::new(move || app(state.clone(), api.clone()))
                     .workers(2)
                     .disable_signals()
                     .shutdown_timeout(2)
@@ -124,6 +130,7 @@ impl Server {
 
 fn app(
     state: web::Data<State>,
+    api: web::Data<super::api::Api>,
 ) -> App<
     impl actix_web::dev::ServiceFactory<
         ServiceRequest,
@@ -135,7 +142,9 @@ fn app(
 > {
     App::new()
         .app_data(state)
+        .app_data(api)
         .wrap(middleware::from_fn(count_responses))
+        .configure(super::api::configure)
         .service(web::resource("/healthz").get(healthz).default_service(web::to(method_not_allowed)))
         .service(web::resource("/readyz").get(readyz).default_service(web::to(method_not_allowed)))
         .service(web::resource("/status").get(status).default_service(web::to(method_not_allowed)))
@@ -201,7 +210,7 @@ async fn metrics(state: web::Data<State>) -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(render_metrics(&s, &responses))
 }
 
-async fn method_not_allowed() -> HttpResponse {
+pub(super) async fn method_not_allowed() -> HttpResponse {
     HttpResponse::build(StatusCode::METHOD_NOT_ALLOWED)
         .insert_header(("Allow", "GET"))
         .json(json!({ "error": "this endpoint answers GET only" }))

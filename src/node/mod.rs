@@ -3,6 +3,8 @@
 //! [`raft`] is the consensus core; the other modules are its edges: UDP transport, the
 //! durable log on disk, and the driver loop that feeds the core messages and time.
 
+pub mod api;
+pub mod apply;
 pub mod driver;
 pub mod http;
 pub mod raft;
@@ -17,9 +19,11 @@ use std::net::IpAddr;
 
 use anyhow::Context;
 
+use self::apply::Applier;
 use self::driver::Driver;
 use self::raft::{NodeId, Raft};
 use self::storage::Storage;
+use self::store::Store;
 use self::transport::Transport;
 use crate::config::{Cluster, ClusterArgs, FileConfig, RaftArgs, RaftTiming};
 use crate::proto;
@@ -33,6 +37,9 @@ pub struct Args {
     /// Directory for node data; this node uses <data-dir>/nodeN [default: data]
     #[arg(long, env = "LABCTL_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Database URL: a SQLite file path [default: <data-dir>/nodeN/labctl.db]
+    #[arg(long, env = "LABCTL_DATABASE_URL")]
+    pub database_url: Option<String>,
     /// Host to bind instead of this node's own host, e.g. 0.0.0.0 in a container
     #[arg(long, env = "LABCTL_BIND_HOST")]
     pub bind_host: Option<String>,
@@ -72,6 +79,16 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
         node_dir.display()
     );
 
+    let database_url = args
+        .database_url
+        .clone()
+        .or_else(|| file.node.database_url.clone())
+        .unwrap_or_else(|| node_dir.join("labctl.db").to_string_lossy().into_owned());
+    let write_store = Store::open(&database_url).with_context(|| format!("cannot open the database of {name}"))?;
+    let read_store = Store::open(&database_url).with_context(|| format!("cannot open the database of {name}"))?;
+    log::info!("{name}: database {database_url}");
+    let applier = Applier::start(write_store, name.clone())?;
+
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let stopped = runtime.block_on(async {
         let transport = Transport::bind(bind, cluster.clone())
@@ -89,8 +106,14 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
         };
         let origin = tokio::time::Instant::now();
         let raft = Raft::new(config, recovered.hard_state, recovered.entries, 0, entropy_seed());
-        let driver = Driver::new(raft, storage, transport, origin, cluster.clone());
-        let http = http::Server::start(http_bind, driver.subscribe())
+        let (proposals_tx, proposals) = tokio::sync::mpsc::channel(4096);
+        let driver = Driver::new(raft, storage, transport, origin, cluster.clone(), proposals, applier);
+        let api = actix_web::web::Data::new(api::Api {
+            proposals: proposals_tx,
+            status: driver.subscribe(),
+            store: std::sync::Mutex::new(read_store),
+        });
+        let http = http::Server::start(http_bind, driver.subscribe(), api)
             .with_context(|| format!("cannot serve HTTP on {http_bind} for {name}"))?;
         log::info!("{name}: HTTP on http://{}", http.local_addr());
         let stopped = driver.run(stop_signal()).await;

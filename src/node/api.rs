@@ -1,0 +1,329 @@
+//! The data API of SPEC §4: products, users and tasks.
+//!
+//! Reads are served from this node's database. Writes become log entries: the leader proposes
+//! them and answers once they are committed and applied. A follower answers a write with
+//! `307 Temporary Redirect` to the same URL on the leader (naming it in `X-Raft-Leader`); with
+//! no leader known, `503` with `Retry-After`. A write may carry `Idempotency-Key`: a repeated
+//! key returns the first result and changes nothing. Bad input gets a 4xx with
+//! `{"error": "…"}`.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::apply::WriteResult;
+use super::driver::Proposal;
+use super::http::{method_not_allowed, NodeStatus};
+use super::store::{
+    ApplyOutcome, Command, Op, PageRequest, Priority, ProductInput, ProductQuery, Status, Store, StoreError, TaskInput,
+    TaskQuery, UserInput, MAX_IDEMPOTENCY_KEY,
+};
+
+/// The header that makes a write idempotent.
+pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
+/// The header naming the leader on a redirect.
+pub const LEADER_HEADER: &str = "X-Raft-Leader";
+/// The largest request body accepted.
+pub const MAX_BODY: usize = 1024 * 1024;
+/// How long a write waits for its entry to be applied.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// What the API handlers share.
+pub struct Api {
+    pub proposals: mpsc::Sender<Proposal>,
+    pub status: watch::Receiver<NodeStatus>,
+    /// A read connection to this node's database.
+    pub store: Mutex<Store>,
+}
+
+/// Registers the routes.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(web::JsonConfig::default().limit(MAX_BODY).error_handler(|err, _| {
+        let status = match &err {
+            actix_web::error::JsonPayloadError::Overflow { .. }
+            | actix_web::error::JsonPayloadError::OverflowKnownLength { .. } => {
+                actix_web::http::StatusCode::PAYLOAD_TOO_LARGE
+            }
+            actix_web::error::JsonPayloadError::ContentType => actix_web::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            _ => actix_web::http::StatusCode::BAD_REQUEST,
+        };
+        let body = HttpResponse::build(status).json(json!({ "error": err.to_string() }));
+        actix_web::error::InternalError::from_response(err, body).into()
+    }))
+    .app_data(web::QueryConfig::default().error_handler(|err, _| {
+        let body = HttpResponse::BadRequest().json(json!({ "error": err.to_string() }));
+        actix_web::error::InternalError::from_response(err, body).into()
+    }))
+    .app_data(web::PathConfig::default().error_handler(|err, _| {
+        let body = HttpResponse::NotFound().json(json!({ "error": format!("no such id: {err}") }));
+        actix_web::error::InternalError::from_response(err, body).into()
+    }))
+    .service(
+        web::resource("/api/products")
+            .get(list_products)
+            .post(create_product)
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/api/products/{id}")
+            .get(get_product)
+            .put(update_product)
+            .delete(delete_product)
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(web::resource("/api/users").get(list_users).post(create_user).default_service(web::to(method_not_allowed)))
+    .service(
+        web::resource("/api/users/{id}")
+            .get(get_user)
+            .put(update_user)
+            .delete(delete_user)
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(web::resource("/api/tasks/stats").get(task_stats).default_service(web::to(method_not_allowed)))
+    .service(web::resource("/api/tasks").get(list_tasks).post(create_task).default_service(web::to(method_not_allowed)))
+    .service(
+        web::resource("/api/tasks/{id}")
+            .get(get_task)
+            .put(update_task)
+            .delete(delete_task)
+            .default_service(web::to(method_not_allowed)),
+    );
+}
+
+fn error(status: u16, message: impl Into<String>) -> HttpResponse {
+    let code = actix_web::http::StatusCode::from_u16(status).unwrap_or(actix_web::http::StatusCode::BAD_REQUEST);
+    HttpResponse::build(code).json(json!({ "error": message.into() }))
+}
+
+// ---- writes ----
+
+/// Sends `op` through Raft and answers with its outcome.
+async fn write(api: &Api, req: &HttpRequest, op: Op) -> HttpResponse {
+    let status = api.status.borrow().clone();
+    if status.role != "LEADER" {
+        return not_leader(&status, req);
+    }
+    let mut command = Command::new(Utc::now(), op);
+    if let Some(key) = req.headers().get(IDEMPOTENCY_KEY) {
+        let Ok(key) = key.to_str() else {
+            return error(400, "Idempotency-Key must be visible ASCII");
+        };
+        if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
+            return error(400, format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} bytes"));
+        }
+        command = command.with_key(key);
+    }
+    let value = match serde_json::to_value(&command) {
+        Ok(v) => v,
+        Err(e) => return error(400, format!("cannot encode the write: {e}")),
+    };
+    let (tx, rx) = oneshot::channel();
+    if api.proposals.send(Proposal { command: value, reply: tx }).await.is_err() {
+        return unavailable("the node is stopping");
+    }
+    match tokio::time::timeout(WRITE_TIMEOUT, rx).await {
+        Ok(Ok(result)) => write_result(result, &status, req),
+        Ok(Err(_)) => unavailable("the node stopped before the write was applied"),
+        Err(_) => unavailable("the write was not applied in time"),
+    }
+}
+
+fn write_result(result: WriteResult, status: &NodeStatus, req: &HttpRequest) -> HttpResponse {
+    match result {
+        WriteResult::Done(ApplyOutcome::Applied { status, reply }) => {
+            let mut body = serde_json::to_value(&reply).unwrap_or(Value::Null);
+            if let Some(obj) = body.as_object_mut() {
+                obj.shift_remove("kind");
+            }
+            let code = actix_web::http::StatusCode::from_u16(status).unwrap_or(actix_web::http::StatusCode::OK);
+            HttpResponse::build(code).json(body)
+        }
+        WriteResult::Done(ApplyOutcome::Rejected { status, error: message }) => error(status, message),
+        WriteResult::Done(ApplyOutcome::AlreadyApplied) => HttpResponse::Ok().json(json!({ "applied": true })),
+        WriteResult::NotLeader { .. } => not_leader(status, req),
+        WriteResult::LostLeadership => unavailable("leadership changed before the write committed; retry"),
+        WriteResult::TooLarge(message) => error(413, message),
+        WriteResult::Timeout => unavailable("the write was not committed in time; retry"),
+    }
+}
+
+fn unavailable(message: &str) -> HttpResponse {
+    HttpResponse::ServiceUnavailable().insert_header((header::RETRY_AFTER, "1")).json(json!({ "error": message }))
+}
+
+/// 307 to the same URL on the leader, or 503 while no leader is known.
+fn not_leader(status: &NodeStatus, req: &HttpRequest) -> HttpResponse {
+    match (&status.leader, &status.leader_http) {
+        (Some(leader), Some(http)) if leader != &status.name => {
+            let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            HttpResponse::TemporaryRedirect()
+                .insert_header((header::LOCATION, format!("http://{http}{path}")))
+                .insert_header((LEADER_HEADER, leader.as_str()))
+                .json(json!({ "error": "not the leader", "leader": leader, "leader_http": http }))
+        }
+        _ => unavailable("no leader is known; retry"),
+    }
+}
+
+async fn create_product(api: web::Data<Api>, req: HttpRequest, body: web::Json<ProductInput>) -> HttpResponse {
+    write(&api, &req, Op::CreateProduct { product: body.into_inner() }).await
+}
+
+async fn update_product(
+    api: web::Data<Api>,
+    req: HttpRequest,
+    id: web::Path<i64>,
+    body: web::Json<ProductInput>,
+) -> HttpResponse {
+    write(&api, &req, Op::UpdateProduct { id: id.into_inner(), product: body.into_inner() }).await
+}
+
+async fn delete_product(api: web::Data<Api>, req: HttpRequest, id: web::Path<i64>) -> HttpResponse {
+    write(&api, &req, Op::DeleteProduct { id: id.into_inner() }).await
+}
+
+async fn create_user(api: web::Data<Api>, req: HttpRequest, body: web::Json<UserInput>) -> HttpResponse {
+    write(&api, &req, Op::CreateUser { user: body.into_inner() }).await
+}
+
+async fn update_user(
+    api: web::Data<Api>,
+    req: HttpRequest,
+    id: web::Path<i64>,
+    body: web::Json<UserInput>,
+) -> HttpResponse {
+    write(&api, &req, Op::UpdateUser { id: id.into_inner(), user: body.into_inner() }).await
+}
+
+async fn delete_user(api: web::Data<Api>, req: HttpRequest, id: web::Path<i64>) -> HttpResponse {
+    write(&api, &req, Op::DeleteUser { id: id.into_inner() }).await
+}
+
+async fn create_task(api: web::Data<Api>, req: HttpRequest, body: web::Json<TaskInput>) -> HttpResponse {
+    write(&api, &req, Op::CreateTask { task: body.into_inner() }).await
+}
+
+async fn update_task(
+    api: web::Data<Api>,
+    req: HttpRequest,
+    id: web::Path<i64>,
+    body: web::Json<TaskInput>,
+) -> HttpResponse {
+    write(&api, &req, Op::UpdateTask { id: id.into_inner(), task: body.into_inner() }).await
+}
+
+async fn delete_task(api: web::Data<Api>, req: HttpRequest, id: web::Path<i64>) -> HttpResponse {
+    write(&api, &req, Op::DeleteTask { id: id.into_inner() }).await
+}
+
+// ---- reads ----
+
+/// Query parameters of the listings (flat, as they come in the URL).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListParams {
+    offset: Option<u64>,
+    limit: Option<u64>,
+    min_price: Option<f64>,
+    max_price: Option<f64>,
+    status: Option<Status>,
+    priority: Option<Priority>,
+    assignee: Option<i64>,
+    consistency: Option<String>,
+}
+
+impl ListParams {
+    fn page(&self) -> PageRequest {
+        PageRequest { offset: self.offset, limit: self.limit }
+    }
+}
+
+/// Runs a read on the database off the async workers.
+async fn read<T: serde::Serialize + Send + 'static>(
+    api: web::Data<Api>,
+    consistency: Option<&str>,
+    f: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
+) -> HttpResponse {
+    match consistency {
+        None | Some("local") => {}
+        Some("strong") => return error(501, "consistency=strong is not served yet; reads are local"),
+        Some(other) => return error(400, format!("consistency must be local or strong, not {other:?}")),
+    }
+    let result = web::block(move || {
+        let mut store = api.store.lock().map_err(|_| StoreError::InvalidQuery("database handle poisoned".into()))?;
+        f(&mut store)
+    })
+    .await;
+    match result {
+        Ok(Ok(value)) => HttpResponse::Ok().json(value),
+        Ok(Err(StoreError::InvalidQuery(message))) => error(400, message),
+        Ok(Err(e)) => {
+            log::error!("read failed: {e}");
+            error(500, "the database did not answer")
+        }
+        Err(_) => error(500, "the read was cancelled"),
+    }
+}
+
+async fn found<T: serde::Serialize + Send + 'static>(
+    api: web::Data<Api>,
+    what: &'static str,
+    id: i64,
+    f: impl FnOnce(&mut Store, i64) -> Result<Option<T>, StoreError> + Send + 'static,
+) -> HttpResponse {
+    let result = web::block(move || {
+        let mut store = api.store.lock().map_err(|_| StoreError::InvalidQuery("database handle poisoned".into()))?;
+        f(&mut store, id)
+    })
+    .await;
+    match result {
+        Ok(Ok(Some(value))) => HttpResponse::Ok().json(value),
+        Ok(Ok(None)) => error(404, format!("no {what} with id {id}")),
+        Ok(Err(e)) => {
+            log::error!("read failed: {e}");
+            error(500, "the database did not answer")
+        }
+        Err(_) => error(500, "the read was cancelled"),
+    }
+}
+
+async fn list_products(api: web::Data<Api>, q: web::Query<ListParams>) -> HttpResponse {
+    let q = q.into_inner();
+    let query = ProductQuery { page: q.page(), min_price: q.min_price, max_price: q.max_price };
+    read(api, q.consistency.as_deref(), move |s| s.list_products(&query)).await
+}
+
+async fn get_product(api: web::Data<Api>, id: web::Path<i64>) -> HttpResponse {
+    found(api, "product", id.into_inner(), |s, id| s.get_product(id)).await
+}
+
+async fn list_users(api: web::Data<Api>, q: web::Query<ListParams>) -> HttpResponse {
+    let q = q.into_inner();
+    let page = q.page();
+    read(api, q.consistency.as_deref(), move |s| s.list_users(page)).await
+}
+
+async fn get_user(api: web::Data<Api>, id: web::Path<i64>) -> HttpResponse {
+    found(api, "user", id.into_inner(), |s, id| s.get_user(id)).await
+}
+
+async fn list_tasks(api: web::Data<Api>, q: web::Query<ListParams>) -> HttpResponse {
+    let q = q.into_inner();
+    let query = TaskQuery { page: q.page(), status: q.status, priority: q.priority, assignee: q.assignee };
+    read(api, q.consistency.as_deref(), move |s| s.list_tasks(&query)).await
+}
+
+async fn get_task(api: web::Data<Api>, id: web::Path<i64>) -> HttpResponse {
+    found(api, "task", id.into_inner(), |s, id| s.get_task(id)).await
+}
+
+async fn task_stats(api: web::Data<Api>) -> HttpResponse {
+    let today = Utc::now().date_naive();
+    read(api, None, move |s| s.task_stats(today)).await
+}

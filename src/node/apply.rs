@@ -1,0 +1,176 @@
+//! Applies committed log entries to the database, in index order, on a thread of its own.
+//!
+//! The driver hands over every committed entry (with the waiting HTTP request, if this node
+//! proposed it); the applier takes whatever is queued, applies the run of commands in one
+//! transaction, answers the waiters and publishes the applied index. Entries that carry no
+//! command (a leader's no-op, a controller's STORE) only advance the applied index. The store
+//! skips entries it applied before, so replaying the log after a restart is harmless.
+//! A database error stops progress, not the node: the same entries are tried again after a
+//! pause, because skipping one would make this node's data differ from the others'.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use super::raft::LogEntry;
+use super::store::{ApplyOutcome, Command, Store};
+
+/// The `Key` of log entries that carry a database command.
+pub const COMMAND_KEY: &str = "labctl.command";
+
+/// How a replicated write ended, for the HTTP request waiting on it.
+#[derive(Debug)]
+pub enum WriteResult {
+    /// Applied (or deterministically refused) by the database.
+    Done(ApplyOutcome),
+    /// This node is not the leader; the leader it knows, if any.
+    NotLeader { leader: Option<u32> },
+    /// The entry was replaced by a newer leader's before it committed.
+    LostLeadership,
+    /// Too large for one log entry.
+    TooLarge(String),
+    /// Not committed in time (e.g. the leader lost its majority).
+    Timeout,
+}
+
+/// One committed entry on its way to the database.
+pub struct ApplyItem {
+    pub index: u64,
+    pub term: u64,
+    pub entry: LogEntry,
+    pub waiter: Option<oneshot::Sender<WriteResult>>,
+}
+
+/// The handle the driver keeps.
+pub struct Applier {
+    tx: mpsc::Sender<ApplyItem>,
+    applied: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Entries applied in one transaction at most.
+const MAX_BATCH: usize = 512;
+const RETRY: Duration = Duration::from_secs(1);
+
+impl Applier {
+    /// Starts the applier thread on `store` (its write connection).
+    pub fn start(store: Store, name: String) -> std::io::Result<Applier> {
+        let (tx, rx) = mpsc::channel();
+        let applied = Arc::new(AtomicU64::new(0));
+        let published = applied.clone();
+        let thread = std::thread::Builder::new().name("apply".into()).spawn(move || run(store, rx, published, name))?;
+        Ok(Applier { tx, applied, thread: Some(thread) })
+    }
+
+    /// Queues a committed entry.
+    pub fn push(&self, item: ApplyItem) {
+        if let Err(mpsc::SendError(item)) = self.tx.send(item) {
+            log::error!("applier has stopped; entry {} is not applied", item.index);
+        }
+    }
+
+    /// The highest index applied to the database by this node.
+    pub fn applied(&self) -> u64 {
+        self.applied.load(Ordering::Acquire)
+    }
+
+    /// A shared view of the applied index.
+    pub fn applied_handle(&self) -> Arc<AtomicU64> {
+        self.applied.clone()
+    }
+
+    /// Lets the applier finish what is queued, then stops it.
+    pub fn stop(mut self) {
+        let (tx, _) = mpsc::channel();
+        drop(std::mem::replace(&mut self.tx, tx));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn run(mut store: Store, rx: mpsc::Receiver<ApplyItem>, applied: Arc<AtomicU64>, name: String) {
+    match store.last_applied() {
+        Ok(a) => applied.store(a.index, Ordering::Release),
+        Err(e) => log::error!("{name}: cannot read the applied index: {e}"),
+    }
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        loop {
+            match apply_batch(&mut store, &mut batch) {
+                Ok(()) => break,
+                Err(e) => {
+                    log::error!("{name}: cannot apply entries {}…: {e}; trying again", batch[0].index);
+                    std::thread::sleep(RETRY);
+                }
+            }
+        }
+        if let Some(last) = batch.last() {
+            applied.fetch_max(last.index, Ordering::AcqRel);
+        }
+    }
+}
+
+/// Applies `batch` (consecutive entries); answers the waiters only once it is all durable.
+fn apply_batch(store: &mut Store, batch: &mut [ApplyItem]) -> Result<(), super::store::StoreError> {
+    let mut outcomes: Vec<Option<ApplyOutcome>> = Vec::with_capacity(batch.len());
+    let mut run: Vec<(u64, u64, Command)> = Vec::new();
+    let mut run_start = 0;
+    for (i, item) in batch.iter().enumerate() {
+        let command = (item.entry.key.as_deref() == Some(COMMAND_KEY))
+            .then(|| serde_json::from_value::<Command>(item.entry.value.clone()))
+            .and_then(|parsed| match parsed {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    // Every node reads the same entry the same way, so skipping stays consistent.
+                    log::error!("entry {} carries an unreadable command: {e}", item.index);
+                    None
+                }
+            });
+        match command {
+            Some(c) => {
+                if run.is_empty() {
+                    run_start = i;
+                }
+                run.push((item.index, item.term, c));
+            }
+            None => {
+                flush(store, &mut run, run_start, &mut outcomes)?;
+                store.skip(item.index, item.term)?;
+                outcomes.push(None);
+            }
+        }
+    }
+    flush(store, &mut run, run_start, &mut outcomes)?;
+    for (item, outcome) in batch.iter_mut().zip(outcomes) {
+        if let (Some(waiter), Some(outcome)) = (item.waiter.take(), outcome) {
+            let _ = waiter.send(WriteResult::Done(outcome));
+        }
+    }
+    Ok(())
+}
+
+fn flush(
+    store: &mut Store,
+    run: &mut Vec<(u64, u64, Command)>,
+    run_start: usize,
+    outcomes: &mut Vec<Option<ApplyOutcome>>,
+) -> Result<(), super::store::StoreError> {
+    if run.is_empty() {
+        return Ok(());
+    }
+    debug_assert_eq!(outcomes.len(), run_start);
+    let results = store.apply_batch(run)?;
+    outcomes.extend(results.into_iter().map(Some));
+    run.clear();
+    Ok(())
+}

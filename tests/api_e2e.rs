@@ -1,0 +1,245 @@
+//! The data API on real nodes: writes through the Raft leader, reads on every node.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::{http_call, poll, HttpReply, TestCluster};
+use serde_json::{json, Value};
+
+const ELECTION: Duration = Duration::from_secs(5);
+const JSON: (&str, &str) = ("Content-Type", "application/json");
+
+fn post(addr: SocketAddr, path: &str, body: &Value, extra: &[(&str, &str)]) -> Option<HttpReply> {
+    let mut headers = vec![JSON];
+    headers.extend_from_slice(extra);
+    http_call(addr, "POST", path, &headers, &body.to_string())
+}
+
+fn product(title: &str, price: f64) -> Value {
+    json!({ "title": title, "price": price, "currency": "GBP" })
+}
+
+fn list(addr: SocketAddr, path: &str) -> Value {
+    let reply = http_call(addr, "GET", path, &[], "").expect("node answers");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    reply.json()
+}
+
+#[test]
+fn a_write_on_the_leader_is_readable_on_every_node() {
+    let cluster = TestCluster::start(3, 0, &[]);
+    let (leader, _) = cluster.wait_for_leader(ELECTION);
+    let reply = post(cluster.http_addr(leader), "/api/products", &product("Dune", 9.5), &[]).unwrap();
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    let created = reply.json();
+    assert_eq!(created["title"], "Dune");
+    let id = created["id"].as_i64().unwrap();
+    for node in 1..=3 {
+        let got = poll(&format!("node{node} to have the product"), ELECTION, || {
+            let r = http_call(cluster.http_addr(node), "GET", &format!("/api/products/{id}"), &[], "")?;
+            (r.status == 200).then(|| r.json())
+        });
+        assert_eq!(got, created, "node{node} holds a different row");
+    }
+    // Update and delete go through the leader too, and every node follows.
+    let path = format!("/api/products/{id}");
+    let body = product("Dune Messiah", 11.0).to_string();
+    let reply = http_call(cluster.http_addr(leader), "PUT", &path, &[JSON], &body).unwrap();
+    assert_eq!((reply.status, &reply.json()["title"]), (200, &json!("Dune Messiah")));
+    let reply = http_call(cluster.http_addr(leader), "DELETE", &path, &[], "").unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    for node in 1..=3 {
+        poll(&format!("node{node} to drop the product"), ELECTION, || {
+            let r = http_call(cluster.http_addr(node), "GET", &path, &[], "")?;
+            (r.status == 404).then_some(())
+        });
+    }
+}
+
+#[test]
+fn a_follower_redirects_writes_to_the_leader() {
+    let cluster = TestCluster::start(3, 0, &[]);
+    let (leader, _) = cluster.wait_for_leader(ELECTION);
+    let follower = (1..=3).find(|&id| id != leader).unwrap();
+    poll("the follower to know the leader", ELECTION, || {
+        let status = list(cluster.http_addr(follower), "/status");
+        (status["leader"] == json!(format!("node{leader}"))).then_some(())
+    });
+    let reply = post(cluster.http_addr(follower), "/api/products?from=follower", &product("Emma", 4.0), &[]).unwrap();
+    assert_eq!(reply.status, 307, "{}", reply.body);
+    assert_eq!(reply.header("x-raft-leader"), Some(format!("node{leader}").as_str()));
+    let location = reply.header("location").unwrap().to_string();
+    assert_eq!(location, format!("http://{}/api/products?from=follower", cluster.http_addr(leader)));
+    // Following the redirect (curl -L) writes on the leader.
+    let target: SocketAddr = location.trim_start_matches("http://").split('/').next().unwrap().parse().unwrap();
+    let reply = post(target, "/api/products?from=follower", &product("Emma", 4.0), &[]).unwrap();
+    assert_eq!(reply.status, 201, "{}", reply.body);
+}
+
+#[test]
+fn without_a_leader_writes_get_503_with_retry_after() {
+    let mut cluster = TestCluster::start(3, 0, &[]);
+    let (leader, _) = cluster.wait_for_leader(ELECTION);
+    let others: Vec<u32> = (1..=3).filter(|&id| id != leader).collect();
+    cluster.kill(leader);
+    cluster.kill(others[0]);
+    let lone = cluster.http_addr(others[1]);
+    let reply = poll("the lone node to refuse writes with 503", ELECTION, || {
+        let r = post(lone, "/api/products", &product("Lost", 1.0), &[])?;
+        (r.status == 503).then_some(r)
+    });
+    assert_eq!(reply.header("retry-after"), Some("1"));
+    assert!(reply.json()["error"].is_string());
+}
+
+#[test]
+fn an_idempotency_key_makes_a_retried_write_happen_once() {
+    let cluster = TestCluster::start(3, 0, &[]);
+    let (leader, _) = cluster.wait_for_leader(ELECTION);
+    let addr = cluster.http_addr(leader);
+    let user = json!({ "name": "Ann", "email": "ann@example.org" });
+    let first = post(addr, "/api/users", &user, &[("Idempotency-Key", "user-ann")]).unwrap();
+    assert_eq!(first.status, 201, "{}", first.body);
+    let again = post(addr, "/api/users", &user, &[("Idempotency-Key", "user-ann")]).unwrap();
+    assert_eq!(again.status, first.status);
+    assert_eq!(again.json(), first.json());
+    assert_eq!(list(addr, "/api/users")["pagination"]["total"], 1);
+    // Without the key the same body is a second write, refused by the unique e-mail.
+    let dup = post(addr, "/api/users", &user, &[]).unwrap();
+    assert_eq!(dup.status, 409, "{}", dup.body);
+}
+
+#[test]
+fn bad_input_gets_a_json_4xx_never_a_500() {
+    let cluster = TestCluster::start(1, 0, &[]);
+    let addr = cluster.http_addr(1);
+    cluster.wait_for_leader(ELECTION);
+    let big = format!("{{\"title\":\"{}\",\"price\":1,\"currency\":\"GBP\"}}", "x".repeat(1_100_000));
+    // (method, path, headers, body, expected status)
+    type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, String, u16);
+    let cases: Vec<Case> = vec![
+        ("POST", "/api/products", vec![JSON], "{not json".into(), 400),
+        ("POST", "/api/products", vec![JSON], r#"{"title":5,"price":1,"currency":"GBP"}"#.into(), 400),
+        ("POST", "/api/products", vec![JSON], r#"{"title":"t","price":"cheap","currency":"GBP"}"#.into(), 400),
+        ("POST", "/api/products", vec![JSON], r#"{"title":"t","price":1,"currency":"GBP","x":1}"#.into(), 400),
+        ("POST", "/api/products", vec![JSON], r#"{"title":"","price":-1,"currency":"GBP"}"#.into(), 422),
+        ("POST", "/api/products", vec![("Content-Type", "text/plain")], "hello".into(), 415),
+        ("POST", "/api/products", vec![JSON], big, 413),
+        ("GET", "/api/products/12345", vec![], String::new(), 404),
+        ("GET", "/api/products/abc", vec![], String::new(), 404),
+        ("PUT", "/api/products/12345", vec![JSON], product("t", 1.0).to_string(), 404),
+        ("DELETE", "/api/tasks/777", vec![], String::new(), 404),
+        ("GET", "/api/products?limit=ten", vec![], String::new(), 400),
+        ("GET", "/api/products?colour=red", vec![], String::new(), 400),
+        ("GET", "/api/tasks?status=sleeping", vec![], String::new(), 400),
+        ("POST", "/api/tasks", vec![JSON], r#"{"title":"t","assignee":999}"#.into(), 422),
+        ("POST", "/api/users", vec![JSON, ("Idempotency-Key", "")], r#"{"name":"a","email":"a@b.c"}"#.into(), 400),
+        ("PATCH", "/api/products", vec![JSON], "{}".into(), 405),
+    ];
+    for (method, path, headers, body, want) in cases {
+        let reply =
+            http_call(addr, method, path, &headers, &body).unwrap_or_else(|| panic!("{method} {path}: no answer"));
+        assert_eq!(reply.status, want, "{method} {path}: {}", reply.body.chars().take(300).collect::<String>());
+        let body: Value = serde_json::from_str(&reply.body)
+            .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {:?}", reply.body));
+        assert!(body["error"].is_string(), "{method} {path}: {}", reply.body);
+    }
+    assert!(cluster.agreed_leader(&[1]).is_some(), "the node survived");
+}
+
+#[test]
+fn listings_page_and_filter() {
+    let cluster = TestCluster::start(1, 0, &[]);
+    let addr = cluster.http_addr(1);
+    cluster.wait_for_leader(ELECTION);
+    for i in 1..=7 {
+        let reply = post(addr, "/api/products", &product(&format!("p{i}"), i as f64 * 10.0), &[]).unwrap();
+        assert_eq!(reply.status, 201);
+    }
+    let page = list(addr, "/api/products?offset=2&limit=3&min_price=20&max_price=60");
+    let titles: Vec<&str> = page["data"].as_array().unwrap().iter().map(|p| p["title"].as_str().unwrap()).collect();
+    assert_eq!(titles, ["p4", "p5", "p6"]);
+    assert_eq!(page["pagination"], json!({ "total": 5, "offset": 2, "limit": 3, "has_more": false }));
+}
+
+#[test]
+fn retried_writes_survive_a_leader_kill_without_loss_or_duplicates() {
+    let mut cluster = TestCluster::start(5, 0, &[]);
+    cluster.wait_for_leader(ELECTION);
+    let mut acknowledged = BTreeSet::new();
+    let mut killed = false;
+    for i in 0..60 {
+        if i == 20 {
+            let (leader, _) = cluster.wait_for_leader(ELECTION);
+            cluster.kill(leader);
+            killed = true;
+        }
+        let key = format!("item-{i}");
+        let body = product(&key, 1.0 + i as f64);
+        // A client retrying with the same key, following redirects, until the write is acknowledged.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut target = None;
+        loop {
+            assert!(Instant::now() < deadline, "{key} was never acknowledged");
+            let node = target.unwrap_or_else(|| cluster.running()[i % cluster.running().len()]);
+            let addr = cluster.http_addr(node);
+            match post(addr, "/api/products", &body, &[("Idempotency-Key", &key)]) {
+                Some(r) if r.status == 201 => {
+                    acknowledged.insert(r.json()["title"].as_str().unwrap().to_string());
+                    break;
+                }
+                Some(r) if r.status == 307 => {
+                    let host = r.header("x-raft-leader").and_then(labctl::proto::parse_node_name);
+                    target = host.filter(|id| cluster.running().contains(id));
+                }
+                _ => {
+                    target = None;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+    }
+    assert!(killed);
+    assert_eq!(acknowledged.len(), 60);
+    let (leader, _) = cluster.wait_for_leader(ELECTION);
+    let rows = poll("all acknowledged writes on the leader", ELECTION, || {
+        let page = list(cluster.http_addr(leader), "/api/products?limit=100");
+        (page["pagination"]["total"] == json!(60)).then_some(page)
+    });
+    let titles: BTreeSet<String> =
+        rows["data"].as_array().unwrap().iter().map(|p| p["title"].as_str().unwrap().to_string()).collect();
+    assert_eq!(titles, acknowledged, "lost or duplicated rows");
+    for node in cluster.running() {
+        poll(&format!("node{node} to hold exactly the 60 rows"), ELECTION, || {
+            let page = list(cluster.http_addr(node), "/api/products?limit=100");
+            (page["pagination"]["total"] == json!(60)).then_some(())
+        });
+    }
+}
+
+#[test]
+fn data_survives_a_restart_of_every_node() {
+    let mut cluster = TestCluster::start(3, 0, &[]);
+    let (leader, _) = cluster.wait_for_leader(ELECTION);
+    for i in 0..5 {
+        let reply = post(cluster.http_addr(leader), "/api/products", &product(&format!("keep{i}"), 5.0), &[]).unwrap();
+        assert_eq!(reply.status, 201);
+    }
+    for id in 1..=3 {
+        cluster.kill(id);
+    }
+    for id in 1..=3 {
+        cluster.spawn(id);
+    }
+    cluster.wait_for_leader(ELECTION);
+    for node in 1..=3 {
+        let page = poll(&format!("node{node} to serve its data"), ELECTION, || {
+            let r = http_call(cluster.http_addr(node), "GET", "/api/products", &[], "")?;
+            (r.status == 200).then(|| r.json())
+        });
+        assert_eq!(page["pagination"]["total"], 5, "node{node}: {page}");
+    }
+}
