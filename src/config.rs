@@ -74,6 +74,8 @@ pub struct NodeFile {
     pub bind_host: Option<String>,
     /// Database URL (a SQLite file path); default `<data_dir>/nodeN/labctl.db`.
     pub database_url: Option<String>,
+    /// Manager to tell where the leader is (`POST <url>/leader`); none by default.
+    pub manager_url: Option<String>,
 }
 
 /// `[controller]`: options of `labctl controller`.

@@ -3,6 +3,7 @@
 //! [`raft`] is the consensus core; the other modules are its edges: UDP transport, the
 //! durable log on disk, and the driver loop that feeds the core messages and time.
 
+pub mod announce;
 pub mod api;
 pub mod apply;
 pub mod driver;
@@ -40,6 +41,9 @@ pub struct Args {
     /// Database URL: a SQLite file path [default: <data-dir>/nodeN/labctl.db]
     #[arg(long, env = "LABCTL_DATABASE_URL")]
     pub database_url: Option<String>,
+    /// Manager to tell, after each election won, where the leader is: POST <url>/leader [default: none]
+    #[arg(long, env = "LABCTL_MANAGER_URL")]
+    pub manager_url: Option<String>,
     /// Host to bind instead of this node's own host, e.g. 0.0.0.0 in a container
     #[arg(long, env = "LABCTL_BIND_HOST")]
     pub bind_host: Option<String>,
@@ -116,7 +120,12 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
         let http = http::Server::start(http_bind, driver.subscribe(), api)
             .with_context(|| format!("cannot serve HTTP on {http_bind} for {name}"))?;
         log::info!("{name}: HTTP on http://{}", http.local_addr());
+        let manager_url = args.manager_url.clone().or_else(|| file.node.manager_url.clone());
+        let announcer = manager_url.map(|url| tokio::spawn(announce::run(url, driver.subscribe())));
         let stopped = driver.run(stop_signal()).await;
+        if let Some(task) = announcer {
+            task.abort();
+        }
         http.stop().await;
         stopped.map_err(anyhow::Error::from)
     })?;
