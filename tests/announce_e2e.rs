@@ -11,9 +11,18 @@ use common::{control, poll, TestCluster};
 use labctl::proto::Request;
 use serde_json::Value;
 
+/// What the stand-in manager saw.
+struct Manager {
+    url: String,
+    /// Bodies of the announcements it accepted.
+    accepted: Arc<Mutex<Vec<Value>>>,
+    /// Requests it received, accepted or not.
+    seen: Arc<Mutex<usize>>,
+}
+
 /// A small HTTP server that answers 503 to the first `refuse` POSTs, then 200, and records the
 /// bodies of the POSTs it accepted.
-fn manager(refuse: usize) -> (String, Arc<Mutex<Vec<Value>>>, Arc<Mutex<usize>>) {
+fn manager(refuse: usize) -> Manager {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let accepted = Arc::new(Mutex::new(Vec::new()));
@@ -51,12 +60,12 @@ fn manager(refuse: usize) -> (String, Arc<Mutex<Vec<Value>>>, Arc<Mutex<usize>>)
                 .write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes());
         }
     });
-    (url, accepted, seen)
+    Manager { url, accepted, seen }
 }
 
 #[test]
 fn each_new_leader_announces_itself_to_the_manager() {
-    let (url, accepted, seen) = manager(2);
+    let Manager { url, accepted, seen } = manager(2);
     let cluster = TestCluster::start(3, 0, &["--manager-url", &url]);
     let (leader, term) = cluster.wait_for_leader(Duration::from_secs(5));
     let first =
