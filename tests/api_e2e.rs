@@ -243,3 +243,40 @@ fn data_survives_a_restart_of_every_node() {
         assert_eq!(page["pagination"]["total"], 5, "node{node}: {page}");
     }
 }
+
+#[test]
+fn strong_reads_go_through_the_leader_and_fail_without_a_majority() {
+    let mut cluster = TestCluster::start(3, 0, &[]);
+    let (leader, _) = cluster.wait_for_leader(ELECTION);
+    let addr = cluster.http_addr(leader);
+    let created = post(addr, "/api/products", &product("Strong", 7.0), &[]).unwrap().json();
+    let id = created["id"].as_i64().unwrap();
+
+    let page = list(addr, "/api/products?consistency=strong");
+    assert_eq!(page["pagination"]["total"], 1);
+    let one = http_call(addr, "GET", &format!("/api/products/{id}?consistency=strong"), &[], "").unwrap();
+    assert_eq!((one.status, one.json()), (200, created));
+
+    let follower = (1..=3).find(|&id| id != leader).unwrap();
+    poll("the follower to know the leader", ELECTION, || {
+        (list(cluster.http_addr(follower), "/status")["leader"] == json!(format!("node{leader}"))).then_some(())
+    });
+    let redirected = http_call(cluster.http_addr(follower), "GET", "/api/products?consistency=strong", &[], "").unwrap();
+    assert_eq!(redirected.status, 307, "{}", redirected.body);
+    assert_eq!(redirected.header("x-raft-leader"), Some(format!("node{leader}").as_str()));
+    let bad = http_call(addr, "GET", "/api/products?consistency=eventual", &[], "").unwrap();
+    assert_eq!(bad.status, 400);
+
+    // Cut the leader off from both followers: local reads still answer, strong reads must not.
+    for id in (1..=3).filter(|&id| id != leader) {
+        cluster.freeze(id, true);
+    }
+    let local = http_call(addr, "GET", "/api/products", &[], "").unwrap();
+    assert_eq!(local.status, 200);
+    let strong = http_call(addr, "GET", "/api/products?consistency=strong", &[], "").unwrap();
+    assert_eq!(strong.status, 503, "a cut-off leader served a strong read: {}", strong.body);
+    assert_eq!(strong.header("retry-after"), Some("1"));
+    for id in (1..=3).filter(|&id| id != leader) {
+        cluster.freeze(id, false);
+    }
+}

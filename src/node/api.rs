@@ -123,14 +123,45 @@ async fn write(api: &Api, req: &HttpRequest, op: Op) -> HttpResponse {
         Ok(v) => v,
         Err(e) => return error(400, format!("cannot encode the write: {e}")),
     };
+    match replicate(api, Some(value)).await {
+        Ok(result) => write_result(result, &status, req),
+        Err(response) => response,
+    }
+}
+
+/// Proposes a command (or, with None, a read barrier) and waits until it is applied.
+async fn replicate(api: &Api, command: Option<Value>) -> Result<WriteResult, HttpResponse> {
     let (tx, rx) = oneshot::channel();
-    if api.proposals.send(Proposal { command: value, reply: tx }).await.is_err() {
-        return unavailable("the node is stopping");
+    if api.proposals.send(Proposal { command, reply: tx }).await.is_err() {
+        return Err(unavailable("the node is stopping"));
     }
     match tokio::time::timeout(WRITE_TIMEOUT, rx).await {
-        Ok(Ok(result)) => write_result(result, &status, req),
-        Ok(Err(_)) => unavailable("the node stopped before the write was applied"),
-        Err(_) => unavailable("the write was not applied in time"),
+        Ok(Ok(result)) => Ok(result),
+        Ok(Err(_)) => Err(unavailable("the node stopped before the entry was applied")),
+        Err(_) => Err(unavailable("the entry was not applied in time")),
+    }
+}
+
+/// Checks `consistency` and, for `strong`, passes a read barrier first.
+async fn consistency_gate(api: &Api, req: &HttpRequest, consistency: Option<&str>) -> Result<(), HttpResponse> {
+    match consistency {
+        None | Some("local") => Ok(()),
+        Some("strong") => strong_barrier(api, req).await,
+        Some(other) => Err(error(400, format!("consistency must be local or strong, not {other:?}"))),
+    }
+}
+
+/// Makes the next local read linearizable: on the leader, a barrier entry is committed and
+/// everything before it applied; anywhere else the request goes to the leader.
+async fn strong_barrier(api: &Api, req: &HttpRequest) -> Result<(), HttpResponse> {
+    let status = api.status.borrow().clone();
+    if status.role != "LEADER" {
+        return Err(not_leader(&status, req));
+    }
+    match replicate(api, None).await? {
+        WriteResult::Barrier => Ok(()),
+        WriteResult::Done(_) => Ok(()),
+        other => Err(write_result(other, &status, req)),
     }
 }
 
@@ -145,7 +176,9 @@ fn write_result(result: WriteResult, status: &NodeStatus, req: &HttpRequest) -> 
             HttpResponse::build(code).json(body)
         }
         WriteResult::Done(ApplyOutcome::Rejected { status, error: message }) => error(status, message),
-        WriteResult::Done(ApplyOutcome::AlreadyApplied) => HttpResponse::Ok().json(json!({ "applied": true })),
+        WriteResult::Done(ApplyOutcome::AlreadyApplied) | WriteResult::Barrier => {
+            HttpResponse::Ok().json(json!({ "applied": true }))
+        }
         WriteResult::NotLeader { .. } => not_leader(status, req),
         WriteResult::LostLeadership => unavailable("leadership changed before the write committed; retry"),
         WriteResult::TooLarge(message) => error(413, message),
@@ -238,22 +271,29 @@ struct ListParams {
     consistency: Option<String>,
 }
 
+/// The only query parameter of single-object reads and the stats.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Consistency {
+    consistency: Option<String>,
+}
+
 impl ListParams {
     fn page(&self) -> PageRequest {
         PageRequest { offset: self.offset, limit: self.limit }
     }
 }
 
-/// Runs a read on the database off the async workers.
+/// Runs a read on the database off the async workers; `consistency=strong` first passes a
+/// read barrier through the leader.
 async fn read<T: serde::Serialize + Send + 'static>(
     api: web::Data<Api>,
+    req: &HttpRequest,
     consistency: Option<&str>,
     f: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
 ) -> HttpResponse {
-    match consistency {
-        None | Some("local") => {}
-        Some("strong") => return error(501, "consistency=strong is not served yet; reads are local"),
-        Some(other) => return error(400, format!("consistency must be local or strong, not {other:?}")),
+    if let Err(response) = consistency_gate(&api, req, consistency).await {
+        return response;
     }
     let result = web::block(move || {
         let mut store = api.store.lock().map_err(|_| StoreError::InvalidQuery("database handle poisoned".into()))?;
@@ -273,10 +313,15 @@ async fn read<T: serde::Serialize + Send + 'static>(
 
 async fn found<T: serde::Serialize + Send + 'static>(
     api: web::Data<Api>,
+    req: &HttpRequest,
+    consistency: Option<&str>,
     what: &'static str,
     id: i64,
     f: impl FnOnce(&mut Store, i64) -> Result<Option<T>, StoreError> + Send + 'static,
 ) -> HttpResponse {
+    if let Err(response) = consistency_gate(&api, req, consistency).await {
+        return response;
+    }
     let result = web::block(move || {
         let mut store = api.store.lock().map_err(|_| StoreError::InvalidQuery("database handle poisoned".into()))?;
         f(&mut store, id)
@@ -293,37 +338,52 @@ async fn found<T: serde::Serialize + Send + 'static>(
     }
 }
 
-async fn list_products(api: web::Data<Api>, q: web::Query<ListParams>) -> HttpResponse {
+async fn list_products(api: web::Data<Api>, req: HttpRequest, q: web::Query<ListParams>) -> HttpResponse {
     let q = q.into_inner();
     let query = ProductQuery { page: q.page(), min_price: q.min_price, max_price: q.max_price };
-    read(api, q.consistency.as_deref(), move |s| s.list_products(&query)).await
+    read(api, &req, q.consistency.as_deref(), move |s| s.list_products(&query)).await
 }
 
-async fn get_product(api: web::Data<Api>, id: web::Path<i64>) -> HttpResponse {
-    found(api, "product", id.into_inner(), |s, id| s.get_product(id)).await
+async fn get_product(
+    api: web::Data<Api>,
+    req: HttpRequest,
+    id: web::Path<i64>,
+    q: web::Query<Consistency>,
+) -> HttpResponse {
+    found(api, &req, q.consistency.as_deref(), "product", id.into_inner(), |s, id| s.get_product(id)).await
 }
 
-async fn list_users(api: web::Data<Api>, q: web::Query<ListParams>) -> HttpResponse {
+async fn list_users(api: web::Data<Api>, req: HttpRequest, q: web::Query<ListParams>) -> HttpResponse {
     let q = q.into_inner();
     let page = q.page();
-    read(api, q.consistency.as_deref(), move |s| s.list_users(page)).await
+    read(api, &req, q.consistency.as_deref(), move |s| s.list_users(page)).await
 }
 
-async fn get_user(api: web::Data<Api>, id: web::Path<i64>) -> HttpResponse {
-    found(api, "user", id.into_inner(), |s, id| s.get_user(id)).await
+async fn get_user(
+    api: web::Data<Api>,
+    req: HttpRequest,
+    id: web::Path<i64>,
+    q: web::Query<Consistency>,
+) -> HttpResponse {
+    found(api, &req, q.consistency.as_deref(), "user", id.into_inner(), |s, id| s.get_user(id)).await
 }
 
-async fn list_tasks(api: web::Data<Api>, q: web::Query<ListParams>) -> HttpResponse {
+async fn list_tasks(api: web::Data<Api>, req: HttpRequest, q: web::Query<ListParams>) -> HttpResponse {
     let q = q.into_inner();
     let query = TaskQuery { page: q.page(), status: q.status, priority: q.priority, assignee: q.assignee };
-    read(api, q.consistency.as_deref(), move |s| s.list_tasks(&query)).await
+    read(api, &req, q.consistency.as_deref(), move |s| s.list_tasks(&query)).await
 }
 
-async fn get_task(api: web::Data<Api>, id: web::Path<i64>) -> HttpResponse {
-    found(api, "task", id.into_inner(), |s, id| s.get_task(id)).await
+async fn get_task(
+    api: web::Data<Api>,
+    req: HttpRequest,
+    id: web::Path<i64>,
+    q: web::Query<Consistency>,
+) -> HttpResponse {
+    found(api, &req, q.consistency.as_deref(), "task", id.into_inner(), |s, id| s.get_task(id)).await
 }
 
-async fn task_stats(api: web::Data<Api>) -> HttpResponse {
+async fn task_stats(api: web::Data<Api>, req: HttpRequest, q: web::Query<Consistency>) -> HttpResponse {
     let today = Utc::now().date_naive();
-    read(api, None, move |s| s.task_stats(today)).await
+    read(api, &req, q.consistency.as_deref(), move |s| s.task_stats(today)).await
 }

@@ -20,12 +20,16 @@ use super::store::{ApplyOutcome, Command, Store};
 
 /// The `Key` of log entries that carry a database command.
 pub const COMMAND_KEY: &str = "labctl.command";
+/// The `Key` of a read barrier: an entry with no effect, appended for a linearizable read.
+pub const BARRIER_KEY: &str = "labctl.barrier";
 
 /// How a replicated write ended, for the HTTP request waiting on it.
 #[derive(Debug)]
 pub enum WriteResult {
     /// Applied (or deterministically refused) by the database.
     Done(ApplyOutcome),
+    /// A read barrier was committed and everything before it applied.
+    Barrier,
     /// This node is not the leader; the leader it knows, if any.
     NotLeader { leader: Option<u32> },
     /// The entry was replaced by a newer leader's before it committed.
@@ -152,8 +156,8 @@ fn apply_batch(store: &mut Store, batch: &mut [ApplyItem]) -> Result<(), super::
     }
     flush(store, &mut run, run_start, &mut outcomes)?;
     for (item, outcome) in batch.iter_mut().zip(outcomes) {
-        if let (Some(waiter), Some(outcome)) = (item.waiter.take(), outcome) {
-            let _ = waiter.send(WriteResult::Done(outcome));
+        if let Some(waiter) = item.waiter.take() {
+            let _ = waiter.send(outcome.map_or(WriteResult::Barrier, WriteResult::Done));
         }
     }
     Ok(())

@@ -16,7 +16,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use super::apply::{Applier, ApplyItem, WriteResult, COMMAND_KEY};
+use super::apply::{Applier, ApplyItem, WriteResult, BARRIER_KEY, COMMAND_KEY};
 use super::http::{NodeStatus, PeerStatus};
 use super::raft::{Event, LogEntry, Msg, NodeId, ProposeError, Raft, Role};
 use super::storage::{Storage, StorageError};
@@ -47,15 +47,18 @@ struct PendingStore {
     deadline: Instant,
 }
 
-/// A replicated write from the HTTP API: a serialized store command and where to answer.
+/// A replicated write from the HTTP API: a serialized store command (None: a read barrier)
+/// and where to answer.
 pub struct Proposal {
-    pub command: Value,
+    pub command: Option<Value>,
     pub reply: oneshot::Sender<WriteResult>,
 }
 
 /// A write waiting for its entry to commit.
 struct PendingWrite {
     term: u64,
+    /// A read barrier: useless once this node stops leading, so it fails at once then.
+    barrier: bool,
     reply: oneshot::Sender<WriteResult>,
     deadline: Instant,
 }
@@ -230,10 +233,15 @@ impl Driver {
 
     fn propose(&mut self, proposal: Proposal) {
         let Proposal { command, reply } = proposal;
-        match self.raft.propose(Some(COMMAND_KEY.to_string()), command) {
+        let barrier = command.is_none();
+        let (key, value) = match command {
+            Some(command) => (COMMAND_KEY, command),
+            None => (BARRIER_KEY, Value::Null),
+        };
+        match self.raft.propose(Some(key.to_string()), value) {
             Ok(index) => {
                 let deadline = Instant::now() + STORE_DEADLINE;
-                self.writes.insert(index, PendingWrite { term: self.raft.term(), reply, deadline });
+                self.writes.insert(index, PendingWrite { term: self.raft.term(), barrier, reply, deadline });
             }
             Err(ProposeError::NotLeader { leader }) => {
                 let _ = reply.send(WriteResult::NotLeader { leader });
@@ -353,11 +361,12 @@ impl Driver {
         }
     }
 
-    /// The committed log, without the leaders' no-op entries, newest entries first when it
-    /// does not fit one datagram.
+    /// The committed log, without the leaders' no-ops and read barriers, newest entries first
+    /// when it does not fit one datagram.
     fn reply_retrieve(&mut self, to: SocketAddr) {
         let committed = self.raft.log().slice(1, self.raft.commit_index());
-        let user: Vec<&LogEntry> = committed.iter().filter(|e| !e.is_noop()).collect();
+        let user: Vec<&LogEntry> =
+            committed.iter().filter(|e| !e.is_noop() && e.key.as_deref() != Some(BARRIER_KEY)).collect();
         let mut reply = Message::new(self.name.clone(), Request::Retrieve, Some(self.raft.term()));
         reply.key = Some(KEY_COMMITED_LOGS.into());
         let budget = MAX_DATAGRAM - 512;
@@ -401,6 +410,9 @@ impl Driver {
                 if role == Role::Candidate {
                     self.elections += 1;
                 }
+                if role != Role::Leader {
+                    self.fail_barriers();
+                }
                 if leader.is_some() && leader != self.last_leader {
                     self.leader_changes += 1;
                 }
@@ -442,6 +454,17 @@ impl Driver {
                 let value = if ok { p.value } else { Value::String("lost leadership before commit".into()) };
                 let reply = self.store_reply(Some(p.key), value, ok);
                 self.reply(p.reply_to, &reply);
+            }
+        }
+    }
+
+    /// Answers the read barriers waiting on this node: it no longer leads, so they cannot
+    /// prove anything. (Writes keep waiting: a new leader may still commit them.)
+    fn fail_barriers(&mut self) {
+        let barriers: Vec<u64> = self.writes.iter().filter(|(_, w)| w.barrier).map(|(&i, _)| i).collect();
+        for index in barriers {
+            if let Some(w) = self.writes.remove(&index) {
+                let _ = w.reply.send(WriteResult::LostLeadership);
             }
         }
     }
