@@ -261,7 +261,8 @@ fn strong_reads_go_through_the_leader_and_fail_without_a_majority() {
     poll("the follower to know the leader", ELECTION, || {
         (list(cluster.http_addr(follower), "/status")["leader"] == json!(format!("node{leader}"))).then_some(())
     });
-    let redirected = http_call(cluster.http_addr(follower), "GET", "/api/products?consistency=strong", &[], "").unwrap();
+    let redirected =
+        http_call(cluster.http_addr(follower), "GET", "/api/products?consistency=strong", &[], "").unwrap();
     assert_eq!(redirected.status, 307, "{}", redirected.body);
     assert_eq!(redirected.header("x-raft-leader"), Some(format!("node{leader}").as_str()));
     let bad = http_call(addr, "GET", "/api/products?consistency=eventual", &[], "").unwrap();

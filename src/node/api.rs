@@ -284,33 +284,45 @@ impl ListParams {
     }
 }
 
-/// Runs a read on the database off the async workers; `consistency=strong` first passes a
-/// read barrier through the leader.
-async fn read<T: serde::Serialize + Send + 'static>(
+/// Runs a read on the database off the async workers, after the consistency check;
+/// `consistency=strong` first passes a read barrier through the leader.
+async fn run_read<T: Send + 'static>(
     api: web::Data<Api>,
     req: &HttpRequest,
     consistency: Option<&str>,
     f: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
-) -> HttpResponse {
-    if let Err(response) = consistency_gate(&api, req, consistency).await {
-        return response;
-    }
+) -> Result<T, HttpResponse> {
+    consistency_gate(&api, req, consistency).await?;
     let result = web::block(move || {
         let mut store = api.store.lock().map_err(|_| StoreError::InvalidQuery("database handle poisoned".into()))?;
         f(&mut store)
     })
     .await;
     match result {
-        Ok(Ok(value)) => HttpResponse::Ok().json(value),
-        Ok(Err(StoreError::InvalidQuery(message))) => error(400, message),
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(StoreError::InvalidQuery(message))) => Err(error(400, message)),
         Ok(Err(e)) => {
             log::error!("read failed: {e}");
-            error(500, "the database did not answer")
+            Err(error(500, "the database did not answer"))
         }
-        Err(_) => error(500, "the read was cancelled"),
+        Err(_) => Err(error(500, "the read was cancelled")),
     }
 }
 
+/// A listing or other read that always has an answer.
+async fn read<T: serde::Serialize + Send + 'static>(
+    api: web::Data<Api>,
+    req: &HttpRequest,
+    consistency: Option<&str>,
+    f: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
+) -> HttpResponse {
+    match run_read(api, req, consistency, f).await {
+        Ok(value) => HttpResponse::Ok().json(value),
+        Err(response) => response,
+    }
+}
+
+/// One object by id: 404 when there is none.
 async fn found<T: serde::Serialize + Send + 'static>(
     api: web::Data<Api>,
     req: &HttpRequest,
@@ -319,22 +331,10 @@ async fn found<T: serde::Serialize + Send + 'static>(
     id: i64,
     f: impl FnOnce(&mut Store, i64) -> Result<Option<T>, StoreError> + Send + 'static,
 ) -> HttpResponse {
-    if let Err(response) = consistency_gate(&api, req, consistency).await {
-        return response;
-    }
-    let result = web::block(move || {
-        let mut store = api.store.lock().map_err(|_| StoreError::InvalidQuery("database handle poisoned".into()))?;
-        f(&mut store, id)
-    })
-    .await;
-    match result {
-        Ok(Ok(Some(value))) => HttpResponse::Ok().json(value),
-        Ok(Ok(None)) => error(404, format!("no {what} with id {id}")),
-        Ok(Err(e)) => {
-            log::error!("read failed: {e}");
-            error(500, "the database did not answer")
-        }
-        Err(_) => error(500, "the read was cancelled"),
+    match run_read(api, req, consistency, move |s| f(s, id)).await {
+        Ok(Some(value)) => HttpResponse::Ok().json(value),
+        Ok(None) => error(404, format!("no {what} with id {id}")),
+        Err(response) => response,
     }
 }
 
