@@ -126,3 +126,31 @@ fn a_taken_http_port_is_a_clear_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&format!("cannot serve HTTP on 127.0.0.1:{port} for node1")), "{stderr}");
 }
+
+#[test]
+fn the_election_handshake_shows_in_status() {
+    let cluster = TestCluster::start(3, 0, &[]);
+    let (leader, term) = cluster.wait_for_leader(ELECTION);
+    let followers: Vec<u32> = (1..=3).filter(|&id| id != leader).collect();
+    // The leader learns every follower's HTTP address through ACCEPT / CREDENTIALS.
+    let status = poll("both followers to complete the handshake", ELECTION, || {
+        let (_, status) = get_json(&cluster, leader, "/status");
+        (status["accepted_by"].as_object().map_or(0, |m| m.len()) == 2).then_some(status)
+    });
+    for &f in &followers {
+        assert_eq!(status["accepted_by"][format!("node{f}")], json!(cluster.http_addr(f).to_string()));
+        let (_, fs) = get_json(&cluster, f, "/status");
+        let creds = &fs["leader_credentials"];
+        assert_eq!(creds["leader"], json!(format!("node{leader}")), "{fs}");
+        assert_eq!(creds["term"], json!(term));
+        assert_eq!(creds["http"], json!(cluster.http_addr(leader).to_string()));
+        assert_eq!(creds["token_prefix"].as_str().map(str::len), Some(6));
+        assert!(creds.get("token").is_none(), "the full token is not published");
+    }
+    // Both followers got the same token for the term.
+    let prefixes: Vec<Value> = followers
+        .iter()
+        .map(|&f| get_json(&cluster, f, "/status").1["leader_credentials"]["token_prefix"].clone())
+        .collect();
+    assert_eq!(prefixes[0], prefixes[1]);
+}

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::apply::{Applier, ApplyItem, WriteResult, BARRIER_KEY, COMMAND_KEY};
+use super::handshake::Handshake;
 use super::http::{NodeStatus, PeerStatus};
 use super::raft::{Event, LogEntry, Msg, NodeId, ProposeError, Raft, Role};
 use super::storage::{Storage, StorageError};
@@ -82,6 +83,7 @@ pub struct Driver {
     proposals: mpsc::Receiver<Proposal>,
     writes: BTreeMap<u64, PendingWrite>,
     applier: Applier,
+    handshake: Handshake,
 }
 
 impl Driver {
@@ -107,7 +109,10 @@ impl Driver {
             peers: Vec::new(),
             elections: 0,
             leader_changes: 0,
+            accepted_by: BTreeMap::new(),
+            leader_credentials: None,
         });
+        let handshake = Handshake::new(proto::node_name(raft.id()), cluster.http_addr(raft.id()));
         let mut driver = Driver {
             name: proto::node_name(raft.id()),
             raft,
@@ -126,6 +131,7 @@ impl Driver {
             proposals,
             writes: BTreeMap::new(),
             applier,
+            handshake,
         };
         driver.publish();
         driver
@@ -163,6 +169,8 @@ impl Driver {
             peers,
             elections: self.elections,
             leader_changes: self.leader_changes,
+            accepted_by: self.handshake.followers().clone(),
+            leader_credentials: self.handshake.leader_credentials().cloned(),
         };
         self.status.send_if_modified(|current| {
             let changed = *current != snapshot;
@@ -260,6 +268,9 @@ impl Driver {
         if request.is_control() {
             return self.handle_control(&msg, request, from);
         }
+        if matches!(request, Request::Accept | Request::Credentials) {
+            return self.handle_handshake(&msg, request, from);
+        }
         match Msg::from_wire(&msg, request) {
             Ok((peer, raft_msg)) => {
                 if let Msg::Append { term, ref entries, .. } = raft_msg {
@@ -269,10 +280,35 @@ impl Driver {
                         log::debug!("{} entries from node{peer} term {term}", entries.len());
                     }
                 }
+                let from_leader = matches!(raft_msg, Msg::Append { .. });
                 let now = self.now();
                 self.raft.step(now, peer, raft_msg);
+                // A follower without its leader's credentials asks again with each heartbeat.
+                let leader_name = proto::node_name(peer);
+                let term = self.raft.term();
+                if from_leader
+                    && self.raft.role() == Role::Follower
+                    && self.raft.leader() == Some(peer)
+                    && self.handshake.needs_accept(&leader_name, term)
+                {
+                    let accept = self.handshake.accept(term);
+                    self.transport.send_to_node(peer, &accept.encode());
+                }
             }
             Err(e) => self.dropped(from, &e),
+        }
+    }
+
+    fn handle_handshake(&mut self, msg: &Message, request: Request, from: SocketAddr) {
+        let reply = match request {
+            Request::Accept => self.handshake.on_accept(msg.term),
+            _ => {
+                let leader = self.raft.leader().map(proto::node_name);
+                self.handshake.on_credentials(msg, (self.raft.term(), leader.as_deref()))
+            }
+        };
+        if let Some(reply) = reply {
+            self.reply(from, &reply);
         }
     }
 
@@ -410,7 +446,10 @@ impl Driver {
                 if role == Role::Candidate {
                     self.elections += 1;
                 }
-                if role != Role::Leader {
+                if role == Role::Leader {
+                    self.handshake.became_leader(term);
+                } else {
+                    self.handshake.stepped_down();
                     self.fail_barriers();
                 }
                 if leader.is_some() && leader != self.last_leader {

@@ -57,6 +57,11 @@ pub struct NodeStatus {
     pub elections: u64,
     /// Times this node has seen a new leader since it started.
     pub leader_changes: u64,
+    /// Leader: followers that completed the election handshake this term, with their HTTP
+    /// addresses.
+    pub accepted_by: BTreeMap<String, String>,
+    /// Follower: the credentials its leader sent in the handshake.
+    pub leader_credentials: Option<super::handshake::LeaderCredentials>,
 }
 
 /// Shared by the handlers.
@@ -272,6 +277,8 @@ mod tests {
             peers: vec![],
             elections: 3,
             leader_changes: 2,
+            accepted_by: BTreeMap::new(),
+            leader_credentials: None,
         };
         let text = render_metrics(&s, &BTreeMap::from([(200, 5), (404, 1)]));
         for line in [

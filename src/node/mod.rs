@@ -7,6 +7,7 @@ pub mod announce;
 pub mod api;
 pub mod apply;
 pub mod driver;
+pub mod handshake;
 pub mod http;
 pub mod raft;
 pub mod storage;

@@ -110,6 +110,10 @@ pub enum Request {
     VoteAck,
     PreVoteRequest,
     PreVoteReply,
+    /// Election handshake: a follower accepts its leader.
+    Accept,
+    /// Election handshake: HTTP address (and the leader's write token).
+    Credentials,
     // Control requests (sender "Controller") and their replies.
     ConvertFollower,
     Timeout,
@@ -120,13 +124,15 @@ pub enum Request {
 }
 
 impl Request {
-    pub const ALL: [Request; 12] = [
+    pub const ALL: [Request; 14] = [
         Request::AppendRpc,
         Request::AppendReply,
         Request::VoteRequest,
         Request::VoteAck,
         Request::PreVoteRequest,
         Request::PreVoteReply,
+        Request::Accept,
+        Request::Credentials,
         Request::ConvertFollower,
         Request::Timeout,
         Request::Shutdown,
@@ -144,6 +150,8 @@ impl Request {
             Request::VoteAck => "VOTE_ACK",
             Request::PreVoteRequest => "PRE_VOTE_REQUEST",
             Request::PreVoteReply => "PRE_VOTE_REPLY",
+            Request::Accept => "ACCEPT",
+            Request::Credentials => "CREDENTIALS",
             Request::ConvertFollower => "CONVERT_FOLLOWER",
             Request::Timeout => "TIMEOUT",
             Request::Shutdown => "SHUTDOWN",
