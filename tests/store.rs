@@ -94,7 +94,9 @@ impl Backend {
                 panic!("{self:?} is needed by this test (CI=true) but does not answer: {e}")
             }
             Err(e) => {
-                eprintln!("\n!!! SKIPPED: {self:?} does not answer ({e}); start it to run this test\n");
+                // Straight to stderr, past the test harness's capture, so that it is seen.
+                let message = format!("\n!!! SKIPPED: {self:?} does not answer ({e}); start it to run this test\n");
+                let _ = std::io::Write::write_all(&mut std::io::stderr(), message.as_bytes());
                 false
             }
         }
