@@ -18,8 +18,17 @@
 //!
 //! # Backends
 //! [`DbConnection`] is a `diesel::MultiConnection` enum; a backend is one variant, one
-//! migrations directory (`migrations/<backend>/`) and one arm in [`Store::open`]. This build
-//! has SQLite (bundled), chosen by a path or a `sqlite://` URL.
+//! migrations directory (`migrations/<backend>/`) and one arm in [`Store::open`]. The URL picks
+//! the backend: a path or `sqlite://PATH` is SQLite (bundled, always built);
+//! `postgres://…` (or `postgresql://…`) is PostgreSQL with the cargo feature `postgres`, and
+//! `mysql://…` is MySQL/MariaDB with the feature `mysql`. [`BACKENDS`] lists those of this build.
+//!
+//! # Shared-database mode
+//! Several nodes may be given one PostgreSQL or MySQL database. Each applies the whole log;
+//! the `meta` row lock taken first in every apply transaction makes them take turns, and the
+//! index check under that lock makes the first one apply an entry and the others see
+//! [`ApplyOutcome::AlreadyApplied`]. Migrations at start are serialised by a database lock, so
+//! nodes may start together.
 
 pub mod command;
 pub mod models;
@@ -42,17 +51,34 @@ pub use self::models::{
 use self::schema::{idempotency_keys, meta, products, tasks, users};
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+#[cfg(feature = "postgres")]
+const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+#[cfg(feature = "mysql")]
+const MYSQL_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/mysql");
+
+/// The database backends of this build, by URL scheme.
+pub const BACKENDS: &[&str] = &[
+    "sqlite",
+    #[cfg(feature = "postgres")]
+    "postgres",
+    #[cfg(feature = "mysql")]
+    "mysql",
+];
 
 /// A connection to one of the supported databases.
 #[derive(diesel::MultiConnection)]
 pub enum DbConnection {
     Sqlite(diesel::SqliteConnection),
+    #[cfg(feature = "postgres")]
+    Postgres(diesel::PgConnection),
+    #[cfg(feature = "mysql")]
+    Mysql(diesel::MysqlConnection),
 }
 
 /// Errors of the database itself; business errors of a write are an [`ApplyOutcome`] instead.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("unsupported database URL {url:?}: this build knows SQLite (a file path or sqlite://PATH)")]
+    #[error("unsupported database URL {url:?}: this build knows {}", known_urls())]
     UnsupportedUrl { url: String },
     #[error("cannot connect to the database")]
     Connect(#[from] diesel::ConnectionError),
@@ -77,18 +103,24 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let backend = match self.conn {
-            DbConnection::Sqlite(_) => "sqlite",
-        };
-        f.debug_struct("Store").field("backend", &backend).finish()
+        f.debug_struct("Store").field("backend", &self.backend()).finish()
     }
 }
 
 impl Store {
     /// Opens (creating if needed) the database named by `url` and runs pending migrations.
-    /// `url` is a file path, `:memory:`, or `sqlite://PATH`.
+    /// `url` is a file path, `:memory:`, `sqlite://PATH`, or — when built with the feature —
+    /// `postgres://…` / `mysql://…` (the database must exist; its tables are created here).
     pub fn open(url: &str) -> Result<Store, StoreError> {
         let url = url.trim();
+        #[cfg(feature = "postgres")]
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Store::open_postgres(url);
+        }
+        #[cfg(feature = "mysql")]
+        if url.starts_with("mysql://") {
+            return Store::open_mysql(url);
+        }
         let sqlite_path = if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
             path
         } else if url.contains("://") || url.is_empty() {
@@ -104,10 +136,49 @@ impl Store {
         // wait for each other instead of failing.
         conn.batch_execute("PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;")?;
         if sqlite_path != ":memory:" {
-            conn.batch_execute("PRAGMA journal_mode = WAL;")?;
+            use_wal(&mut conn)?;
         }
-        conn.run_pending_migrations(SQLITE_MIGRATIONS).map_err(|e| StoreError::Migration(e.to_string()))?;
+        // Under the write lock: nodes sharing the file may start together; one migrates at a time.
+        conn.immediate_transaction(|c| {
+            c.run_pending_migrations(SQLITE_MIGRATIONS).map(drop).map_err(|e| StoreError::Migration(e.to_string()))
+        })?;
         Ok(Store { conn: DbConnection::Sqlite(conn) })
+    }
+
+    #[cfg(feature = "postgres")]
+    fn open_postgres(url: &str) -> Result<Store, StoreError> {
+        let mut conn = diesel::PgConnection::establish(url)?;
+        // Nodes sharing the database may start together; one migrates at a time. The lock is
+        // the session's until unlocked (or the connection closes, should migrating fail).
+        conn.batch_execute("SELECT pg_advisory_lock(5586586)")?;
+        let migrated = conn.run_pending_migrations(POSTGRES_MIGRATIONS).map(drop);
+        conn.batch_execute("SELECT pg_advisory_unlock(5586586)")?;
+        migrated.map_err(|e| StoreError::Migration(e.to_string()))?;
+        Ok(Store { conn: DbConnection::Postgres(conn) })
+    }
+
+    #[cfg(feature = "mysql")]
+    fn open_mysql(url: &str) -> Result<Store, StoreError> {
+        let mut conn = diesel::MysqlConnection::establish(url)?;
+        // READ COMMITTED: after waiting for the meta row lock, an applier reads what the node
+        // before it committed, whatever it read earlier in the transaction.
+        conn.batch_execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")?;
+        conn.batch_execute("DO GET_LOCK('labctl_migrations', 600)")?;
+        let migrated = conn.run_pending_migrations(MYSQL_MIGRATIONS).map(drop);
+        conn.batch_execute("DO RELEASE_LOCK('labctl_migrations')")?;
+        migrated.map_err(|e| StoreError::Migration(e.to_string()))?;
+        Ok(Store { conn: DbConnection::Mysql(conn) })
+    }
+
+    /// The backend this store runs on: one of [`BACKENDS`].
+    pub fn backend(&self) -> &'static str {
+        match self.conn {
+            DbConnection::Sqlite(_) => "sqlite",
+            #[cfg(feature = "postgres")]
+            DbConnection::Postgres(_) => "postgres",
+            #[cfg(feature = "mysql")]
+            DbConnection::Mysql(_) => "mysql",
+        }
     }
 
     /// Applies the log entry `index` of `term`, exactly once.
@@ -255,6 +326,33 @@ impl Store {
                 .load(c)?,
         })
     }
+}
+
+/// Switching a file to WAL needs it to itself, and SQLite answers "locked" at once instead of
+/// waiting; nodes sharing a file may start together, so wait here, as long as the busy timeout.
+fn use_wal(conn: &mut diesel::SqliteConnection) -> Result<(), StoreError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match conn.batch_execute("PRAGMA journal_mode = WAL;") {
+            Err(DieselError::DatabaseError(_, info))
+                if info.message().contains("locked") && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            result => return Ok(result?),
+        }
+    }
+}
+
+fn known_urls() -> String {
+    let mut known = vec!["SQLite (a file path or sqlite://PATH)"];
+    if cfg!(feature = "postgres") {
+        known.push("PostgreSQL (postgres://…)");
+    }
+    if cfg!(feature = "mysql") {
+        known.push("MySQL/MariaDB (mysql://…)");
+    }
+    known.join(", ")
 }
 
 fn to_i64(n: u64) -> Result<i64, StoreError> {

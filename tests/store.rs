@@ -1,4 +1,15 @@
-//! The replicated database on real SQLite files: commands in, rows and outcomes out.
+//! The replicated database on real databases: commands in, rows and outcomes out.
+//!
+//! The suite runs once per backend of the build: SQLite files always, PostgreSQL and
+//! MySQL/MariaDB with the cargo features `postgres` and `mysql`. Each test gets a fresh
+//! database of its own (`labctl_t_<pid>_<n>`, created through an admin connection and dropped
+//! afterwards), so tests run in parallel. The admin URLs are `LABCTL_TEST_POSTGRES_URL`
+//! (default `postgres://postgres@127.0.0.1:5432/postgres`) and `LABCTL_TEST_MYSQL_URL`
+//! (default `mysql://root@127.0.0.1:3306/test`). When a server does not answer, its tests fail
+//! under `CI=true` and are skipped, loudly, otherwise.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
 
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use labctl::node::store::{
@@ -39,12 +50,119 @@ fn task(title: &str, status: Status, priority: Priority, assignee: Option<i64>, 
     }
 }
 
-/// A store on a fresh file; the directory lives as long as the returned guard.
-fn open_temp() -> (tempfile::TempDir, String, Store) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("node.db").to_str().unwrap().to_string();
-    let store = Store::open(&path).unwrap();
-    (dir, path, store)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    #[cfg(feature = "postgres")]
+    Postgres,
+    #[cfg(feature = "mysql")]
+    Mysql,
+}
+
+impl Backend {
+    /// The admin URL of a server backend, from the environment or the default.
+    fn admin_url(self) -> Option<String> {
+        match self {
+            Backend::Sqlite => None,
+            #[cfg(feature = "postgres")]
+            Backend::Postgres => env_or("LABCTL_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres"),
+            #[cfg(feature = "mysql")]
+            Backend::Mysql => env_or("LABCTL_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test"),
+        }
+    }
+
+    /// Runs SQL through an admin connection of a server backend.
+    #[cfg_attr(not(any(feature = "postgres", feature = "mysql")), allow(unused_variables))]
+    fn admin(self, sql: &str) -> Result<(), String> {
+        let Some(url) = self.admin_url() else { return Ok(()) };
+        let result: Result<(), String> = match self {
+            #[cfg(feature = "postgres")]
+            Backend::Postgres => admin_exec::<diesel::PgConnection>(&url, sql),
+            #[cfg(feature = "mysql")]
+            Backend::Mysql => admin_exec::<diesel::MysqlConnection>(&url, sql),
+            _ => Ok(()),
+        };
+        result.map_err(|e| format!("{url}: {e}"))
+    }
+
+    /// Whether the backend's server answers. Under `CI=true` a missing server fails the test.
+    #[cfg_attr(not(any(feature = "postgres", feature = "mysql")), allow(dead_code))]
+    fn available(self) -> bool {
+        match self.admin("SELECT 1") {
+            Ok(()) => true,
+            Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
+                panic!("{self:?} is needed by this test (CI=true) but does not answer: {e}")
+            }
+            Err(e) => {
+                // Straight to stderr, past the test harness's capture, so that it is seen.
+                let message = format!("\n!!! SKIPPED: {self:?} does not answer ({e}); start it to run this test\n");
+                let _ = std::io::Write::write_all(&mut std::io::stderr(), message.as_bytes());
+                false
+            }
+        }
+    }
+}
+
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+fn env_or(var: &str, default: &str) -> Option<String> {
+    Some(std::env::var(var).unwrap_or_else(|_| default.to_string()))
+}
+
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+fn admin_exec<C: diesel::Connection>(url: &str, sql: &str) -> Result<(), String> {
+    let mut conn = C::establish(url).map_err(|e| e.to_string())?;
+    conn.batch_execute(sql).map_err(|e| e.to_string())
+}
+
+/// A fresh, empty database; dropped (file or server database) when this is dropped.
+struct TestDb {
+    backend: Backend,
+    url: String,
+    name: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    fn new(backend: Backend) -> TestDb {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let name = format!("labctl_t_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let Some(admin) = backend.admin_url() else {
+            let dir = tempfile::tempdir().unwrap();
+            let url = format!("sqlite://{}", dir.path().join("node.db").to_str().unwrap());
+            return TestDb { backend, url, name, _dir: Some(dir) };
+        };
+        backend.admin(&format!("CREATE DATABASE {name}")).unwrap();
+        let base = admin.rsplit_once('/').expect("an admin URL ends in /DATABASE").0;
+        TestDb { backend, url: format!("{base}/{name}"), name, _dir: None }
+    }
+
+    fn open(&self) -> Store {
+        let store = Store::open(&self.url).unwrap();
+        assert_eq!(store.backend(), format!("{:?}", self.backend).to_lowercase());
+        store
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if self.backend == Backend::Sqlite {
+            return;
+        }
+        // FORCE: PostgreSQL refuses to drop a database a connection still uses.
+        let force = if self.url.starts_with("postgres") { " WITH (FORCE)" } else { "" };
+        let sql = format!("DROP DATABASE IF EXISTS {}{force}", self.name);
+        if let Err(e) = self.backend.admin(&sql) {
+            eprintln!("cannot drop the test database {}: {e}", self.name);
+        }
+    }
+}
+
+/// A store on a fresh database: the guard, its URL, the store.
+fn open_temp(b: Backend) -> (TestDb, String, Store) {
+    let db = TestDb::new(b);
+    let store = db.open();
+    let url = db.url.clone();
+    (db, url, store)
 }
 
 fn applied_reply(outcome: ApplyOutcome) -> Reply {
@@ -69,9 +187,8 @@ fn apply_all(store: &mut Store, ops: &[Op]) -> Vec<ApplyOutcome> {
         .collect()
 }
 
-#[test]
-fn products_crud_through_commands() {
-    let (_dir, _path, mut s) = open_temp();
+fn products_crud_through_commands(b: Backend) {
+    let (_dir, _path, mut s) = open_temp(b);
     let created = s.apply(1, 1, &Command::new(at(1), Op::CreateProduct { product: product("a", 10.5) })).unwrap();
     let ApplyOutcome::Applied { status: 201, reply: Reply::Product(p) } = created else { panic!("{created:?}") };
     assert_eq!(p.id, 1);
@@ -103,9 +220,8 @@ fn products_crud_through_commands() {
     assert_eq!(s.last_applied().unwrap(), Applied { index: 5, term: 2 });
 }
 
-#[test]
-fn invalid_products_are_rejected_with_422() {
-    let (_dir, _path, mut s) = open_temp();
+fn invalid_products_are_rejected_with_422(b: Backend) {
+    let (_dir, _path, mut s) = open_temp(b);
     let mut bad = vec![product("", 1.0), product("neg", -1.0), product("nan", f64::NAN), product("inf", f64::INFINITY)];
     let mut cur = product("cur", 1.0);
     cur.currency = "pounds".into();
@@ -128,9 +244,8 @@ fn invalid_products_are_rejected_with_422() {
     assert_eq!(s.list_products(&ProductQuery::default()).unwrap().pagination.total, 1);
 }
 
-#[test]
-fn product_listing_paginates_and_filters_by_price() {
-    let (_dir, _path, mut s) = open_temp();
+fn product_listing_paginates_and_filters_by_price(b: Backend) {
+    let (_dir, _path, mut s) = open_temp(b);
     let items: Vec<ProductInput> = (1..=25).map(|i| product(&format!("p{i}"), i as f64)).collect();
     let out = s.apply(1, 1, &Command::new(at(0), Op::ImportProducts { items })).unwrap();
     assert_eq!(applied_reply(out), Reply::Imported { ids: (1..=25).collect() });
@@ -159,9 +274,8 @@ fn product_listing_paginates_and_filters_by_price() {
     assert!(matches!(nan, Err(StoreError::InvalidQuery(_))), "{nan:?}");
 }
 
-#[test]
-fn users_and_tasks_keep_referential_integrity() {
-    let (_dir, _path, mut s) = open_temp();
+fn users_and_tasks_keep_referential_integrity(b: Backend) {
+    let (_dir, _path, mut s) = open_temp(b);
     let outcomes = apply_all(
         &mut s,
         &[
@@ -218,9 +332,8 @@ fn users_and_tasks_keep_referential_integrity() {
     assert_eq!(users.data.iter().map(|u| u.id).collect::<Vec<_>>(), [2]);
 }
 
-#[test]
-fn an_index_is_applied_once_and_survives_reopening() {
-    let (_dir, path, mut s) = open_temp();
+fn an_index_is_applied_once_and_survives_reopening(b: Backend) {
+    let (_dir, path, mut s) = open_temp(b);
     let cmd = Command::new(at(0), Op::CreateProduct { product: product("a", 1.0) });
     assert!(matches!(s.apply(1, 1, &cmd).unwrap(), ApplyOutcome::Applied { .. }));
     assert_eq!(s.apply(1, 1, &cmd).unwrap(), ApplyOutcome::AlreadyApplied);
@@ -232,16 +345,15 @@ fn an_index_is_applied_once_and_survives_reopening() {
     assert_eq!(before.products.len(), 2);
     drop(s);
 
-    let mut reopened = Store::open(&format!("sqlite://{path}")).unwrap();
+    let mut reopened = Store::open(&path).unwrap();
     assert_eq!(reopened.last_applied().unwrap(), Applied { index: 4, term: 2 });
     assert_eq!(reopened.dump().unwrap(), before);
     assert_eq!(reopened.apply(3, 2, &cmd).unwrap(), ApplyOutcome::AlreadyApplied);
     assert_eq!(reopened.dump().unwrap(), before);
 }
 
-#[test]
-fn nodes_sharing_one_database_apply_each_entry_once() {
-    let (_dir, path, mut a) = open_temp();
+fn nodes_sharing_one_database_apply_each_entry_once(backend: Backend) {
+    let (_dir, path, mut a) = open_temp(backend);
     let mut b = Store::open(&path).unwrap();
     let threads: Vec<_> = [path.clone(), path.clone()]
         .into_iter()
@@ -298,12 +410,11 @@ fn mixed_log() -> Vec<(u64, u64, Command)> {
     log
 }
 
-#[test]
-fn the_same_log_gives_the_same_state() {
+fn the_same_log_gives_the_same_state(b: Backend) {
     let log = mixed_log();
-    let (_d1, _p1, mut one) = open_temp();
-    let (_d2, _p2, mut two) = open_temp();
-    let (_d3, _p3, mut batched) = open_temp();
+    let (_d1, _p1, mut one) = open_temp(b);
+    let (_d2, _p2, mut two) = open_temp(b);
+    let (_d3, _p3, mut batched) = open_temp(b);
     let outcomes_one: Vec<_> = log.iter().map(|(i, t, c)| one.apply(*i, *t, c).unwrap()).collect();
     let outcomes_two: Vec<_> = log.iter().map(|(i, t, c)| two.apply(*i, *t, c).unwrap()).collect();
     let outcomes_batched = [batched.apply_batch(&log[..6]).unwrap(), batched.apply_batch(&log[4..]).unwrap()].concat();
@@ -324,9 +435,8 @@ fn the_same_log_gives_the_same_state() {
     assert_eq!((dump.meta.next_product_id, dump.meta.next_user_id, dump.meta.next_task_id), (4, 3, 2));
 }
 
-#[test]
-fn a_repeated_idempotency_key_returns_the_first_outcome() {
-    let (_dir, _path, mut s) = open_temp();
+fn a_repeated_idempotency_key_returns_the_first_outcome(b: Backend) {
+    let (_dir, _path, mut s) = open_temp(b);
     let first = Command::new(at(1), Op::CreateProduct { product: product("a", 1.0) }).with_key("req-1");
     let out1 = s.apply(1, 1, &first).unwrap();
     let mut retry = first.clone();
@@ -350,9 +460,8 @@ fn a_repeated_idempotency_key_returns_the_first_outcome() {
     assert_eq!(s.dump().unwrap().idempotency.len(), 2);
 }
 
-#[test]
-fn apply_batch_is_one_transaction_with_one_outcome_per_entry() {
-    let (_dir, _path, mut s) = open_temp();
+fn apply_batch_is_one_transaction_with_one_outcome_per_entry(b: Backend) {
+    let (_dir, _path, mut s) = open_temp(b);
     let log: Vec<(u64, u64, Command)> = (1..=200u64)
         .map(|i| (i, 1, Command::new(at(i as i64), Op::CreateProduct { product: product(&format!("p{i}"), i as f64) })))
         .collect();
@@ -385,12 +494,95 @@ fn commands_travel_as_json_log_values() {
     assert!(serde_json::from_str::<Command>(bad_status).is_err());
 }
 
+/// Three nodes on one database apply the same log at the same time, each from its own thread
+/// and connection, some entry by entry and one in batches: every entry takes effect exactly
+/// once, with the outcome a lone node gets, and the rows are those of a lone node.
+fn three_nodes_on_one_database_apply_every_entry_once(b: Backend) {
+    let mut log = mixed_log();
+    let first_free = log.len() as u64 + 1;
+    log.extend((first_free..first_free + 60).map(|i| {
+        let op = Op::CreateProduct { product: product(&format!("p{i}"), i as f64) };
+        (i, 4, Command::new(at(i as i64), op))
+    }));
+    let (_alone_db, _, mut alone) = open_temp(b);
+    let expected: Vec<ApplyOutcome> = log.iter().map(|(i, t, c)| alone.apply(*i, *t, c).unwrap()).collect();
+
+    let shared = TestDb::new(b);
+    let (log, start) = (Arc::new(log), Arc::new(Barrier::new(3)));
+    let nodes: Vec<_> = (0..3)
+        .map(|node| {
+            let (log, start, url) = (log.clone(), start.clone(), shared.url.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                // Opening together also races the migrations.
+                let mut s = Store::open(&url).unwrap();
+                if node == 2 {
+                    log.chunks(7).flat_map(|batch| s.apply_batch(batch).unwrap()).collect::<Vec<_>>()
+                } else {
+                    log.iter().map(|(i, t, c)| s.apply(*i, *t, c).unwrap()).collect()
+                }
+            })
+        })
+        .collect();
+    let outcomes: Vec<Vec<ApplyOutcome>> = nodes.into_iter().map(|n| n.join().unwrap()).collect();
+
+    for (i, want) in expected.iter().enumerate() {
+        let effective: Vec<&ApplyOutcome> =
+            outcomes.iter().map(|o| &o[i]).filter(|o| **o != ApplyOutcome::AlreadyApplied).collect();
+        assert_eq!(effective, [want], "entry {} must take effect exactly once", i + 1);
+    }
+    let mut s = shared.open();
+    assert_eq!(s.dump().unwrap(), alone.dump().unwrap());
+    assert_eq!(s.last_applied().unwrap(), Applied { index: log.len() as u64, term: 4 });
+}
+
+/// Runs each listed test once per backend of the build, each in a module named after it.
+macro_rules! per_backend {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test] fn $test() { super::$test(super::Backend::Sqlite) })*
+        }
+        #[cfg(feature = "postgres")]
+        mod postgres {
+            $(#[test] fn $test() { if super::Backend::Postgres.available() { super::$test(super::Backend::Postgres) } })*
+        }
+        #[cfg(feature = "mysql")]
+        mod mysql {
+            $(#[test] fn $test() { if super::Backend::Mysql.available() { super::$test(super::Backend::Mysql) } })*
+        }
+    };
+}
+
+per_backend!(
+    products_crud_through_commands,
+    invalid_products_are_rejected_with_422,
+    product_listing_paginates_and_filters_by_price,
+    users_and_tasks_keep_referential_integrity,
+    an_index_is_applied_once_and_survives_reopening,
+    nodes_sharing_one_database_apply_each_entry_once,
+    three_nodes_on_one_database_apply_every_entry_once,
+    the_same_log_gives_the_same_state,
+    a_repeated_idempotency_key_returns_the_first_outcome,
+    apply_batch_is_one_transaction_with_one_outcome_per_entry,
+);
+
 #[test]
 fn unsupported_urls_are_errors() {
-    for url in ["postgres://u@127.0.0.1/db", "mysql://u@127.0.0.1/db", "", "sqlite://"] {
+    let mut unsupported = vec!["redis://127.0.0.1/0", "", "sqlite://"];
+    if !cfg!(feature = "postgres") {
+        unsupported.push("postgres://u@127.0.0.1/db");
+    }
+    if !cfg!(feature = "mysql") {
+        unsupported.push("mysql://u@127.0.0.1/db");
+    }
+    for url in unsupported {
         assert!(matches!(Store::open(url), Err(StoreError::UnsupportedUrl { .. })), "{url}");
     }
     let mut mem = Store::open(":memory:").unwrap();
     assert_eq!(mem.last_applied().unwrap(), Applied::default());
     assert!(Store::open("/nonexistent-dir/x/y.db").is_err());
+    let dir = tempfile::tempdir().unwrap();
+    let plain_path = dir.path().join("plain.db");
+    let store = Store::open(plain_path.to_str().unwrap()).unwrap();
+    assert_eq!((store.backend(), format!("{store:?}").as_str()), ("sqlite", r#"Store { backend: "sqlite" }"#));
 }
