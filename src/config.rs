@@ -72,7 +72,7 @@ pub struct NodeFile {
     pub data_dir: Option<PathBuf>,
     /// Address to bind instead of the node's own host (e.g. `0.0.0.0` in a container).
     pub bind_host: Option<String>,
-    /// Database URL (a SQLite file path); default `<data_dir>/nodeN/labctl.db`.
+    /// Database URL (a SQLite path, or postgres:// / mysql:// with those features); default `<data_dir>/nodeN/labctl.db`.
     pub database_url: Option<String>,
     /// Manager to tell where the leader is (`POST <url>/leader`); none by default.
     pub manager_url: Option<String>,

@@ -39,7 +39,7 @@ pub struct Args {
     /// Directory for node data; this node uses <data-dir>/nodeN [default: data]
     #[arg(long, env = "LABCTL_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Database URL: a SQLite file path [default: <data-dir>/nodeN/labctl.db]
+    /// Database URL: a SQLite path, or postgres:// / mysql:// in builds with those features [default: <data-dir>/nodeN/labctl.db]
     #[arg(long, env = "LABCTL_DATABASE_URL")]
     pub database_url: Option<String>,
     /// Manager to tell, after each election won, where the leader is: POST <url>/leader [default: none]
