@@ -71,8 +71,10 @@ pub struct Driver {
     storage: Storage,
     transport: Transport,
     origin: Instant,
-    applied: u64,
-    pending: BTreeMap<u64, PendingStore>,
+    /// Committed entries up to here are handed to the applier (and their STOREs answered).
+    handed_off: u64,
+    /// Controller STOREs waiting for their entries to commit, by index.
+    stores: BTreeMap<u64, PendingStore>,
     drops: RateLimited,
     stop: Option<Stopped>,
     cluster: Cluster,
@@ -81,6 +83,7 @@ pub struct Driver {
     leader_changes: u64,
     last_leader: Option<NodeId>,
     proposals: mpsc::Receiver<Proposal>,
+    /// HTTP writes and read barriers waiting for their entries to commit, by index.
     writes: BTreeMap<u64, PendingWrite>,
     applier: Applier,
     handshake: Handshake,
@@ -119,8 +122,8 @@ impl Driver {
             storage,
             transport,
             origin,
-            applied: 0,
-            pending: BTreeMap::new(),
+            handed_off: 0,
+            stores: BTreeMap::new(),
             drops: RateLimited::new(10),
             stop: None,
             cluster,
@@ -387,7 +390,7 @@ impl Driver {
                     value: msg.value.clone(),
                     deadline: Instant::now() + STORE_DEADLINE,
                 };
-                self.pending.insert(index, pending);
+                self.stores.insert(index, pending);
             }
             Err(ProposeError::NotLeader { .. }) => self.reply_leader_info(from),
             Err(e @ ProposeError::TooLarge { .. }) => {
@@ -473,9 +476,9 @@ impl Driver {
 
     /// Hands committed entries to the applier in order, and answers the STOREs they complete.
     fn apply(&mut self, commit: u64) {
-        while self.applied < commit {
-            self.applied += 1;
-            let index = self.applied;
+        while self.handed_off < commit {
+            self.handed_off += 1;
+            let index = self.handed_off;
             let term = self.raft.log().term(index).unwrap_or(0);
             let mut waiter = None;
             if let Some(w) = self.writes.remove(&index) {
@@ -488,7 +491,7 @@ impl Driver {
             if let Some(entry) = self.raft.log().get(index) {
                 self.applier.push(ApplyItem { index, term, entry: entry.clone(), waiter });
             }
-            if let Some(p) = self.pending.remove(&index) {
+            if let Some(p) = self.stores.remove(&index) {
                 let ok = p.term == term;
                 let value = if ok { p.value } else { Value::String("lost leadership before commit".into()) };
                 let reply = self.store_reply(Some(p.key), value, ok);
@@ -508,7 +511,8 @@ impl Driver {
         }
     }
 
-    /// Fails STOREs that have not committed in time (e.g. the leader lost its majority).
+    /// Fails STOREs and HTTP writes that have not committed in time (e.g. the leader lost its
+    /// majority).
     fn expire_pending(&mut self) {
         let now = Instant::now();
         if !self.writes.is_empty() {
@@ -519,12 +523,12 @@ impl Driver {
                 }
             }
         }
-        if self.pending.is_empty() {
+        if self.stores.is_empty() {
             return;
         }
-        let expired: Vec<u64> = self.pending.iter().filter(|(_, p)| p.deadline <= now).map(|(&i, _)| i).collect();
+        let expired: Vec<u64> = self.stores.iter().filter(|(_, p)| p.deadline <= now).map(|(&i, _)| i).collect();
         for index in expired {
-            if let Some(p) = self.pending.remove(&index) {
+            if let Some(p) = self.stores.remove(&index) {
                 let reply = self.store_reply(Some(p.key), Value::String("not committed in time".into()), false);
                 self.reply(p.reply_to, &reply);
             }
