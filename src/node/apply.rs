@@ -81,11 +81,6 @@ impl Applier {
         self.applied.load(Ordering::Acquire)
     }
 
-    /// A shared view of the applied index.
-    pub fn applied_handle(&self) -> Arc<AtomicU64> {
-        self.applied.clone()
-    }
-
     /// Lets the applier finish what is queued, then stops it.
     pub fn stop(mut self) {
         let (tx, _) = mpsc::channel();

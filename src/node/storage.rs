@@ -56,8 +56,6 @@ pub struct Recovered {
 pub struct Storage {
     path: PathBuf,
     file: File,
-    /// Bytes of records written since open; drives compaction on the next open.
-    written: u64,
 }
 
 const FILE_NAME: &str = "raft.log";
@@ -81,7 +79,7 @@ impl Storage {
             file.sync_data().map_err(io)?;
         }
         file.seek(SeekFrom::End(0)).map_err(io)?;
-        let mut storage = Storage { path, file, written: 0 };
+        let mut storage = Storage { path, file };
         let content = compact_size(&recovered);
         if good_len > 4 * content + 64 * 1024 {
             storage.rewrite(&recovered)?;
@@ -111,7 +109,6 @@ impl Storage {
         let io = |source| StorageError::Io { path: self.path.clone(), source };
         self.file.write_all(&buf).map_err(io)?;
         self.file.sync_data().map_err(io)?;
-        self.written += buf.len() as u64;
         Ok(())
     }
 
@@ -142,11 +139,6 @@ impl Storage {
         self.file = f;
         log::info!("{}: compacted to {} bytes", self.path.display(), buf.len());
         Ok(())
-    }
-
-    /// Bytes appended since open.
-    pub fn bytes_written(&self) -> u64 {
-        self.written
     }
 }
 
