@@ -37,6 +37,8 @@ pub struct FileConfig {
     pub node: NodeFile,
     #[serde(default)]
     pub controller: ControllerFile,
+    #[serde(default)]
+    pub manager: ManagerFile,
 }
 
 /// `[cluster]`: who the members are and where they live.
@@ -84,6 +86,33 @@ pub struct NodeFile {
 pub struct ControllerFile {
     /// How long to wait for each reply, in milliseconds.
     pub timeout_ms: Option<u64>,
+}
+
+/// `[manager]`: options of `labctl manager`. Where the nodes are comes from `[cluster]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManagerFile {
+    /// Address of the manager's HTTP service, `host:port`.
+    pub listen: Option<String>,
+    /// RabbitMQ URL, `amqp://user:password@host:port/vhost`.
+    pub amqp_url: Option<String>,
+    /// Queue of scraped products.
+    pub queue: Option<String>,
+    /// Queue for items the leader can never accept; default `<queue>.dead`.
+    pub dead_letter_queue: Option<String>,
+    /// Unacknowledged messages RabbitMQ may hand the manager at once.
+    pub prefetch: Option<u16>,
+    /// Items posted to the leader at the same time.
+    pub concurrency: Option<usize>,
+    /// FTP server holding the processed file; FTP sync is off when unset.
+    pub ftp_host: Option<String>,
+    pub ftp_port: Option<u16>,
+    pub ftp_user: Option<String>,
+    pub ftp_password: Option<String>,
+    /// Path of the processed file on the FTP server.
+    pub ftp_path: Option<String>,
+    /// Time between two downloads, e.g. `30s`, `500ms`, `2m`.
+    pub ftp_interval: Option<String>,
 }
 
 impl FileConfig {

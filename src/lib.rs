@@ -7,10 +7,12 @@
 //!   clock, no disk); the rest of `node` drives it with UDP, timers and a durable log.
 //! - [`controller`]: sends one control request to nodes and prints the replies.
 //! - [`cluster`]: runs N nodes on loopback as child processes.
+//! - [`manager`]: RabbitMQ and FTP to the leader: the pipeline's last step.
 
 pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod controller;
+pub mod manager;
 pub mod node;
 pub mod proto;

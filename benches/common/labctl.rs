@@ -63,6 +63,11 @@ impl LabctlCluster {
         labctl::proto::parse_node_name(name).map(|id| id as usize - 1).filter(|&m| m < self.nodes.len())
     }
 
+    /// The HTTP port of every member (on its own 127.0.0.N).
+    pub fn http_port(&self) -> u16 {
+        self.http_port
+    }
+
     /// The data directory, for the record.
     pub fn dir(&self) -> &std::path::Path {
         self.dir.path()

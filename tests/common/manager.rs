@@ -1,0 +1,109 @@
+//! A real `labctl manager` process on a free loopback port, killed on drop.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::rabbit::free_tcp_port;
+use super::{http_call, poll, BIN};
+
+pub struct ManagerProcess {
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl ManagerProcess {
+    /// Starts `labctl manager --listen 127.0.0.1:<free port> <args>` with `env`, logging to
+    /// `<dir>/manager.log`, and waits until `/healthz` answers.
+    pub fn start(name: &str, args: &[&str], env: &[(&str, &str)]) -> ManagerProcess {
+        let port = free_tcp_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let dir = std::env::temp_dir().join(format!("labctl-manager-{name}-{port}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = std::fs::File::create(dir.join("manager.log")).unwrap();
+        let mut command = Command::new(BIN);
+        command
+            .arg("manager")
+            .arg(format!("--listen={addr}"))
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env_remove("LABCTL_CONFIG")
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let child = command.spawn().expect("spawn labctl manager");
+        let mut manager = ManagerProcess { addr, dir, child: Some(child) };
+        poll("the manager to answer /healthz", Duration::from_secs(10), || {
+            if let Some(Ok(Some(status))) = manager.child.as_mut().map(|c| c.try_wait()) {
+                panic!("the manager exited at start ({status}):\n{}", manager.log_text());
+            }
+            http_call(addr, "GET", "/healthz", &[], "").filter(|r| r.status == 200)
+        });
+        manager
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `GET /status` as JSON.
+    pub fn status(&self) -> Value {
+        let reply = http_call(self.addr, "GET", "/status", &[], "").expect("the manager answers /status");
+        assert_eq!(reply.status, 200);
+        reply.json()
+    }
+
+    /// A counter of `/status`.
+    pub fn counter(&self, name: &str) -> u64 {
+        self.status()[name].as_u64().unwrap_or_else(|| panic!("no counter {name} in /status"))
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.dir.join("manager.log")).unwrap_or_default()
+    }
+
+    /// Waits until the log has a line containing `text`.
+    pub fn wait_for_log(&self, text: &str, timeout: Duration) {
+        poll(&format!("the manager to log {text:?}"), timeout, || self.log_text().contains(text).then_some(()));
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// SIGTERM, then waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("the manager is running");
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        poll("the manager to exit", Duration::from_secs(15), || child.try_wait().ok().flatten())
+    }
+}
+
+impl Drop for ManagerProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if !std::thread::panicking() {
+            let text = self.log_text();
+            if text.contains("panicked at") {
+                panic!("the manager panicked; log kept in {}:\n{text}", self.dir.display());
+            }
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("manager log kept in {}", self.dir.display());
+        }
+    }
+}

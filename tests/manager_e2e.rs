@@ -1,0 +1,229 @@
+//! `labctl manager` against real things: RabbitMQ, a 5-node loopback cluster of `labctl node`
+//! processes, and the manager process itself. Items go queue → manager → leader → every node;
+//! each must end up stored exactly once on every node, through a leader kill and a RabbitMQ
+//! restart. Items the cluster can never take end in the dead-letter queue.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::manager::ManagerProcess;
+use common::rabbit::{self, PrivateRabbit, TestQueue};
+use common::{http_call, poll, TestCluster};
+use serde_json::{json, Value};
+
+const NODES: u32 = 5;
+
+/// Every product node `addr` holds, page by page.
+fn products_on(addr: SocketAddr) -> Option<Vec<Value>> {
+    let mut all = Vec::new();
+    loop {
+        let reply = http_call(addr, "GET", &format!("/api/products?offset={}&limit=100", all.len()), &[], "")?;
+        if reply.status != 200 {
+            return None;
+        }
+        let page = reply.json();
+        let data = page["data"].as_array()?.clone();
+        let more = page["pagination"]["has_more"].as_bool()?;
+        all.extend(data);
+        if !more {
+            return Some(all);
+        }
+    }
+}
+
+/// The number of products on node `addr`, from one small page.
+fn product_count(addr: SocketAddr) -> Option<u64> {
+    let reply = http_call(addr, "GET", "/api/products?limit=1", &[], "")?;
+    (reply.status == 200).then(|| reply.json()["pagination"]["total"].as_u64()).flatten()
+}
+
+/// Waits until every node in `nodes` holds `expected` products, then checks that each holds
+/// exactly the expected titles, each once.
+fn assert_stored_once_everywhere(cluster: &TestCluster, nodes: &[u32], expected: &BTreeSet<String>) {
+    for &id in nodes {
+        let addr = cluster.http_addr(id);
+        poll(&format!("node{id} to hold {} products", expected.len()), Duration::from_secs(60), || {
+            product_count(addr).filter(|&n| n >= expected.len() as u64)
+        });
+        let products = products_on(addr).expect("node lists its products");
+        let titles: Vec<String> = products.iter().map(|p| p["title"].as_str().unwrap().to_string()).collect();
+        let unique: BTreeSet<String> = titles.iter().cloned().collect();
+        assert_eq!(titles.len(), unique.len(), "node{id} stored an item twice");
+        assert_eq!(&unique, expected, "node{id} holds other items than those published");
+    }
+}
+
+fn titles(tag: &str, range: std::ops::Range<u32>) -> BTreeSet<String> {
+    range.map(|i| format!("{tag} book {i}")).collect()
+}
+
+/// Starts a manager for `queue` on `amqp_url`, telling it where the cluster's nodes are.
+fn manager_for(name: &str, amqp_url: &str, queue: &TestQueue, http_port: u16, extra: &[&str]) -> ManagerProcess {
+    let port = http_port.to_string();
+    let mut args = vec!["--queue", &queue.name, "--nodes", "5", "--http-port", &port];
+    args.extend_from_slice(extra);
+    ManagerProcess::start(name, &args, &[("LABCTL_AMQP_URL", amqp_url)])
+}
+
+#[test]
+fn the_http_service_tracks_the_leader_and_the_manager_survives_a_dead_broker() {
+    // Nothing listens on this port: the consumer keeps failing and retrying.
+    let dead = format!("amqp://guest:guest@127.0.0.1:{}/%2f", rabbit::free_tcp_port());
+    let mut manager = ManagerProcess::start("http", &[], &[("LABCTL_AMQP_URL", &dead)]);
+    let post = |body: &str| http_call(manager.addr, "POST", "/leader", &[("Content-Type", "application/json")], body);
+
+    let reply = http_call(manager.addr, "GET", "/leader", &[], "").unwrap();
+    assert_eq!(reply.json()["leader"], Value::Null);
+
+    let reply = post(r#"{"name":"node3","term":5,"http":"127.0.0.3:8000"}"#).unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json()["accepted"], true);
+    // An older term is answered with what is known, and changes nothing.
+    let reply = post(r#"{"name":"node1","term":4,"http":"127.0.0.1:8000"}"#).unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json()["accepted"], false);
+    assert_eq!(reply.json()["leader"]["name"], "node3");
+    let reply = post(r#"{"name":"node2","term":6,"http":"127.0.0.2:8000"}"#).unwrap();
+    assert_eq!(reply.json()["accepted"], true);
+    let reply = http_call(manager.addr, "GET", "/leader", &[], "").unwrap();
+    assert_eq!(reply.json()["leader"], json!({"name": "node2", "term": 6, "http": "127.0.0.2:8000"}));
+
+    for bad in ["not json", r#"{"name":"node1"}"#, r#"{"name":"","term":1,"http":"x:1"}"#] {
+        let reply = post(bad).unwrap();
+        assert_eq!(reply.status, 400, "{bad}");
+        assert!(reply.json()["error"].is_string());
+    }
+    assert_eq!(http_call(manager.addr, "DELETE", "/leader", &[], "").unwrap().status, 405);
+    assert_eq!(http_call(manager.addr, "GET", "/nowhere", &[], "").unwrap().status, 404);
+
+    manager.wait_for_log("cannot consume scraped_products", Duration::from_secs(10));
+    let status = manager.status();
+    assert_eq!(status["amqp_connected"], false);
+    assert_eq!(status["rabbitmq"]["queue"], "scraped_products");
+    assert_eq!(status["rabbitmq"]["dead_letter_queue"], "scraped_products.dead");
+    assert!(!status["rabbitmq"]["url"].as_str().unwrap().contains("guest:guest"), "the password is hidden");
+    for counter in ["consumed", "stored", "retried", "dead_lettered", "uploads"] {
+        assert_eq!(status[counter], 0, "{counter}");
+    }
+    assert!(manager.is_running(), "a dead broker does not stop the manager");
+    assert!(manager.terminate().success(), "SIGTERM stops the manager cleanly");
+}
+
+#[test]
+fn every_item_is_stored_once_on_every_node() {
+    let Some(url) = rabbit::shared_broker() else { return };
+    let queue = TestQueue::new(&url, "once");
+    // Items already waiting when the manager starts, and items arriving while it runs.
+    rabbit::publish(&url, &queue.name, &rabbit::products("once", 0..400));
+    let port = common::free_port(NODES);
+    let manager = manager_for("once", &url, &queue, port, &[]);
+    let cluster = TestCluster::start(NODES, port, &["--manager-url", &manager.url()]);
+    rabbit::publish(&url, &queue.name, &rabbit::products("once", 400..500));
+
+    let all: Vec<u32> = (1..=NODES).collect();
+    assert_stored_once_everywhere(&cluster, &all, &titles("once", 0..500));
+    poll("the manager to count 500 stored", Duration::from_secs(10), || {
+        (manager.counter("stored") == 500).then_some(())
+    });
+    let status = manager.status();
+    assert_eq!(status["dead_lettered"], 0);
+    assert_eq!(rabbit::queue_len(&url, &queue.name), Some(0), "every message is acknowledged");
+    // The leader told the manager where it is.
+    let (leader, term) = cluster.wait_for_leader(Duration::from_secs(5));
+    assert_eq!(status["leader"]["name"], format!("node{leader}"));
+    assert_eq!(status["leader"]["term"], term);
+}
+
+#[test]
+fn a_leader_killed_mid_stream_loses_and_duplicates_nothing() {
+    let Some(url) = rabbit::shared_broker() else { return };
+    let queue = TestQueue::new(&url, "failover");
+    let total = 2000;
+    rabbit::publish(&url, &queue.name, &rabbit::products("failover", 0..total));
+    let port = common::free_port(NODES);
+    let mut cluster = TestCluster::start(NODES, port, &[]);
+    let (leader, _) = cluster.wait_for_leader(Duration::from_secs(10));
+    // Many writes in flight when the leader dies: some it committed without answering.
+    let manager = manager_for("failover", &url, &queue, port, &["--concurrency", "32", "--prefetch", "64"]);
+
+    poll("a quarter of the items stored", Duration::from_secs(60), || {
+        (manager.counter("stored") >= u64::from(total / 4)).then_some(())
+    });
+    cluster.kill(leader);
+    let stored_at_kill = manager.counter("stored");
+    assert!(stored_at_kill < u64::from(total), "the leader died before the stream ended ({stored_at_kill} stored)");
+
+    let survivors: Vec<u32> = (1..=NODES).filter(|&id| id != leader).collect();
+    assert_stored_once_everywhere(&cluster, &survivors, &titles("failover", 0..total));
+    assert!(manager.counter("retried") > 0, "some writes were retried through the leader change");
+    // The old leader, back, catches up with the same items, each once.
+    cluster.spawn(leader);
+    assert_stored_once_everywhere(&cluster, &[leader], &titles("failover", 0..total));
+    assert_eq!(manager.counter("dead_lettered"), 0);
+    assert_eq!(rabbit::queue_len(&url, &queue.name), Some(0));
+}
+
+#[test]
+fn a_rabbitmq_restart_mid_stream_loses_and_duplicates_nothing() {
+    let Some(mut broker) = PrivateRabbit::start("restart") else { return };
+    let url = broker.url();
+    let queue = TestQueue::new(&url, "restart");
+    let total = 1500;
+    rabbit::publish(&url, &queue.name, &rabbit::products("restart", 0..total));
+    let port = common::free_port(NODES);
+    let cluster = TestCluster::start(NODES, port, &[]);
+    let manager = manager_for("restart", &url, &queue, port, &["--concurrency", "4", "--prefetch", "8"]);
+
+    poll("a third of the items stored", Duration::from_secs(60), || {
+        (manager.counter("stored") >= u64::from(total / 3)).then_some(())
+    });
+    broker.stop();
+    let stored_at_stop = manager.counter("stored");
+    assert!(stored_at_stop < u64::from(total), "RabbitMQ stopped before the stream ended ({stored_at_stop} stored)");
+    manager.wait_for_log("lost RabbitMQ", Duration::from_secs(20));
+    poll("the manager to notice", Duration::from_secs(20), || {
+        (manager.status()["amqp_connected"] == false).then_some(())
+    });
+    broker.start_again();
+
+    let all: Vec<u32> = (1..=NODES).collect();
+    assert_stored_once_everywhere(&cluster, &all, &titles("restart", 0..total));
+    assert!(manager.counter("amqp_connects") >= 2, "the manager connected again");
+    assert_eq!(rabbit::queue_len(&url, &queue.name), Some(0), "every message is acknowledged");
+}
+
+#[test]
+fn an_item_the_cluster_refuses_goes_to_the_dead_letter_queue() {
+    let Some(url) = rabbit::shared_broker() else { return };
+    let queue = TestQueue::new(&url, "dead");
+    let mut messages = rabbit::products("dead", 0..20);
+    let refused = [
+        (Some("dead|no-price".to_string()), br#"{"title":"no price","currency":"GBP"}"#.to_vec()),
+        (Some("dead|bad-rating".to_string()), br#"{"title":"x","price":1.0,"currency":"GBP","rating":42}"#.to_vec()),
+        (None, b"this is not JSON".to_vec()),
+    ];
+    messages.extend(refused.iter().cloned());
+    rabbit::publish(&url, &queue.name, &messages);
+    let port = common::free_port(NODES);
+    let manager = manager_for("dead", &url, &queue, port, &[]);
+    let cluster = TestCluster::start(NODES, port, &["--manager-url", &manager.url()]);
+
+    let all: Vec<u32> = (1..=NODES).collect();
+    assert_stored_once_everywhere(&cluster, &all, &titles("dead", 0..20));
+    poll("three dead letters", Duration::from_secs(30), || (manager.counter("dead_lettered") == 3).then_some(()));
+    let dead = rabbit::drain(&url, &queue.dead);
+    assert_eq!(dead.len(), 3, "{dead:?}");
+    let mut ids: Vec<Option<String>> = dead.iter().map(|d| d.message_id.clone()).collect();
+    ids.sort();
+    assert_eq!(ids, [None, Some("dead|bad-rating".into()), Some("dead|no-price".into())]);
+    for letter in &dead {
+        let status: u16 = letter.header("x-labctl-status").expect("status header").parse().unwrap();
+        assert!((400..500).contains(&status), "{letter:?}");
+        assert!(!letter.header("x-labctl-reason").unwrap_or("").is_empty(), "{letter:?}");
+    }
+    assert_eq!(manager.counter("stored"), 20);
+    assert_eq!(rabbit::queue_len(&url, &queue.name), Some(0));
+}
