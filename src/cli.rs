@@ -26,6 +26,8 @@ pub enum Command {
     Controller(crate::controller::Args),
     /// Run a whole cluster of N nodes on loopback (127.0.0.1 … 127.0.0.N)
     Cluster(crate::cluster::Args),
+    /// GET a URL (default: this machine's node /healthz); exit 0 on 2xx, 1 otherwise
+    Health(crate::health::Args),
 }
 
 /// Runs the chosen subcommand.
@@ -35,6 +37,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Node(args) => crate::node::run(args, &file),
         Command::Controller(args) => crate::controller::run(args, &file),
         Command::Cluster(args) => crate::cluster::run(args, &file, cli.config.as_deref()),
+        Command::Health(args) => crate::health::run(args, &file),
     }
 }
 

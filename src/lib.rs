@@ -7,10 +7,12 @@
 //!   clock, no disk); the rest of `node` drives it with UDP, timers and a durable log.
 //! - [`controller`]: sends one control request to nodes and prints the replies.
 //! - [`cluster`]: runs N nodes on loopback as child processes.
+//! - [`health`]: GETs a URL and exits 0 on 2xx: the container health probe.
 
 pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod controller;
+pub mod health;
 pub mod node;
 pub mod proto;
