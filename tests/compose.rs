@@ -199,21 +199,30 @@ fn ports_are_those_of_the_spec_and_of_env() {
 
 #[test]
 fn credentials_come_from_env_and_agree_between_services() {
-    let Some(project) = resolved("credentials_come_from_env_and_agree_between_services", &[], &[]) else { return };
+    let Some(project) = resolved("credentials_come_from_env_and_agree_between_services", &[], &["tools"]) else {
+        return;
+    };
     let s = services(&project);
     let vars = dot_env();
     let (user, pass) = (&vars["RABBITMQ_USER"], &vars["RABBITMQ_PASSWORD"]);
     assert_eq!(env(&s["rabbitmq"], "RABBITMQ_DEFAULT_USER"), Some(user.as_str()));
     assert_eq!(env(&s["rabbitmq"], "RABBITMQ_DEFAULT_PASS"), Some(pass.as_str()));
     let amqp = format!("amqp://{user}:{pass}@rabbitmq:5672/%2f");
-    assert_eq!(env(&s["manager"], "LABCTL_MANAGER_AMQP_URL"), Some(amqp.as_str()));
-    assert_eq!(env(&s["manager"], "LABCTL_MANAGER_QUEUE"), Some(vars["QUEUE"].as_str()));
     let ftp = &s["ftp_server"];
     assert_eq!(env(ftp, "FTP_USER_NAME"), Some("testuser"));
     assert_eq!(env(ftp, "FTP_USER_PASS"), Some("testpass"));
-    assert_eq!(env(&s["manager"], "LABCTL_MANAGER_FTP_USER"), env(ftp, "FTP_USER_NAME"));
-    assert_eq!(env(&s["manager"], "LABCTL_MANAGER_FTP_PASSWORD"), env(ftp, "FTP_USER_PASS"));
-    assert_eq!(env(&s["manager"], "LABCTL_MANAGER_FTP_HOST"), Some("ftp_server"));
+    // The manager, and the scraper run from the controller service, reach both servers.
+    for client in ["manager", "controller"] {
+        let c = &s[client];
+        assert_eq!(env(c, "LABCTL_AMQP_URL"), Some(amqp.as_str()), "{client}");
+        assert_eq!(env(c, "LABCTL_QUEUE"), Some(vars["QUEUE"].as_str()), "{client}");
+        assert_eq!(env(c, "LABCTL_FTP_HOST"), Some("ftp_server"), "{client}");
+        assert_eq!(env(c, "LABCTL_FTP_PORT"), Some("21"), "{client}");
+        assert_eq!(env(c, "LABCTL_FTP_USER"), env(ftp, "FTP_USER_NAME"), "{client}");
+        assert_eq!(env(c, "LABCTL_FTP_PASSWORD"), env(ftp, "FTP_USER_PASS"), "{client}");
+    }
+    assert_eq!(env(&s["manager"], "LABCTL_MANAGER_LISTEN"), Some("0.0.0.0:8080"));
+    assert_eq!(env(&s["manager"], "LABCTL_FTP_INTERVAL"), Some(vars["MANAGER_FTP_INTERVAL"].as_str()));
     assert!(env(ftp, "PUBLICHOST").is_some(), "passive mode needs PUBLICHOST");
     // No credential is written into docker-compose.yml itself.
     let text = std::fs::read_to_string(tools::repo_root().join("docker-compose.yml")).unwrap();
