@@ -209,8 +209,9 @@ fn every_readme_example_runs_against_a_local_cluster() {
             }
             if started.elapsed() > RETRY_FOR {
                 panic!(
-                    "README.md:{}: `{}` failed for {RETRY_FOR:?} ({attempts} attempts); last output:\n{output}\n\
-                     cluster log:\n{}",
+                    "README.md:{}: `{}` failed for {RETRY_FOR:?} ({attempts} attempts). Fix the example, or put \
+                     `<!-- not run: REASON -->` above its block if it cannot run against a local cluster \
+                     (see tests/readme_e2e.rs). Last output:\n{output}\ncluster log:\n{}",
                     example.line,
                     example.command.trim(),
                     cluster.log()
