@@ -26,6 +26,8 @@ pub enum Command {
     Controller(crate::controller::Args),
     /// Run a whole cluster of N nodes on loopback (127.0.0.1 … 127.0.0.N)
     Cluster(crate::cluster::Args),
+    /// Scrape product listings into the processed file; optionally publish to RabbitMQ and upload to FTP
+    Scrape(Box<crate::scrape::Args>),
 }
 
 /// Runs the chosen subcommand.
@@ -35,6 +37,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Node(args) => crate::node::run(args, &file),
         Command::Controller(args) => crate::controller::run(args, &file),
         Command::Cluster(args) => crate::cluster::run(args, &file, cli.config.as_deref()),
+        Command::Scrape(args) => crate::scrape::run(*args, &file),
     }
 }
 
