@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod ftp;
+pub mod site;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
