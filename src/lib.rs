@@ -8,6 +8,7 @@
 //! - [`controller`]: sends one control request to nodes and prints the replies.
 //! - [`cluster`]: runs N nodes on loopback as child processes.
 //! - [`health`]: GETs a URL and exits 0 on 2xx: the container health probe.
+//! - [`scrape`]: scrapes a shop's listings into the processed file, the queue and FTP.
 
 pub mod cli;
 pub mod cluster;
@@ -16,3 +17,4 @@ pub mod controller;
 pub mod health;
 pub mod node;
 pub mod proto;
+pub mod scrape;

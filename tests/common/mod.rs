@@ -6,6 +6,9 @@
 
 #![allow(dead_code)]
 
+pub mod ftp;
+pub mod site;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
