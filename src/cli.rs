@@ -28,6 +28,10 @@ pub enum Command {
     Cluster(crate::cluster::Args),
     /// Carry scraped products from RabbitMQ, and the processed file from FTP, to the leader
     Manager(crate::manager::Args),
+    /// GET a URL (default: this machine's node /healthz); exit 0 on 2xx, 1 otherwise
+    Health(crate::health::Args),
+    /// Scrape product listings into the processed file; optionally publish to RabbitMQ and upload to FTP
+    Scrape(Box<crate::scrape::Args>),
 }
 
 /// Runs the chosen subcommand.
@@ -38,6 +42,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Controller(args) => crate::controller::run(args, &file),
         Command::Cluster(args) => crate::cluster::run(args, &file, cli.config.as_deref()),
         Command::Manager(args) => crate::manager::run(args, &file),
+        Command::Health(args) => crate::health::run(args, &file),
+        Command::Scrape(args) => crate::scrape::run(*args, &file),
     }
 }
 

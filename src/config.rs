@@ -39,6 +39,8 @@ pub struct FileConfig {
     pub controller: ControllerFile,
     #[serde(default)]
     pub manager: ManagerFile,
+    #[serde(default)]
+    pub scrape: ScrapeFile,
 }
 
 /// `[cluster]`: who the members are and where they live.
@@ -113,6 +115,63 @@ pub struct ManagerFile {
     pub ftp_path: Option<String>,
     /// Time between two downloads, e.g. `30s`, `500ms`, `2m`.
     pub ftp_interval: Option<String>,
+}
+
+/// `[scrape]`: options of `labctl scrape` (see `config/scrape.toml`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScrapeFile {
+    /// First listing page.
+    pub url: Option<String>,
+    /// Most listing pages to read, following the "next" link.
+    pub pages: Option<u32>,
+    /// Pause between two requests, in milliseconds.
+    pub delay_ms: Option<u64>,
+    /// Give up on one request after this long, in milliseconds.
+    pub timeout_ms: Option<u64>,
+    /// Extra attempts at a page that failed.
+    pub retries: Option<u32>,
+    /// User-Agent header of every request.
+    pub user_agent: Option<String>,
+    /// Currency of the shop's prices (ISO 4217), for prices that show no symbol or code.
+    pub currency: Option<String>,
+    /// Second currency to convert prices to.
+    pub to_currency: Option<String>,
+    /// Units of `to_currency` per unit of `currency`.
+    pub rate: Option<f64>,
+    /// Keep only items priced at least this much (in `currency`).
+    pub min_price: Option<f64>,
+    /// Keep only items priced at most this much (in `currency`).
+    pub max_price: Option<f64>,
+    /// RabbitMQ URL for `--publish`.
+    pub amqp_url: Option<String>,
+    /// Durable queue the items are published to.
+    pub queue: Option<String>,
+    /// How long to wait for the broker to confirm the published items, in milliseconds.
+    pub confirm_timeout_ms: Option<u64>,
+    /// FTP server for `--upload-ftp`.
+    pub ftp_host: Option<String>,
+    pub ftp_port: Option<u16>,
+    pub ftp_user: Option<String>,
+    pub ftp_password: Option<String>,
+    /// Remote path of the processed file, relative to the FTP user's home.
+    pub ftp_path: Option<String>,
+    #[serde(default)]
+    pub selectors: SelectorsFile,
+}
+
+/// `[scrape.selectors]`: where the fields of an item are in a listing page. CSS selectors, each
+/// optionally ending in `::attr(NAME)` (read that attribute) or `::text` (the default).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelectorsFile {
+    pub item: Option<String>,
+    pub title: Option<String>,
+    pub price: Option<String>,
+    pub availability: Option<String>,
+    pub rating: Option<String>,
+    pub link: Option<String>,
+    pub next: Option<String>,
 }
 
 impl FileConfig {

@@ -8,11 +8,15 @@
 //! - [`controller`]: sends one control request to nodes and prints the replies.
 //! - [`cluster`]: runs N nodes on loopback as child processes.
 //! - [`manager`]: RabbitMQ and FTP to the leader: the pipeline's last step.
+//! - [`health`]: GETs a URL and exits 0 on 2xx: the container health probe.
+//! - [`scrape`]: scrapes a shop's listings into the processed file, the queue and FTP.
 
 pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod controller;
+pub mod health;
 pub mod manager;
 pub mod node;
 pub mod proto;
+pub mod scrape;

@@ -6,8 +6,10 @@
 
 #![allow(dead_code)]
 
+pub mod ftp;
 pub mod manager;
 pub mod rabbit;
+pub mod site;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
