@@ -6,55 +6,14 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::manager::ManagerProcess;
+use common::manager::{assert_stored_once_everywhere, ManagerProcess};
 use common::rabbit::{self, PrivateRabbit, TestQueue};
 use common::{http_call, poll, TestCluster};
 use serde_json::{json, Value};
 
 const NODES: u32 = 5;
-
-/// Every product node `addr` holds, page by page.
-fn products_on(addr: SocketAddr) -> Option<Vec<Value>> {
-    let mut all = Vec::new();
-    loop {
-        let reply = http_call(addr, "GET", &format!("/api/products?offset={}&limit=100", all.len()), &[], "")?;
-        if reply.status != 200 {
-            return None;
-        }
-        let page = reply.json();
-        let data = page["data"].as_array()?.clone();
-        let more = page["pagination"]["has_more"].as_bool()?;
-        all.extend(data);
-        if !more {
-            return Some(all);
-        }
-    }
-}
-
-/// The number of products on node `addr`, from one small page.
-fn product_count(addr: SocketAddr) -> Option<u64> {
-    let reply = http_call(addr, "GET", "/api/products?limit=1", &[], "")?;
-    (reply.status == 200).then(|| reply.json()["pagination"]["total"].as_u64()).flatten()
-}
-
-/// Waits until every node in `nodes` holds `expected` products, then checks that each holds
-/// exactly the expected titles, each once.
-fn assert_stored_once_everywhere(cluster: &TestCluster, nodes: &[u32], expected: &BTreeSet<String>) {
-    for &id in nodes {
-        let addr = cluster.http_addr(id);
-        poll(&format!("node{id} to hold {} products", expected.len()), Duration::from_secs(60), || {
-            product_count(addr).filter(|&n| n >= expected.len() as u64)
-        });
-        let products = products_on(addr).expect("node lists its products");
-        let titles: Vec<String> = products.iter().map(|p| p["title"].as_str().unwrap().to_string()).collect();
-        let unique: BTreeSet<String> = titles.iter().cloned().collect();
-        assert_eq!(titles.len(), unique.len(), "node{id} stored an item twice");
-        assert_eq!(&unique, expected, "node{id} holds other items than those published");
-    }
-}
 
 fn titles(tag: &str, range: std::ops::Range<u32>) -> BTreeSet<String> {
     range.map(|i| format!("{tag} book {i}")).collect()

@@ -95,7 +95,7 @@ pub fn start(
                     }
                 }
                 Err(e) => {
-                    log::error!("manager: cannot download {path} from FTP {host}:{port}: {e:#}");
+                    log::error!("manager: FTP {host}:{port}: {e:#}");
                     Stats::add(&stats.ftp_errors, 1);
                 }
             }
@@ -114,7 +114,7 @@ pub fn download(settings: &FtpSettings) -> anyhow::Result<Vec<u8>> {
         TcpStream::connect_timeout(&addr, FTP_TIMEOUT).with_context(|| format!("cannot connect to {addr}"))?;
     control.set_read_timeout(Some(FTP_TIMEOUT))?;
     control.set_write_timeout(Some(FTP_TIMEOUT))?;
-    let ftp = FtpStream::connect_with_stream(control).context("no FTP greeting")?;
+    let ftp = FtpStream::connect_with_stream(control).map_err(said).context("no FTP greeting")?;
     let mut ftp = ftp.passive_stream_builder(|data_addr| {
         let stream = TcpStream::connect_timeout(&data_addr, FTP_TIMEOUT).map_err(FtpError::ConnectionError)?;
         stream.set_read_timeout(Some(FTP_TIMEOUT)).map_err(FtpError::ConnectionError)?;
@@ -122,11 +122,25 @@ pub fn download(settings: &FtpSettings) -> anyhow::Result<Vec<u8>> {
         Ok(stream)
     });
     ftp.login(settings.user.as_str(), settings.password.as_str())
+        .map_err(said)
         .with_context(|| format!("login as {} refused", settings.user))?;
-    ftp.transfer_type(FileType::Binary).context("binary mode refused")?;
-    let bytes = ftp.retr_as_buffer(&settings.path).with_context(|| format!("cannot retrieve {}", settings.path))?;
+    ftp.transfer_type(FileType::Binary).map_err(said).context("binary mode refused")?;
+    let bytes = ftp
+        .retr_as_buffer(&settings.path)
+        .map_err(said)
+        .with_context(|| format!("cannot retrieve {}", settings.path))?;
     let _ = ftp.quit();
     Ok(bytes.into_inner())
+}
+
+/// An FTP error as the server said it (`550 Can't open …`), or the I/O error.
+fn said(e: FtpError) -> anyhow::Error {
+    match e {
+        FtpError::UnexpectedResponse(response) => {
+            anyhow::anyhow!("{}", response.as_string().unwrap_or_else(|_| response.to_string()).trim())
+        }
+        other => anyhow::Error::new(other),
+    }
 }
 
 /// Sends `bytes` as the multipart field `file` to the leader.

@@ -1,5 +1,7 @@
-//! A real `labctl manager` process on a free loopback port, killed on drop.
+//! A real `labctl manager` process on a free loopback port, killed on drop; and what the
+//! cluster stored.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -8,7 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::rabbit::free_tcp_port;
-use super::{http_call, poll, BIN};
+use super::{http_call, poll, TestCluster, BIN};
 
 pub struct ManagerProcess {
     pub addr: SocketAddr,
@@ -32,11 +34,14 @@ impl ManagerProcess {
             .arg(format!("--listen={addr}"))
             .args(args)
             .env("RUST_LOG", "info")
-            .env_remove("LABCTL_CONFIG")
             .current_dir(&dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
+        // Only the settings the test gives: none from the developer's environment.
+        for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("LABCTL_")) {
+            command.env_remove(name);
+        }
         for (k, v) in env {
             command.env(k, v);
         }
@@ -105,5 +110,45 @@ impl Drop for ManagerProcess {
         } else {
             eprintln!("manager log kept in {}", self.dir.display());
         }
+    }
+}
+
+/// Every product node `addr` holds, page by page.
+pub fn products_on(addr: SocketAddr) -> Option<Vec<Value>> {
+    let mut all = Vec::new();
+    loop {
+        let reply = http_call(addr, "GET", &format!("/api/products?offset={}&limit=100", all.len()), &[], "")?;
+        if reply.status != 200 {
+            return None;
+        }
+        let page = reply.json();
+        let data = page["data"].as_array()?.clone();
+        let more = page["pagination"]["has_more"].as_bool()?;
+        all.extend(data);
+        if !more {
+            return Some(all);
+        }
+    }
+}
+
+/// The number of products on node `addr`, from one small page.
+pub fn product_count(addr: SocketAddr) -> Option<u64> {
+    let reply = http_call(addr, "GET", "/api/products?limit=1", &[], "")?;
+    (reply.status == 200).then(|| reply.json()["pagination"]["total"].as_u64()).flatten()
+}
+
+/// Waits until every node in `nodes` holds `expected` products, then checks that each holds
+/// exactly the expected titles, each once.
+pub fn assert_stored_once_everywhere(cluster: &TestCluster, nodes: &[u32], expected: &BTreeSet<String>) {
+    for &id in nodes {
+        let addr = cluster.http_addr(id);
+        poll(&format!("node{id} to hold {} products", expected.len()), Duration::from_secs(60), || {
+            product_count(addr).filter(|&n| n >= expected.len() as u64)
+        });
+        let products = products_on(addr).expect("node lists its products");
+        let titles: Vec<String> = products.iter().map(|p| p["title"].as_str().unwrap().to_string()).collect();
+        let unique: BTreeSet<String> = titles.iter().cloned().collect();
+        assert_eq!(titles.len(), unique.len(), "node{id} stored an item twice");
+        assert_eq!(&unique, expected, "node{id} holds other items than those published");
     }
 }
