@@ -26,6 +26,8 @@ pub enum Command {
     Controller(crate::controller::Args),
     /// Run a whole cluster of N nodes on loopback (127.0.0.1 … 127.0.0.N)
     Cluster(crate::cluster::Args),
+    /// Send e-mail through an SMTP server
+    Smtp(crate::smtp::Args),
 }
 
 /// Runs the chosen subcommand.
@@ -35,6 +37,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Node(args) => crate::node::run(args, &file),
         Command::Controller(args) => crate::controller::run(args, &file),
         Command::Cluster(args) => crate::cluster::run(args, &file, cli.config.as_deref()),
+        Command::Smtp(args) => crate::smtp::run(args, &file),
     }
 }
 

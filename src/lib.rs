@@ -7,6 +7,7 @@
 //!   clock, no disk); the rest of `node` drives it with UDP, timers and a durable log.
 //! - [`controller`]: sends one control request to nodes and prints the replies.
 //! - [`cluster`]: runs N nodes on loopback as child processes.
+//! - [`smtp`]: `labctl smtp send`, the e-mail client nodes also use for notifications.
 
 pub mod cli;
 pub mod cluster;
@@ -14,3 +15,4 @@ pub mod config;
 pub mod controller;
 pub mod node;
 pub mod proto;
+pub mod smtp;
