@@ -9,6 +9,7 @@
 //! - [`cluster`]: runs N nodes on loopback as child processes.
 //! - [`health`]: GETs a URL and exits 0 on 2xx: the container health probe.
 //! - [`scrape`]: scrapes a shop's listings into the processed file, the queue and FTP.
+//! - [`smtp`]: `labctl smtp send`, the e-mail client nodes also use for notifications.
 
 pub mod cli;
 pub mod cluster;
@@ -18,3 +19,4 @@ pub mod health;
 pub mod node;
 pub mod proto;
 pub mod scrape;
+pub mod smtp;

@@ -9,6 +9,7 @@ pub mod apply;
 pub mod driver;
 pub mod handshake;
 pub mod http;
+pub mod notify;
 pub mod raft;
 pub mod storage;
 pub mod store;
@@ -93,6 +94,7 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
     let read_store = Store::open(&database_url).with_context(|| format!("cannot open the database of {name}"))?;
     log::info!("{name}: database {database_url}");
     let applier = Applier::start(write_store, name.clone())?;
+    let notifier = notify::Notifier::start(file, &name, &database_url)?;
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let stopped = runtime.block_on(async {
@@ -117,14 +119,19 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
             proposals: proposals_tx,
             status: driver.subscribe(),
             store: std::sync::Mutex::new(read_store),
+            notify: notifier.clone(),
         });
         let http = http::Server::start(http_bind, driver.subscribe(), api)
             .with_context(|| format!("cannot serve HTTP on {http_bind} for {name}"))?;
         log::info!("{name}: HTTP on http://{}", http.local_addr());
         let manager_url = args.manager_url.clone().or_else(|| file.node.manager_url.clone());
         let announcer = manager_url.map(|url| tokio::spawn(announce::run(url, driver.subscribe())));
+        let mailer = notifier.map(|n| tokio::spawn(n.watch_elections(driver.subscribe())));
         let stopped = driver.run(stop_signal()).await;
         if let Some(task) = announcer {
+            task.abort();
+        }
+        if let Some(task) = mailer {
             task.abort();
         }
         http.stop().await;

@@ -8,6 +8,7 @@
 
 pub mod ftp;
 pub mod site;
+pub mod smtp;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
