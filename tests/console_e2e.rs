@@ -13,6 +13,11 @@ use common::{http_call, http_get, poll, TestCluster};
 use serde_json::{json, Value};
 
 const TOKEN: &str = "console-test-token";
+/// Raft timing for tests that count elections. A busy machine (Chromium shares two cores with
+/// the nodes) can starve a node past the default 150 ms timeout; with these a node starts no
+/// election of its own, so the ones the test sees are those it asked for (TIMEOUT is a forced
+/// election, which no timeout delays).
+const STEADY: [&str; 3] = ["--heartbeat-ms=100", "--election-timeout-min-ms=1000", "--election-timeout-max-ms=2000"];
 
 fn json_of(body: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
@@ -56,7 +61,7 @@ fn the_page_and_its_files_come_from_the_node() {
 #[test]
 fn control_requests_need_the_token_and_start_an_election() {
     let token = format!("--console-token={TOKEN}");
-    let cluster = TestCluster::start(3, 0, &[&token]);
+    let cluster = TestCluster::start(3, 0, &[&token, STEADY[0], STEADY[1], STEADY[2]]);
     let (leader, term) = cluster.wait_for_leader(Duration::from_secs(10));
     let target = (1..=3).find(|&id| id != leader).unwrap();
     let addr = cluster.http_addr(target);
@@ -174,11 +179,7 @@ fn the_console_in_chromium_manages_tasks_and_shows_an_election() {
         return;
     };
     let token = format!("--console-token={TOKEN}");
-    // Chromium shares two cores with the nodes: longer election timeouts keep a starved node
-    // from starting elections of its own, so the one the test sees is the console's TIMEOUT
-    // (a forced election, which no timeout delays).
-    let timing = ["--heartbeat-ms=100", "--election-timeout-min-ms=1000", "--election-timeout-max-ms=2000"];
-    let cluster = TestCluster::start(3, 0, &[&token, timing[0], timing[1], timing[2]]);
+    let cluster = TestCluster::start(3, 0, &[&token, STEADY[0], STEADY[1], STEADY[2]]);
     let (leader, _) = cluster.wait_for_leader(Duration::from_secs(10));
     poll("every node to know the leader", Duration::from_secs(10), || {
         (1..=3).all(|id| status(&cluster, id).is_some_and(|s| s["leader"] == format!("node{leader}"))).then_some(())
