@@ -82,6 +82,8 @@ pub struct NodeFile {
     pub database_url: Option<String>,
     /// Manager to tell where the leader is (`POST <url>/leader`); none by default.
     pub manager_url: Option<String>,
+    /// Token the web console's control buttons must send (`Authorization: Bearer …`); none by default.
+    pub console_token: Option<String>,
 }
 
 /// `[controller]`: options of `labctl controller`.

@@ -6,6 +6,7 @@
 pub mod announce;
 pub mod api;
 pub mod apply;
+pub mod console;
 pub mod driver;
 pub mod handshake;
 pub mod http;
@@ -49,6 +50,9 @@ pub struct Args {
     /// Host to bind instead of this node's own host, e.g. 0.0.0.0 in a container
     #[arg(long, env = "LABCTL_BIND_HOST")]
     pub bind_host: Option<String>,
+    /// Token the web console's control buttons (TIMEOUT, CONVERT_FOLLOWER) must send; better set by env or config file [default: none, the buttons work for anyone]
+    #[arg(long, env = "LABCTL_CONSOLE_TOKEN", hide_env_values = true)]
+    pub console_token: Option<String>,
     #[command(flatten)]
     pub cluster: ClusterArgs,
     #[command(flatten)]
@@ -101,7 +105,8 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
         let transport = Transport::bind(bind, cluster.clone())
             .await
             .with_context(|| format!("cannot bind UDP {bind} for {name}"))?;
-        log::info!("{name}: Raft and control on udp://{}", transport.local_addr()?);
+        let transport_addr = transport.local_addr()?;
+        log::info!("{name}: Raft and control on udp://{transport_addr}");
         let peers: Vec<NodeId> = cluster.ids().filter(|&i| i != args.id).collect();
         let config = raft::Config {
             heartbeat: timing.heartbeat_ms * 1000,
@@ -121,9 +126,12 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
             store: std::sync::Mutex::new(read_store),
             notify: notifier.clone(),
         });
-        let http = http::Server::start(http_bind, driver.subscribe(), api)
+        let console_token = args.console_token.clone().or_else(|| file.node.console_token.clone());
+        let console = console::Console::new(name.clone(), console_token, transport_addr, cluster.clone());
+        let control = if console.token_required() { "need the console token" } else { "are open (no console_token)" };
+        let http = http::Server::start(http_bind, driver.subscribe(), api, actix_web::web::Data::new(console))
             .with_context(|| format!("cannot serve HTTP on {http_bind} for {name}"))?;
-        log::info!("{name}: HTTP on http://{}", http.local_addr());
+        log::info!("{name}: HTTP on http://{}, web console at / (control buttons {control})", http.local_addr());
         let manager_url = args.manager_url.clone().or_else(|| file.node.manager_url.clone());
         let announcer = manager_url.map(|url| tokio::spawn(announce::run(url, driver.subscribe())));
         let mailer = notifier.map(|n| tokio::spawn(n.watch_elections(driver.subscribe())));
