@@ -32,6 +32,8 @@ pub enum Command {
     Health(crate::health::Args),
     /// Scrape product listings into the processed file; optionally publish to RabbitMQ and upload to FTP
     Scrape(Box<crate::scrape::Args>),
+    /// Send e-mail through an SMTP server
+    Smtp(crate::smtp::Args),
 }
 
 /// Runs the chosen subcommand.
@@ -44,6 +46,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Manager(args) => crate::manager::run(args, &file),
         Command::Health(args) => crate::health::run(args, &file),
         Command::Scrape(args) => crate::scrape::run(*args, &file),
+        Command::Smtp(args) => crate::smtp::run(args, &file),
     }
 }
 

@@ -41,6 +41,10 @@ pub struct FileConfig {
     pub manager: ManagerFile,
     #[serde(default)]
     pub scrape: ScrapeFile,
+    #[serde(default)]
+    pub smtp: SmtpFile,
+    #[serde(default)]
+    pub notify: NotifyFile,
 }
 
 /// `[cluster]`: who the members are and where they live.
@@ -80,6 +84,8 @@ pub struct NodeFile {
     pub database_url: Option<String>,
     /// Manager to tell where the leader is (`POST <url>/leader`); none by default.
     pub manager_url: Option<String>,
+    /// Token the web console's control buttons must send (`Authorization: Bearer …`); none by default.
+    pub console_token: Option<String>,
 }
 
 /// `[controller]`: options of `labctl controller`.
@@ -172,6 +178,38 @@ pub struct SelectorsFile {
     pub rating: Option<String>,
     pub link: Option<String>,
     pub next: Option<String>,
+}
+
+/// `[smtp]`: the mail server of `labctl smtp send` and of node notifications.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpFile {
+    /// Host name or address of the SMTP server.
+    pub server: Option<String>,
+    pub port: Option<u16>,
+    /// `starttls`, `tls` (implicit TLS) or `none`.
+    pub tls: Option<String>,
+    /// Login name; the password comes from `password`, `password_file` or the environment.
+    pub user: Option<String>,
+    pub password: Option<String>,
+    /// A file holding the password (its first line), e.g. a Docker secret.
+    pub password_file: Option<PathBuf>,
+    /// Sender of every message, `user@host` or `Name <user@host>`.
+    pub from: Option<String>,
+    /// Seconds to wait for the server at each step.
+    pub timeout_secs: Option<u64>,
+    /// A PEM file of certificates to trust besides the public roots (a private CA, a self-signed server).
+    pub ca_cert: Option<PathBuf>,
+}
+
+/// `[notify]`: e-mails a node sends through `[smtp]`. Off unless `to` names someone.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyFile {
+    /// Who hears of each election a node wins.
+    pub to: Option<Vec<String>>,
+    /// Mail a task's assignee when a task is assigned to them (default true).
+    pub tasks: Option<bool>,
 }
 
 impl FileConfig {

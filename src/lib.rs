@@ -10,6 +10,7 @@
 //! - [`manager`]: RabbitMQ and FTP to the leader: the pipeline's last step.
 //! - [`health`]: GETs a URL and exits 0 on 2xx: the container health probe.
 //! - [`scrape`]: scrapes a shop's listings into the processed file, the queue and FTP.
+//! - [`smtp`]: `labctl smtp send`, the e-mail client nodes also use for notifications.
 
 pub mod cli;
 pub mod cluster;
@@ -20,3 +21,4 @@ pub mod manager;
 pub mod node;
 pub mod proto;
 pub mod scrape;
+pub mod smtp;

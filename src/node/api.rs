@@ -40,6 +40,8 @@ pub struct Api {
     pub status: watch::Receiver<NodeStatus>,
     /// A read connection to this node's database.
     pub store: Mutex<Store>,
+    /// E-mail notifications, when configured.
+    pub notify: Option<super::notify::Notifier>,
 }
 
 /// Registers the routes.
@@ -109,6 +111,7 @@ async fn write(api: &Api, req: &HttpRequest, op: Op) -> HttpResponse {
     if status.role != "LEADER" {
         return not_leader(&status, req);
     }
+    let assignment = super::notify::Assignment::before(api.notify.as_ref(), &op).await;
     let mut command = Command::new(Utc::now(), op);
     if let Some(key) = req.headers().get(IDEMPOTENCY_KEY) {
         let Ok(key) = key.to_str() else {
@@ -124,7 +127,10 @@ async fn write(api: &Api, req: &HttpRequest, op: Op) -> HttpResponse {
         Err(e) => return error(400, format!("cannot encode the write: {e}")),
     };
     match replicate(api, Some(value)).await {
-        Ok(result) => write_result(result, &status, req),
+        Ok(result) => {
+            assignment.after(&result, &status);
+            write_result(result, &status, req)
+        }
         Err(response) => response,
     }
 }

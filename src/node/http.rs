@@ -13,7 +13,8 @@
 //! | `GET /heartbeat` | name, role, term, leader, uptime |
 //! | `GET /metrics` | Prometheus text format |
 //!
-//! The data API (products, users, tasks) is in [`super::api`].
+//! The data API (products, users, tasks) is in [`super::api`]; the web console at `/` in
+//! [`super::console`].
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -85,12 +86,13 @@ impl Server {
         bind: SocketAddr,
         status: watch::Receiver<NodeStatus>,
         api: web::Data<super::api::Api>,
+        console: web::Data<super::console::Console>,
     ) -> std::io::Result<Server> {
         let state = web::Data::new(State { status, started: Instant::now(), responses: Mutex::new(BTreeMap::new()) });
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new().name("http".into()).spawn(move || {
             actix_web::rt::System::new().block_on(async move {
-                let server = HttpServer::new(move || app(state.clone(), api.clone()))
+                let server = HttpServer::new(move || app(state.clone(), api.clone(), console.clone()))
                     .workers(2)
                     .disable_signals()
                     .shutdown_timeout(2)
@@ -136,6 +138,7 @@ impl Server {
 fn app(
     state: web::Data<State>,
     api: web::Data<super::api::Api>,
+    console: web::Data<super::console::Console>,
 ) -> App<
     impl actix_web::dev::ServiceFactory<
         ServiceRequest,
@@ -148,8 +151,10 @@ fn app(
     App::new()
         .app_data(state)
         .app_data(api)
+        .app_data(console)
         .wrap(middleware::from_fn(count_responses))
         .configure(super::api::configure)
+        .configure(super::console::configure)
         .service(web::resource("/healthz").get(healthz).default_service(web::to(method_not_allowed)))
         .service(web::resource("/readyz").get(readyz).default_service(web::to(method_not_allowed)))
         .service(web::resource("/status").get(status).default_service(web::to(method_not_allowed)))

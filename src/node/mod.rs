@@ -6,9 +6,11 @@
 pub mod announce;
 pub mod api;
 pub mod apply;
+pub mod console;
 pub mod driver;
 pub mod handshake;
 pub mod http;
+pub mod notify;
 pub mod raft;
 pub mod storage;
 pub mod store;
@@ -48,6 +50,9 @@ pub struct Args {
     /// Host to bind instead of this node's own host, e.g. 0.0.0.0 in a container
     #[arg(long, env = "LABCTL_BIND_HOST")]
     pub bind_host: Option<String>,
+    /// Token the web console's control buttons (TIMEOUT, CONVERT_FOLLOWER) must send; better set by env or config file [default: none, the buttons work for anyone]
+    #[arg(long, env = "LABCTL_CONSOLE_TOKEN", hide_env_values = true)]
+    pub console_token: Option<String>,
     #[command(flatten)]
     pub cluster: ClusterArgs,
     #[command(flatten)]
@@ -93,13 +98,15 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
     let read_store = Store::open(&database_url).with_context(|| format!("cannot open the database of {name}"))?;
     log::info!("{name}: database {database_url}");
     let applier = Applier::start(write_store, name.clone())?;
+    let notifier = notify::Notifier::start(file, &name, &database_url)?;
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let stopped = runtime.block_on(async {
         let transport = Transport::bind(bind, cluster.clone())
             .await
             .with_context(|| format!("cannot bind UDP {bind} for {name}"))?;
-        log::info!("{name}: Raft and control on udp://{}", transport.local_addr()?);
+        let transport_addr = transport.local_addr()?;
+        log::info!("{name}: Raft and control on udp://{transport_addr}");
         let peers: Vec<NodeId> = cluster.ids().filter(|&i| i != args.id).collect();
         let config = raft::Config {
             heartbeat: timing.heartbeat_ms * 1000,
@@ -117,14 +124,22 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
             proposals: proposals_tx,
             status: driver.subscribe(),
             store: std::sync::Mutex::new(read_store),
+            notify: notifier.clone(),
         });
-        let http = http::Server::start(http_bind, driver.subscribe(), api)
+        let console_token = args.console_token.clone().or_else(|| file.node.console_token.clone());
+        let console = console::Console::new(name.clone(), console_token, transport_addr, cluster.clone());
+        let control = if console.token_required() { "need the console token" } else { "are open (no console_token)" };
+        let http = http::Server::start(http_bind, driver.subscribe(), api, actix_web::web::Data::new(console))
             .with_context(|| format!("cannot serve HTTP on {http_bind} for {name}"))?;
-        log::info!("{name}: HTTP on http://{}", http.local_addr());
+        log::info!("{name}: HTTP on http://{}, web console at / (control buttons {control})", http.local_addr());
         let manager_url = args.manager_url.clone().or_else(|| file.node.manager_url.clone());
         let announcer = manager_url.map(|url| tokio::spawn(announce::run(url, driver.subscribe())));
+        let mailer = notifier.map(|n| tokio::spawn(n.watch_elections(driver.subscribe())));
         let stopped = driver.run(stop_signal()).await;
         if let Some(task) = announcer {
+            task.abort();
+        }
+        if let Some(task) = mailer {
             task.abort();
         }
         http.stop().await;

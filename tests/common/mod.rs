@@ -10,6 +10,7 @@ pub mod ftp;
 pub mod manager;
 pub mod rabbit;
 pub mod site;
+pub mod smtp;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};

@@ -17,7 +17,9 @@ pub fn missing<T>(test: &str, what: &str) -> Option<T> {
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("{test}: {what}; CI must have it (scripts/test-env installs it)");
     }
-    eprintln!("SKIPPED {test}: {what} (scripts/test-env installs it)");
+    // Straight to stderr, past the test harness's capture, so that it is seen.
+    let message = format!("\n!!! SKIPPED {test}: {what} (scripts/test-env installs it)\n");
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), message.as_bytes());
     None
 }
 
