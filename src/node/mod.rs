@@ -107,6 +107,7 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
             election_max: timing.election_timeout_max_ms * 1000,
             pre_vote: timing.pre_vote,
             check_quorum: timing.check_quorum,
+            max_entry_bytes: timing.max_entry_bytes,
             ..raft::Config::new(args.id, peers)
         };
         let origin = tokio::time::Instant::now();
@@ -151,8 +152,8 @@ async fn stop_signal() {
     }
 }
 
-/// A seed for election timeouts that differs between nodes and runs.
-fn entropy_seed() -> u64 {
+/// A seed that differs between nodes and runs (election timeouts, fragment ids).
+pub(crate) fn entropy_seed() -> u64 {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
     nanos ^ ((std::process::id() as u64) << 32)
 }
