@@ -78,6 +78,8 @@ pub struct NodeFile {
     pub database_url: Option<String>,
     /// Manager to tell where the leader is (`POST <url>/leader`); none by default.
     pub manager_url: Option<String>,
+    /// The largest file `POST /api/upload/file` accepts, in bytes.
+    pub max_upload_bytes: Option<usize>,
 }
 
 /// `[controller]`: options of `labctl controller`.

@@ -48,6 +48,9 @@ pub struct Args {
     /// Host to bind instead of this node's own host, e.g. 0.0.0.0 in a container
     #[arg(long, env = "LABCTL_BIND_HOST")]
     pub bind_host: Option<String>,
+    /// The largest file POST /api/upload/file accepts, in bytes [default: 8388608]
+    #[arg(long, env = "LABCTL_MAX_UPLOAD_BYTES")]
+    pub max_upload_bytes: Option<usize>,
     #[command(flatten)]
     pub cluster: ClusterArgs,
     #[command(flatten)]
@@ -74,6 +77,10 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
         }
     });
     let bind = crate::config::resolve(&bind_host, cluster.raft_port)?;
+    let max_upload_bytes = args.max_upload_bytes.or(file.node.max_upload_bytes).unwrap_or(api::DEFAULT_MAX_UPLOAD);
+    if max_upload_bytes == 0 {
+        anyhow::bail!("max_upload_bytes must be positive");
+    }
     let http_bind = crate::config::resolve(&bind_host, cluster.http_port)?;
 
     let (storage, recovered) = Storage::open(&node_dir).with_context(|| format!("cannot open the data of {name}"))?;
@@ -118,6 +125,7 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
             proposals: proposals_tx,
             status: driver.subscribe(),
             store: std::sync::Mutex::new(read_store),
+            max_upload: max_upload_bytes,
         });
         let http = http::Server::start(http_bind, driver.subscribe(), api)
             .with_context(|| format!("cannot serve HTTP on {http_bind} for {name}"))?;
