@@ -92,8 +92,10 @@ fn every_item_is_stored_once_on_every_node() {
     assert_eq!(rabbit::queue_len(&url, &queue.name), Some(0), "every message is acknowledged");
     // The leader told the manager where it is.
     let (leader, term) = cluster.wait_for_leader(Duration::from_secs(5));
-    assert_eq!(status["leader"]["name"], format!("node{leader}"));
-    assert_eq!(status["leader"]["term"], term);
+    poll("the manager to know the leader", Duration::from_secs(10), || {
+        let known = &manager.status()["leader"];
+        (known["name"] == format!("node{leader}") && known["term"] == term).then_some(())
+    });
 }
 
 #[test]
@@ -121,6 +123,10 @@ fn a_leader_killed_mid_stream_loses_and_duplicates_nothing() {
     // The old leader, back, catches up with the same items, each once.
     cluster.spawn(leader);
     assert_stored_once_everywhere(&cluster, &[leader], &titles("failover", 0..total));
+    // Every message acknowledged (one whose acknowledgement was lost would be counted twice).
+    poll("the manager to acknowledge every item", Duration::from_secs(10), || {
+        (manager.counter("stored") >= u64::from(total)).then_some(())
+    });
     assert_eq!(manager.counter("dead_lettered"), 0);
     assert_eq!(rabbit::queue_len(&url, &queue.name), Some(0));
 }
@@ -151,6 +157,9 @@ fn a_rabbitmq_restart_mid_stream_loses_and_duplicates_nothing() {
     let all: Vec<u32> = (1..=NODES).collect();
     assert_stored_once_everywhere(&cluster, &all, &titles("restart", 0..total));
     assert!(manager.counter("amqp_connects") >= 2, "the manager connected again");
+    poll("the manager to acknowledge every item", Duration::from_secs(10), || {
+        (manager.counter("stored") >= u64::from(total)).then_some(())
+    });
     assert_eq!(rabbit::queue_len(&url, &queue.name), Some(0), "every message is acknowledged");
 }
 
