@@ -68,6 +68,8 @@ pub struct RaftFile {
     pub election_timeout_max_ms: Option<u64>,
     pub pre_vote: Option<bool>,
     pub check_quorum: Option<bool>,
+    /// The largest log entry a leader accepts, in bytes.
+    pub max_entry_bytes: Option<usize>,
 }
 
 /// `[node]`: options of one member.
@@ -84,6 +86,8 @@ pub struct NodeFile {
     pub manager_url: Option<String>,
     /// Token the web console's control buttons must send (`Authorization: Bearer …`); none by default.
     pub console_token: Option<String>,
+    /// The largest file `POST /api/upload/file` accepts, in bytes.
+    pub max_upload_bytes: Option<usize>,
 }
 
 /// `[controller]`: options of `labctl controller`.
@@ -308,9 +312,12 @@ pub struct RaftArgs {
     /// A leader steps down when it has not heard from a majority for an election timeout [default: true]
     #[arg(long, env = "LABCTL_CHECK_QUORUM")]
     pub check_quorum: Option<bool>,
+    /// The largest log entry (an uploaded file is one) a leader accepts, in bytes; every node needs the same value [default: 16777216]
+    #[arg(long, env = "LABCTL_MAX_ENTRY_BYTES")]
+    pub max_entry_bytes: Option<usize>,
 }
 
-/// Resolved Raft timing, in milliseconds.
+/// Resolved Raft options: timing in milliseconds, and the largest entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RaftTiming {
     pub heartbeat_ms: u64,
@@ -318,7 +325,13 @@ pub struct RaftTiming {
     pub election_timeout_max_ms: u64,
     pub pre_vote: bool,
     pub check_quorum: bool,
+    pub max_entry_bytes: usize,
 }
+
+/// The smallest `max_entry_bytes` accepted: an ordinary write must fit.
+pub const MIN_ENTRY_BYTES: usize = 64 * 1024;
+/// The largest `max_entry_bytes` accepted.
+pub const MAX_ENTRY_BYTES: usize = 1024 * 1024 * 1024;
 
 impl Default for RaftTiming {
     fn default() -> Self {
@@ -328,6 +341,7 @@ impl Default for RaftTiming {
             election_timeout_max_ms: 300,
             pre_vote: true,
             check_quorum: true,
+            max_entry_bytes: crate::node::raft::DEFAULT_MAX_ENTRY_BYTES,
         }
     }
 }
@@ -348,7 +362,14 @@ impl RaftTiming {
                 .unwrap_or(d.election_timeout_max_ms),
             pre_vote: args.pre_vote.or(file.pre_vote).unwrap_or(d.pre_vote),
             check_quorum: args.check_quorum.or(file.check_quorum).unwrap_or(d.check_quorum),
+            max_entry_bytes: args.max_entry_bytes.or(file.max_entry_bytes).unwrap_or(d.max_entry_bytes),
         };
+        if !(MIN_ENTRY_BYTES..=MAX_ENTRY_BYTES).contains(&t.max_entry_bytes) {
+            return Err(ConfigError::Invalid(format!(
+                "max_entry_bytes must be between {MIN_ENTRY_BYTES} and {MAX_ENTRY_BYTES}, not {}",
+                t.max_entry_bytes
+            )));
+        }
         if t.heartbeat_ms == 0 {
             return Err(ConfigError::Invalid("heartbeat_ms must be positive".into()));
         }
@@ -375,6 +396,7 @@ impl RaftTiming {
             format!("--election-timeout-max-ms={}", self.election_timeout_max_ms),
             format!("--pre-vote={}", self.pre_vote),
             format!("--check-quorum={}", self.check_quorum),
+            format!("--max-entry-bytes={}", self.max_entry_bytes),
         ]
     }
 }
@@ -402,5 +424,9 @@ mod tests {
         assert!(Cluster::resolve(&bad, &ClusterFile::default()).is_err());
         let bad = RaftArgs { election_timeout_max_ms: Some(100), ..RaftArgs::default() };
         assert!(RaftTiming::resolve(&bad, &RaftFile::default()).is_err());
+        let small = RaftArgs { max_entry_bytes: Some(1000), ..RaftArgs::default() };
+        assert!(RaftTiming::resolve(&small, &RaftFile::default()).is_err());
+        let file: FileConfig = toml::from_str("[raft]\nmax_entry_bytes = 1048576\n").unwrap();
+        assert_eq!(RaftTiming::resolve(&RaftArgs::default(), &file.raft).unwrap().max_entry_bytes, 1 << 20);
     }
 }

@@ -4,13 +4,18 @@
 //! feeds seeded random byte strings, random JSON objects of the message shape, and mutations
 //! of valid messages through `Message::decode` and then `Msg::from_wire`, as a node does with
 //! every datagram. A decoded Raft message must also survive encoding and decoding again
-//! unchanged. `LABCTL_GARBAGE_CASES` raises the number of cases (default 4000 per kind);
+//! unchanged. A `FRAGMENT` datagram goes through a reassembler, and a message it completes
+//! through the same decode path. `LABCTL_GARBAGE_CASES` raises the number of cases (default 4000 per kind);
 //! `LABCTL_GARBAGE_SEED` replays one seed.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use labctl::node::raft::Msg;
+use labctl::proto::fragment::{Fragmenter, Limits, Reassembler};
 use labctl::proto::{LogEntry, Message, Request, MAX_DATAGRAM};
+
+/// The largest reassembled message these tests accept.
+const MAX_MESSAGE: usize = 1 << 20;
 
 /// splitmix64: small, seedable, good enough to pick mutations.
 struct Rng(u64);
@@ -45,6 +50,19 @@ enum Reached {
 fn feed(bytes: &[u8]) -> Reached {
     let Ok((msg, request)) = Message::decode(bytes) else { return Reached::Dropped };
     assert!(bytes.len() <= MAX_DATAGRAM);
+    if request == Request::Fragment {
+        let mut reassembler = Reassembler::new(Limits::for_messages_of(MAX_MESSAGE));
+        return match reassembler.accept(&msg, std::time::Instant::now()) {
+            Ok(Some(done)) => decode_whole(&done.bytes).max(Reached::Message),
+            _ => Reached::Message,
+        };
+    }
+    decode_whole(bytes)
+}
+
+/// The decode path of a whole message (a datagram, or a reassembled message).
+fn decode_whole(bytes: &[u8]) -> Reached {
+    let Ok((msg, request)) = Message::decode_with_limit(bytes, MAX_MESSAGE) else { return Reached::Dropped };
     assert_eq!(msg.request_kind(), Some(request));
     let _ = msg.leader_name();
     let _ = msg.committed_logs();
@@ -112,6 +130,24 @@ fn valid_messages() -> Vec<Vec<u8>> {
         br#"{"request":"RETRIEVE","key":"COMMITED_LOGS","value":[{"Term":1,"Key":"k","Value":"v"}],"term":1,"sender_name":"node1"}"#
             .to_vec(),
     );
+    // Fragments: a whole Append in one piece, and the first piece of a large one.
+    let append = raft[0].to_wire(2).encode();
+    let one = Message {
+        key: Some("00000000000000ff/0/1".into()),
+        value: String::from_utf8(append).unwrap().into(),
+        ..Message::new("node2", Request::Fragment, Some(4))
+    };
+    out.push(one.encode());
+    let large = Msg::Append {
+        term: 4,
+        prev_log_index: 2,
+        prev_log_term: 3,
+        entries: vec![LogEntry { term: 4, key: Some("big".into()), value: "\"x\"".repeat(MAX_DATAGRAM).into() }],
+        leader_commit: 2,
+    };
+    let pieces = Fragmenter::new("node2", 7).split(Some(4), &large.to_wire(2).encode());
+    assert!(pieces.len() > 2);
+    out.push(pieces[0].clone());
     out
 }
 

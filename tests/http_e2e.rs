@@ -42,6 +42,7 @@ fn status_readyz_and_heartbeat_describe_the_cluster() {
 
         let (code, ready) = get_json(&cluster, id, "/readyz");
         assert_eq!((code, &ready["ready"]), (200, &json!(true)), "{ready}");
+        assert_eq!(ready["checks"], json!({ "node": true, "leader": true, "database": true }), "{ready}");
         let (code, health) = get_json(&cluster, id, "/healthz");
         assert_eq!((code, &health["status"]), (200, &json!("ok")));
         let (code, beat) = get_json(&cluster, id, "/heartbeat");
@@ -70,6 +71,7 @@ fn a_node_without_a_leader_is_not_ready() {
     assert_eq!(code, 503);
     assert_eq!(ready["ready"], json!(false));
     assert_eq!(ready["checks"]["leader"], json!(false));
+    assert_eq!(ready["checks"]["database"], json!(true), "{ready}");
     let (code, _) = get_json(&cluster, lone, "/healthz");
     assert_eq!(code, 200, "a node without a leader is still alive");
 }

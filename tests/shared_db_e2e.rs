@@ -1,4 +1,5 @@
-//! Shared-database mode: three real nodes given one PostgreSQL database apply every write once.
+//! Shared-database mode: three real nodes given one PostgreSQL database apply every write once;
+//! and a node whose database stops answering is not ready.
 #![cfg(feature = "postgres")]
 
 mod common;
@@ -35,7 +36,9 @@ impl SharedDb {
             );
             return None;
         }
-        let name = format!("labctl_shared_{}", std::process::id());
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("labctl_shared_{}_{n}", std::process::id());
         let _ = admin(&format!("DROP DATABASE IF EXISTS {name}"));
         admin(&format!("CREATE DATABASE {name}")).unwrap();
         let base = admin_url().rsplit_once('/').unwrap().0.to_string();
@@ -86,4 +89,32 @@ fn three_nodes_on_one_postgresql_database_apply_every_write_once() {
             (s["applied_index"] == s["commit_index"] && s["commit_index"].as_u64()? >= 31).then_some(())
         });
     }
+}
+
+#[test]
+fn a_node_whose_database_stops_answering_is_not_ready() {
+    let Some(db) = SharedDb::new() else { return };
+    let cluster = TestCluster::start(1, 0, &["--database-url", &db.url]);
+    cluster.wait_for_leader(Duration::from_secs(10));
+    let addr = cluster.http_addr(1);
+    let ready = http_call(addr, "GET", "/readyz", &[], "").unwrap();
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    assert_eq!(ready.json()["checks"], json!({ "node": true, "leader": true, "database": true }));
+
+    // The server ends the node's sessions, as a database restart or failover would.
+    admin(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}' AND pid <> pg_backend_pid()",
+        db.name
+    ))
+    .unwrap();
+    let reply = poll("the node to report its database", Duration::from_secs(10), || {
+        let r = http_call(addr, "GET", "/readyz", &[], "")?;
+        (r.status == 503).then_some(r)
+    });
+    assert_eq!(reply.header("retry-after"), Some("1"));
+    let body = reply.json();
+    assert_eq!(body["ready"], json!(false));
+    assert_eq!(body["checks"], json!({ "node": true, "leader": true, "database": false }), "{body}");
+    assert!(body["database_error"].as_str().is_some_and(|e| !e.is_empty()), "{body}");
+    assert_eq!(http_call(addr, "GET", "/healthz", &[], "").unwrap().status, 200, "still alive");
 }

@@ -248,7 +248,7 @@ fn product_listing_paginates_and_filters_by_price(b: Backend) {
     let (_dir, _path, mut s) = open_temp(b);
     let items: Vec<ProductInput> = (1..=25).map(|i| product(&format!("p{i}"), i as f64)).collect();
     let out = s.apply(1, 1, &Command::new(at(0), Op::ImportProducts { items })).unwrap();
-    assert_eq!(applied_reply(out), Reply::Imported { ids: (1..=25).collect() });
+    assert_eq!(applied_reply(out), Reply::Imported { imported: 25, ids: [1, 25] });
 
     let q = ProductQuery { page: PageRequest::new(5, 10), min_price: Some(3.0), max_price: Some(20.0) };
     let page = s.list_products(&q).unwrap();
@@ -536,6 +536,48 @@ fn three_nodes_on_one_database_apply_every_entry_once(b: Backend) {
     assert_eq!(s.last_applied().unwrap(), Applied { index: log.len() as u64, term: 4 });
 }
 
+/// An uploaded file of thousands of products is one entry: all rows in one transaction, or
+/// none when one item is bad.
+fn an_upload_of_thousands_of_products_is_one_entry(b: Backend) {
+    let (_dir, _path, mut s) = open_temp(b);
+    let items: Vec<ProductInput> = (0..2500).map(|i| product(&format!("file{i}"), 1.0 + i as f64)).collect();
+    let mut bad = items.clone();
+    bad[1500].price = -1.0;
+    let refused = s.apply(1, 1, &Command::new(at(1), Op::ImportProducts { items: bad })).unwrap();
+    let ApplyOutcome::Rejected { status: 422, error } = &refused else { panic!("{refused:?}") };
+    assert!(error.starts_with("item 1500:"), "{error}");
+    let empty = s.apply(2, 1, &Command::new(at(2), Op::ImportProducts { items: vec![] })).unwrap();
+    assert_eq!(rejected_status(&empty), 422);
+    assert_eq!(s.list_products(&ProductQuery::default()).unwrap().pagination.total, 0);
+
+    let out = s.apply(3, 1, &Command::new(at(3), Op::ImportProducts { items: items.clone() })).unwrap();
+    assert_eq!(applied_reply(out), Reply::Imported { imported: 2500, ids: [1, 2500] }, "no ids used by refusals");
+    let dump = s.dump().unwrap();
+    assert_eq!(dump.products.len(), 2500);
+    assert_eq!(dump.meta.next_product_id, 2501);
+    let last = s.get_product(2500).unwrap().unwrap();
+    assert_eq!((last.title.as_str(), last.price), ("file2499", 2500.0));
+    assert_eq!(last.created_at, "2026-09-21T14:13:23.000000Z");
+}
+
+/// Each entry's outcome is kept by its index, so that a node sharing the database answers
+/// its client with what another node's applying produced.
+fn the_outcome_of_each_entry_is_kept_for_the_other_nodes(b: Backend) {
+    let (_dir, path, mut first) = open_temp(b);
+    let mut second = Store::open(&path).unwrap();
+    let log = mixed_log();
+    let outcomes: Vec<ApplyOutcome> = log.iter().map(|(i, t, c)| first.apply(*i, *t, c).unwrap()).collect();
+    for ((index, term, cmd), outcome) in log.iter().zip(&outcomes) {
+        assert_eq!(second.apply(*index, *term, cmd).unwrap(), ApplyOutcome::AlreadyApplied);
+        assert_eq!(second.outcome_of(*index).unwrap().as_ref(), Some(outcome), "entry {index}");
+    }
+    assert!(outcomes.iter().any(|o| matches!(o, ApplyOutcome::Rejected { .. })));
+    assert_eq!(second.outcome_of(log.len() as u64 + 1).unwrap(), None);
+    // An entry without a command leaves no outcome.
+    assert!(first.skip(log.len() as u64 + 1, 3).unwrap());
+    assert_eq!(second.outcome_of(log.len() as u64 + 1).unwrap(), None);
+}
+
 /// Runs each listed test once per backend of the build, each in a module named after it.
 macro_rules! per_backend {
     ($($test:ident),* $(,)?) => {
@@ -564,7 +606,25 @@ per_backend!(
     the_same_log_gives_the_same_state,
     a_repeated_idempotency_key_returns_the_first_outcome,
     apply_batch_is_one_transaction_with_one_outcome_per_entry,
+    an_upload_of_thousands_of_products_is_one_entry,
+    the_outcome_of_each_entry_is_kept_for_the_other_nodes,
 );
+
+#[test]
+fn outcomes_of_old_entries_are_pruned() {
+    use labctl::node::store::OUTCOMES_KEPT;
+    let (_dir, _path, mut s) = open_temp(Backend::Sqlite);
+    let n = OUTCOMES_KEPT + 2_000;
+    let log: Vec<(u64, u64, Command)> =
+        (1..=n).map(|i| (i, 1, Command::new(at(0), Op::DeleteProduct { id: i as i64 }))).collect();
+    for chunk in log.chunks(1000) {
+        s.apply_batch(chunk).unwrap();
+    }
+    assert_eq!(s.outcome_of(n - OUTCOMES_KEPT + 1).unwrap().map(|o| rejected_status(&o)), Some(404));
+    assert_eq!(s.outcome_of(n).unwrap().map(|o| rejected_status(&o)), Some(404));
+    assert_eq!(s.outcome_of(n - OUTCOMES_KEPT).unwrap(), None, "pruned");
+    assert_eq!(s.outcome_of(1).unwrap(), None, "pruned");
+}
 
 #[test]
 fn unsupported_urls_are_errors() {

@@ -411,6 +411,7 @@ mod tests {
         assert_eq!(RaftTiming::resolve(&RaftArgs::default(), &file.raft).unwrap(), RaftTiming::default());
         assert_eq!(file.node.data_dir.as_deref(), Some(Path::new(DEFAULT_DATA_DIR)));
         assert_eq!(file.node.bind_host, None);
+        assert_eq!(file.node.max_upload_bytes, Some(crate::node::api::DEFAULT_MAX_UPLOAD));
         assert_eq!(file.controller.timeout_ms, Some(crate::controller::DEFAULT_TIMEOUT_MS));
     }
 

@@ -6,13 +6,20 @@
 //! no leader known, `503` with `Retry-After`. A write may carry `Idempotency-Key`: a repeated
 //! key returns the first result and changes nothing. Bad input gets a 4xx with
 //! `{"error": "…"}`.
+//!
+//! `POST /api/upload/file` takes a multipart form whose field `file` holds a JSON array of
+//! products, or the scraper's processed file (an object whose `items` are the products). Every
+//! product is checked as `POST /api/products` checks one, and all of them become one log
+//! entry, applied in one transaction on every node.
 
 use std::sync::Mutex;
 use std::time::Duration;
 
+use actix_multipart::{Multipart, MultipartError};
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::Utc;
+use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -31,8 +38,14 @@ pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
 pub const LEADER_HEADER: &str = "X-Raft-Leader";
 /// The largest request body accepted.
 pub const MAX_BODY: usize = 1024 * 1024;
+/// The largest uploaded file by default: 8 MiB.
+pub const DEFAULT_MAX_UPLOAD: usize = 8 * 1024 * 1024;
+/// Room for the multipart framing (boundaries, part headers, small other fields) around the file.
+const MULTIPART_OVERHEAD: usize = 64 * 1024;
 /// How long a write waits for its entry to be applied.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long `/readyz` waits for the database to answer.
+const READY_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What the API handlers share.
 pub struct Api {
@@ -42,6 +55,8 @@ pub struct Api {
     pub store: Mutex<Store>,
     /// E-mail notifications, when configured.
     pub notify: Option<super::notify::Notifier>,
+    /// The largest file `POST /api/upload/file` accepts, in bytes.
+    pub max_upload: usize,
 }
 
 /// Registers the routes.
@@ -79,6 +94,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .delete(delete_product)
             .default_service(web::to(method_not_allowed)),
     )
+    .service(web::resource("/api/upload/file").post(upload_file).default_service(web::to(post_only)))
     .service(web::resource("/api/users").get(list_users).post(create_user).default_service(web::to(method_not_allowed)))
     .service(
         web::resource("/api/users/{id}")
@@ -259,6 +275,120 @@ async fn update_task(
 
 async fn delete_task(api: web::Data<Api>, req: HttpRequest, id: web::Path<i64>) -> HttpResponse {
     write(&api, &req, Op::DeleteTask { id: id.into_inner() }).await
+}
+
+// ---- upload ----
+
+async fn post_only() -> HttpResponse {
+    HttpResponse::MethodNotAllowed()
+        .insert_header((header::ALLOW, "POST"))
+        .json(json!({ "error": "this endpoint answers POST only" }))
+}
+
+/// `POST /api/upload/file`: the products of the uploaded file, imported as one write.
+async fn upload_file(api: web::Data<Api>, req: HttpRequest, payload: web::Payload) -> HttpResponse {
+    // The body is read before a follower redirects, so that a client still sending it is not
+    // cut off; it is bounded by the upload limit.
+    let file = match read_file_field(&req, payload, api.max_upload).await {
+        Ok(file) => file,
+        Err(response) => return response,
+    };
+    let status = api.status.borrow().clone();
+    if status.role != "LEADER" {
+        return not_leader(&status, &req);
+    }
+    let items = match web::block(move || parse_upload(&file)).await {
+        Ok(Ok(items)) => items,
+        Ok(Err((code, message))) => return error(code, message),
+        Err(_) => return error(500, "the upload could not be read"),
+    };
+    write(&api, &req, Op::ImportProducts { items }).await
+}
+
+/// The content of the multipart field `file`, at most `limit` bytes.
+async fn read_file_field(req: &HttpRequest, payload: web::Payload, limit: usize) -> Result<Vec<u8>, HttpResponse> {
+    let too_large = || error(413, format!("the upload is larger than {limit} bytes"));
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit + MULTIPART_OVERHEAD) {
+        return Err(too_large());
+    }
+    let mut form = Multipart::new(req.headers(), payload);
+    let (mut file, mut read) = (None, 0usize);
+    while let Some(field) = form.next().await {
+        let mut field = field.map_err(multipart_error)?;
+        let is_file = field.name() == Some("file");
+        if is_file && file.is_some() {
+            return Err(error(400, "the form has more than one field `file`"));
+        }
+        let mut content = Vec::new();
+        while let Some(chunk) = field.next().await {
+            let chunk = chunk.map_err(multipart_error)?;
+            read += chunk.len();
+            if read > limit + MULTIPART_OVERHEAD || (is_file && content.len() + chunk.len() > limit) {
+                return Err(too_large());
+            }
+            if is_file {
+                content.extend_from_slice(&chunk);
+            }
+        }
+        if is_file {
+            file = Some(content);
+        }
+    }
+    file.ok_or_else(|| error(400, "the form has no field `file`: send the JSON file as multipart field `file`"))
+}
+
+fn multipart_error(e: MultipartError) -> HttpResponse {
+    let code = match e {
+        MultipartError::ContentTypeMissing
+        | MultipartError::ContentTypeParse
+        | MultipartError::ContentTypeIncompatible => 415,
+        _ => 400,
+    };
+    error(code, format!("expected a multipart/form-data upload with a field `file`: {e}"))
+}
+
+/// The products of an uploaded file: a JSON array of products, or the processed file (an
+/// object whose `items` are the products). The first bad item is named by its index.
+fn parse_upload(content: &[u8]) -> Result<Vec<ProductInput>, (u16, String)> {
+    let value: Value = serde_json::from_slice(content).map_err(|e| (415, format!("the file is not JSON: {e}")))?;
+    let items = match value {
+        Value::Array(items) => items,
+        Value::Object(mut file) => match file.remove("items") {
+            Some(Value::Array(items)) => items,
+            _ => return Err((422, "the file is an object without an `items` array of products".into())),
+        },
+        _ => return Err((422, "the file must hold a JSON array of products, or an object with `items`".into())),
+    };
+    if items.is_empty() {
+        return Err((422, "the file holds no products".into()));
+    }
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let product: ProductInput = serde_json::from_value(item).map_err(|e| (422, format!("item {i}: {e}")))?;
+            product.check().map_err(|e| (422, format!("item {i}: {e}")))?;
+            Ok(product)
+        })
+        .collect()
+}
+
+// ---- readiness ----
+
+/// Whether this node's database answers a cheap query within [`READY_TIMEOUT`], for `/readyz`.
+pub(super) async fn check_database(api: web::Data<Api>) -> Result<(), String> {
+    let query = web::block(move || {
+        let mut store = api.store.lock().map_err(|_| "the database handle is poisoned".to_string())?;
+        store
+            .ping()
+            .map_err(|e| format!("{e}: {}", std::error::Error::source(&e).map_or(String::new(), |s| s.to_string())))
+    });
+    match tokio::time::timeout(READY_TIMEOUT, query).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(_)) => Err("the database check was cancelled".into()),
+        Err(_) => Err(format!("the database did not answer within {} ms", READY_TIMEOUT.as_millis())),
+    }
 }
 
 // ---- reads ----

@@ -7,6 +7,9 @@
 //! skips entries it applied before, so replaying the log after a restart is harmless.
 //! A database error stops progress, not the node: the same entries are tried again after a
 //! pause, because skipping one would make this node's data differ from the others'.
+//!
+//! With a database shared by several nodes, another node may have applied an entry first; the
+//! client waiting here then gets the outcome that node recorded (see [`Store::outcome_of`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -150,6 +153,14 @@ fn apply_batch(store: &mut Store, batch: &mut [ApplyItem]) -> Result<(), super::
         }
     }
     flush(store, &mut run, run_start, &mut outcomes)?;
+    // Looked up before any waiter is answered, so that an error retries the batch whole.
+    for (item, outcome) in batch.iter().zip(outcomes.iter_mut()) {
+        if item.waiter.is_some() && *outcome == Some(ApplyOutcome::AlreadyApplied) {
+            if let Some(recorded) = store.outcome_of(item.index)? {
+                *outcome = Some(recorded);
+            }
+        }
+    }
     for (item, outcome) in batch.iter_mut().zip(outcomes) {
         if let Some(waiter) = item.waiter.take() {
             let _ = waiter.send(outcome.map_or(WriteResult::Barrier, WriteResult::Done));
@@ -172,4 +183,56 @@ fn flush(
     outcomes.extend(results.into_iter().map(Some));
     run.clear();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::store::{Op, ProductInput, Reply};
+
+    fn create(title: &str) -> Command {
+        let product = ProductInput {
+            title: title.into(),
+            price: 2.5,
+            currency: "GBP".into(),
+            converted_price: None,
+            converted_currency: None,
+            availability: None,
+            rating: None,
+            link: None,
+            scraped_at: None,
+        };
+        Command::new(chrono::Utc::now(), Op::CreateProduct { product })
+    }
+
+    fn item(index: u64, cmd: &Command) -> (ApplyItem, oneshot::Receiver<WriteResult>) {
+        let (tx, rx) = oneshot::channel();
+        let entry = LogEntry { term: 1, key: Some(COMMAND_KEY.into()), value: serde_json::to_value(cmd).unwrap() };
+        (ApplyItem { index, term: 1, entry, waiter: Some(tx) }, rx)
+    }
+
+    #[test]
+    fn a_waiter_gets_the_outcome_of_the_node_that_applied_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = dir.path().join("shared.db").to_string_lossy().into_owned();
+        let (mut first, mut second) = (Store::open(&url).unwrap(), Store::open(&url).unwrap());
+        let cmd = create("Dune");
+        // Another node sharing the database applies entry 1 first.
+        let applied = first.apply(1, 1, &cmd).unwrap();
+        let ApplyOutcome::Applied { status: 201, reply: Reply::Product(ref p) } = applied else {
+            panic!("{applied:?}")
+        };
+        assert_eq!(p.title, "Dune");
+        // This node's client waits for entry 1, and a barrier after it.
+        let (one, mut answer) = item(1, &cmd);
+        let (tx, mut barrier) = oneshot::channel();
+        let noop = ApplyItem { index: 2, term: 1, entry: LogEntry::noop(1), waiter: Some(tx) };
+        apply_batch(&mut second, &mut [one, noop]).unwrap();
+        match answer.try_recv().unwrap() {
+            WriteResult::Done(outcome) => assert_eq!(outcome, applied, "the real answer, not just 'applied'"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(barrier.try_recv().unwrap(), WriteResult::Barrier));
+        assert_eq!(second.dump().unwrap().products.len(), 1, "applied once");
+    }
 }

@@ -6,10 +6,15 @@
 //! fsync covers a burst); then handles the core's `Ready` strictly as persist → send → apply.
 //! Timers are exact deadlines from the core, not a periodic tick, so no tick period is added
 //! to elections or heartbeats.
+//!
+//! A Raft message larger than a datagram (an AppendEntries carrying one large entry) leaves as
+//! [fragments](crate::proto::fragment) through the transport's paced queue, and incoming fragments are put together
+//! again before the core sees the message.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -23,12 +28,19 @@ use super::raft::{Event, LogEntry, Msg, NodeId, ProposeError, Raft, Role};
 use super::storage::{Storage, StorageError};
 use super::transport::{RateLimited, Transport, RECV_BUFFER};
 use crate::config::Cluster;
+use crate::proto::fragment::{Fragmenter, Limits, Reassembler};
 use crate::proto::{self, Message, Request, KEY_COMMITED_LOGS, KEY_LEADER, MAX_DATAGRAM};
 
 /// How long a STORE waits to be committed before the controller is told it failed.
 const STORE_DEADLINE: Duration = Duration::from_secs(10);
 /// At most this many waiting datagrams are taken in one turn.
 const MAX_BURST: usize = 256;
+/// Room beside the largest entry in the largest message a node accepts.
+const MESSAGE_OVERHEAD: usize = 64 * 1024;
+
+/// What makes two AppendEntries of one Ready the same message: previous index and term,
+/// number of entries, commit index.
+type AppendShape = (u64, u64, usize, u64);
 
 /// Why the node stopped.
 #[derive(Debug, PartialEq, Eq)]
@@ -87,6 +99,8 @@ pub struct Driver {
     writes: BTreeMap<u64, PendingWrite>,
     applier: Applier,
     handshake: Handshake,
+    fragmenter: Fragmenter,
+    reassembler: Reassembler,
 }
 
 impl Driver {
@@ -116,6 +130,17 @@ impl Driver {
             leader_credentials: None,
         });
         let handshake = Handshake::new(proto::node_name(raft.id()), cluster.http_addr(raft.id()));
+        let cfg = raft.config();
+        let largest = cfg.max_entry_bytes.max(cfg.max_batch_bytes) + MESSAGE_OVERHEAD;
+        let buffers = transport.buffers();
+        log::info!(
+            "{}: UDP socket buffers: receive {} KiB, send {} KiB; messages up to {} KiB",
+            proto::node_name(raft.id()),
+            buffers.receive / 1024,
+            buffers.send / 1024,
+            largest / 1024
+        );
+        let fragmenter = Fragmenter::new(proto::node_name(raft.id()), super::entropy_seed());
         let mut driver = Driver {
             name: proto::node_name(raft.id()),
             raft,
@@ -135,6 +160,8 @@ impl Driver {
             writes: BTreeMap::new(),
             applier,
             handshake,
+            fragmenter,
+            reassembler: Reassembler::new(Limits::for_messages_of(largest)),
         };
         driver.publish();
         driver
@@ -201,6 +228,7 @@ impl Driver {
         self.handle_ready()?;
         loop {
             let deadline = self.origin + Duration::from_micros(self.raft.next_deadline());
+            let paced = self.transport.next_paced(std::time::Instant::now());
             tokio::select! {
                 received = self.transport.recv(&mut buf) => match received {
                     Ok((n, from)) => {
@@ -230,9 +258,17 @@ impl Driver {
                         self.propose(proposal);
                     }
                 }
+                _ = tokio::time::sleep_until(paced.map_or(deadline, Instant::from_std)), if paced.is_some() => {}
                 _ = &mut signal => self.stop = Some(Stopped::Signal),
             }
             self.handle_ready()?;
+            let now = std::time::Instant::now();
+            self.transport.flush_paced(now);
+            self.reassembler.evict_stale(now);
+            let given_up = self.reassembler.take_given_up();
+            if given_up > 0 && self.drops.allow() {
+                log::warn!("{}: gave up {given_up} incomplete message(s): a fragment was lost", self.name);
+            }
             self.expire_pending();
             self.publish();
             if let Some(stopped) = self.stop.take() {
@@ -268,6 +304,40 @@ impl Driver {
             Ok(decoded) => decoded,
             Err(e) => return self.dropped(from, &e),
         };
+        if request == Request::Fragment {
+            return self.handle_fragment(&msg, from);
+        }
+        self.handle_message(msg, request, from);
+    }
+
+    /// A piece of a larger message; once it is complete, the message is handled like a
+    /// datagram. Only Raft messages between nodes travel in pieces.
+    fn handle_fragment(&mut self, piece: &Message, from: SocketAddr) {
+        let done = match self.reassembler.accept(piece, std::time::Instant::now()) {
+            Ok(Some(done)) => done,
+            Ok(None) => return,
+            Err(e) => return self.dropped(from, &e),
+        };
+        let limit = self.reassembler.limits().max_message_bytes;
+        match Message::decode_with_limit(&done.bytes, limit) {
+            Ok((msg, request)) => {
+                let raft = !request.is_control()
+                    && !matches!(request, Request::Fragment | Request::Accept | Request::Credentials);
+                let same_sender = msg.sender_name.as_deref().and_then(proto::parse_node_name) == Some(done.sender);
+                if raft && same_sender {
+                    self.handle_message(msg, request, from);
+                } else {
+                    self.dropped(
+                        from,
+                        &format!("a reassembled {request} from node{} is not its Raft message", done.sender),
+                    );
+                }
+            }
+            Err(e) => self.dropped(from, &format!("reassembled message: {e}")),
+        }
+    }
+
+    fn handle_message(&mut self, msg: Message, request: Request, from: SocketAddr) {
         if request.is_control() {
             return self.handle_control(&msg, request, from);
         }
@@ -436,13 +506,36 @@ impl Driver {
             let last = self.raft.last_index();
             let entries = ready.persist_from.map(|from| (from, self.raft.log().slice(from, last)));
             self.storage.persist(ready.hard_state, entries)?;
+            // The same entries for several followers are encoded (and cut) once.
+            let mut encoded: HashMap<AppendShape, Rc<Vec<Vec<u8>>>> = HashMap::new();
             for (to, msg) in ready.messages {
-                let bytes = msg.to_wire(self.raft.id()).encode();
-                if bytes.len() > MAX_DATAGRAM {
-                    log::error!("{}: not sending a {}-byte {} to node{to}", self.name, bytes.len(), msg.request());
-                    continue;
+                let key = match &msg {
+                    Msg::Append { prev_log_index, prev_log_term, entries, leader_commit, .. }
+                        if !entries.is_empty() =>
+                    {
+                        Some((*prev_log_index, *prev_log_term, entries.len(), *leader_commit))
+                    }
+                    _ => None,
+                };
+                let datagrams = match key.and_then(|k| encoded.get(&k)) {
+                    Some(datagrams) => datagrams.clone(),
+                    None => {
+                        let bytes = msg.to_wire(self.raft.id()).encode();
+                        let datagrams = Rc::new(if bytes.len() > MAX_DATAGRAM {
+                            self.fragmenter.split(Some(msg.term()), &bytes)
+                        } else {
+                            vec![bytes]
+                        });
+                        if let Some(k) = key {
+                            encoded.insert(k, datagrams.clone());
+                        }
+                        datagrams
+                    }
+                };
+                match datagrams.as_slice() {
+                    [one] => self.transport.send_to_node(to, one),
+                    fragments => self.transport.send_paced(to, fragments),
                 }
-                self.transport.send_to_node(to, &bytes);
             }
             for event in ready.events {
                 let Event::RoleChanged { role, term, leader } = event;

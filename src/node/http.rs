@@ -8,7 +8,7 @@
 //! | endpoint | answer |
 //! |---|---|
 //! | `GET /healthz` | 200 while the process serves |
-//! | `GET /readyz` | 200 when a leader is known, else 503 with the failed checks |
+//! | `GET /readyz` | 200 when a leader is known and the database answers, else 503 with the failed checks |
 //! | `GET /status` | name, role, term, leader and its HTTP address, indexes, peers |
 //! | `GET /heartbeat` | name, role, term, leader, uptime |
 //! | `GET /metrics` | Prometheus text format |
@@ -183,15 +183,20 @@ async fn healthz(state: web::Data<State>) -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok", "name": name }))
 }
 
-async fn readyz(state: web::Data<State>) -> HttpResponse {
+async fn readyz(state: web::Data<State>, api: web::Data<super::api::Api>) -> HttpResponse {
     let status = state.status.borrow().clone();
     let leader = status.leader.is_some();
-    let body = json!({
-        "ready": leader,
+    let database = super::api::check_database(api).await;
+    let ready = leader && database.is_ok();
+    let mut body = json!({
+        "ready": ready,
         "name": status.name,
-        "checks": { "node": true, "leader": leader },
+        "checks": { "node": true, "leader": leader, "database": database.is_ok() },
     });
-    if leader {
+    if let Err(e) = database {
+        body["database_error"] = json!(e);
+    }
+    if ready {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable().insert_header(("Retry-After", "1")).json(body)

@@ -53,6 +53,9 @@ pub struct Args {
     /// Token the web console's control buttons (TIMEOUT, CONVERT_FOLLOWER) must send; better set by env or config file [default: none, the buttons work for anyone]
     #[arg(long, env = "LABCTL_CONSOLE_TOKEN", hide_env_values = true)]
     pub console_token: Option<String>,
+    /// The largest file POST /api/upload/file accepts, in bytes [default: 8388608]
+    #[arg(long, env = "LABCTL_MAX_UPLOAD_BYTES")]
+    pub max_upload_bytes: Option<usize>,
     #[command(flatten)]
     pub cluster: ClusterArgs,
     #[command(flatten)]
@@ -79,6 +82,10 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
         }
     });
     let bind = crate::config::resolve(&bind_host, cluster.raft_port)?;
+    let max_upload_bytes = args.max_upload_bytes.or(file.node.max_upload_bytes).unwrap_or(api::DEFAULT_MAX_UPLOAD);
+    if max_upload_bytes == 0 {
+        anyhow::bail!("max_upload_bytes must be positive");
+    }
     let http_bind = crate::config::resolve(&bind_host, cluster.http_port)?;
 
     let (storage, recovered) = Storage::open(&node_dir).with_context(|| format!("cannot open the data of {name}"))?;
@@ -114,6 +121,7 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
             election_max: timing.election_timeout_max_ms * 1000,
             pre_vote: timing.pre_vote,
             check_quorum: timing.check_quorum,
+            max_entry_bytes: timing.max_entry_bytes,
             ..raft::Config::new(args.id, peers)
         };
         let origin = tokio::time::Instant::now();
@@ -125,6 +133,7 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
             status: driver.subscribe(),
             store: std::sync::Mutex::new(read_store),
             notify: notifier.clone(),
+            max_upload: max_upload_bytes,
         });
         let console_token = args.console_token.clone().or_else(|| file.node.console_token.clone());
         let console = console::Console::new(name.clone(), console_token, transport_addr, cluster.clone());
@@ -166,8 +175,8 @@ async fn stop_signal() {
     }
 }
 
-/// A seed for election timeouts that differs between nodes and runs.
-fn entropy_seed() -> u64 {
+/// A seed that differs between nodes and runs (election timeouts, fragment ids).
+pub(crate) fn entropy_seed() -> u64 {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
     nanos ^ ((std::process::id() as u64) << 32)
 }

@@ -5,9 +5,16 @@
 //! at most once a second, and refreshed every few seconds (a restarted container may have a
 //! new address); a datagram to a peer without an address is dropped, as the network would
 //! drop it. An IP address in the host pattern needs no lookup.
+//!
+//! A message larger than a datagram leaves as a burst of fragments (see
+//! [`crate::proto::fragment`]). So that a burst of megabytes does not overflow the receiver's
+//! socket buffer, the socket asks the kernel for large buffers and fragments are paced: they
+//! wait in a queue and leave at [`PACE_BYTES_PER_SEC`] after a first [`PACE_BURST`], while
+//! ordinary datagrams (heartbeats, votes, replies) go out at once, ahead of the queue.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
@@ -23,6 +30,16 @@ const REFRESH: Duration = Duration::from_secs(10);
 /// by the decoder.
 pub const RECV_BUFFER: usize = 64 * 1024;
 
+/// Socket buffers asked of the kernel (it may grant less, up to `net.core.rmem_max`).
+pub const SOCKET_BUFFER: usize = 16 * 1024 * 1024;
+/// Fragments leave at this rate once the first burst is out.
+pub const PACE_BYTES_PER_SEC: usize = 128 * 1024 * 1024;
+/// Fragments that may leave at once.
+pub const PACE_BURST: usize = 4 * 1024 * 1024;
+/// Fragments waiting to leave, at most; a message that does not fit is dropped, as the
+/// network would drop it.
+const MAX_QUEUED: usize = 64 * 1024 * 1024;
+
 struct Peer {
     addr: Option<SocketAddr>,
     next_try: Instant,
@@ -34,13 +51,42 @@ pub struct Transport {
     cluster: Cluster,
     peers: HashMap<NodeId, Peer>,
     send_errors: RateLimited,
+    buffers: SocketBuffers,
+    pacer: Pacer,
+    queue: VecDeque<(SocketAddr, Vec<u8>)>,
+    queued_bytes: usize,
+}
+
+/// The socket buffer sizes the kernel granted, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketBuffers {
+    pub receive: usize,
+    pub send: usize,
 }
 
 impl Transport {
-    /// Binds `bind` (the node's Raft address).
+    /// Binds `bind` (the node's Raft address) and asks for [`SOCKET_BUFFER`]-sized buffers.
     pub async fn bind(bind: SocketAddr, cluster: Cluster) -> std::io::Result<Transport> {
         let socket = UdpSocket::bind(bind).await?;
-        Ok(Transport { socket, cluster, peers: HashMap::new(), send_errors: RateLimited::new(5) })
+        let buffers = SocketBuffers {
+            receive: grow_buffer(&socket, libc::SO_RCVBUF, libc::SO_RCVBUFFORCE, SOCKET_BUFFER),
+            send: grow_buffer(&socket, libc::SO_SNDBUF, libc::SO_SNDBUFFORCE, SOCKET_BUFFER),
+        };
+        Ok(Transport {
+            socket,
+            cluster,
+            peers: HashMap::new(),
+            send_errors: RateLimited::new(5),
+            buffers,
+            pacer: Pacer::new(PACE_BYTES_PER_SEC, PACE_BURST, Instant::now()),
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+        })
+    }
+
+    /// The socket buffers the kernel granted.
+    pub fn buffers(&self) -> SocketBuffers {
+        self.buffers
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -62,6 +108,39 @@ impl Transport {
         if let Some(addr) = self.peer_addr(id) {
             self.send_to(addr, bytes);
         }
+    }
+
+    /// Queues the fragments of one message to node `id`; they leave paced (see
+    /// [`Transport::flush_paced`]).
+    pub fn send_paced(&mut self, id: NodeId, datagrams: &[Vec<u8>]) {
+        let Some(addr) = self.peer_addr(id) else { return };
+        let bytes: usize = datagrams.iter().map(Vec::len).sum();
+        if self.queued_bytes + bytes > MAX_QUEUED {
+            if self.send_errors.allow() {
+                log::warn!("not sending a {bytes}-byte message to node{id}: {} bytes wait already", self.queued_bytes);
+            }
+            return;
+        }
+        self.queued_bytes += bytes;
+        self.queue.extend(datagrams.iter().map(|d| (addr, d.clone())));
+    }
+
+    /// Sends the queued fragments the pace allows by `now`.
+    pub fn flush_paced(&mut self, now: Instant) {
+        while let Some((_, bytes)) = self.queue.front() {
+            if !self.pacer.take(now, bytes.len()) {
+                break;
+            }
+            let Some((addr, bytes)) = self.queue.pop_front() else { break };
+            self.queued_bytes -= bytes.len();
+            self.send_to(addr, &bytes);
+        }
+    }
+
+    /// When [`Transport::flush_paced`] can send the next queued fragment, if any waits.
+    pub fn next_paced(&self, now: Instant) -> Option<Instant> {
+        let (_, bytes) = self.queue.front()?;
+        Some(now + self.pacer.wait(now, bytes.len()))
     }
 
     /// Sends to an address (replies to controllers go to the request's source).
@@ -98,6 +177,89 @@ impl Transport {
     }
 }
 
+/// Asks for a socket buffer of `wanted` bytes; returns what the kernel granted. Beyond
+/// `net.core.rmem_max`/`wmem_max` only a privileged process (CAP_NET_ADMIN) gets more.
+fn grow_buffer(socket: &UdpSocket, option: libc::c_int, force: libc::c_int, wanted: usize) -> usize {
+    let fd = socket.as_raw_fd();
+    let set = |opt: libc::c_int| {
+        let value = wanted.min(libc::c_int::MAX as usize) as libc::c_int;
+        // SAFETY: setsockopt on an open socket with a pointer to a c_int and its size.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        }
+    };
+    let get = || {
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt on an open socket into a c_int of the given size.
+        let rc = unsafe {
+            libc::getsockopt(fd, libc::SOL_SOCKET, option, (&mut value as *mut libc::c_int).cast(), &mut len)
+        };
+        if rc == 0 {
+            value.max(0) as usize
+        } else {
+            0
+        }
+    };
+    set(option);
+    // Linux reports twice what was asked (the doubling covers its bookkeeping).
+    if get() < wanted && set(force) != 0 {
+        log::debug!("socket buffer limited by the kernel: {}", std::io::Error::last_os_error());
+    }
+    get()
+}
+
+/// A token bucket: `rate` bytes a second, at most `burst` at once.
+#[derive(Debug, Clone)]
+pub struct Pacer {
+    rate: usize,
+    burst: usize,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Pacer {
+    pub fn new(rate: usize, burst: usize, now: Instant) -> Pacer {
+        Pacer { rate, burst, tokens: burst as f64, last: now }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate as f64).min(self.burst as f64);
+        self.last = self.last.max(now);
+    }
+
+    /// Takes `bytes` if the bucket has them by `now` (a datagram larger than the burst needs
+    /// a full bucket).
+    pub fn take(&mut self, now: Instant, bytes: usize) -> bool {
+        self.refill(now);
+        let need = bytes.min(self.burst) as f64;
+        if self.tokens < need {
+            return false;
+        }
+        self.tokens -= bytes as f64;
+        true
+    }
+
+    /// How long until `bytes` can be taken.
+    pub fn wait(&self, now: Instant, bytes: usize) -> Duration {
+        let mut next = self.clone();
+        next.refill(now);
+        let missing = bytes.min(self.burst) as f64 - next.tokens;
+        if missing <= 0.0 {
+            return Duration::ZERO;
+        }
+        // Rounded up, so that the bucket surely holds the bytes by then.
+        Duration::from_micros((missing * 1e6 / self.rate as f64).ceil() as u64 + 1)
+    }
+}
+
 /// Lets through at most `per_second` events a second, and says how many it held back.
 pub struct RateLimited {
     per_second: u32,
@@ -128,5 +290,68 @@ impl RateLimited {
             return false;
         }
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pacer_lets_a_burst_through_then_keeps_the_rate() {
+        let t0 = Instant::now();
+        let mut p = Pacer::new(1_000_000, 100_000, t0);
+        let sent = (0..10).filter(|_| p.take(t0, 30_000)).count();
+        assert_eq!(sent, 3, "a 100 kB burst holds three 30 kB datagrams");
+        assert!(!p.take(t0, 30_000));
+        let wait = p.wait(t0, 30_000);
+        assert!(wait >= Duration::from_millis(20) && wait <= Duration::from_millis(21), "{wait:?}");
+        assert!(!p.take(t0 + wait / 2, 30_000));
+        assert!(p.take(t0 + wait, 30_000));
+        // One second later the bucket is full again, never fuller.
+        let later = t0 + Duration::from_secs(5);
+        assert_eq!(p.wait(later, 30_000), Duration::ZERO);
+        assert_eq!((0..10).filter(|_| p.take(later, 30_000)).count(), 3);
+        // A datagram larger than the burst waits for a full bucket, then leaves.
+        let mut p = Pacer::new(1_000, 10, t0);
+        assert!(p.take(t0, 50));
+        assert!(!p.take(t0, 50));
+        assert!(p.take(t0 + Duration::from_secs(1), 50));
+    }
+
+    #[tokio::test]
+    async fn fragments_wait_their_turn_and_ordinary_datagrams_do_not() {
+        let cluster = Cluster { nodes: 2, host: "127.0.0.{id}".into(), raft_port: 0, http_port: 0 };
+        let mut sender = Transport::bind("127.0.0.1:0".parse().unwrap(), cluster).await.unwrap();
+        let receiver = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let to = receiver.local_addr().unwrap();
+        // Node 2 lives where the receiver is.
+        sender.peers.insert(2, Peer { addr: Some(to), next_try: Instant::now() + REFRESH });
+        assert!(sender.buffers().receive >= 256 * 1024, "{:?}", sender.buffers());
+        // Sends never wait; the socket must be known writable first, as it is once a node runs.
+        sender.socket.writable().await.unwrap();
+        let fragments: Vec<Vec<u8>> = (0..200u8).map(|i| vec![i; 50_000]).collect();
+        sender.send_paced(2, &fragments);
+        sender.send_to(to, b"heartbeat");
+        let now = Instant::now();
+        sender.flush_paced(now);
+        let burst = PACE_BURST / 50_000;
+        assert_eq!(sender.queue.len(), 200 - burst);
+        let next = sender.next_paced(now).unwrap();
+        assert!(next > now && next <= now + Duration::from_millis(1), "{:?}", next - now);
+        let mut buf = vec![0u8; RECV_BUFFER];
+        let received = tokio::time::timeout(Duration::from_secs(5), receiver.recv_from(&mut buf)).await;
+        let (n, _) = received.expect("a datagram within 5 s").unwrap();
+        assert_eq!(&buf[..n], b"heartbeat", "an ordinary datagram goes ahead of queued fragments");
+        // The rest leaves at the pace: 10 MB less the burst, at 128 MiB/s, in about 45 ms.
+        let mut t = now;
+        while let Some(next) = sender.next_paced(t) {
+            t = next;
+            sender.flush_paced(t);
+        }
+        assert!(sender.queue.is_empty() && sender.queued_bytes == 0);
+        let expected = (200 * 50_000 - PACE_BURST) as f64 / PACE_BYTES_PER_SEC as f64;
+        let took = (t - now).as_secs_f64();
+        assert!((took - expected).abs() < 0.002, "took {took}s, expected {expected}s");
     }
 }

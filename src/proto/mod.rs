@@ -10,15 +10,17 @@
 //! larger than [`MAX_DATAGRAM`], or has a field of the wrong type is a [`DecodeError`].
 //!
 //! [`client`] is the sending side of the control requests, shared by the controller, the
-//! cluster runner and tests.
+//! cluster runner and tests; [`fragment`] carries node messages larger than one datagram.
 
 pub mod client;
+pub mod fragment;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// Largest datagram a node sends or accepts. Leaders batch log entries so that every
-/// AppendEntries datagram stays below it.
+/// Largest datagram a node sends or accepts. Leaders batch log entries so that an
+/// AppendEntries message stays below it, unless one entry alone is larger: such a message
+/// travels as [`fragment`]s.
 pub const MAX_DATAGRAM: usize = 60 * 1024;
 
 /// The `sender_name` of control requests.
@@ -114,6 +116,8 @@ pub enum Request {
     Accept,
     /// Election handshake: HTTP address (and the leader's write token).
     Credentials,
+    /// One piece of a node message larger than a datagram (see [`fragment`]).
+    Fragment,
     // Control requests (sender "Controller") and their replies.
     ConvertFollower,
     Timeout,
@@ -124,7 +128,7 @@ pub enum Request {
 }
 
 impl Request {
-    pub const ALL: [Request; 14] = [
+    pub const ALL: [Request; 15] = [
         Request::AppendRpc,
         Request::AppendReply,
         Request::VoteRequest,
@@ -133,6 +137,7 @@ impl Request {
         Request::PreVoteReply,
         Request::Accept,
         Request::Credentials,
+        Request::Fragment,
         Request::ConvertFollower,
         Request::Timeout,
         Request::Shutdown,
@@ -152,6 +157,7 @@ impl Request {
             Request::PreVoteReply => "PRE_VOTE_REPLY",
             Request::Accept => "ACCEPT",
             Request::Credentials => "CREDENTIALS",
+            Request::Fragment => "FRAGMENT",
             Request::ConvertFollower => "CONVERT_FOLLOWER",
             Request::Timeout => "TIMEOUT",
             Request::Shutdown => "SHUTDOWN",
@@ -196,8 +202,8 @@ pub const KEY_COMMITTED_LOGS: &str = "COMMITTED_LOGS";
 /// Why a datagram was dropped.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
-    #[error("datagram of {0} bytes is larger than {MAX_DATAGRAM}")]
-    TooLarge(usize),
+    #[error("message of {0} bytes is larger than {1}")]
+    TooLarge(usize, usize),
     #[error("not UTF-8 JSON of the message shape: {0}")]
     Json(#[from] serde_json::Error),
     #[error("no `request` field")]
@@ -219,8 +225,13 @@ impl Message {
 
     /// Decodes one datagram, checking that it names a known request.
     pub fn decode(bytes: &[u8]) -> Result<(Message, Request), DecodeError> {
-        if bytes.len() > MAX_DATAGRAM {
-            return Err(DecodeError::TooLarge(bytes.len()));
+        Message::decode_with_limit(bytes, MAX_DATAGRAM)
+    }
+
+    /// Decodes a message of at most `limit` bytes (a reassembled one may exceed a datagram).
+    pub fn decode_with_limit(bytes: &[u8], limit: usize) -> Result<(Message, Request), DecodeError> {
+        if bytes.len() > limit {
+            return Err(DecodeError::TooLarge(bytes.len(), limit));
         }
         let msg: Message = serde_json::from_slice(bytes)?;
         let name = msg.request.as_deref().ok_or(DecodeError::MissingRequest)?;
@@ -315,7 +326,7 @@ mod tests {
         assert!(matches!(Message::decode(br#"{"key":null}"#), Err(DecodeError::MissingRequest)));
         assert!(matches!(Message::decode(br#"{"request":"HELLO"}"#), Err(DecodeError::UnknownRequest(_))));
         let huge = vec![b' '; MAX_DATAGRAM + 1];
-        assert!(matches!(Message::decode(&huge), Err(DecodeError::TooLarge(_))));
+        assert!(matches!(Message::decode(&huge), Err(DecodeError::TooLarge(..))));
     }
 
     #[test]

@@ -6,11 +6,13 @@
 //! varying delay (so datagrams are reordered and arrive long after they were sent), crashes
 //! of random nodes and of the leader, restarts, and a controller's TIMEOUT and
 //! CONVERT_FOLLOWER; meanwhile a client proposes entries, now and then in bursts of large
-//! ones, to whoever leads. Safety is checked after every step by the cluster. When the
-//! network heals and every node is back, a leader followed by a majority must appear, and an
-//! entry proposed then must commit on every node, each within ten election timeouts.
+//! ones and rarely one larger than a datagram (as an uploaded file is), to whoever leads.
+//! Safety is checked after every step by the cluster. When the network heals and every node
+//! is back, a leader followed by a majority must appear, and an entry proposed then must
+//! commit on every node, each within ten election timeouts.
 
 use labctl::node::raft::{Micros, NodeId, Rng};
+use labctl::proto::MAX_DATAGRAM;
 use serde_json::json;
 
 use super::network::NetStats;
@@ -233,7 +235,14 @@ fn propose(c: &mut Cluster, rng: &mut Rng, client: &mut Client) {
     let Some(target) = target else { return };
     let burst = if rng.chance(0.03) { rng.range(10, 120) } else { 1 };
     for _ in 0..burst {
-        let pad = if rng.chance(0.1) { rng.range(0, 600) as usize } else { 0 };
+        let pad = if rng.chance(0.005) {
+            // An uploaded file: larger than a datagram, sent alone and in fragments.
+            rng.range(MAX_DATAGRAM as u64, 10 * MAX_DATAGRAM as u64) as usize
+        } else if rng.chance(0.1) {
+            rng.range(0, 600) as usize
+        } else {
+            0
+        };
         let value = client.next_value(pad);
         if c.propose(target, value).is_err() {
             return;

@@ -3,8 +3,9 @@
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
-use labctl::node::raft::{Micros, Msg, NodeId, Rng};
-use labctl::proto::{Message, MAX_DATAGRAM};
+use labctl::node::raft::{Micros, Msg, NodeId, Rng, DEFAULT_MAX_ENTRY_BYTES};
+use labctl::proto::fragment::{Fragmenter, Limits, Reassembler};
+use labctl::proto::{node_name, Message, MAX_DATAGRAM};
 
 use super::MS;
 
@@ -155,7 +156,7 @@ impl Network {
         if let Msg::Append { entries, .. } = &msg {
             self.stats.entries_sent += entries.len() as u64;
         }
-        let msg = if self.rng.chance(self.wire_check) { through_the_wire(from, &msg)? } else { msg };
+        let msg = if self.rng.chance(self.wire_check) { through_the_wire(from, &msg, &mut self.rng)? } else { msg };
         if !self.connected(from, to) || self.rng.chance(self.loss) {
             self.stats.dropped += 1;
             return Ok(());
@@ -187,18 +188,39 @@ impl Network {
     }
 }
 
-/// Encodes `msg` as the datagram `from` would send and decodes it as a receiver would.
-fn through_the_wire(from: NodeId, msg: &Msg) -> Result<Msg, String> {
-    let bytes = msg.to_wire(from).encode();
+/// The largest message a node accepts: the largest entry and room for the rest.
+const MAX_MESSAGE: usize = DEFAULT_MAX_ENTRY_BYTES + 64 * 1024;
+
+/// Encodes `msg` as the datagram `from` would send and decodes it as a receiver would; a
+/// message larger than a datagram travels as fragments, in any order.
+fn through_the_wire(from: NodeId, msg: &Msg, rng: &mut Rng) -> Result<Msg, String> {
+    let mut bytes = msg.to_wire(from).encode();
     if bytes.len() > MAX_DATAGRAM {
-        return Err(format!(
-            "node{from} sent a {:?} of {} bytes, over the {MAX_DATAGRAM} byte datagram limit",
-            msg.request(),
-            bytes.len()
-        ));
+        if !matches!(msg, Msg::Append { entries, .. } if entries.len() == 1) {
+            return Err(format!(
+                "node{from} sent a {:?} of {} bytes that is not one large entry alone",
+                msg.request(),
+                bytes.len()
+            ));
+        }
+        let mut pieces = Fragmenter::new(node_name(from), rng.next_u64()).split(Some(msg.term()), &bytes);
+        for i in (1..pieces.len()).rev() {
+            pieces.swap(i, rng.range(0, i as u64 + 1) as usize);
+        }
+        let mut reassembler = Reassembler::new(Limits::for_messages_of(MAX_MESSAGE));
+        let now = std::time::Instant::now();
+        let mut whole = None;
+        for piece in &pieces {
+            if piece.len() > MAX_DATAGRAM {
+                return Err(format!("a fragment of {} bytes is over the datagram limit", piece.len()));
+            }
+            let (fragment, _) = Message::decode(piece).map_err(|e| format!("a fragment does not decode: {e}"))?;
+            whole = reassembler.accept(&fragment, now).map_err(|e| format!("a fragment is refused: {e}"))?;
+        }
+        bytes = whole.ok_or("the fragments did not make the message")?.bytes;
     }
-    let (wire, request) =
-        Message::decode(&bytes).map_err(|e| format!("node{from} sent a datagram that does not decode: {e}"))?;
+    let (wire, request) = Message::decode_with_limit(&bytes, MAX_MESSAGE)
+        .map_err(|e| format!("node{from} sent a datagram that does not decode: {e}"))?;
     let (sender, back) =
         Msg::from_wire(&wire, request).map_err(|e| format!("node{from} sent an unreadable {request}: {e}"))?;
     if sender != from || back != *msg {

@@ -62,7 +62,13 @@ impl Log {
     }
 
     pub fn append(&mut self, entry: LogEntry) -> u64 {
-        self.sizes.push(encoded_size(&entry));
+        let size = encoded_size(&entry);
+        self.append_sized(entry, size)
+    }
+
+    /// Appends an entry whose [`encoded_size`] the caller has just computed.
+    pub fn append_sized(&mut self, entry: LogEntry, size: usize) -> u64 {
+        self.sizes.push(size);
         self.entries.push(entry);
         self.last_index()
     }
@@ -74,9 +80,10 @@ impl Log {
         self.sizes.truncate(keep);
     }
 
-    /// The last index of a run starting at `from` whose encoded entries fit in `budget` bytes
-    /// (at least one entry, so an entry of any admitted size makes progress).
-    pub fn batch_end(&self, from: u64, budget: usize) -> u64 {
+    /// The last index of a run starting at `from` whose encoded entries fit in `budget` bytes,
+    /// and their size. The run has at least one entry, so an entry larger than `budget` goes
+    /// alone.
+    pub fn batch(&self, from: u64, budget: usize) -> (u64, usize) {
         let mut used = 0usize;
         let mut end = from.saturating_sub(1);
         for idx in from..=self.last_index() {
@@ -87,7 +94,7 @@ impl Log {
             used += size;
             end = idx;
         }
-        end
+        (end, used)
     }
 
     /// The first index of the run of entries with `term` that contains `index`.

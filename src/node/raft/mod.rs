@@ -29,11 +29,15 @@
 //! marked `force`: voters grant it even while they hear from a leader (thesis §3.10).
 //!
 //! **Log replication (§5.3).** The leader appends client entries and sends them in
-//! AppendEntries batches that each fit one datagram, pipelining without waiting for replies.
+//! AppendEntries batches of at most [`Config::max_batch_bytes`], pipelining without waiting
+//! for replies; an entry larger than that (up to [`Config::max_entry_bytes`]) travels alone,
+//! and the driver's transport cuts such a message into fragments.
 //! A follower accepts entries only if its log holds the entry before them with the same term
 //! (the consistency check); on a mismatch it replies with the conflicting term and its first
 //! index, so the leader skips a whole term per round trip. Lost datagrams are resent on the
-//! next heartbeat, from the last index known to match.
+//! next heartbeat, from the last index known to match; after a large send the leader waits a
+//! heartbeat longer per [`RESEND_GRACE_BYTES`] before resending, so that a follower still
+//! taking in a multi-megabyte message is not buried in copies of it.
 //!
 //! **Commitment (§5.3, §5.4.2).** The leader commits an index once a majority stores it and
 //! the entry is from the leader's own term; earlier entries commit with it. Followers learn
@@ -64,8 +68,17 @@ pub use crate::proto::LogEntry;
 /// Microseconds since an arbitrary origin chosen by the driver.
 pub type Micros = u64;
 
-/// How many AppendEntries datagrams a leader sends to one follower at once when catching it up.
+/// How many AppendEntries messages a leader sends to one follower at once when catching it up
+/// (fewer when their entries add up to more than this many batch budgets).
 const MAX_BATCHES_PER_SEND: usize = 4;
+
+/// Entries sent to a follower are resent by a heartbeat only after one more heartbeat
+/// interval per this many bytes sent: time for the follower to receive, store and
+/// acknowledge a large message.
+pub const RESEND_GRACE_BYTES: usize = 256 * 1024;
+
+/// The largest log entry accepted by default: 16 MiB.
+pub const DEFAULT_MAX_ENTRY_BYTES: usize = 16 * 1024 * 1024;
 
 /// Static configuration of one node.
 #[derive(Debug, Clone)]
@@ -78,8 +91,11 @@ pub struct Config {
     pub election_max: Micros,
     pub pre_vote: bool,
     pub check_quorum: bool,
-    /// Budget for the encoded entries of one AppendEntries message.
+    /// Budget for the encoded entries of one AppendEntries message: with the message's other
+    /// fields it fits one datagram. A larger entry is sent alone.
     pub max_batch_bytes: usize,
+    /// The largest entry a proposal may add (encoded size).
+    pub max_entry_bytes: usize,
 }
 
 impl Config {
@@ -94,6 +110,7 @@ impl Config {
             pre_vote: true,
             check_quorum: true,
             max_batch_bytes: crate::proto::MAX_DATAGRAM - 4 * 1024,
+            max_entry_bytes: DEFAULT_MAX_ENTRY_BYTES,
         }
     }
 }
@@ -148,6 +165,9 @@ struct Progress {
     /// Where `next` was last moved back to, since the last heartbeat: entries from there on
     /// are already being resent.
     rewound_to: Option<u64>,
+    /// Entries in flight are not resent by a heartbeat before this time (see
+    /// [`RESEND_GRACE_BYTES`]).
+    resend_at: Micros,
 }
 
 /// One Raft node's state.
@@ -179,6 +199,8 @@ pub struct Raft {
     progress: BTreeMap<NodeId, Progress>,
     /// Leader: first index proposed since the last flush.
     unflushed_from: Option<u64>,
+    /// The latest time given to `tick` or `step`: when proposals are sent.
+    clock: Micros,
 
     // Output accumulated until take_ready().
     msgs: Vec<(NodeId, Msg)>,
@@ -210,6 +232,7 @@ impl Raft {
             votes: BTreeSet::new(),
             progress: BTreeMap::new(),
             unflushed_from: None,
+            clock: now,
             msgs: Vec::new(),
             hard_dirty: false,
             persist_from: None,
@@ -280,6 +303,7 @@ impl Raft {
 
     /// Fires whatever timers have expired by `now`.
     pub fn tick(&mut self, now: Micros) {
+        self.clock = self.clock.max(now);
         match self.role {
             Role::Leader => {
                 if self.cfg.check_quorum && now >= self.quorum_deadline {
@@ -304,6 +328,11 @@ impl Raft {
                         // Resend from the last known match: anything beyond may have been lost.
                         let pr = self.progress.get_mut(&peer).expect("peer progress");
                         pr.rewound_to = None;
+                        if pr.matched < self.log.last_index() && now < pr.resend_at {
+                            // A large send is still being taken in: only say we are alive.
+                            self.send_heartbeat(peer);
+                            continue;
+                        }
                         if pr.matched < self.log.last_index() {
                             pr.next = pr.matched + 1;
                             pr.rewound_to = Some(pr.next);
@@ -326,6 +355,7 @@ impl Raft {
 
     /// Handles one message from another node.
     pub fn step(&mut self, now: Micros, from: NodeId, msg: Msg) {
+        self.clock = self.clock.max(now);
         if from == self.cfg.id || !self.cfg.peers.contains(&from) {
             ::log::debug!("{} ignores {:?} from unknown node {from}", self.name(), msg.request());
             return;
@@ -355,7 +385,7 @@ impl Raft {
                 if term > self.term {
                     self.become_follower(now, term, None);
                 } else if term == self.term && self.role == Role::Leader {
-                    self.on_append_reply(from, success, match_index, conflict_index, conflict_term);
+                    self.on_append_reply(now, from, success, match_index, conflict_index, conflict_term);
                 }
             }
         }
@@ -369,10 +399,11 @@ impl Raft {
         }
         let entry = LogEntry { term: self.term, key, value };
         let size = encoded_size(&entry);
-        if size > self.cfg.max_batch_bytes {
-            return Err(ProposeError::TooLarge { size, max: self.cfg.max_batch_bytes });
+        if size > self.cfg.max_entry_bytes {
+            return Err(ProposeError::TooLarge { size, max: self.cfg.max_entry_bytes });
         }
-        let index = self.append_local(entry);
+        let index = self.log.append_sized(entry, size);
+        self.appended(index);
         self.unflushed_from.get_or_insert(index);
         Ok(index)
     }
@@ -380,6 +411,7 @@ impl Raft {
     /// A controller's TIMEOUT: start an election now, skipping PreVote, that voters grant even
     /// while they hear from a leader. A leader steps down first.
     pub fn timeout_now(&mut self, now: Micros) {
+        self.clock = self.clock.max(now);
         if self.role == Role::Leader {
             self.become_follower(now, self.term, None);
         }
@@ -388,6 +420,7 @@ impl Raft {
 
     /// A controller's CONVERT_FOLLOWER: become a follower of the current term.
     pub fn convert_follower(&mut self, now: Micros) {
+        self.clock = self.clock.max(now);
         let leader = if self.role == Role::Follower { self.leader } else { None };
         self.become_follower(now, self.term, leader);
         self.reset_election_timer(now);
@@ -551,7 +584,7 @@ impl Raft {
             .cfg
             .peers
             .iter()
-            .map(|&p| (p, Progress { next, matched: 0, active: false, rewound_to: None }))
+            .map(|&p| (p, Progress { next, matched: 0, active: false, rewound_to: None, resend_at: now }))
             .collect();
         self.heartbeat_deadline = now + self.cfg.heartbeat;
         self.quorum_deadline = now + self.cfg.election_min;
@@ -618,11 +651,16 @@ impl Raft {
 
     fn append_local(&mut self, entry: LogEntry) -> u64 {
         let index = self.log.append(entry);
+        self.appended(index);
+        index
+    }
+
+    /// Records that `index` was just appended: it must be persisted, and may commit.
+    fn appended(&mut self, index: u64) {
         self.persist_from = Some(self.persist_from.map_or(index, |p| p.min(index)));
         if self.role == Role::Leader {
             self.maybe_commit();
         }
-        index
     }
 
     /// Sends newly proposed entries to the followers that are caught up; lagging followers
@@ -638,29 +676,41 @@ impl Raft {
         }
     }
 
+    /// An empty AppendEntries anchored at the last index known to match, so it never fails
+    /// the consistency check on entries still in flight.
+    fn send_heartbeat(&mut self, peer: NodeId) {
+        let Some(pr) = self.progress.get(&peer) else { return };
+        let prev = pr.matched;
+        let msg = Msg::Append {
+            term: self.term,
+            prev_log_index: prev,
+            prev_log_term: self.log.term(prev).unwrap_or(0),
+            entries: Vec::new(),
+            leader_commit: self.commit,
+        };
+        self.msgs.push((peer, msg));
+    }
+
     fn send_append(&mut self, peer: NodeId, max_batches: usize) {
         let last = self.log.last_index();
         let commit = self.commit;
         let term = self.term;
         let budget = self.cfg.max_batch_bytes;
+        let (now, heartbeat) = (self.clock, self.cfg.heartbeat);
         let Some(pr) = self.progress.get_mut(&peer) else { return };
         pr.next = pr.next.clamp(pr.matched + 1, last + 1);
         if pr.next > last {
-            // Nothing new: a heartbeat anchored at the last index known to match, so it
-            // never fails the consistency check on entries still in flight.
-            let prev = pr.matched;
-            let prev_log_term = self.log.term(prev).unwrap_or(0);
-            let msg =
-                Msg::Append { term, prev_log_index: prev, prev_log_term, entries: Vec::new(), leader_commit: commit };
-            self.msgs.push((peer, msg));
+            self.send_heartbeat(peer);
             return;
         }
+        let mut sent = 0;
         for _ in 0..max_batches {
-            if pr.next > last {
+            if pr.next > last || sent >= max_batches * budget {
                 break;
             }
             let prev = pr.next - 1;
-            let end = self.log.batch_end(pr.next, budget);
+            let (end, bytes) = self.log.batch(pr.next, budget);
+            sent += bytes;
             let msg = Msg::Append {
                 term,
                 prev_log_index: prev,
@@ -671,10 +721,13 @@ impl Raft {
             self.msgs.push((peer, msg));
             pr.next = end + 1;
         }
+        let grace = heartbeat.saturating_mul((sent / RESEND_GRACE_BYTES) as u64);
+        pr.resend_at = pr.resend_at.max(now.saturating_add(grace));
     }
 
     fn on_append_reply(
         &mut self,
+        now: Micros,
         from: NodeId,
         success: bool,
         match_index: u64,
@@ -688,6 +741,10 @@ impl Raft {
             let matched = match_index.min(last);
             if matched > pr.matched {
                 pr.matched = matched;
+                if matched + 1 >= pr.next {
+                    // Everything sent is acknowledged: no grace is owed any more.
+                    pr.resend_at = now;
+                }
             }
             pr.next = pr.next.max(pr.matched + 1);
             let more = pr.next <= last;

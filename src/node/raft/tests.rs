@@ -221,9 +221,77 @@ fn proposals_are_batched_into_datagrams_under_the_limit() {
         next += entries.len() as u64;
         assert!(msg.to_wire(1).encode().len() < crate::proto::MAX_DATAGRAM);
     }
-    // An entry too large for one datagram is refused up front.
-    let huge = json!("x".repeat(crate::proto::MAX_DATAGRAM));
+    // An entry above the largest entry size is refused up front.
+    let huge = json!("x".repeat(raft.config().max_entry_bytes));
     assert!(matches!(raft.propose(Some("big".into()), huge), Err(ProposeError::TooLarge { .. })));
+}
+
+/// Follower 2 of a 3-node leader has acknowledged everything up to `match_index`.
+fn acked(raft: &mut Raft, now: Micros, match_index: u64) {
+    let reply = Msg::AppendReply { term: 1, success: true, match_index, conflict_index: 0, conflict_term: None };
+    raft.step(now, 2, reply);
+}
+
+#[test]
+fn an_entry_larger_than_a_batch_travels_alone_and_is_not_resent_at_every_heartbeat() {
+    let mut raft = elect(3);
+    raft.take_ready();
+    // Just before the first heartbeat.
+    let sent_at = raft.next_deadline() - 1;
+    acked(&mut raft, sent_at, 1);
+    raft.take_ready();
+    let big = json!("x".repeat(1024 * 1024));
+    let small = json!("s");
+    let i = raft.propose(Some("a".into()), small.clone()).unwrap();
+    let b = raft.propose(Some("big".into()), big.clone()).unwrap();
+    raft.propose(Some("c".into()), small.clone()).unwrap();
+    assert_eq!((i, b), (2, 3));
+    let ready = raft.take_ready();
+    let batches: Vec<Vec<u64>> = sent_to(&ready, 2)
+        .iter()
+        .map(|m| match m {
+            Msg::Append { prev_log_index, entries, .. } => {
+                (1..=entries.len() as u64).map(|k| prev_log_index + k).collect()
+            }
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    // One message per flush; the acknowledgements bring the rest.
+    assert_eq!(batches, vec![vec![2]]);
+    acked(&mut raft, sent_at, 2);
+    let ready = raft.take_ready();
+    let [Msg::Append { entries, .. }] = sent_to(&ready, 2)[..] else { panic!("{:?}", ready.messages) };
+    assert_eq!(entries.len(), 1, "the large entry goes alone");
+    assert_eq!(entries[0].value, big);
+    // Heartbeats while the follower takes in a megabyte: no copies of it.
+    let heartbeat = raft.config().heartbeat;
+    let grace = heartbeat * (1024 * 1024 / RESEND_GRACE_BYTES as u64);
+    let mut now = sent_at;
+    while now < sent_at + grace {
+        now = raft.next_deadline();
+        raft.tick(now);
+        let ready = raft.take_ready();
+        for m in sent_to(&ready, 2) {
+            let Msg::Append { prev_log_index, entries, .. } = m else { panic!("{m:?}") };
+            if now < sent_at + grace {
+                assert!(entries.is_empty(), "resent at {now} within the grace of {grace}");
+                assert_eq!(*prev_log_index, 2, "a heartbeat anchored at the last match");
+            } else {
+                assert_eq!((*prev_log_index, entries.len()), (2, 1), "resent once the grace is over");
+            }
+        }
+    }
+    // Once acknowledged, the next entry follows at once and small entries are resent at the
+    // next heartbeat again.
+    acked(&mut raft, now, 3);
+    let ready = raft.take_ready();
+    let [Msg::Append { prev_log_index: 3, entries, .. }] = sent_to(&ready, 2)[..] else { panic!() };
+    assert_eq!(entries[0].value, small);
+    let next = raft.next_deadline();
+    raft.tick(next);
+    let ready = raft.take_ready();
+    let [Msg::Append { prev_log_index: 3, entries, .. }] = sent_to(&ready, 2)[..] else { panic!() };
+    assert_eq!(entries.len(), 1, "a small entry is resent at the next heartbeat");
 }
 
 #[test]

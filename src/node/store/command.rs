@@ -83,18 +83,20 @@ pub struct ProductInput {
     pub price: f64,
     /// ISO 4217 code, e.g. `GBP`.
     pub currency: String,
-    #[serde(default)]
+    // Absent fields stay absent in log entries: an uploaded file of thousands of products is
+    // one entry, and nulls would make it several times larger than the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub converted_price: Option<f64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub converted_currency: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub availability: Option<String>,
     /// Stars, 0 to 5.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rating: Option<i32>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scraped_at: Option<DateTime<Utc>>,
 }
 
@@ -201,8 +203,15 @@ pub enum Reply {
     Product(Box<Product>),
     User(Box<User>),
     Task(Box<Task>),
-    Deleted { id: i64 },
-    Imported { ids: Vec<i64> },
+    Deleted {
+        id: i64,
+    },
+    /// An uploaded file: how many products, and the first and last of their ids (the ids in
+    /// between are theirs too).
+    Imported {
+        imported: usize,
+        ids: [i64; 2],
+    },
 }
 
 /// A refused write, before it becomes [`ApplyOutcome::Rejected`].
@@ -251,6 +260,12 @@ fn check_currency(field: &str, value: &str) -> Result<(), Rejection> {
 }
 
 impl ProductInput {
+    /// The checks a write of this product passes when it is applied, for checking an upload
+    /// before it is replicated.
+    pub fn check(&self) -> Result<(), String> {
+        self.validate().map_err(|r| r.error)
+    }
+
     pub(super) fn validate(&self) -> Result<(), Rejection> {
         check_text("title", &self.title, true)?;
         check_amount("price", self.price)?;

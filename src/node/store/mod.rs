@@ -27,8 +27,10 @@
 //! Several nodes may be given one PostgreSQL or MySQL database. Each applies the whole log;
 //! the `meta` row lock taken first in every apply transaction makes them take turns, and the
 //! index check under that lock makes the first one apply an entry and the others see
-//! [`ApplyOutcome::AlreadyApplied`]. Migrations at start are serialised by a database lock, so
-//! nodes may start together.
+//! [`ApplyOutcome::AlreadyApplied`]. The outcome of each entry is kept by its log index, in
+//! the same transaction, for the last [`OUTCOMES_KEPT`] entries: the node whose client waits
+//! for an entry that another node applied reads the real answer with [`Store::outcome_of`].
+//! Migrations at start are serialised by a database lock, so nodes may start together.
 
 pub mod command;
 pub mod models;
@@ -48,7 +50,12 @@ pub use self::models::{
     Applied, Dump, IdempotencyRecord, Meta, Page, PageRequest, Pagination, Product, ProductQuery, Task, TaskQuery,
     TaskStats, User, DEFAULT_LIMIT, MAX_LIMIT,
 };
-use self::schema::{idempotency_keys, meta, products, tasks, users};
+use self::schema::{apply_outcomes, idempotency_keys, meta, products, tasks, users};
+
+/// Outcomes of this many most recent log entries are kept (see [`Store::outcome_of`]).
+pub const OUTCOMES_KEPT: u64 = 10_000;
+/// Older outcomes are deleted when an entry whose index is a multiple of this is applied.
+const OUTCOMES_PRUNED_EVERY: u64 = 1_000;
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 #[cfg(feature = "postgres")]
@@ -203,6 +210,23 @@ impl Store {
             write_meta(c, &m)?;
             Ok(true)
         })
+    }
+
+    /// What applying entry `index` answered, if it is among the last [`OUTCOMES_KEPT`]
+    /// applied. With a shared database, the answer for a client whose write another node
+    /// applied first.
+    pub fn outcome_of(&mut self, index: u64) -> Result<Option<ApplyOutcome>, StoreError> {
+        let stored: Option<String> = apply_outcomes::table
+            .find(to_i64(index)?)
+            .select(apply_outcomes::outcome)
+            .first(&mut self.conn)
+            .optional()?;
+        Ok(stored.map(|s| serde_json::from_str(&s)).transpose()?)
+    }
+
+    /// A cheap query that needs the database and its tables: for readiness checks.
+    pub fn ping(&mut self) -> Result<(), StoreError> {
+        read_meta(&mut self.conn).map(drop)
     }
 
     /// The last log entry applied to this database.
@@ -401,11 +425,23 @@ fn apply_one(c: &mut DbConnection, index: u64, term: u64, cmd: &Command) -> Resu
     }
     m.last_index = index;
     m.last_term = term;
+    let outcome = decide(c, index, cmd, &mut m)?;
+    let record = (apply_outcomes::log_index.eq(index), apply_outcomes::outcome.eq(serde_json::to_string(&outcome)?));
+    diesel::insert_into(apply_outcomes::table).values(record).execute(c)?;
+    if (index as u64).is_multiple_of(OUTCOMES_PRUNED_EVERY) {
+        let oldest_kept = index - OUTCOMES_KEPT as i64;
+        diesel::delete(apply_outcomes::table.filter(apply_outcomes::log_index.le(oldest_kept))).execute(c)?;
+    }
+    write_meta(c, &m)?;
+    Ok(outcome)
+}
 
+/// The outcome of applying `cmd` as entry `index`, inside its transaction; `m` is the meta
+/// row to advance.
+fn decide(c: &mut DbConnection, index: i64, cmd: &Command, m: &mut Meta) -> Result<ApplyOutcome, StoreError> {
     let key = cmd.idempotency_key.as_deref();
     if let Some(key) = key {
         if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
-            write_meta(c, &m)?;
             return Ok(ApplyOutcome::Rejected {
                 status: 422,
                 error: format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} bytes"),
@@ -414,7 +450,6 @@ fn apply_one(c: &mut DbConnection, index: u64, term: u64, cmd: &Command) -> Resu
         let stored: Option<String> =
             idempotency_keys::table.find(key).select(idempotency_keys::outcome).first(c).optional()?;
         if let Some(stored) = stored {
-            write_meta(c, &m)?;
             return Ok(serde_json::from_str(&stored)?);
         }
     }
@@ -424,7 +459,7 @@ fn apply_one(c: &mut DbConnection, index: u64, term: u64, cmd: &Command) -> Resu
     let result = c.transaction(|c| run_op(c, cmd, &mut next));
     let outcome = match result {
         Ok((status, reply)) => {
-            m = next;
+            *m = next;
             ApplyOutcome::Applied { status, reply }
         }
         Err(OpError::Rejected(r)) => ApplyOutcome::Rejected { status: r.status, error: r.error },
@@ -446,7 +481,6 @@ fn apply_one(c: &mut DbConnection, index: u64, term: u64, cmd: &Command) -> Resu
         };
         diesel::insert_into(idempotency_keys::table).values(&record).execute(c)?;
     }
-    write_meta(c, &m)?;
     Ok(outcome)
 }
 
@@ -533,6 +567,9 @@ fn run_op(c: &mut DbConnection, cmd: &Command, m: &mut Meta) -> Result<(u16, Rep
             _ => Ok((200, Reply::Deleted { id: *id })),
         },
         Op::ImportProducts { items } => {
+            if items.is_empty() {
+                return Err(Rejection::invalid("an upload needs at least one product").into());
+            }
             for (i, item) in items.iter().enumerate() {
                 item.validate().map_err(|r| Rejection { status: r.status, error: format!("item {i}: {}", r.error) })?;
             }
@@ -545,7 +582,8 @@ fn run_op(c: &mut DbConnection, cmd: &Command, m: &mut Meta) -> Result<(u16, Rep
             for row in &rows {
                 diesel::insert_into(products::table).values(row).execute(c)?;
             }
-            Ok((201, Reply::Imported { ids: rows.iter().map(|r| r.id).collect() }))
+            let ids = [rows.first().map_or(0, |r| r.id), rows.last().map_or(0, |r| r.id)];
+            Ok((201, Reply::Imported { imported: rows.len(), ids }))
         }
         Op::CreateUser { user } => {
             user.validate()?;

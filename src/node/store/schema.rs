@@ -61,5 +61,12 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    apply_outcomes (log_index) {
+        log_index -> BigInt,
+        outcome -> Text,
+    }
+}
+
 diesel::joinable!(tasks -> users (assignee));
-diesel::allow_tables_to_appear_in_same_query!(meta, idempotency_keys, products, users, tasks);
+diesel::allow_tables_to_appear_in_same_query!(meta, idempotency_keys, products, users, tasks, apply_outcomes);
