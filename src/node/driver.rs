@@ -478,24 +478,17 @@ impl Driver {
             committed.iter().filter(|e| !e.is_noop() && e.key.as_deref() != Some(BARRIER_KEY)).collect();
         let mut reply = Message::new(self.name.clone(), Request::Retrieve, Some(self.raft.term()));
         reply.key = Some(KEY_COMMITED_LOGS.into());
-        let budget = MAX_DATAGRAM - 512;
-        let mut used = 0;
-        let mut start = user.len();
-        while start > 0 {
-            let size = super::raft::encoded_size(user[start - 1]) + 1;
-            if used + size > budget {
-                log::warn!(
-                    "{}: RETRIEVE reply holds the newest {} of {} committed entries (datagram limit)",
-                    self.name,
-                    user.len() - start,
-                    user.len()
-                );
-                break;
-            }
-            used += size;
-            start -= 1;
+        let (shown, too_large) = newest_that_fit(&user, MAX_DATAGRAM - 512, |e| super::raft::encoded_size(e) + 1);
+        if shown.len() < user.len() {
+            log::warn!(
+                "{}: RETRIEVE reply holds {} of {} committed entries (datagram limit; {} alone larger than a datagram)",
+                self.name,
+                shown.len(),
+                user.len(),
+                too_large
+            );
         }
-        reply.value = serde_json::to_value(&user[start..]).unwrap_or(Value::Null);
+        reply.value = serde_json::to_value(&shown).unwrap_or(Value::Null);
         self.reply(to, &reply);
     }
 
@@ -635,5 +628,40 @@ impl std::fmt::Display for Stopped {
             Stopped::Shutdown => "SHUTDOWN",
             Stopped::Signal => "signal",
         })
+    }
+}
+
+/// The newest items of `items` (kept in log order) whose sizes add up to at most `budget`,
+/// and how many were left out because one alone is larger than `budget`: a RETRIEVE reply
+/// skips an entry that could never fit a datagram (an uploaded file) and goes on with older ones.
+fn newest_that_fit<T: Copy>(items: &[T], budget: usize, size: impl Fn(T) -> usize) -> (Vec<T>, usize) {
+    let (mut shown, mut used, mut too_large) = (Vec::new(), 0, 0);
+    for &item in items.iter().rev() {
+        let n = size(item);
+        if n > budget {
+            too_large += 1;
+            continue;
+        }
+        if used + n > budget {
+            break;
+        }
+        used += n;
+        shown.push(item);
+    }
+    shown.reverse();
+    (shown, too_large)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::newest_that_fit;
+
+    #[test]
+    fn retrieve_skips_entries_larger_than_a_datagram_and_keeps_the_newest_that_fit() {
+        let sizes = [10, 20, 500, 30, 40];
+        assert_eq!(newest_that_fit(&sizes, 90, |n| n), (vec![20, 30, 40], 1));
+        assert_eq!(newest_that_fit(&sizes, 60, |n| n), (vec![40], 0));
+        assert_eq!(newest_that_fit(&[500, 600], 100, |n| n), (vec![], 2));
+        assert_eq!(newest_that_fit(&[1, 2, 3], 100, |n| n), (vec![1, 2, 3], 0));
     }
 }
