@@ -25,6 +25,7 @@ use self::apply::Applier;
 use self::driver::Driver;
 use self::raft::{NodeId, Raft};
 use self::storage::Storage;
+use self::store::pool::ReadPool;
 use self::store::Store;
 use self::transport::Transport;
 use crate::config::{Cluster, ClusterArgs, FileConfig, RaftArgs, RaftTiming};
@@ -53,6 +54,9 @@ pub struct Args {
     #[command(flatten)]
     pub raft: RaftArgs,
 }
+
+/// Database connections for HTTP reads at most (opened as reads need them).
+const READ_CONNECTIONS: u32 = 8;
 
 /// Runs a node until SHUTDOWN or a signal.
 pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
@@ -90,7 +94,8 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
         .or_else(|| file.node.database_url.clone())
         .unwrap_or_else(|| node_dir.join("labctl.db").to_string_lossy().into_owned());
     let write_store = Store::open(&database_url).with_context(|| format!("cannot open the database of {name}"))?;
-    let read_store = Store::open(&database_url).with_context(|| format!("cannot open the database of {name}"))?;
+    let reads = ReadPool::open(&database_url, READ_CONNECTIONS)
+        .with_context(|| format!("cannot open read connections to the database of {name}"))?;
     log::info!("{name}: database {database_url}");
     let applier = Applier::start(write_store, name.clone())?;
 
@@ -113,11 +118,7 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
         let raft = Raft::new(config, recovered.hard_state, recovered.entries, 0, entropy_seed());
         let (proposals_tx, proposals) = tokio::sync::mpsc::channel(4096);
         let driver = Driver::new(raft, storage, transport, origin, cluster.clone(), proposals, applier);
-        let api = actix_web::web::Data::new(api::Api {
-            proposals: proposals_tx,
-            status: driver.subscribe(),
-            store: std::sync::Mutex::new(read_store),
-        });
+        let api = actix_web::web::Data::new(api::Api { proposals: proposals_tx, status: driver.subscribe(), reads });
         let http = http::Server::start(http_bind, driver.subscribe(), api)
             .with_context(|| format!("cannot serve HTTP on {http_bind} for {name}"))?;
         log::info!("{name}: HTTP on http://{}", http.local_addr());
