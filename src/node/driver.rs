@@ -430,20 +430,26 @@ impl Driver {
     }
 
     /// Persist, then send, then apply: the order that makes votes and acknowledgements durable.
+    ///
+    /// One exception: a leader's AppendEntries leave before its own copy of their entries is
+    /// on disk, so the leader's fsync overlaps the followers' (Raft thesis §10.2.1). That is
+    /// safe: committing the entries takes acknowledgements from a majority, which this node
+    /// handles only after this turn, when its fsync is done (a lone node applies them below,
+    /// after the fsync). A Ready that changes the term or vote sends nothing early: a leader's
+    /// term is durable before anything goes out in it.
     fn handle_ready(&mut self) -> Result<(), StorageError> {
         while self.raft.has_ready() {
             let ready = self.raft.take_ready();
+            let mut messages = ready.messages;
+            if ready.hard_state.is_none() && ready.persist_from.is_some() {
+                let appends;
+                (appends, messages) = messages.into_iter().partition(|(_, m)| matches!(m, Msg::Append { .. }));
+                self.send(appends);
+            }
             let last = self.raft.last_index();
             let entries = ready.persist_from.map(|from| (from, self.raft.log().slice(from, last)));
             self.storage.persist(ready.hard_state, entries)?;
-            for (to, msg) in ready.messages {
-                let bytes = msg.to_wire(self.raft.id()).encode();
-                if bytes.len() > MAX_DATAGRAM {
-                    log::error!("{}: not sending a {}-byte {} to node{to}", self.name, bytes.len(), msg.request());
-                    continue;
-                }
-                self.transport.send_to_node(to, &bytes);
-            }
+            self.send(messages);
             for event in ready.events {
                 let Event::RoleChanged { role, term, leader } = event;
                 if role == Role::Candidate {
@@ -472,6 +478,24 @@ impl Driver {
             self.apply(ready.commit_index);
         }
         Ok(())
+    }
+
+    /// Sends Raft messages; consecutive equal messages (new entries for every follower that
+    /// is caught up) are encoded once.
+    fn send(&mut self, messages: Vec<(NodeId, Msg)>) {
+        let mut encoded: Option<(Msg, Vec<u8>)> = None;
+        for (to, msg) in messages {
+            if !encoded.as_ref().is_some_and(|(last, _)| *last == msg) {
+                let bytes = msg.to_wire(self.raft.id()).encode();
+                encoded = Some((msg, bytes));
+            }
+            let Some((msg, bytes)) = &encoded else { continue };
+            if bytes.len() > MAX_DATAGRAM {
+                log::error!("{}: not sending a {}-byte {} to node{to}", self.name, bytes.len(), msg.request());
+                continue;
+            }
+            self.transport.send_to_node(to, bytes);
+        }
     }
 
     /// Hands committed entries to the applier in order, and answers the STOREs they complete.

@@ -4,7 +4,8 @@
 //! times: partitions (random splits, the leader cut off alone or with one follower, a
 //! minority against a majority, one-way links), message loss, duplication and widely
 //! varying delay (so datagrams are reordered and arrive long after they were sent), crashes
-//! of random nodes and of the leader, restarts, and a controller's TIMEOUT and
+//! of random nodes and of the leader (also between sending new entries and persisting them),
+//! restarts, and a controller's TIMEOUT and
 //! CONVERT_FOLLOWER; meanwhile a client proposes entries, now and then in bursts of large
 //! ones, to whoever leads. Safety is checked after every step by the cluster. When the
 //! network heals and every node is back, a leader followed by a majority must appear, and an
@@ -94,6 +95,10 @@ enum Profile {
 }
 
 fn chaos(c: &mut Cluster, rng: &mut Rng, client: &mut Client, profile: Profile, until: Micros) {
+    c.crash_before_persist = match profile {
+        Profile::Mixed => 0.005,
+        Profile::LeaderCrashes => 0.05,
+    };
     let mut next_fault = c.now() + rng.range(0, 300 * MS);
     let mut next_proposal = c.now() + rng.range(0, 100 * MS);
     loop {
@@ -243,6 +248,7 @@ fn propose(c: &mut Cluster, rng: &mut Rng, client: &mut Client) {
 
 /// Heals the network, restarts every node, and checks that the cluster recovers.
 fn heal_and_check_liveness(c: &mut Cluster, client: &mut Client) {
+    c.crash_before_persist = 0.0;
     c.net.heal();
     c.net.loss = 0.0;
     c.net.delay = (MS, 10 * MS);

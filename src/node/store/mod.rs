@@ -215,12 +215,25 @@ impl Store {
 
     /// Applies the log entry `index` of `term`, exactly once.
     pub fn apply(&mut self, index: u64, term: u64, cmd: &Command) -> Result<ApplyOutcome, StoreError> {
-        self.conn.transaction(|c| apply_one(c, index, term, cmd))
+        let mut outcomes = self.apply_batch(std::slice::from_ref(&(index, term, cmd.clone())))?;
+        Ok(outcomes.pop().expect("one outcome per entry"))
     }
 
-    /// Applies consecutive log entries in one transaction; one outcome per entry.
+    /// Applies consecutive log entries in one transaction; one outcome per entry. The meta
+    /// row is locked and read once, and written once at the end.
     pub fn apply_batch(&mut self, entries: &[(u64, u64, Command)]) -> Result<Vec<ApplyOutcome>, StoreError> {
-        self.conn.transaction(|c| entries.iter().map(|(index, term, cmd)| apply_one(c, *index, *term, cmd)).collect())
+        self.conn.transaction(|c| {
+            let mut m = lock_meta(c)?;
+            let before = m.clone();
+            let outcomes = entries
+                .iter()
+                .map(|(index, term, cmd)| apply_one(c, &mut m, *index, *term, cmd))
+                .collect::<Result<Vec<_>, _>>()?;
+            if m != before {
+                write_meta(c, &m)?;
+            }
+            Ok(outcomes)
+        })
     }
 
     /// Records a log entry that carries no command (e.g. a leader's no-op) as applied.
@@ -463,8 +476,15 @@ impl From<Rejection> for OpError {
     }
 }
 
-fn apply_one(c: &mut DbConnection, index: u64, term: u64, cmd: &Command) -> Result<ApplyOutcome, StoreError> {
-    let mut m = lock_meta(c)?;
+/// Applies one entry inside the batch's transaction; `m` is the meta row, locked, which the
+/// caller writes back.
+fn apply_one(
+    c: &mut DbConnection,
+    m: &mut Meta,
+    index: u64,
+    term: u64,
+    cmd: &Command,
+) -> Result<ApplyOutcome, StoreError> {
     let (index, term) = (to_i64(index)?, to_i64(term)?);
     if index <= m.last_index {
         return Ok(ApplyOutcome::AlreadyApplied);
@@ -475,7 +495,6 @@ fn apply_one(c: &mut DbConnection, index: u64, term: u64, cmd: &Command) -> Resu
     let key = cmd.idempotency_key.as_deref();
     if let Some(key) = key {
         if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
-            write_meta(c, &m)?;
             return Ok(ApplyOutcome::Rejected {
                 status: 422,
                 error: format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} bytes"),
@@ -484,7 +503,6 @@ fn apply_one(c: &mut DbConnection, index: u64, term: u64, cmd: &Command) -> Resu
         let stored: Option<String> =
             idempotency_keys::table.find(key).select(idempotency_keys::outcome).first(c).optional()?;
         if let Some(stored) = stored {
-            write_meta(c, &m)?;
             return Ok(serde_json::from_str(&stored)?);
         }
     }
@@ -494,7 +512,7 @@ fn apply_one(c: &mut DbConnection, index: u64, term: u64, cmd: &Command) -> Resu
     let result = c.transaction(|c| run_op(c, cmd, &mut next));
     let outcome = match result {
         Ok((status, reply)) => {
-            m = next;
+            *m = next;
             ApplyOutcome::Applied { status, reply }
         }
         Err(OpError::Rejected(r)) => ApplyOutcome::Rejected { status: r.status, error: r.error },
@@ -516,7 +534,6 @@ fn apply_one(c: &mut DbConnection, index: u64, term: u64, cmd: &Command) -> Resu
         };
         diesel::insert_into(idempotency_keys::table).values(&record).execute(c)?;
     }
-    write_meta(c, &m)?;
     Ok(outcome)
 }
 
