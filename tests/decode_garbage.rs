@@ -92,10 +92,24 @@ fn valid_messages() -> Vec<Vec<u8>> {
         LogEntry { term: 4, key: Some("ключ".into()), value: serde_json::json!({"n": [1, 2.5, null]}) },
     ];
     let raft = [
-        Msg::Append { term: 4, prev_log_index: 2, prev_log_term: 3, entries, leader_commit: 2 },
-        Msg::Append { term: 4, prev_log_index: 0, prev_log_term: 0, entries: vec![], leader_commit: 0 },
-        Msg::AppendReply { term: 4, success: true, match_index: 5, conflict_index: 0, conflict_term: None },
-        Msg::AppendReply { term: 4, success: false, match_index: 0, conflict_index: 2, conflict_term: Some(1) },
+        Msg::Append { term: 4, prev_log_index: 2, prev_log_term: 3, entries, leader_commit: 2, read_seq: 0 },
+        Msg::Append { term: 4, prev_log_index: 0, prev_log_term: 0, entries: vec![], leader_commit: 0, read_seq: 3 },
+        Msg::AppendReply {
+            term: 4,
+            success: true,
+            match_index: 5,
+            conflict_index: 0,
+            conflict_term: None,
+            read_seq: 3,
+        },
+        Msg::AppendReply {
+            term: 4,
+            success: false,
+            match_index: 0,
+            conflict_index: 2,
+            conflict_term: Some(1),
+            read_seq: 0,
+        },
         Msg::Vote { term: 5, last_log_index: 5, last_log_term: 4, force: false },
         Msg::Vote { term: 5, last_log_index: 5, last_log_term: 4, force: true },
         Msg::VoteAck { term: 5 },

@@ -129,7 +129,8 @@ async fn write(api: &Api, req: &HttpRequest, op: Op) -> HttpResponse {
     }
 }
 
-/// Proposes a command (or, with None, a read barrier) and waits until it is applied.
+/// Proposes a command and waits until it is applied; with None, waits until a linearizable
+/// read may run.
 async fn replicate(api: &Api, command: Option<Value>) -> Result<WriteResult, HttpResponse> {
     let (tx, rx) = oneshot::channel();
     if api.proposals.send(Proposal { command, reply: tx }).await.is_err() {
@@ -142,25 +143,25 @@ async fn replicate(api: &Api, command: Option<Value>) -> Result<WriteResult, Htt
     }
 }
 
-/// Checks `consistency` and, for `strong`, passes a read barrier first.
+/// Checks `consistency` and, for `strong`, waits for a linearizable read first.
 async fn consistency_gate(api: &Api, req: &HttpRequest, consistency: Option<&str>) -> Result<(), HttpResponse> {
     match consistency {
         None | Some("local") => Ok(()),
-        Some("strong") => strong_barrier(api, req).await,
+        Some("strong") => strong_read(api, req).await,
         Some(other) => Err(error(400, format!("consistency must be local or strong, not {other:?}"))),
     }
 }
 
-/// Makes the next local read linearizable: on the leader, a barrier entry is committed and
-/// everything before it applied; anywhere else the request goes to the leader.
-async fn strong_barrier(api: &Api, req: &HttpRequest) -> Result<(), HttpResponse> {
+/// Makes the next local read linearizable: on the leader, once a majority has confirmed it
+/// still leads and the commit index of that moment is applied (ReadIndex); anywhere else the
+/// request goes to the leader.
+async fn strong_read(api: &Api, req: &HttpRequest) -> Result<(), HttpResponse> {
     let status = api.status.borrow().clone();
     if status.role != "LEADER" {
         return Err(not_leader(&status, req));
     }
     match replicate(api, None).await? {
-        WriteResult::Barrier => Ok(()),
-        WriteResult::Done(_) => Ok(()),
+        WriteResult::Readable => Ok(()),
         other => Err(write_result(other, &status, req)),
     }
 }
@@ -176,7 +177,7 @@ fn write_result(result: WriteResult, status: &NodeStatus, req: &HttpRequest) -> 
             HttpResponse::build(code).json(body)
         }
         WriteResult::Done(ApplyOutcome::Rejected { status, error: message }) => error(status, message),
-        WriteResult::Done(ApplyOutcome::AlreadyApplied) | WriteResult::Barrier => {
+        WriteResult::Done(ApplyOutcome::AlreadyApplied) | WriteResult::Readable => {
             HttpResponse::Ok().json(json!({ "applied": true }))
         }
         WriteResult::NotLeader { .. } => not_leader(status, req),

@@ -7,6 +7,9 @@
 //! skips entries it applied before, so replaying the log after a restart is harmless.
 //! A database error stops progress, not the node: the same entries are tried again after a
 //! pause, because skipping one would make this node's data differ from the others'.
+//!
+//! A linearizable read whose read index has been handed over waits in the same queue, and is
+//! let go once everything queued before it is applied.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -20,7 +23,8 @@ use super::store::{ApplyOutcome, Command, Store};
 
 /// The `Key` of log entries that carry a database command.
 pub const COMMAND_KEY: &str = "labctl.command";
-/// The `Key` of a read barrier: an entry with no effect, appended for a linearizable read.
+/// The `Key` of a read barrier: an entry with no effect that earlier versions appended for a
+/// linearizable read (reads now use ReadIndex, without log entries). Logs may still hold them.
 pub const BARRIER_KEY: &str = "labctl.barrier";
 
 /// How a replicated write ended, for the HTTP request waiting on it.
@@ -28,8 +32,8 @@ pub const BARRIER_KEY: &str = "labctl.barrier";
 pub enum WriteResult {
     /// Applied (or deterministically refused) by the database.
     Done(ApplyOutcome),
-    /// A read barrier was committed and everything before it applied.
-    Barrier,
+    /// A linearizable read may run: its read index is applied.
+    Readable,
     /// This node is not the leader; the leader it knows, if any.
     NotLeader { leader: Option<u32> },
     /// The entry was replaced by a newer leader's before it committed.
@@ -48,9 +52,16 @@ pub struct ApplyItem {
     pub waiter: Option<oneshot::Sender<WriteResult>>,
 }
 
+/// What the applier is given, in order.
+enum Work {
+    Entry(ApplyItem),
+    /// A read to let go once everything before it is applied.
+    Read(oneshot::Sender<WriteResult>),
+}
+
 /// The handle the driver keeps.
 pub struct Applier {
-    tx: mpsc::Sender<ApplyItem>,
+    tx: mpsc::Sender<Work>,
     applied: Arc<AtomicU64>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -71,9 +82,15 @@ impl Applier {
 
     /// Queues a committed entry.
     pub fn push(&self, item: ApplyItem) {
-        if let Err(mpsc::SendError(item)) = self.tx.send(item) {
+        if let Err(mpsc::SendError(Work::Entry(item))) = self.tx.send(Work::Entry(item)) {
             log::error!("applier has stopped; entry {} is not applied", item.index);
         }
+    }
+
+    /// Answers `reply` with [`WriteResult::Readable`] once every entry queued so far is applied.
+    pub fn push_read(&self, reply: oneshot::Sender<WriteResult>) {
+        // A stopped applier drops the reply, which the waiting request reports.
+        let _ = self.tx.send(Work::Read(reply));
     }
 
     /// The highest index applied to the database by this node.
@@ -91,20 +108,25 @@ impl Applier {
     }
 }
 
-fn run(mut store: Store, rx: mpsc::Receiver<ApplyItem>, applied: Arc<AtomicU64>, name: String) {
+fn run(mut store: Store, rx: mpsc::Receiver<Work>, applied: Arc<AtomicU64>, name: String) {
     match store.last_applied() {
         Ok(a) => applied.store(a.index, Ordering::Release),
         Err(e) => log::error!("{name}: cannot read the applied index: {e}"),
     }
     while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(item) => batch.push(item),
-                Err(_) => break,
+        let (mut batch, mut reads) = (Vec::new(), Vec::new());
+        let mut work = Some(first);
+        while let Some(w) = work.take() {
+            match w {
+                Work::Entry(item) => batch.push(item),
+                Work::Read(reply) => reads.push(reply),
+            }
+            if batch.len() < MAX_BATCH {
+                work = rx.try_recv().ok();
             }
         }
-        loop {
+        // Reads queued behind these entries go once they are applied (or at once if none).
+        while !batch.is_empty() {
             match apply_batch(&mut store, &mut batch) {
                 Ok(()) => break,
                 Err(e) => {
@@ -115,6 +137,9 @@ fn run(mut store: Store, rx: mpsc::Receiver<ApplyItem>, applied: Arc<AtomicU64>,
         }
         if let Some(last) = batch.last() {
             applied.fetch_max(last.index, Ordering::AcqRel);
+        }
+        for reply in reads {
+            let _ = reply.send(WriteResult::Readable);
         }
     }
 }
@@ -152,7 +177,8 @@ fn apply_batch(store: &mut Store, batch: &mut [ApplyItem]) -> Result<(), super::
     flush(store, &mut run, run_start, &mut outcomes)?;
     for (item, outcome) in batch.iter_mut().zip(outcomes) {
         if let Some(waiter) = item.waiter.take() {
-            let _ = waiter.send(outcome.map_or(WriteResult::Barrier, WriteResult::Done));
+            // An entry without a command is only waited on by a write that turned out empty.
+            let _ = waiter.send(outcome.map_or(WriteResult::Done(ApplyOutcome::AlreadyApplied), WriteResult::Done));
         }
     }
     Ok(())

@@ -48,8 +48,8 @@ struct PendingStore {
     deadline: Instant,
 }
 
-/// A replicated write from the HTTP API: a serialized store command (None: a read barrier)
-/// and where to answer.
+/// A replicated write from the HTTP API: a serialized store command (None: a linearizable
+/// read, answered with [`WriteResult::Readable`] once it may run) and where to answer.
 pub struct Proposal {
     pub command: Option<Value>,
     pub reply: oneshot::Sender<WriteResult>,
@@ -58,8 +58,14 @@ pub struct Proposal {
 /// A write waiting for its entry to commit.
 struct PendingWrite {
     term: u64,
-    /// A read barrier: useless once this node stops leading, so it fails at once then.
-    barrier: bool,
+    reply: oneshot::Sender<WriteResult>,
+    deadline: Instant,
+}
+
+/// A linearizable read waiting for its leadership check (then, by read index, for the
+/// entries up to it to be handed to the applier).
+struct PendingRead {
+    term: u64,
     reply: oneshot::Sender<WriteResult>,
     deadline: Instant,
 }
@@ -83,8 +89,13 @@ pub struct Driver {
     leader_changes: u64,
     last_leader: Option<NodeId>,
     proposals: mpsc::Receiver<Proposal>,
-    /// HTTP writes and read barriers waiting for their entries to commit, by index.
+    /// HTTP writes waiting for their entries to commit, by index.
     writes: BTreeMap<u64, PendingWrite>,
+    /// Reads waiting for their leadership check, by id.
+    reads: BTreeMap<u64, PendingRead>,
+    next_read: u64,
+    /// Reads that passed their check, waiting for their read index to commit, by index.
+    readable: BTreeMap<u64, Vec<PendingRead>>,
     applier: Applier,
     handshake: Handshake,
 }
@@ -133,6 +144,9 @@ impl Driver {
             last_leader: None,
             proposals,
             writes: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            next_read: 0,
+            readable: BTreeMap::new(),
             applier,
             handshake,
         };
@@ -244,20 +258,34 @@ impl Driver {
 
     fn propose(&mut self, proposal: Proposal) {
         let Proposal { command, reply } = proposal;
-        let barrier = command.is_none();
-        let (key, value) = match command {
-            Some(command) => (COMMAND_KEY, command),
-            None => (BARRIER_KEY, Value::Null),
-        };
-        match self.raft.propose(Some(key.to_string()), value) {
+        let Some(command) = command else { return self.start_read(reply) };
+        match self.raft.propose(Some(COMMAND_KEY.to_string()), command) {
             Ok(index) => {
                 let deadline = Instant::now() + STORE_DEADLINE;
-                self.writes.insert(index, PendingWrite { term: self.raft.term(), barrier, reply, deadline });
+                self.writes.insert(index, PendingWrite { term: self.raft.term(), reply, deadline });
             }
             Err(ProposeError::NotLeader { leader }) => {
                 let _ = reply.send(WriteResult::NotLeader { leader });
             }
             Err(e @ ProposeError::TooLarge { .. }) => {
+                let _ = reply.send(WriteResult::TooLarge(e.to_string()));
+            }
+        }
+    }
+
+    /// Starts a linearizable read: the reads that arrive in one turn share one leadership check.
+    fn start_read(&mut self, reply: oneshot::Sender<WriteResult>) {
+        self.next_read += 1;
+        let id = self.next_read;
+        match self.raft.read_index(id) {
+            Ok(()) => {
+                let deadline = Instant::now() + STORE_DEADLINE;
+                self.reads.insert(id, PendingRead { term: self.raft.term(), reply, deadline });
+            }
+            Err(ProposeError::NotLeader { leader }) => {
+                let _ = reply.send(WriteResult::NotLeader { leader });
+            }
+            Err(e) => {
                 let _ = reply.send(WriteResult::TooLarge(e.to_string()));
             }
         }
@@ -459,8 +487,8 @@ impl Driver {
                     self.handshake.became_leader(term);
                 } else {
                     self.handshake.stepped_down();
-                    self.fail_barriers();
                 }
+                self.fail_reads(role, term);
                 if leader.is_some() && leader != self.last_leader {
                     self.leader_changes += 1;
                 }
@@ -473,6 +501,11 @@ impl Driver {
                         log::info!("{} is FOLLOWER for term {term}, leader node{l}", self.name)
                     }
                     (role, _) => log::info!("{} is {role} for term {term}", self.name),
+                }
+            }
+            for read in ready.reads {
+                if let Some(pending) = self.reads.remove(&read.id) {
+                    self.readable.entry(read.index).or_default().push(pending);
                 }
             }
             self.apply(ready.commit_index);
@@ -522,15 +555,26 @@ impl Driver {
                 self.reply(p.reply_to, &reply);
             }
         }
+        // Reads whose read index is handed over run once the applier has got that far.
+        while let Some(entry) = self.readable.first_entry() {
+            if *entry.key() > self.handed_off {
+                break;
+            }
+            for read in entry.remove() {
+                self.applier.push_read(read.reply);
+            }
+        }
     }
 
-    /// Answers the read barriers waiting on this node: it no longer leads, so they cannot
-    /// prove anything. (Writes keep waiting: a new leader may still commit them.)
-    fn fail_barriers(&mut self) {
-        let barriers: Vec<u64> = self.writes.iter().filter(|(_, w)| w.barrier).map(|(&i, _)| i).collect();
-        for index in barriers {
-            if let Some(w) = self.writes.remove(&index) {
-                let _ = w.reply.send(WriteResult::LostLeadership);
+    /// Fails the reads still waiting for a leadership check that can no longer pass: this node
+    /// stopped leading, or leads a newer term (the core dropped the older reads). Reads whose
+    /// check passed stay: they only wait for their read index to be applied.
+    fn fail_reads(&mut self, role: Role, term: u64) {
+        let lost: Vec<u64> =
+            self.reads.iter().filter(|(_, r)| role != Role::Leader || r.term != term).map(|(&id, _)| id).collect();
+        for id in lost {
+            if let Some(r) = self.reads.remove(&id) {
+                let _ = r.reply.send(WriteResult::LostLeadership);
             }
         }
     }
@@ -539,6 +583,20 @@ impl Driver {
     /// majority).
     fn expire_pending(&mut self) {
         let now = Instant::now();
+        if !self.reads.is_empty() {
+            let expired: Vec<u64> = self.reads.iter().filter(|(_, r)| r.deadline <= now).map(|(&i, _)| i).collect();
+            for id in expired {
+                if let Some(r) = self.reads.remove(&id) {
+                    let _ = r.reply.send(WriteResult::Timeout);
+                }
+            }
+        }
+        self.readable.retain(|_, waiting| {
+            for r in waiting.extract_if(.., |r| r.deadline <= now) {
+                let _ = r.reply.send(WriteResult::Timeout);
+            }
+            !waiting.is_empty()
+        });
         if !self.writes.is_empty() {
             let expired: Vec<u64> = self.writes.iter().filter(|(_, w)| w.deadline <= now).map(|(&i, _)| i).collect();
             for index in expired {

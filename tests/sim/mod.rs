@@ -61,6 +61,12 @@ pub struct Cluster {
     /// driver sends a leader's AppendEntries before its own fsync).
     pub crash_before_persist: f64,
     crash_rng: Rng,
+    /// Linearizable reads asked and not yet confirmed: read id -> entries known committed
+    /// anywhere when it was asked, which its read index must cover.
+    reads: std::collections::HashMap<u64, u64>,
+    next_read: u64,
+    /// Reads confirmed so far.
+    pub reads_confirmed: u64,
 }
 
 impl Cluster {
@@ -103,6 +109,9 @@ impl Cluster {
             trace: std::env::var_os("LABCTL_SIM_TRACE").is_some(),
             crash_before_persist: 0.0,
             crash_rng: Rng::new(seed ^ 0x5EED_C4A5_4BEF_0E11),
+            reads: std::collections::HashMap::new(),
+            next_read: 0,
+            reads_confirmed: 0,
         }
     }
 
@@ -256,6 +265,22 @@ impl Cluster {
         self.trace(|| format!("node{id} propose -> {result:?}"));
         self.after_input(id);
         result
+    }
+
+    /// A linearizable read on node `id` (ReadIndex); false when the node refuses it.
+    pub fn read(&mut self, id: NodeId) -> bool {
+        if !self.is_up(id) {
+            return false;
+        }
+        self.next_read += 1;
+        let read = self.next_read;
+        let result = self.raft_mut(id).read_index(read);
+        self.trace(|| format!("node{id} read {read} -> {result:?}"));
+        if result.is_ok() {
+            self.reads.insert(read, self.checker.committed_len());
+        }
+        self.after_input(id);
+        result.is_ok()
     }
 
     /// A controller's TIMEOUT to node `id`.
@@ -527,6 +552,20 @@ impl Cluster {
         // 2. Send.
         for (to, msg) in ready.messages {
             self.net.send(now, id, to, msg)?;
+        }
+
+        // A confirmed read must see every entry committed before it was asked.
+        for read in &ready.reads {
+            let Some(committed) = self.reads.remove(&read.id) else {
+                return Err(format!("node{id} confirmed read {} twice or never asked", read.id));
+            };
+            if read.index < committed {
+                return Err(format!(
+                    "stale read: node{id} (term {term}) confirmed read {} at index {} but {committed} entries were committed when it was asked",
+                    read.id, read.index
+                ));
+            }
+            self.reads_confirmed += 1;
         }
 
         // 3. Apply.
