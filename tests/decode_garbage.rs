@@ -48,7 +48,7 @@ fn feed(bytes: &[u8]) -> Reached {
     assert_eq!(msg.request_kind(), Some(request));
     let _ = msg.leader_name();
     let _ = msg.committed_logs();
-    if let Ok((from, raft)) = Msg::from_wire(&msg, request) {
+    if let Ok((from, raft)) = Msg::from_wire(msg, request) {
         assert_eq!(raft.request(), request);
         let again = raft.to_wire(from).encode();
         // Missing fields come back explicit (`"Key":null`), so a datagram near the size limit
@@ -58,7 +58,7 @@ fn feed(bytes: &[u8]) -> Reached {
         }
         let (wire, req) =
             Message::decode(&again).unwrap_or_else(|e| panic!("re-encoded {request} does not decode: {e}"));
-        let (from2, raft2) = Msg::from_wire(&wire, req).expect("re-encoded Raft message is valid");
+        let (from2, raft2) = Msg::from_wire(wire, req).expect("re-encoded Raft message is valid");
         assert_eq!((from2, &raft2), (from, &raft), "round trip changed the message");
         return Reached::RaftMessage;
     }

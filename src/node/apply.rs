@@ -151,7 +151,7 @@ fn apply_batch(store: &mut Store, batch: &mut [ApplyItem]) -> Result<(), super::
     let mut run_start = 0;
     for (i, item) in batch.iter().enumerate() {
         let command = (item.entry.key.as_deref() == Some(COMMAND_KEY))
-            .then(|| serde_json::from_value::<Command>(item.entry.value.clone()))
+            .then(|| <Command as serde::Deserialize>::deserialize(&item.entry.value))
             .and_then(|parsed| match parsed {
                 Ok(c) => Some(c),
                 Err(e) => {

@@ -302,7 +302,7 @@ impl Driver {
         if matches!(request, Request::Accept | Request::Credentials) {
             return self.handle_handshake(&msg, request, from);
         }
-        match Msg::from_wire(&msg, request) {
+        match Msg::from_wire(msg, request) {
             Ok((peer, raft_msg)) => {
                 if let Msg::Append { term, ref entries, .. } = raft_msg {
                     if entries.is_empty() {

@@ -200,7 +200,7 @@ fn through_the_wire(from: NodeId, msg: &Msg) -> Result<Msg, String> {
     let (wire, request) =
         Message::decode(&bytes).map_err(|e| format!("node{from} sent a datagram that does not decode: {e}"))?;
     let (sender, back) =
-        Msg::from_wire(&wire, request).map_err(|e| format!("node{from} sent an unreadable {request}: {e}"))?;
+        Msg::from_wire(wire, request).map_err(|e| format!("node{from} sent an unreadable {request}: {e}"))?;
     if sender != from || back != *msg {
         return Err(format!("node{from}'s {msg:?} arrived as {back:?} from node{sender}"));
     }

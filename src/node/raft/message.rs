@@ -114,8 +114,8 @@ impl Msg {
         m
     }
 
-    /// Reads a decoded datagram as a Raft message from a node.
-    pub fn from_wire(m: &Message, request: Request) -> Result<(NodeId, Msg), WireError> {
+    /// Reads a decoded datagram as a Raft message from a node (taking its entries over).
+    pub fn from_wire(mut m: Message, request: Request) -> Result<(NodeId, Msg), WireError> {
         let from = m
             .sender_name
             .as_deref()
@@ -128,7 +128,7 @@ impl Msg {
                 term,
                 prev_log_index: need(m.prev_log_index, "prev_log_index")?,
                 prev_log_term: need(m.prev_log_term, "prev_log_term")?,
-                entries: m.entries.clone().unwrap_or_default(),
+                entries: m.entries.take().unwrap_or_default(),
                 leader_commit: m.leader_commit.unwrap_or(0),
                 read_seq: m.read_seq.unwrap_or(0),
             },
@@ -207,7 +207,7 @@ mod tests {
         for msg in msgs {
             let bytes = msg.to_wire(2).encode();
             let (wire, req) = Message::decode(&bytes).unwrap();
-            assert_eq!(Msg::from_wire(&wire, req), Ok((2, msg.clone())), "{}", String::from_utf8_lossy(&bytes));
+            assert_eq!(Msg::from_wire(wire, req), Ok((2, msg.clone())), "{}", String::from_utf8_lossy(&bytes));
         }
     }
 
@@ -224,12 +224,12 @@ mod tests {
     #[test]
     fn malformed_raft_messages_are_errors() {
         let m = Message::new("node1", Request::VoteRequest, Some(1));
-        assert!(matches!(Msg::from_wire(&m, Request::VoteRequest), Err(WireError::Missing { .. })));
+        assert!(matches!(Msg::from_wire(m, Request::VoteRequest), Err(WireError::Missing { .. })));
         let m = Message::new("Controller", Request::VoteAck, Some(1));
-        assert!(matches!(Msg::from_wire(&m, Request::VoteAck), Err(WireError::BadSender(_))));
+        assert!(matches!(Msg::from_wire(m, Request::VoteAck), Err(WireError::BadSender(_))));
         let m = Message::new("node1", Request::VoteAck, None);
-        assert!(Msg::from_wire(&m, Request::VoteAck).is_err());
+        assert!(Msg::from_wire(m, Request::VoteAck).is_err());
         let m = Message::new("node1", Request::Timeout, Some(1));
-        assert!(matches!(Msg::from_wire(&m, Request::Timeout), Err(WireError::NotRaft(_))));
+        assert!(matches!(Msg::from_wire(m, Request::Timeout), Err(WireError::NotRaft(_))));
     }
 }

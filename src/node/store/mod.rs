@@ -507,9 +507,16 @@ fn apply_one(
         }
     }
 
-    // A savepoint: a refused operation leaves no partial rows and no used ids behind.
+    // A refused operation leaves no used ids behind (`next` is dropped) and no partial rows:
+    // it runs in a savepoint unless it writes with a single statement, which SQLite and MySQL
+    // undo by themselves when it fails. (PostgreSQL aborts the whole transaction on any
+    // failed statement, so there every operation gets its savepoint.)
     let mut next = m.clone();
-    let result = c.transaction(|c| run_op(c, cmd, &mut next));
+    let result = if needs_savepoint(c, &cmd.op) {
+        c.transaction(|c| run_op(c, cmd, &mut next))
+    } else {
+        run_op(c, cmd, &mut next)
+    };
     let outcome = match result {
         Ok((status, reply)) => {
             *m = next;
@@ -535,6 +542,30 @@ fn apply_one(
         diesel::insert_into(idempotency_keys::table).values(&record).execute(c)?;
     }
     Ok(outcome)
+}
+
+/// Whether `op` must run in a savepoint to leave nothing behind when it is refused: all but
+/// the operations that check everything first and then write one statement, and all of them
+/// on a database that cannot go on after a failed statement.
+fn needs_savepoint(c: &DbConnection, op: &Op) -> bool {
+    #[cfg(feature = "postgres")]
+    if matches!(c, DbConnection::Postgres(_)) {
+        return true;
+    }
+    #[cfg(not(feature = "postgres"))]
+    let _ = c;
+    let one_statement = matches!(
+        op,
+        Op::CreateProduct { .. }
+            | Op::UpdateProduct { .. }
+            | Op::DeleteProduct { .. }
+            | Op::CreateUser { .. }
+            | Op::UpdateUser { .. }
+            | Op::CreateTask { .. }
+            | Op::UpdateTask { .. }
+            | Op::DeleteTask { .. }
+    );
+    !one_statement
 }
 
 fn take_id(counter: &mut i64) -> i64 {
