@@ -19,10 +19,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::apply::WriteResult;
 use super::driver::Proposal;
 use super::http::{method_not_allowed, NodeStatus};
+use super::listings::ListingCache;
 use super::store::pool::ReadPool;
 use super::store::{
-    ApplyOutcome, Command, Op, PageRequest, Priority, ProductInput, ProductQuery, Status, Store, StoreError, TaskInput,
-    TaskQuery, UserInput, MAX_IDEMPOTENCY_KEY,
+    ApplyOutcome, Command, Op, Page, PageRequest, Priority, ProductInput, ProductQuery, Status, Store, StoreError,
+    TaskInput, TaskQuery, UserInput, MAX_IDEMPOTENCY_KEY,
 };
 
 /// The header that makes a write idempotent.
@@ -40,6 +41,8 @@ pub struct Api {
     pub status: watch::Receiver<NodeStatus>,
     /// Read connections to this node's database.
     pub reads: ReadPool,
+    /// Listing pages, kept while the database is unchanged.
+    pub listings: ListingCache,
 }
 
 /// Registers the routes.
@@ -330,6 +333,31 @@ async fn read<T: serde::Serialize + Send + 'static>(
     }
 }
 
+/// A page of a listing, kept in [`Api::listings`] and sent again while the database's
+/// applied index has not moved (see [`super::listings`]).
+async fn listing<T: serde::Serialize>(
+    api: web::Data<Api>,
+    req: &HttpRequest,
+    consistency: Option<&str>,
+    query: String,
+    f: impl FnOnce(&mut Store) -> Result<Page<T>, StoreError> + Send + 'static,
+) -> HttpResponse {
+    let shared = api.clone();
+    let page = move |store: &mut Store| {
+        let applied = store.last_applied()?.index;
+        if let Some(body) = shared.listings.get(&query, applied) {
+            return Ok(body);
+        }
+        let body = web::Bytes::from(serde_json::to_vec(&f(store)?)?);
+        shared.listings.put(query, applied, body.clone());
+        Ok(body)
+    };
+    match run_read(api, req, consistency, page).await {
+        Ok(body) => HttpResponse::Ok().content_type(header::ContentType::json()).body(body),
+        Err(response) => response,
+    }
+}
+
 /// One object by id: 404 when there is none.
 async fn found<T: serde::Serialize + Send + 'static>(
     api: web::Data<Api>,
@@ -349,7 +377,7 @@ async fn found<T: serde::Serialize + Send + 'static>(
 async fn list_products(api: web::Data<Api>, req: HttpRequest, q: web::Query<ListParams>) -> HttpResponse {
     let q = q.into_inner();
     let query = ProductQuery { page: q.page(), min_price: q.min_price, max_price: q.max_price };
-    read(api, &req, q.consistency.as_deref(), move |s| s.list_products(&query)).await
+    listing(api, &req, q.consistency.as_deref(), format!("{query:?}"), move |s| s.list_products(&query)).await
 }
 
 async fn get_product(
@@ -364,7 +392,7 @@ async fn get_product(
 async fn list_users(api: web::Data<Api>, req: HttpRequest, q: web::Query<ListParams>) -> HttpResponse {
     let q = q.into_inner();
     let page = q.page();
-    read(api, &req, q.consistency.as_deref(), move |s| s.list_users(page)).await
+    listing(api, &req, q.consistency.as_deref(), format!("users {page:?}"), move |s| s.list_users(page)).await
 }
 
 async fn get_user(
@@ -379,7 +407,7 @@ async fn get_user(
 async fn list_tasks(api: web::Data<Api>, req: HttpRequest, q: web::Query<ListParams>) -> HttpResponse {
     let q = q.into_inner();
     let query = TaskQuery { page: q.page(), status: q.status, priority: q.priority, assignee: q.assignee };
-    read(api, &req, q.consistency.as_deref(), move |s| s.list_tasks(&query)).await
+    listing(api, &req, q.consistency.as_deref(), format!("{query:?}"), move |s| s.list_tasks(&query)).await
 }
 
 async fn get_task(

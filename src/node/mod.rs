@@ -9,6 +9,7 @@ pub mod apply;
 pub mod driver;
 pub mod handshake;
 pub mod http;
+pub mod listings;
 pub mod raft;
 pub mod storage;
 pub mod store;
@@ -118,7 +119,12 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
         let raft = Raft::new(config, recovered.hard_state, recovered.entries, 0, entropy_seed());
         let (proposals_tx, proposals) = tokio::sync::mpsc::channel(4096);
         let driver = Driver::new(raft, storage, transport, origin, cluster.clone(), proposals, applier);
-        let api = actix_web::web::Data::new(api::Api { proposals: proposals_tx, status: driver.subscribe(), reads });
+        let api = actix_web::web::Data::new(api::Api {
+            proposals: proposals_tx,
+            status: driver.subscribe(),
+            reads,
+            listings: Default::default(),
+        });
         let http = http::Server::start(http_bind, driver.subscribe(), api)
             .with_context(|| format!("cannot serve HTTP on {http_bind} for {name}"))?;
         log::info!("{name}: HTTP on http://{}", http.local_addr());
