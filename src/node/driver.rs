@@ -29,6 +29,12 @@ use crate::proto::{self, Message, Request, KEY_COMMITED_LOGS, KEY_LEADER, MAX_DA
 const STORE_DEADLINE: Duration = Duration::from_secs(10);
 /// At most this many waiting datagrams are taken in one turn.
 const MAX_BURST: usize = 256;
+/// A follower hands committed entries to its applier in batches: once this many wait, or
+/// once the oldest has waited this long. Nobody waits on a follower's apply (writes and
+/// strong reads are the leader's), and one transaction and one wake-up per batch instead
+/// of per entry leave the CPU to the leader and the followers' acknowledgements.
+const FOLLOWER_APPLY_BATCH: u64 = 256;
+const FOLLOWER_APPLY_DELAY: Duration = Duration::from_millis(10);
 
 /// Why the node stopped.
 #[derive(Debug, PartialEq, Eq)]
@@ -79,6 +85,8 @@ pub struct Driver {
     origin: Instant,
     /// Committed entries up to here are handed to the applier (and their STOREs answered).
     handed_off: u64,
+    /// A follower's committed entries not handed over yet are handed over by then.
+    apply_due: Option<Instant>,
     /// Controller STOREs waiting for their entries to commit, by index.
     stores: BTreeMap<u64, PendingStore>,
     drops: RateLimited,
@@ -134,6 +142,7 @@ impl Driver {
             transport,
             origin,
             handed_off: 0,
+            apply_due: None,
             stores: BTreeMap::new(),
             drops: RateLimited::new(10),
             stop: None,
@@ -214,7 +223,8 @@ impl Driver {
         let mut buf = vec![0u8; RECV_BUFFER];
         self.handle_ready()?;
         loop {
-            let deadline = self.origin + Duration::from_micros(self.raft.next_deadline());
+            let raft_deadline = self.origin + Duration::from_micros(self.raft.next_deadline());
+            let deadline = self.apply_due.map_or(raft_deadline, |due| due.min(raft_deadline));
             tokio::select! {
                 received = self.transport.recv(&mut buf) => match received {
                     Ok((n, from)) => {
@@ -247,9 +257,13 @@ impl Driver {
                 _ = &mut signal => self.stop = Some(Stopped::Signal),
             }
             self.handle_ready()?;
+            if self.apply_due.is_some_and(|due| due <= Instant::now()) {
+                self.apply(self.raft.commit_index());
+            }
             self.expire_pending();
             self.publish();
             if let Some(stopped) = self.stop.take() {
+                self.hand_off(self.raft.commit_index());
                 self.applier.stop();
                 return Ok(stopped);
             }
@@ -531,8 +545,25 @@ impl Driver {
         }
     }
 
-    /// Hands committed entries to the applier in order, and answers the STOREs they complete.
+    /// Hands committed entries to the applier in order, and answers the STOREs they complete:
+    /// at once on the leader (requests wait on them), in batches on a follower.
     fn apply(&mut self, commit: u64) {
+        let waited_on = self.raft.role() == Role::Leader
+            || !self.writes.is_empty()
+            || !self.stores.is_empty()
+            || !self.readable.is_empty();
+        if self.handed_off < commit && !waited_on {
+            let now = Instant::now();
+            let due = *self.apply_due.get_or_insert(now + FOLLOWER_APPLY_DELAY);
+            if now < due && commit - self.handed_off < FOLLOWER_APPLY_BATCH {
+                return;
+            }
+        }
+        self.hand_off(commit);
+    }
+
+    fn hand_off(&mut self, commit: u64) {
+        self.apply_due = None;
         while self.handed_off < commit {
             self.handed_off += 1;
             let index = self.handed_off;
