@@ -568,6 +568,41 @@ fn needs_savepoint(c: &DbConnection, op: &Op) -> bool {
     !one_statement
 }
 
+/// Inserts one product row. The SQL text is fixed: diesel finds the prepared statement of an
+/// `insert_into(…).values(…)` by building its SQL anew on every run, which was a third of the
+/// time a follower spends applying a new product; a fixed text is found by its hash.
+fn insert_product(c: &mut DbConnection, row: &Product) -> Result<usize, DieselError> {
+    use diesel::sql_types::{BigInt, Double, Integer, Nullable, Text};
+    macro_rules! insert {
+        ($values:literal) => {
+            concat!(
+                "INSERT INTO products (id, title, price, currency, converted_price, converted_currency, ",
+                "availability, rating, link, scraped_at, created_at, updated_at) VALUES ",
+                $values
+            )
+        };
+    }
+    let sql = match c {
+        #[cfg(feature = "postgres")]
+        DbConnection::Postgres(_) => insert!("($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"),
+        _ => insert!("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+    };
+    diesel::sql_query(sql)
+        .bind::<BigInt, _>(row.id)
+        .bind::<Text, _>(&row.title)
+        .bind::<Double, _>(row.price)
+        .bind::<Text, _>(&row.currency)
+        .bind::<Nullable<Double>, _>(row.converted_price)
+        .bind::<Nullable<Text>, _>(&row.converted_currency)
+        .bind::<Nullable<Text>, _>(&row.availability)
+        .bind::<Nullable<Integer>, _>(row.rating)
+        .bind::<Nullable<Text>, _>(&row.link)
+        .bind::<Nullable<Text>, _>(&row.scraped_at)
+        .bind::<Text, _>(&row.created_at)
+        .bind::<Text, _>(&row.updated_at)
+        .execute(c)
+}
+
 fn take_id(counter: &mut i64) -> i64 {
     let id = *counter;
     *counter += 1;
@@ -631,7 +666,7 @@ fn run_op(c: &mut DbConnection, cmd: &Command, m: &mut Meta) -> Result<(u16, Rep
         Op::CreateProduct { product } => {
             product.validate()?;
             let row = product_row(take_id(&mut m.next_product_id), product, now.clone(), now);
-            diesel::insert_into(products::table).values(&row).execute(c)?;
+            insert_product(c, &row)?;
             Ok((201, Reply::Product(Box::new(row))))
         }
         Op::UpdateProduct { id, product } => {
@@ -661,7 +696,7 @@ fn run_op(c: &mut DbConnection, cmd: &Command, m: &mut Meta) -> Result<(u16, Rep
             // One statement a row: multi-row INSERT is not portable across diesel's backends
             // (MultiConnection), and inside one transaction the difference is small.
             for row in &rows {
-                diesel::insert_into(products::table).values(row).execute(c)?;
+                insert_product(c, row)?;
             }
             Ok((201, Reply::Imported { ids: rows.iter().map(|r| r.id).collect() }))
         }
