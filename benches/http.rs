@@ -16,7 +16,9 @@
 //! as the gateway wants) with 1 and 64 connections to the leader, serializable `range` reads on a
 //! follower and linearizable ones on the leader. labctl and etcd alternate run by run, so a
 //! change in the machine's load touches both. The table gives the median over runs of each
-//! figure; wrk's latency distribution gives p50 and p99.
+//! figure; wrk's latency distribution gives p50 and p99. It also gives the CPU time (user +
+//! system, from `/proc`) that all the cluster's processes spent per request: on a machine that
+//! other work shares, a steadier comparison than the rates.
 //!
 //! Every process is killed when its cluster is dropped, on Ctrl-C (checked at least every
 //! 50 ms) and on failure; children also die with the benchmark (`PR_SET_PDEATHSIG`).
@@ -91,6 +93,8 @@ struct WrkResult {
     socket_errors: u64,
     p50_us: u64,
     p99_us: u64,
+    /// CPU time (user + system) of all the cluster's processes during the load, per request.
+    cpu_per_request_us: f64,
 }
 
 impl WrkResult {
@@ -224,8 +228,8 @@ fn run_labctl(wrk: &Wrk, binary: &Path, opts: &Options, run: usize) -> Result<Ve
     poll_status(leader_http, |s| s["role"] == "LEADER" && s["applied_index"].as_u64() >= s["commit_index"].as_u64())?;
     eprintln!("   leader node{}, reads on node{}", leader + 1, follower + 1);
 
-    let mut samples =
-        writes(wrk, opts, run, "labctl", "POST /api/products", &format!("http://{leader_http}/api/products"))?;
+    let url = format!("http://{leader_http}/api/products");
+    let mut samples = writes(wrk, &pids(&cluster), opts, run, "labctl", "POST /api/products", &url)?;
     let acknowledged: u64 = samples.iter().map(|s| s.result.ok()).sum();
     // Every acknowledged write is stored (wrk may stop with writes in flight: those may be too).
     let total = product_total(leader_http)?;
@@ -265,7 +269,7 @@ fn run_labctl(wrk: &Wrk, binary: &Path, opts: &Options, run: usize) -> Result<Ve
     ];
     for (kind, what, url, script, script_args) in reads {
         stopped()?;
-        let result = wrk.run(64, opts.seconds, &url, script, &script_args)?;
+        let result = wrk.run(&pids(&cluster), 64, opts.seconds, &url, script, &script_args)?;
         samples.push(Sample { load: Load { system: "labctl", kind, what, connections: 64 }, run, result });
     }
     let views = cluster.leaders(&all, Duration::from_millis(200));
@@ -283,7 +287,8 @@ fn run_etcd(wrk: &Wrk, bin: PathBuf, opts: &Options, run: usize) -> Result<Vec<S
     let follower = (leader + 1) % MEMBERS;
     let leader_url = format!("http://{}", EtcdCluster::client_addr(leader));
     let follower_url = format!("http://{}", EtcdCluster::client_addr(follower));
-    let mut samples = writes(wrk, opts, run, "etcd", "POST /v3/kv/put", &format!("{leader_url}/v3/kv/put"))?;
+    let mut samples =
+        writes(wrk, &pids(&cluster), opts, run, "etcd", "POST /v3/kv/put", &format!("{leader_url}/v3/kv/put"))?;
     let written_by_one = samples.first().map_or(0, |s| s.result.ok());
     let prefix = format!("r{run}c1");
     let max = written_by_one.max(1).to_string();
@@ -293,17 +298,23 @@ fn run_etcd(wrk: &Wrk, bin: PathBuf, opts: &Options, run: usize) -> Result<Vec<S
     ];
     for (kind, what, url, mode) in reads {
         stopped()?;
-        let result =
-            wrk.run(64, opts.seconds, &format!("{url}/v3/kv/range"), "etcd_range.lua", &[&prefix, &max, mode])?;
+        let range = format!("{url}/v3/kv/range");
+        let result = wrk.run(&pids(&cluster), 64, opts.seconds, &range, "etcd_range.lua", &[&prefix, &max, mode])?;
         samples.push(Sample { load: Load { system: "etcd", kind, what, connections: 64 }, run, result });
     }
     Ok(samples)
+}
+
+/// The process ids of a cluster's members.
+fn pids(cluster: &dyn System) -> Vec<u32> {
+    cluster.pids().into_iter().map(|(_, pid)| pid).collect()
 }
 
 /// The write loads, with 1 and then 64 connections, each writing names prefixed
 /// `r<run>c<connections>` (the script is `<system>_write.lua`).
 fn writes(
     wrk: &Wrk,
+    pids: &[u32],
     opts: &Options,
     run: usize,
     system: &'static str,
@@ -314,7 +325,7 @@ fn writes(
     for connections in [1, 64] {
         stopped()?;
         let prefix = format!("r{run}c{connections}");
-        let result = wrk.run(connections, opts.seconds, url, &format!("{system}_write.lua"), &[&prefix])?;
+        let result = wrk.run(pids, connections, opts.seconds, url, &format!("{system}_write.lua"), &[&prefix])?;
         samples.push(Sample { load: Load { system, kind: Kind::Write, what, connections }, run, result });
     }
     Ok(samples)
@@ -345,7 +356,16 @@ impl Wrk {
 
     /// Runs `script` against `url` with `connections` for `seconds`; the output goes to a log
     /// in the scratch dir.
-    fn run(&self, connections: u32, seconds: u64, url: &str, script: &str, args: &[&str]) -> Result<WrkResult, String> {
+    /// The CPU time of `pids` over the run is divided among the requests answered.
+    fn run(
+        &self,
+        pids: &[u32],
+        connections: u32,
+        seconds: u64,
+        url: &str,
+        script: &str,
+        args: &[&str],
+    ) -> Result<WrkResult, String> {
         let threads = connections.min(2);
         let log = self.dir.join(format!("wrk-{}.log", next_log_number()));
         let mut cmd = Command::new(&self.bin);
@@ -360,6 +380,7 @@ impl Wrk {
             cmd.arg("--").args(args);
         }
         eprint!("   {url} {script} {args:?}, {connections} connections: ");
+        let cpu_before = cluster_cpu(pids);
         let mut proc = Proc::spawn(cmd, &log).map_err(|e| format!("cannot start wrk: {e}"))?;
         let deadline = Instant::now() + Duration::from_secs(seconds + 30);
         loop {
@@ -377,13 +398,16 @@ impl Wrk {
                 Err(e) => return Err(format!("wrk: {e}")),
             }
         }
+        let cpu = cluster_cpu(pids).saturating_sub(cpu_before);
         let output = std::fs::read_to_string(&log).map_err(|e| format!("{}: {e}", log.display()))?;
-        let result = parse_wrk(&output).ok_or_else(|| format!("no result from wrk; its output:\n{output}"))?;
+        let mut result = parse_wrk(&output).ok_or_else(|| format!("no result from wrk; its output:\n{output}"))?;
+        result.cpu_per_request_us = cpu.as_secs_f64() * 1e6 / result.requests.max(1) as f64;
         eprintln!(
-            "{:.0}/s, p50 {:.2} ms, p99 {:.2} ms, {} errors",
+            "{:.0}/s, p50 {:.2} ms, p99 {:.2} ms, {:.0} us CPU per request, {} errors",
             result.ok_per_second(),
             result.p50_us as f64 / 1e3,
             result.p99_us as f64 / 1e3,
+            result.cpu_per_request_us,
             result.errors()
         );
         if result.non2xx > 0 {
@@ -391,6 +415,11 @@ impl Wrk {
         }
         Ok(result)
     }
+}
+
+/// CPU time used so far by the processes `pids` (those still running).
+fn cluster_cpu(pids: &[u32]) -> Duration {
+    pids.iter().filter_map(|&pid| common::proc_sample(pid).ok()).map(|s| s.cpu).sum()
 }
 
 /// Numbers the wrk logs of a run.
@@ -411,6 +440,7 @@ fn parse_wrk(output: &str) -> Option<WrkResult> {
         socket_errors: n("connect_errors") + n("read_errors") + n("write_errors") + n("timeouts"),
         p50_us: n("p50_us"),
         p99_us: n("p99_us"),
+        cpu_per_request_us: 0.0,
     })
 }
 
@@ -485,12 +515,13 @@ fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
-/// Medians over runs of one load: (requests/s, p50 ms, p99 ms).
-fn medians(samples: &[&Sample]) -> (f64, f64, f64) {
+/// Medians over runs of one load: (requests/s, p50 ms, p99 ms, CPU µs per request).
+fn medians(samples: &[&Sample]) -> (f64, f64, f64, f64) {
     (
         median(samples.iter().map(|s| s.result.ok_per_second()).collect()),
         median(samples.iter().map(|s| s.result.p50_us as f64 / 1e3).collect()),
         median(samples.iter().map(|s| s.result.p99_us as f64 / 1e3).collect()),
+        median(samples.iter().map(|s| s.result.cpu_per_request_us).collect()),
     )
 }
 
@@ -502,15 +533,15 @@ fn report(samples: &[Sample], etcd_measured: bool) {
         }
     }
     println!();
-    println!("| system | load | connections | requests/s | p50 | p99 | errors | runs (requests/s) |");
-    println!("|---|---|---:|---:|---:|---:|---:|---|");
+    println!("| system | load | connections | requests/s | p50 | p99 | CPU per request | errors | runs (requests/s) |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---|");
     for load in &loads {
         let mine: Vec<&Sample> = samples.iter().filter(|s| &s.load == *load).collect();
-        let (rate, p50, p99) = medians(&mine);
+        let (rate, p50, p99, cpu) = medians(&mine);
         let errors: u64 = mine.iter().map(|s| s.result.errors()).sum();
         let runs: Vec<String> = mine.iter().map(|s| format!("{}: {:.0}", s.run, s.result.ok_per_second())).collect();
         println!(
-            "| {} | {} | {} | {rate:.0} | {p50:.2} ms | {p99:.2} ms | {errors} | {} |",
+            "| {} | {} | {} | {rate:.0} | {p50:.2} ms | {p99:.2} ms | {cpu:.0} µs | {errors} | {} |",
             load.system,
             load.what,
             load.connections,
