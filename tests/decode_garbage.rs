@@ -66,7 +66,7 @@ fn decode_whole(bytes: &[u8]) -> Reached {
     assert_eq!(msg.request_kind(), Some(request));
     let _ = msg.leader_name();
     let _ = msg.committed_logs();
-    if let Ok((from, raft)) = Msg::from_wire(&msg, request) {
+    if let Ok((from, raft)) = Msg::from_wire(msg, request) {
         assert_eq!(raft.request(), request);
         let again = raft.to_wire(from).encode();
         // Missing fields come back explicit (`"Key":null`), so a datagram near the size limit
@@ -76,7 +76,7 @@ fn decode_whole(bytes: &[u8]) -> Reached {
         }
         let (wire, req) =
             Message::decode(&again).unwrap_or_else(|e| panic!("re-encoded {request} does not decode: {e}"));
-        let (from2, raft2) = Msg::from_wire(&wire, req).expect("re-encoded Raft message is valid");
+        let (from2, raft2) = Msg::from_wire(wire, req).expect("re-encoded Raft message is valid");
         assert_eq!((from2, &raft2), (from, &raft), "round trip changed the message");
         return Reached::RaftMessage;
     }
@@ -110,10 +110,24 @@ fn valid_messages() -> Vec<Vec<u8>> {
         LogEntry { term: 4, key: Some("ключ".into()), value: serde_json::json!({"n": [1, 2.5, null]}) },
     ];
     let raft = [
-        Msg::Append { term: 4, prev_log_index: 2, prev_log_term: 3, entries, leader_commit: 2 },
-        Msg::Append { term: 4, prev_log_index: 0, prev_log_term: 0, entries: vec![], leader_commit: 0 },
-        Msg::AppendReply { term: 4, success: true, match_index: 5, conflict_index: 0, conflict_term: None },
-        Msg::AppendReply { term: 4, success: false, match_index: 0, conflict_index: 2, conflict_term: Some(1) },
+        Msg::Append { term: 4, prev_log_index: 2, prev_log_term: 3, entries, leader_commit: 2, read_seq: 0 },
+        Msg::Append { term: 4, prev_log_index: 0, prev_log_term: 0, entries: vec![], leader_commit: 0, read_seq: 3 },
+        Msg::AppendReply {
+            term: 4,
+            success: true,
+            match_index: 5,
+            conflict_index: 0,
+            conflict_term: None,
+            read_seq: 3,
+        },
+        Msg::AppendReply {
+            term: 4,
+            success: false,
+            match_index: 0,
+            conflict_index: 2,
+            conflict_term: Some(1),
+            read_seq: 0,
+        },
         Msg::Vote { term: 5, last_log_index: 5, last_log_term: 4, force: false },
         Msg::Vote { term: 5, last_log_index: 5, last_log_term: 4, force: true },
         Msg::VoteAck { term: 5 },
@@ -144,6 +158,7 @@ fn valid_messages() -> Vec<Vec<u8>> {
         prev_log_term: 3,
         entries: vec![LogEntry { term: 4, key: Some("big".into()), value: "\"x\"".repeat(MAX_DATAGRAM).into() }],
         leader_commit: 2,
+        read_seq: 0,
     };
     let pieces = Fragmenter::new("node2", 7).split(Some(4), &large.to_wire(2).encode());
     assert!(pieces.len() > 2);

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use labctl::node::store::pool::ReadPool;
 use labctl::node::store::{
     Applied, ApplyOutcome, Command, Op, PageRequest, Priority, ProductInput, ProductQuery, Reply, Status, Store,
     StoreError, TaskInput, TaskQuery, UserInput,
@@ -578,6 +579,47 @@ fn the_outcome_of_each_entry_is_kept_for_the_other_nodes(b: Backend) {
     assert_eq!(second.outcome_of(log.len() as u64 + 1).unwrap(), None);
 }
 
+/// HTTP reads go through a pool of connections while the applier writes: no read fails or
+/// waits for the writer, and each sees a prefix of the applied entries, growing.
+fn pooled_reads_run_beside_the_applier(b: Backend) {
+    let (_db, url, mut writer) = open_temp(b);
+    let pool = ReadPool::open(&url, 4).unwrap();
+    assert_eq!(pool.is_embedded(), b == Backend::Sqlite);
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let (pool, done) = (pool.clone(), done.clone());
+            std::thread::spawn(move || {
+                let (mut last, mut reads) = (0, 0);
+                while !done.load(Ordering::Acquire) || reads == 0 {
+                    let mut store = pool.get().unwrap();
+                    let total = store.list_products(&ProductQuery::default()).unwrap().pagination.total;
+                    assert!(total >= last, "a read went back from {last} to {total} products");
+                    if total > 0 {
+                        assert_eq!(store.get_product(total as i64).unwrap().map(|p| p.id), Some(total as i64));
+                    }
+                    (last, reads) = (total, reads + 1);
+                }
+                reads
+            })
+        })
+        .collect();
+    for batch in 0..20u64 {
+        let entries: Vec<(u64, u64, Command)> = (1..=10)
+            .map(|i| {
+                let index = batch * 10 + i;
+                (index, 1, Command::new(at(index as i64), Op::CreateProduct { product: product("p", index as f64) }))
+            })
+            .collect();
+        writer.apply_batch(&entries).unwrap();
+    }
+    done.store(true, Ordering::Release);
+    for r in readers {
+        assert!(r.join().unwrap() > 0);
+    }
+    assert_eq!(pool.get().unwrap().list_products(&ProductQuery::default()).unwrap().pagination.total, 200);
+}
+
 /// Runs each listed test once per backend of the build, each in a module named after it.
 macro_rules! per_backend {
     ($($test:ident),* $(,)?) => {
@@ -608,6 +650,7 @@ per_backend!(
     apply_batch_is_one_transaction_with_one_outcome_per_entry,
     an_upload_of_thousands_of_products_is_one_entry,
     the_outcome_of_each_entry_is_kept_for_the_other_nodes,
+    pooled_reads_run_beside_the_applier,
 );
 
 #[test]

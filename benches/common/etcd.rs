@@ -69,7 +69,7 @@ impl EtcdCluster {
         format!("127.0.0.{}", FIRST_HOST as usize + member)
     }
 
-    fn client_addr(member: usize) -> SocketAddr {
+    pub fn client_addr(member: usize) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, FIRST_HOST + member as u8], CLIENT_PORT))
     }
 

@@ -72,6 +72,11 @@ impl LabctlCluster {
     pub fn dir(&self) -> &std::path::Path {
         self.dir.path()
     }
+
+    /// The HTTP API of `member`.
+    pub fn http_addr(&self, member: usize) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, member as u8 + 1], self.http_port))
+    }
 }
 
 fn request(request: Request, key: Option<&str>, value: Option<&str>) -> Vec<u8> {

@@ -19,10 +19,10 @@ fuzz_target!(|bytes: &[u8]| {
     }
     let _ = msg.leader_name();
     let _ = msg.committed_logs();
-    let Ok((from, raft)) = Msg::from_wire(&msg, request) else { return };
+    let Ok((from, raft)) = Msg::from_wire(msg, request) else { return };
     let again = raft.to_wire(from).encode();
     if again.len() <= MAX_DATAGRAM {
         let (wire, req) = Message::decode(&again).expect("a re-encoded Raft message decodes");
-        assert_eq!(Msg::from_wire(&wire, req), Ok((from, raft)));
+        assert_eq!(Msg::from_wire(wire, req), Ok((from, raft)));
     }
 });

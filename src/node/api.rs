@@ -12,7 +12,6 @@
 //! product is checked as `POST /api/products` checks one, and all of them become one log
 //! entry, applied in one transaction on every node.
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use actix_multipart::{Multipart, MultipartError};
@@ -27,9 +26,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::apply::WriteResult;
 use super::driver::Proposal;
 use super::http::{method_not_allowed, NodeStatus};
+use super::listings::ListingCache;
+use super::store::pool::ReadPool;
 use super::store::{
-    ApplyOutcome, Command, Op, PageRequest, Priority, ProductInput, ProductQuery, Status, Store, StoreError, TaskInput,
-    TaskQuery, UserInput, MAX_IDEMPOTENCY_KEY,
+    ApplyOutcome, Command, Op, Page, PageRequest, Priority, ProductInput, ProductQuery, Status, Store, StoreError,
+    TaskInput, TaskQuery, UserInput, MAX_IDEMPOTENCY_KEY,
 };
 
 /// The header that makes a write idempotent.
@@ -51,8 +52,10 @@ const READY_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct Api {
     pub proposals: mpsc::Sender<Proposal>,
     pub status: watch::Receiver<NodeStatus>,
-    /// A read connection to this node's database.
-    pub store: Mutex<Store>,
+    /// Read connections to this node's database.
+    pub reads: ReadPool,
+    /// Listing pages, kept while the database is unchanged.
+    pub listings: ListingCache,
     /// E-mail notifications, when configured.
     pub notify: Option<super::notify::Notifier>,
     /// The largest file `POST /api/upload/file` accepts, in bytes.
@@ -151,7 +154,8 @@ async fn write(api: &Api, req: &HttpRequest, op: Op) -> HttpResponse {
     }
 }
 
-/// Proposes a command (or, with None, a read barrier) and waits until it is applied.
+/// Proposes a command and waits until it is applied; with None, waits until a linearizable
+/// read may run.
 async fn replicate(api: &Api, command: Option<Value>) -> Result<WriteResult, HttpResponse> {
     let (tx, rx) = oneshot::channel();
     if api.proposals.send(Proposal { command, reply: tx }).await.is_err() {
@@ -164,25 +168,25 @@ async fn replicate(api: &Api, command: Option<Value>) -> Result<WriteResult, Htt
     }
 }
 
-/// Checks `consistency` and, for `strong`, passes a read barrier first.
+/// Checks `consistency` and, for `strong`, waits for a linearizable read first.
 async fn consistency_gate(api: &Api, req: &HttpRequest, consistency: Option<&str>) -> Result<(), HttpResponse> {
     match consistency {
         None | Some("local") => Ok(()),
-        Some("strong") => strong_barrier(api, req).await,
+        Some("strong") => strong_read(api, req).await,
         Some(other) => Err(error(400, format!("consistency must be local or strong, not {other:?}"))),
     }
 }
 
-/// Makes the next local read linearizable: on the leader, a barrier entry is committed and
-/// everything before it applied; anywhere else the request goes to the leader.
-async fn strong_barrier(api: &Api, req: &HttpRequest) -> Result<(), HttpResponse> {
+/// Makes the next local read linearizable: on the leader, once a majority has confirmed it
+/// still leads and the commit index of that moment is applied (ReadIndex); anywhere else the
+/// request goes to the leader.
+async fn strong_read(api: &Api, req: &HttpRequest) -> Result<(), HttpResponse> {
     let status = api.status.borrow().clone();
     if status.role != "LEADER" {
         return Err(not_leader(&status, req));
     }
     match replicate(api, None).await? {
-        WriteResult::Barrier => Ok(()),
-        WriteResult::Done(_) => Ok(()),
+        WriteResult::Readable => Ok(()),
         other => Err(write_result(other, &status, req)),
     }
 }
@@ -198,7 +202,7 @@ fn write_result(result: WriteResult, status: &NodeStatus, req: &HttpRequest) -> 
             HttpResponse::build(code).json(body)
         }
         WriteResult::Done(ApplyOutcome::Rejected { status, error: message }) => error(status, message),
-        WriteResult::Done(ApplyOutcome::AlreadyApplied) | WriteResult::Barrier => {
+        WriteResult::Done(ApplyOutcome::AlreadyApplied) | WriteResult::Readable => {
             HttpResponse::Ok().json(json!({ "applied": true }))
         }
         WriteResult::NotLeader { .. } => not_leader(status, req),
@@ -379,9 +383,9 @@ fn parse_upload(content: &[u8]) -> Result<Vec<ProductInput>, (u16, String)> {
 /// Whether this node's database answers a cheap query within [`READY_TIMEOUT`], for `/readyz`.
 pub(super) async fn check_database(api: web::Data<Api>) -> Result<(), String> {
     let query = web::block(move || {
-        let mut store = api.store.lock().map_err(|_| "the database handle is poisoned".to_string())?;
+        let mut store = api.reads.get().map_err(|e| e.to_string())?;
         store
-            .ping()
+            .check_tables()
             .map_err(|e| format!("{e}: {}", std::error::Error::source(&e).map_or(String::new(), |s| s.to_string())))
     });
     match tokio::time::timeout(READY_TIMEOUT, query).await {
@@ -420,8 +424,10 @@ impl ListParams {
     }
 }
 
-/// Runs a read on the database off the async workers, after the consistency check;
-/// `consistency=strong` first passes a read barrier through the leader.
+/// Runs a read on the database after the consistency check (`consistency=strong` first
+/// confirms through the leader). A SQLite read is a few microseconds of work on a file in
+/// the page cache, cheaper than handing it to another thread and back, so it runs right on the
+/// HTTP worker; a database server is asked from a blocking thread, off the workers.
 async fn run_read<T: Send + 'static>(
     api: web::Data<Api>,
     req: &HttpRequest,
@@ -429,14 +435,19 @@ async fn run_read<T: Send + 'static>(
     f: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, HttpResponse> {
     consistency_gate(&api, req, consistency).await?;
-    let result = web::block(move || {
-        let mut store = api.store.lock().map_err(|_| StoreError::InvalidQuery("database handle poisoned".into()))?;
+    let embedded = api.reads.is_embedded();
+    let query = move || {
+        let mut store = api.reads.get()?;
         f(&mut store)
-    })
-    .await;
+    };
+    let result = if embedded { Ok(query()) } else { web::block(query).await };
     match result {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(StoreError::InvalidQuery(message))) => Err(error(400, message)),
+        Ok(Err(e @ StoreError::Pool(_))) => {
+            log::warn!("read refused: {e}");
+            Err(unavailable("the database is busy; retry"))
+        }
         Ok(Err(e)) => {
             log::error!("read failed: {e}");
             Err(error(500, "the database did not answer"))
@@ -454,6 +465,31 @@ async fn read<T: serde::Serialize + Send + 'static>(
 ) -> HttpResponse {
     match run_read(api, req, consistency, f).await {
         Ok(value) => HttpResponse::Ok().json(value),
+        Err(response) => response,
+    }
+}
+
+/// A page of a listing, kept in [`Api::listings`] and sent again while the database's
+/// applied index has not moved (see [`super::listings`]).
+async fn listing<T: serde::Serialize>(
+    api: web::Data<Api>,
+    req: &HttpRequest,
+    consistency: Option<&str>,
+    query: String,
+    f: impl FnOnce(&mut Store) -> Result<Page<T>, StoreError> + Send + 'static,
+) -> HttpResponse {
+    let shared = api.clone();
+    let page = move |store: &mut Store| {
+        let applied = store.last_applied()?.index;
+        if let Some(body) = shared.listings.get(&query, applied) {
+            return Ok(body);
+        }
+        let body = web::Bytes::from(serde_json::to_vec(&f(store)?)?);
+        shared.listings.put(query, applied, body.clone());
+        Ok(body)
+    };
+    match run_read(api, req, consistency, page).await {
+        Ok(body) => HttpResponse::Ok().content_type(header::ContentType::json()).body(body),
         Err(response) => response,
     }
 }
@@ -477,7 +513,7 @@ async fn found<T: serde::Serialize + Send + 'static>(
 async fn list_products(api: web::Data<Api>, req: HttpRequest, q: web::Query<ListParams>) -> HttpResponse {
     let q = q.into_inner();
     let query = ProductQuery { page: q.page(), min_price: q.min_price, max_price: q.max_price };
-    read(api, &req, q.consistency.as_deref(), move |s| s.list_products(&query)).await
+    listing(api, &req, q.consistency.as_deref(), format!("{query:?}"), move |s| s.list_products(&query)).await
 }
 
 async fn get_product(
@@ -492,7 +528,7 @@ async fn get_product(
 async fn list_users(api: web::Data<Api>, req: HttpRequest, q: web::Query<ListParams>) -> HttpResponse {
     let q = q.into_inner();
     let page = q.page();
-    read(api, &req, q.consistency.as_deref(), move |s| s.list_users(page)).await
+    listing(api, &req, q.consistency.as_deref(), format!("users {page:?}"), move |s| s.list_users(page)).await
 }
 
 async fn get_user(
@@ -507,7 +543,7 @@ async fn get_user(
 async fn list_tasks(api: web::Data<Api>, req: HttpRequest, q: web::Query<ListParams>) -> HttpResponse {
     let q = q.into_inner();
     let query = TaskQuery { page: q.page(), status: q.status, priority: q.priority, assignee: q.assignee };
-    read(api, &req, q.consistency.as_deref(), move |s| s.list_tasks(&query)).await
+    listing(api, &req, q.consistency.as_deref(), format!("{query:?}"), move |s| s.list_tasks(&query)).await
 }
 
 async fn get_task(

@@ -10,6 +10,9 @@
 //!
 //! With a database shared by several nodes, another node may have applied an entry first; the
 //! client waiting here then gets the outcome that node recorded (see [`Store::outcome_of`]).
+//!
+//! A linearizable read whose read index has been handed over waits in the same queue, and is
+//! let go once everything queued before it is applied.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -23,7 +26,8 @@ use super::store::{ApplyOutcome, Command, Store};
 
 /// The `Key` of log entries that carry a database command.
 pub const COMMAND_KEY: &str = "labctl.command";
-/// The `Key` of a read barrier: an entry with no effect, appended for a linearizable read.
+/// The `Key` of a read barrier: an entry with no effect that earlier versions appended for a
+/// linearizable read (reads now use ReadIndex, without log entries). Logs may still hold them.
 pub const BARRIER_KEY: &str = "labctl.barrier";
 
 /// How a replicated write ended, for the HTTP request waiting on it.
@@ -31,8 +35,8 @@ pub const BARRIER_KEY: &str = "labctl.barrier";
 pub enum WriteResult {
     /// Applied (or deterministically refused) by the database.
     Done(ApplyOutcome),
-    /// A read barrier was committed and everything before it applied.
-    Barrier,
+    /// A linearizable read may run: its read index is applied.
+    Readable,
     /// This node is not the leader; the leader it knows, if any.
     NotLeader { leader: Option<u32> },
     /// The entry was replaced by a newer leader's before it committed.
@@ -51,9 +55,16 @@ pub struct ApplyItem {
     pub waiter: Option<oneshot::Sender<WriteResult>>,
 }
 
+/// What the applier is given, in order.
+enum Work {
+    Entry(ApplyItem),
+    /// A read to let go once everything before it is applied.
+    Read(oneshot::Sender<WriteResult>),
+}
+
 /// The handle the driver keeps.
 pub struct Applier {
-    tx: mpsc::Sender<ApplyItem>,
+    tx: mpsc::Sender<Work>,
     applied: Arc<AtomicU64>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -74,9 +85,15 @@ impl Applier {
 
     /// Queues a committed entry.
     pub fn push(&self, item: ApplyItem) {
-        if let Err(mpsc::SendError(item)) = self.tx.send(item) {
+        if let Err(mpsc::SendError(Work::Entry(item))) = self.tx.send(Work::Entry(item)) {
             log::error!("applier has stopped; entry {} is not applied", item.index);
         }
+    }
+
+    /// Answers `reply` with [`WriteResult::Readable`] once every entry queued so far is applied.
+    pub fn push_read(&self, reply: oneshot::Sender<WriteResult>) {
+        // A stopped applier drops the reply, which the waiting request reports.
+        let _ = self.tx.send(Work::Read(reply));
     }
 
     /// The highest index applied to the database by this node.
@@ -94,20 +111,25 @@ impl Applier {
     }
 }
 
-fn run(mut store: Store, rx: mpsc::Receiver<ApplyItem>, applied: Arc<AtomicU64>, name: String) {
+fn run(mut store: Store, rx: mpsc::Receiver<Work>, applied: Arc<AtomicU64>, name: String) {
     match store.last_applied() {
         Ok(a) => applied.store(a.index, Ordering::Release),
         Err(e) => log::error!("{name}: cannot read the applied index: {e}"),
     }
     while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(item) => batch.push(item),
-                Err(_) => break,
+        let (mut batch, mut reads) = (Vec::new(), Vec::new());
+        let mut work = Some(first);
+        while let Some(w) = work.take() {
+            match w {
+                Work::Entry(item) => batch.push(item),
+                Work::Read(reply) => reads.push(reply),
+            }
+            if batch.len() < MAX_BATCH {
+                work = rx.try_recv().ok();
             }
         }
-        loop {
+        // Reads queued behind these entries go once they are applied (or at once if none).
+        while !batch.is_empty() {
             match apply_batch(&mut store, &mut batch) {
                 Ok(()) => break,
                 Err(e) => {
@@ -119,6 +141,9 @@ fn run(mut store: Store, rx: mpsc::Receiver<ApplyItem>, applied: Arc<AtomicU64>,
         if let Some(last) = batch.last() {
             applied.fetch_max(last.index, Ordering::AcqRel);
         }
+        for reply in reads {
+            let _ = reply.send(WriteResult::Readable);
+        }
     }
 }
 
@@ -129,7 +154,7 @@ fn apply_batch(store: &mut Store, batch: &mut [ApplyItem]) -> Result<(), super::
     let mut run_start = 0;
     for (i, item) in batch.iter().enumerate() {
         let command = (item.entry.key.as_deref() == Some(COMMAND_KEY))
-            .then(|| serde_json::from_value::<Command>(item.entry.value.clone()))
+            .then(|| <Command as serde::Deserialize>::deserialize(&item.entry.value))
             .and_then(|parsed| match parsed {
                 Ok(c) => Some(c),
                 Err(e) => {
@@ -163,7 +188,8 @@ fn apply_batch(store: &mut Store, batch: &mut [ApplyItem]) -> Result<(), super::
     }
     for (item, outcome) in batch.iter_mut().zip(outcomes) {
         if let Some(waiter) = item.waiter.take() {
-            let _ = waiter.send(outcome.map_or(WriteResult::Barrier, WriteResult::Done));
+            // An entry without a command is only waited on by a write that turned out empty.
+            let _ = waiter.send(outcome.map_or(WriteResult::Done(ApplyOutcome::AlreadyApplied), WriteResult::Done));
         }
     }
     Ok(())
@@ -223,7 +249,7 @@ mod tests {
             panic!("{applied:?}")
         };
         assert_eq!(p.title, "Dune");
-        // This node's client waits for entry 1, and a barrier after it.
+        // This node's client waits for entry 1, and another for the no-op after it.
         let (one, mut answer) = item(1, &cmd);
         let (tx, mut barrier) = oneshot::channel();
         let noop = ApplyItem { index: 2, term: 1, entry: LogEntry::noop(1), waiter: Some(tx) };
@@ -232,7 +258,7 @@ mod tests {
             WriteResult::Done(outcome) => assert_eq!(outcome, applied, "the real answer, not just 'applied'"),
             other => panic!("{other:?}"),
         }
-        assert!(matches!(barrier.try_recv().unwrap(), WriteResult::Barrier));
+        assert!(matches!(barrier.try_recv().unwrap(), WriteResult::Done(ApplyOutcome::AlreadyApplied)));
         assert_eq!(second.dump().unwrap().products.len(), 1, "applied once");
     }
 }

@@ -11,10 +11,9 @@
 //! [fragments](crate::proto::fragment) through the transport's paced queue, and incoming fragments are put together
 //! again before the core sees the message.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::rc::Rc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -38,9 +37,12 @@ const MAX_BURST: usize = 256;
 /// Room beside the largest entry in the largest message a node accepts.
 const MESSAGE_OVERHEAD: usize = 64 * 1024;
 
-/// What makes two AppendEntries of one Ready the same message: previous index and term,
-/// number of entries, commit index.
-type AppendShape = (u64, u64, usize, u64);
+/// A follower hands committed entries to its applier in batches: once this many wait, or
+/// once the oldest has waited this long. Nobody waits on a follower's apply (writes and
+/// strong reads are the leader's), and one transaction and one wake-up per batch instead
+/// of per entry leave the CPU to the leader and the followers' acknowledgements.
+const FOLLOWER_APPLY_BATCH: u64 = 256;
+const FOLLOWER_APPLY_DELAY: Duration = Duration::from_millis(10);
 
 /// Why the node stopped.
 #[derive(Debug, PartialEq, Eq)]
@@ -60,8 +62,8 @@ struct PendingStore {
     deadline: Instant,
 }
 
-/// A replicated write from the HTTP API: a serialized store command (None: a read barrier)
-/// and where to answer.
+/// A replicated write from the HTTP API: a serialized store command (None: a linearizable
+/// read, answered with [`WriteResult::Readable`] once it may run) and where to answer.
 pub struct Proposal {
     pub command: Option<Value>,
     pub reply: oneshot::Sender<WriteResult>,
@@ -70,8 +72,14 @@ pub struct Proposal {
 /// A write waiting for its entry to commit.
 struct PendingWrite {
     term: u64,
-    /// A read barrier: useless once this node stops leading, so it fails at once then.
-    barrier: bool,
+    reply: oneshot::Sender<WriteResult>,
+    deadline: Instant,
+}
+
+/// A linearizable read waiting for its leadership check (then, by read index, for the
+/// entries up to it to be handed to the applier).
+struct PendingRead {
+    term: u64,
     reply: oneshot::Sender<WriteResult>,
     deadline: Instant,
 }
@@ -85,6 +93,8 @@ pub struct Driver {
     origin: Instant,
     /// Committed entries up to here are handed to the applier (and their STOREs answered).
     handed_off: u64,
+    /// A follower's committed entries not handed over yet are handed over by then.
+    apply_due: Option<Instant>,
     /// Controller STOREs waiting for their entries to commit, by index.
     stores: BTreeMap<u64, PendingStore>,
     drops: RateLimited,
@@ -95,8 +105,13 @@ pub struct Driver {
     leader_changes: u64,
     last_leader: Option<NodeId>,
     proposals: mpsc::Receiver<Proposal>,
-    /// HTTP writes and read barriers waiting for their entries to commit, by index.
+    /// HTTP writes waiting for their entries to commit, by index.
     writes: BTreeMap<u64, PendingWrite>,
+    /// Reads waiting for their leadership check, by id.
+    reads: BTreeMap<u64, PendingRead>,
+    next_read: u64,
+    /// Reads that passed their check, waiting for their read index to commit, by index.
+    readable: BTreeMap<u64, Vec<PendingRead>>,
     applier: Applier,
     handshake: Handshake,
     fragmenter: Fragmenter,
@@ -148,6 +163,7 @@ impl Driver {
             transport,
             origin,
             handed_off: 0,
+            apply_due: None,
             stores: BTreeMap::new(),
             drops: RateLimited::new(10),
             stop: None,
@@ -158,6 +174,9 @@ impl Driver {
             last_leader: None,
             proposals,
             writes: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            next_read: 0,
+            readable: BTreeMap::new(),
             applier,
             handshake,
             fragmenter,
@@ -227,7 +246,8 @@ impl Driver {
         let mut buf = vec![0u8; RECV_BUFFER];
         self.handle_ready()?;
         loop {
-            let deadline = self.origin + Duration::from_micros(self.raft.next_deadline());
+            let raft_deadline = self.origin + Duration::from_micros(self.raft.next_deadline());
+            let deadline = self.apply_due.map_or(raft_deadline, |due| due.min(raft_deadline));
             let paced = self.transport.next_paced(std::time::Instant::now());
             tokio::select! {
                 received = self.transport.recv(&mut buf) => match received {
@@ -269,9 +289,13 @@ impl Driver {
             if given_up > 0 && self.drops.allow() {
                 log::warn!("{}: gave up {given_up} incomplete message(s): a fragment was lost", self.name);
             }
+            if self.apply_due.is_some_and(|due| due <= Instant::now()) {
+                self.apply(self.raft.commit_index());
+            }
             self.expire_pending();
             self.publish();
             if let Some(stopped) = self.stop.take() {
+                self.hand_off(self.raft.commit_index());
                 self.applier.stop();
                 return Ok(stopped);
             }
@@ -280,20 +304,34 @@ impl Driver {
 
     fn propose(&mut self, proposal: Proposal) {
         let Proposal { command, reply } = proposal;
-        let barrier = command.is_none();
-        let (key, value) = match command {
-            Some(command) => (COMMAND_KEY, command),
-            None => (BARRIER_KEY, Value::Null),
-        };
-        match self.raft.propose(Some(key.to_string()), value) {
+        let Some(command) = command else { return self.start_read(reply) };
+        match self.raft.propose(Some(COMMAND_KEY.to_string()), command) {
             Ok(index) => {
                 let deadline = Instant::now() + STORE_DEADLINE;
-                self.writes.insert(index, PendingWrite { term: self.raft.term(), barrier, reply, deadline });
+                self.writes.insert(index, PendingWrite { term: self.raft.term(), reply, deadline });
             }
             Err(ProposeError::NotLeader { leader }) => {
                 let _ = reply.send(WriteResult::NotLeader { leader });
             }
             Err(e @ ProposeError::TooLarge { .. }) => {
+                let _ = reply.send(WriteResult::TooLarge(e.to_string()));
+            }
+        }
+    }
+
+    /// Starts a linearizable read: the reads that arrive in one turn share one leadership check.
+    fn start_read(&mut self, reply: oneshot::Sender<WriteResult>) {
+        self.next_read += 1;
+        let id = self.next_read;
+        match self.raft.read_index(id) {
+            Ok(()) => {
+                let deadline = Instant::now() + STORE_DEADLINE;
+                self.reads.insert(id, PendingRead { term: self.raft.term(), reply, deadline });
+            }
+            Err(ProposeError::NotLeader { leader }) => {
+                let _ = reply.send(WriteResult::NotLeader { leader });
+            }
+            Err(e) => {
                 let _ = reply.send(WriteResult::TooLarge(e.to_string()));
             }
         }
@@ -344,7 +382,7 @@ impl Driver {
         if matches!(request, Request::Accept | Request::Credentials) {
             return self.handle_handshake(&msg, request, from);
         }
-        match Msg::from_wire(&msg, request) {
+        match Msg::from_wire(msg, request) {
             Ok((peer, raft_msg)) => {
                 if let Msg::Append { term, ref entries, .. } = raft_msg {
                     if entries.is_empty() {
@@ -493,43 +531,26 @@ impl Driver {
     }
 
     /// Persist, then send, then apply: the order that makes votes and acknowledgements durable.
+    ///
+    /// One exception: a leader's AppendEntries leave before its own copy of their entries is
+    /// on disk, so the leader's fsync overlaps the followers' (Raft thesis §10.2.1). That is
+    /// safe: committing the entries takes acknowledgements from a majority, which this node
+    /// handles only after this turn, when its fsync is done (a lone node applies them below,
+    /// after the fsync). A Ready that changes the term or vote sends nothing early: a leader's
+    /// term is durable before anything goes out in it.
     fn handle_ready(&mut self) -> Result<(), StorageError> {
         while self.raft.has_ready() {
             let ready = self.raft.take_ready();
+            let mut messages = ready.messages;
+            if ready.hard_state.is_none() && ready.persist_from.is_some() {
+                let appends;
+                (appends, messages) = messages.into_iter().partition(|(_, m)| matches!(m, Msg::Append { .. }));
+                self.send(appends);
+            }
             let last = self.raft.last_index();
             let entries = ready.persist_from.map(|from| (from, self.raft.log().slice(from, last)));
             self.storage.persist(ready.hard_state, entries)?;
-            // The same entries for several followers are encoded (and cut) once.
-            let mut encoded: HashMap<AppendShape, Rc<Vec<Vec<u8>>>> = HashMap::new();
-            for (to, msg) in ready.messages {
-                let key = match &msg {
-                    Msg::Append { prev_log_index, prev_log_term, entries, leader_commit, .. }
-                        if !entries.is_empty() =>
-                    {
-                        Some((*prev_log_index, *prev_log_term, entries.len(), *leader_commit))
-                    }
-                    _ => None,
-                };
-                let datagrams = match key.and_then(|k| encoded.get(&k)) {
-                    Some(datagrams) => datagrams.clone(),
-                    None => {
-                        let bytes = msg.to_wire(self.raft.id()).encode();
-                        let datagrams = Rc::new(if bytes.len() > MAX_DATAGRAM {
-                            self.fragmenter.split(Some(msg.term()), &bytes)
-                        } else {
-                            vec![bytes]
-                        });
-                        if let Some(k) = key {
-                            encoded.insert(k, datagrams.clone());
-                        }
-                        datagrams
-                    }
-                };
-                match datagrams.as_slice() {
-                    [one] => self.transport.send_to_node(to, one),
-                    fragments => self.transport.send_paced(to, fragments),
-                }
-            }
+            self.send(messages);
             for event in ready.events {
                 let Event::RoleChanged { role, term, leader } = event;
                 if role == Role::Candidate {
@@ -539,8 +560,8 @@ impl Driver {
                     self.handshake.became_leader(term);
                 } else {
                     self.handshake.stepped_down();
-                    self.fail_barriers();
                 }
+                self.fail_reads(role, term);
                 if leader.is_some() && leader != self.last_leader {
                     self.leader_changes += 1;
                 }
@@ -555,13 +576,57 @@ impl Driver {
                     (role, _) => log::info!("{} is {role} for term {term}", self.name),
                 }
             }
+            for read in ready.reads {
+                if let Some(pending) = self.reads.remove(&read.id) {
+                    self.readable.entry(read.index).or_default().push(pending);
+                }
+            }
             self.apply(ready.commit_index);
         }
         Ok(())
     }
 
-    /// Hands committed entries to the applier in order, and answers the STOREs they complete.
+    /// Sends Raft messages; consecutive equal messages (new entries for every follower that
+    /// is caught up) are encoded, and cut into fragments when larger than a datagram, once.
+    fn send(&mut self, messages: Vec<(NodeId, Msg)>) {
+        let mut encoded: Option<(Msg, Vec<Vec<u8>>)> = None;
+        for (to, msg) in messages {
+            if !encoded.as_ref().is_some_and(|(last, _)| *last == msg) {
+                let bytes = msg.to_wire(self.raft.id()).encode();
+                let datagrams = if bytes.len() > MAX_DATAGRAM {
+                    self.fragmenter.split(Some(msg.term()), &bytes)
+                } else {
+                    vec![bytes]
+                };
+                encoded = Some((msg, datagrams));
+            }
+            let Some((_, datagrams)) = &encoded else { continue };
+            match datagrams.as_slice() {
+                [one] => self.transport.send_to_node(to, one),
+                fragments => self.transport.send_paced(to, fragments),
+            }
+        }
+    }
+
+    /// Hands committed entries to the applier in order, and answers the STOREs they complete:
+    /// at once on the leader (requests wait on them), in batches on a follower.
     fn apply(&mut self, commit: u64) {
+        let waited_on = self.raft.role() == Role::Leader
+            || !self.writes.is_empty()
+            || !self.stores.is_empty()
+            || !self.readable.is_empty();
+        if self.handed_off < commit && !waited_on {
+            let now = Instant::now();
+            let due = *self.apply_due.get_or_insert(now + FOLLOWER_APPLY_DELAY);
+            if now < due && commit - self.handed_off < FOLLOWER_APPLY_BATCH {
+                return;
+            }
+        }
+        self.hand_off(commit);
+    }
+
+    fn hand_off(&mut self, commit: u64) {
+        self.apply_due = None;
         while self.handed_off < commit {
             self.handed_off += 1;
             let index = self.handed_off;
@@ -584,15 +649,26 @@ impl Driver {
                 self.reply(p.reply_to, &reply);
             }
         }
+        // Reads whose read index is handed over run once the applier has got that far.
+        while let Some(entry) = self.readable.first_entry() {
+            if *entry.key() > self.handed_off {
+                break;
+            }
+            for read in entry.remove() {
+                self.applier.push_read(read.reply);
+            }
+        }
     }
 
-    /// Answers the read barriers waiting on this node: it no longer leads, so they cannot
-    /// prove anything. (Writes keep waiting: a new leader may still commit them.)
-    fn fail_barriers(&mut self) {
-        let barriers: Vec<u64> = self.writes.iter().filter(|(_, w)| w.barrier).map(|(&i, _)| i).collect();
-        for index in barriers {
-            if let Some(w) = self.writes.remove(&index) {
-                let _ = w.reply.send(WriteResult::LostLeadership);
+    /// Fails the reads still waiting for a leadership check that can no longer pass: this node
+    /// stopped leading, or leads a newer term (the core dropped the older reads). Reads whose
+    /// check passed stay: they only wait for their read index to be applied.
+    fn fail_reads(&mut self, role: Role, term: u64) {
+        let lost: Vec<u64> =
+            self.reads.iter().filter(|(_, r)| role != Role::Leader || r.term != term).map(|(&id, _)| id).collect();
+        for id in lost {
+            if let Some(r) = self.reads.remove(&id) {
+                let _ = r.reply.send(WriteResult::LostLeadership);
             }
         }
     }
@@ -601,6 +677,20 @@ impl Driver {
     /// majority).
     fn expire_pending(&mut self) {
         let now = Instant::now();
+        if !self.reads.is_empty() {
+            let expired: Vec<u64> = self.reads.iter().filter(|(_, r)| r.deadline <= now).map(|(&i, _)| i).collect();
+            for id in expired {
+                if let Some(r) = self.reads.remove(&id) {
+                    let _ = r.reply.send(WriteResult::Timeout);
+                }
+            }
+        }
+        self.readable.retain(|_, waiting| {
+            for r in waiting.extract_if(.., |r| r.deadline <= now) {
+                let _ = r.reply.send(WriteResult::Timeout);
+            }
+            !waiting.is_empty()
+        });
         if !self.writes.is_empty() {
             let expired: Vec<u64> = self.writes.iter().filter(|(_, w)| w.deadline <= now).map(|(&i, _)| i).collect();
             for index in expired {

@@ -10,6 +10,7 @@ pub mod console;
 pub mod driver;
 pub mod handshake;
 pub mod http;
+pub mod listings;
 pub mod notify;
 pub mod raft;
 pub mod storage;
@@ -27,6 +28,7 @@ use self::apply::Applier;
 use self::driver::Driver;
 use self::raft::{NodeId, Raft};
 use self::storage::Storage;
+use self::store::pool::ReadPool;
 use self::store::Store;
 use self::transport::Transport;
 use crate::config::{Cluster, ClusterArgs, FileConfig, RaftArgs, RaftTiming};
@@ -61,6 +63,9 @@ pub struct Args {
     #[command(flatten)]
     pub raft: RaftArgs,
 }
+
+/// Database connections for HTTP reads at most (opened as reads need them).
+const READ_CONNECTIONS: u32 = 8;
 
 /// Runs a node until SHUTDOWN or a signal.
 pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
@@ -102,7 +107,8 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
         .or_else(|| file.node.database_url.clone())
         .unwrap_or_else(|| node_dir.join("labctl.db").to_string_lossy().into_owned());
     let write_store = Store::open(&database_url).with_context(|| format!("cannot open the database of {name}"))?;
-    let read_store = Store::open(&database_url).with_context(|| format!("cannot open the database of {name}"))?;
+    let reads = ReadPool::open(&database_url, READ_CONNECTIONS)
+        .with_context(|| format!("cannot open read connections to the database of {name}"))?;
     log::info!("{name}: database {database_url}");
     let applier = Applier::start(write_store, name.clone())?;
     let notifier = notify::Notifier::start(file, &name, &database_url)?;
@@ -131,7 +137,8 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
         let api = actix_web::web::Data::new(api::Api {
             proposals: proposals_tx,
             status: driver.subscribe(),
-            store: std::sync::Mutex::new(read_store),
+            reads,
+            listings: Default::default(),
             notify: notifier.clone(),
             max_upload: max_upload_bytes,
         });

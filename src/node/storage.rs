@@ -45,6 +45,13 @@ enum Record {
     Entries { from: u64, entries: Vec<LogEntry> },
 }
 
+/// A [`Record::Entries`] to write, borrowing the entries.
+#[derive(Serialize)]
+struct EntriesRecord<'a> {
+    from: u64,
+    entries: &'a [LogEntry],
+}
+
 /// What a node recovers on start.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Recovered {
@@ -104,7 +111,7 @@ impl Storage {
             );
         }
         if let Some((from, entries)) = entries {
-            write_record(&mut buf, &Record::Entries { from, entries: entries.to_vec() });
+            write_record(&mut buf, &EntriesRecord { from, entries });
         }
         let io = |source| StorageError::Io { path: self.path.clone(), source };
         self.file.write_all(&buf).map_err(io)?;
@@ -142,7 +149,7 @@ impl Storage {
     }
 }
 
-fn write_record(buf: &mut Vec<u8>, record: &Record) {
+fn write_record(buf: &mut Vec<u8>, record: &impl Serialize) {
     // Records are plain data with string keys: serialization cannot fail.
     serde_json::to_writer(&mut *buf, record).expect("serialize record");
     buf.push(b'\n');

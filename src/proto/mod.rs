@@ -76,6 +76,10 @@ pub struct Message {
     /// APPEND_REPLY on a mismatch: the term of the follower's conflicting entry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conflict_term: Option<u64>,
+    /// APPEND_RPC: the number of the leader's latest leadership check for linearizable reads;
+    /// APPEND_REPLY: the same number, echoed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_seq: Option<u64>,
 }
 
 /// One replicated log entry as it appears on the wire and in RETRIEVE replies:

@@ -4,12 +4,14 @@
 //! times: partitions (random splits, the leader cut off alone or with one follower, a
 //! minority against a majority, one-way links), message loss, duplication and widely
 //! varying delay (so datagrams are reordered and arrive long after they were sent), crashes
-//! of random nodes and of the leader, restarts, and a controller's TIMEOUT and
-//! CONVERT_FOLLOWER; meanwhile a client proposes entries, now and then in bursts of large
-//! ones and rarely one larger than a datagram (as an uploaded file is), to whoever leads.
-//! Safety is checked after every step by the cluster. When the network heals and every node
-//! is back, a leader followed by a majority must appear, and an entry proposed then must
-//! commit on every node, each within ten election timeouts.
+//! of random nodes and of the leader (also between sending new entries and persisting them),
+//! restarts, and a controller's TIMEOUT and CONVERT_FOLLOWER; meanwhile a client proposes
+//! entries, now and then in bursts of large ones and rarely one larger than a datagram (as an
+//! uploaded file is), to whoever leads, and asks whoever believes it leads (a deposed leader
+//! cut off included) for linearizable reads. Safety is checked after every step by the
+//! cluster. When the network heals and every node is back, a leader followed by a majority
+//! must appear, an entry proposed then must commit on every node, and a read on the leader
+//! must be confirmed, each within ten election timeouts.
 
 use labctl::node::raft::{Micros, NodeId, Rng};
 use labctl::proto::MAX_DATAGRAM;
@@ -28,6 +30,7 @@ pub struct Report {
     pub virtual_time: Micros,
     pub leaders: usize,
     pub committed: u64,
+    pub reads: u64,
     pub net: NetStats,
 }
 
@@ -64,6 +67,7 @@ pub fn run(seed: u64) -> Report {
         virtual_time: c.now(),
         leaders: c.leaders_elected(),
         committed: c.committed_len(),
+        reads: c.reads_confirmed,
         net: c.net.stats,
     }
 }
@@ -96,6 +100,10 @@ enum Profile {
 }
 
 fn chaos(c: &mut Cluster, rng: &mut Rng, client: &mut Client, profile: Profile, until: Micros) {
+    c.crash_before_persist = match profile {
+        Profile::Mixed => 0.005,
+        Profile::LeaderCrashes => 0.05,
+    };
     let mut next_fault = c.now() + rng.range(0, 300 * MS);
     let mut next_proposal = c.now() + rng.range(0, 100 * MS);
     loop {
@@ -231,6 +239,14 @@ fn crash_or_restart(c: &mut Cluster, rng: &mut Rng) {
 fn propose(c: &mut Cluster, rng: &mut Rng, client: &mut Client) {
     let up: Vec<NodeId> = c.ids().into_iter().filter(|&id| c.is_up(id)).collect();
     let leaders = c.leaders();
+    // Linearizable reads, on whoever believes it leads (a deposed leader cut off included).
+    if rng.chance(0.3) {
+        for _ in 0..rng.range(1, 4) {
+            if let Some(id) = pick(rng, &leaders) {
+                c.read(id);
+            }
+        }
+    }
     let target = if rng.chance(0.9) { pick(rng, &leaders).or_else(|| pick(rng, &up)) } else { pick(rng, &up) };
     let Some(target) = target else { return };
     let burst = if rng.chance(0.03) { rng.range(10, 120) } else { 1 };
@@ -252,6 +268,7 @@ fn propose(c: &mut Cluster, rng: &mut Rng, client: &mut Client) {
 
 /// Heals the network, restarts every node, and checks that the cluster recovers.
 fn heal_and_check_liveness(c: &mut Cluster, client: &mut Client) {
+    c.crash_before_persist = 0.0;
     c.net.heal();
     c.net.loss = 0.0;
     c.net.delay = (MS, 10 * MS);
@@ -265,5 +282,10 @@ fn heal_and_check_liveness(c: &mut Cluster, client: &mut Client) {
     let value = client.next_value(0);
     if !c.commit_values(std::slice::from_ref(&value), bound) {
         c.fail(&format!("liveness: entry {value} did not commit on every node within {}ms", bound / MS));
+    }
+    let confirmed = c.reads_confirmed;
+    let leader = c.stable_leader().expect("a leader");
+    if !c.read(leader) || !c.run_until_cond(bound, |c| c.reads_confirmed > confirmed) {
+        c.fail(&format!("liveness: a read on the leader was not confirmed within {}ms", bound / MS));
     }
 }

@@ -7,7 +7,8 @@
 //! Every input to a node (a datagram, a timer, a proposal, a controller request) is followed
 //! by what a real driver does with the node's `Ready`, in order: persist the hard state and
 //! the log into the node's simulated durable storage, send the messages, apply committed
-//! entries to the node's state machine. A crash drops the core and everything volatile; a
+//! entries to the node's state machine. As the driver does, a leader's AppendEntries leave
+//! before its new entries are persisted, and a leader may die in between. A crash drops the core and everything volatile; a
 //! restart builds a new core from the durable hard state and log only.
 //!
 //! After every step the [`Checker`] verifies Raft's safety properties; a violation, like any
@@ -19,7 +20,7 @@ mod network;
 
 use std::collections::HashSet;
 
-use labctl::node::raft::{Config, HardState, LogEntry, Micros, NodeId, ProposeError, Raft, Role};
+use labctl::node::raft::{Config, HardState, LogEntry, Micros, Msg, NodeId, ProposeError, Raft, Rng, Role};
 use serde_json::Value;
 
 pub use self::checker::Checker;
@@ -56,6 +57,16 @@ pub struct Cluster {
     checker: Checker,
     proposals: u64,
     trace: bool,
+    /// Probability that a leader dies between sending new entries and persisting them (the
+    /// driver sends a leader's AppendEntries before its own fsync).
+    pub crash_before_persist: f64,
+    crash_rng: Rng,
+    /// Linearizable reads asked and not yet confirmed: read id -> entries known committed
+    /// anywhere when it was asked, which its read index must cover.
+    reads: std::collections::HashMap<u64, u64>,
+    next_read: u64,
+    /// Reads confirmed so far.
+    pub reads_confirmed: u64,
 }
 
 impl Cluster {
@@ -96,6 +107,11 @@ impl Cluster {
             checker: Checker::default(),
             proposals: 0,
             trace: std::env::var_os("LABCTL_SIM_TRACE").is_some(),
+            crash_before_persist: 0.0,
+            crash_rng: Rng::new(seed ^ 0x5EED_C4A5_4BEF_0E11),
+            reads: std::collections::HashMap::new(),
+            next_read: 0,
+            reads_confirmed: 0,
         }
     }
 
@@ -238,13 +254,33 @@ impl Cluster {
     // ---- inputs ----
 
     /// A client proposal to node `id`; the key is unique per proposal.
+    /// A node that is down (e.g. crashed handling an earlier proposal) refuses it.
     pub fn propose(&mut self, id: NodeId, value: Value) -> Result<u64, ProposeError> {
+        if !self.is_up(id) {
+            return Err(ProposeError::NotLeader { leader: None });
+        }
         self.proposals += 1;
         let key = format!("k{}", self.proposals);
         let result = self.raft_mut(id).propose(Some(key), value);
         self.trace(|| format!("node{id} propose -> {result:?}"));
         self.after_input(id);
         result
+    }
+
+    /// A linearizable read on node `id` (ReadIndex); false when the node refuses it.
+    pub fn read(&mut self, id: NodeId) -> bool {
+        if !self.is_up(id) {
+            return false;
+        }
+        self.next_read += 1;
+        let read = self.next_read;
+        let result = self.raft_mut(id).read_index(read);
+        self.trace(|| format!("node{id} read {read} -> {result:?}"));
+        if result.is_ok() {
+            self.reads.insert(read, self.checker.committed_len());
+        }
+        self.after_input(id);
+        result.is_ok()
     }
 
     /// A controller's TIMEOUT to node `id`.
@@ -440,8 +476,30 @@ impl Cluster {
         let now = self.now;
         let node = &mut self.nodes[id as usize - 1];
         let Some(raft) = node.raft.as_mut() else { return Ok(()) };
-        let ready = raft.take_ready();
+        let mut ready = raft.take_ready();
         let (role, term, last) = (raft.role(), raft.term(), raft.last_index());
+
+        // 0. A leader's AppendEntries go out before its own fsync, when the term and vote
+        //    are unchanged; the node may die before the fsync is done.
+        if ready.hard_state.is_none() && ready.persist_from.is_some() {
+            let appends;
+            (appends, ready.messages) = ready.messages.into_iter().partition(|(_, m)| matches!(m, Msg::Append { .. }));
+            let sent = !appends.is_empty();
+            for (to, msg) in appends {
+                self.net.send(now, id, to, msg)?;
+            }
+            if sent && self.crash_rng.chance(self.crash_before_persist) {
+                self.trace(|| format!("node{id} CRASH before persisting the entries it sent"));
+                let node = &mut self.nodes[id as usize - 1];
+                node.raft = None;
+                node.applied = 0;
+                node.commit = 0;
+                node.leading = None;
+                return Ok(());
+            }
+        }
+        let node = &mut self.nodes[id as usize - 1];
+        let raft = node.raft.as_mut().expect("up");
 
         // 1. Persist.
         if let Some(hard) = ready.hard_state {
@@ -494,6 +552,20 @@ impl Cluster {
         // 2. Send.
         for (to, msg) in ready.messages {
             self.net.send(now, id, to, msg)?;
+        }
+
+        // A confirmed read must see every entry committed before it was asked.
+        for read in &ready.reads {
+            let Some(committed) = self.reads.remove(&read.id) else {
+                return Err(format!("node{id} confirmed read {} twice or never asked", read.id));
+            };
+            if read.index < committed {
+                return Err(format!(
+                    "stale read: node{id} (term {term}) confirmed read {} at index {} but {committed} entries were committed when it was asked",
+                    read.id, read.index
+                ));
+            }
+            self.reads_confirmed += 1;
         }
 
         // 3. Apply.

@@ -222,7 +222,7 @@ fn through_the_wire(from: NodeId, msg: &Msg, rng: &mut Rng) -> Result<Msg, Strin
     let (wire, request) = Message::decode_with_limit(&bytes, MAX_MESSAGE)
         .map_err(|e| format!("node{from} sent a datagram that does not decode: {e}"))?;
     let (sender, back) =
-        Msg::from_wire(&wire, request).map_err(|e| format!("node{from} sent an unreadable {request}: {e}"))?;
+        Msg::from_wire(wire, request).map_err(|e| format!("node{from} sent an unreadable {request}: {e}"))?;
     if sender != from || back != *msg {
         return Err(format!("node{from}'s {msg:?} arrived as {back:?} from node{sender}"));
     }

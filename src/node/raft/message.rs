@@ -9,12 +9,27 @@ pub type NodeId = u32;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Msg {
     /// AppendEntries (§5.3): replicate `entries` after `prev_log_index`; empty is a heartbeat.
-    /// Wire: `APPEND_RPC`.
-    Append { term: u64, prev_log_index: u64, prev_log_term: u64, entries: Vec<LogEntry>, leader_commit: u64 },
+    /// `read_seq` numbers the leader's latest leadership check for linearizable reads (0:
+    /// none yet); the reply echoes it. Wire: `APPEND_RPC`.
+    Append {
+        term: u64,
+        prev_log_index: u64,
+        prev_log_term: u64,
+        entries: Vec<LogEntry>,
+        leader_commit: u64,
+        read_seq: u64,
+    },
     /// Reply to `Append`. On success `match_index` is the last index known to match the
     /// leader; on a mismatch `conflict_index`/`conflict_term` let the leader skip a whole
-    /// conflicting term at once. Wire: `APPEND_REPLY`.
-    AppendReply { term: u64, success: bool, match_index: u64, conflict_index: u64, conflict_term: Option<u64> },
+    /// conflicting term at once. `read_seq` is the one of the `Append` answered. Wire: `APPEND_REPLY`.
+    AppendReply {
+        term: u64,
+        success: bool,
+        match_index: u64,
+        conflict_index: u64,
+        conflict_term: Option<u64>,
+        read_seq: u64,
+    },
     /// RequestVote (§5.2). `force` marks an election started by a controller TIMEOUT, which
     /// voters do not refuse for having heard from a leader recently. Wire: `VOTE_REQUEST`.
     Vote { term: u64, last_log_index: u64, last_log_term: u64, force: bool },
@@ -66,13 +81,15 @@ impl Msg {
     pub fn to_wire(&self, from: NodeId) -> Message {
         let mut m = Message::new(proto::node_name(from), self.request(), Some(self.term()));
         match self {
-            Msg::Append { prev_log_index, prev_log_term, entries, leader_commit, .. } => {
+            Msg::Append { prev_log_index, prev_log_term, entries, leader_commit, read_seq, .. } => {
                 m.prev_log_index = Some(*prev_log_index);
                 m.prev_log_term = Some(*prev_log_term);
                 m.entries = Some(entries.clone());
                 m.leader_commit = Some(*leader_commit);
+                m.read_seq = (*read_seq > 0).then_some(*read_seq);
             }
-            Msg::AppendReply { success, match_index, conflict_index, conflict_term, .. } => {
+            Msg::AppendReply { success, match_index, conflict_index, conflict_term, read_seq, .. } => {
+                m.read_seq = (*read_seq > 0).then_some(*read_seq);
                 m.success = Some(*success);
                 m.match_index = Some(*match_index);
                 if !success {
@@ -97,8 +114,8 @@ impl Msg {
         m
     }
 
-    /// Reads a decoded datagram as a Raft message from a node.
-    pub fn from_wire(m: &Message, request: Request) -> Result<(NodeId, Msg), WireError> {
+    /// Reads a decoded datagram as a Raft message from a node (taking its entries over).
+    pub fn from_wire(mut m: Message, request: Request) -> Result<(NodeId, Msg), WireError> {
         let from = m
             .sender_name
             .as_deref()
@@ -111,8 +128,9 @@ impl Msg {
                 term,
                 prev_log_index: need(m.prev_log_index, "prev_log_index")?,
                 prev_log_term: need(m.prev_log_term, "prev_log_term")?,
-                entries: m.entries.clone().unwrap_or_default(),
+                entries: m.entries.take().unwrap_or_default(),
                 leader_commit: m.leader_commit.unwrap_or(0),
+                read_seq: m.read_seq.unwrap_or(0),
             },
             Request::AppendReply => Msg::AppendReply {
                 term,
@@ -120,6 +138,7 @@ impl Msg {
                 match_index: m.match_index.unwrap_or(0),
                 conflict_index: m.conflict_index.unwrap_or(0),
                 conflict_term: m.conflict_term,
+                read_seq: m.read_seq.unwrap_or(0),
             },
             Request::VoteRequest => Msg::Vote {
                 term,
@@ -153,9 +172,32 @@ mod tests {
                 prev_log_term: 2,
                 entries: vec![LogEntry { term: 3, key: Some("k".into()), value: "v".into() }, LogEntry::noop(3)],
                 leader_commit: 4,
+                read_seq: 0,
             },
-            Msg::AppendReply { term: 3, success: true, match_index: 6, conflict_index: 0, conflict_term: None },
-            Msg::AppendReply { term: 3, success: false, match_index: 0, conflict_index: 2, conflict_term: Some(1) },
+            Msg::Append {
+                term: 3,
+                prev_log_index: 6,
+                prev_log_term: 3,
+                entries: vec![],
+                leader_commit: 6,
+                read_seq: 9,
+            },
+            Msg::AppendReply {
+                term: 3,
+                success: true,
+                match_index: 6,
+                conflict_index: 0,
+                conflict_term: None,
+                read_seq: 9,
+            },
+            Msg::AppendReply {
+                term: 3,
+                success: false,
+                match_index: 0,
+                conflict_index: 2,
+                conflict_term: Some(1),
+                read_seq: 0,
+            },
             Msg::Vote { term: 4, last_log_index: 6, last_log_term: 3, force: true },
             Msg::Vote { term: 4, last_log_index: 6, last_log_term: 3, force: false },
             Msg::VoteAck { term: 4 },
@@ -165,7 +207,7 @@ mod tests {
         for msg in msgs {
             let bytes = msg.to_wire(2).encode();
             let (wire, req) = Message::decode(&bytes).unwrap();
-            assert_eq!(Msg::from_wire(&wire, req), Ok((2, msg.clone())), "{}", String::from_utf8_lossy(&bytes));
+            assert_eq!(Msg::from_wire(wire, req), Ok((2, msg.clone())), "{}", String::from_utf8_lossy(&bytes));
         }
     }
 
@@ -182,12 +224,12 @@ mod tests {
     #[test]
     fn malformed_raft_messages_are_errors() {
         let m = Message::new("node1", Request::VoteRequest, Some(1));
-        assert!(matches!(Msg::from_wire(&m, Request::VoteRequest), Err(WireError::Missing { .. })));
+        assert!(matches!(Msg::from_wire(m, Request::VoteRequest), Err(WireError::Missing { .. })));
         let m = Message::new("Controller", Request::VoteAck, Some(1));
-        assert!(matches!(Msg::from_wire(&m, Request::VoteAck), Err(WireError::BadSender(_))));
+        assert!(matches!(Msg::from_wire(m, Request::VoteAck), Err(WireError::BadSender(_))));
         let m = Message::new("node1", Request::VoteAck, None);
-        assert!(Msg::from_wire(&m, Request::VoteAck).is_err());
+        assert!(Msg::from_wire(m, Request::VoteAck).is_err());
         let m = Message::new("node1", Request::Timeout, Some(1));
-        assert!(matches!(Msg::from_wire(&m, Request::Timeout), Err(WireError::NotRaft(_))));
+        assert!(matches!(Msg::from_wire(m, Request::Timeout), Err(WireError::NotRaft(_))));
     }
 }

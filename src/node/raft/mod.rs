@@ -43,6 +43,16 @@
 //! the entry is from the leader's own term; earlier entries commit with it. Followers learn
 //! the commit index from AppendEntries. Entries are applied in index order by the driver.
 //!
+//! **Linearizable reads (ReadIndex, thesis §6.4).** A read on the leader takes the commit
+//! index as its read index (or, before the leader's no-op has committed, the no-op's index:
+//! everything committed by earlier leaders comes before it). The leader then checks that it
+//! still leads: it numbers the check (`read_seq`), sends it with an AppendEntries (a heartbeat
+//! if there is nothing new) to every follower, and each reply echoes the number. Once a
+//! majority, the leader included, has answered a check sent after the read arrived, no other
+//! leader can have been elected before those answers, and the read may be served from the
+//! state machine as soon as it has applied the read index. All reads waiting for the next
+//! check share it, so many reads cost one round of heartbeats, and nothing goes to the log.
+//!
 //! # Driving the core
 //!
 //! The driver calls [`Raft::step`] for each message, [`Raft::tick`] when
@@ -129,6 +139,14 @@ pub enum Event {
     RoleChanged { role: Role, term: u64, leader: Option<NodeId> },
 }
 
+/// A linearizable read that may be served once the state machine has applied `index`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadState {
+    /// The id the driver gave [`Raft::read_index`].
+    pub id: u64,
+    pub index: u64,
+}
+
 /// Work for the driver, in the order it must be done.
 #[derive(Debug, Default)]
 pub struct Ready {
@@ -142,6 +160,8 @@ pub struct Ready {
     /// Entries up to here are committed and may be applied (after persisting).
     pub commit_index: u64,
     pub events: Vec<Event>,
+    /// Reads whose leadership check has passed.
+    pub reads: Vec<ReadState>,
 }
 
 /// Why a proposal was not accepted.
@@ -151,6 +171,15 @@ pub enum ProposeError {
     NotLeader { leader: Option<NodeId> },
     #[error("entry of {size} bytes exceeds the limit of {max}")]
     TooLarge { size: usize, max: usize },
+}
+
+/// The fields of an AppendEntries after its term.
+struct Append {
+    prev_log_index: u64,
+    prev_log_term: u64,
+    entries: Vec<LogEntry>,
+    leader_commit: u64,
+    read_seq: u64,
 }
 
 /// The leader's view of one follower.
@@ -168,6 +197,17 @@ struct Progress {
     /// Entries in flight are not resent by a heartbeat before this time (see
     /// [`RESEND_GRACE_BYTES`]).
     resend_at: Micros,
+    /// The latest leadership check the follower has answered in this term.
+    read_seq: u64,
+}
+
+/// A read waiting for its leadership check.
+#[derive(Debug, Clone, Copy)]
+struct PendingRead {
+    id: u64,
+    index: u64,
+    /// The check that must pass: the first one sent after the read arrived.
+    seq: u64,
 }
 
 /// One Raft node's state.
@@ -201,6 +241,14 @@ pub struct Raft {
     unflushed_from: Option<u64>,
     /// The latest time given to `tick` or `step`: when proposals are sent.
     clock: Micros,
+    /// Leader: index of its no-op, the first entry of its term.
+    term_start: u64,
+    /// Number of the latest leadership check sent (never reused, across terms too).
+    read_seq: u64,
+    /// Leader: reads waiting for their check, oldest first.
+    pending_reads: std::collections::VecDeque<PendingRead>,
+    /// Leader: a read arrived since the last check was sent.
+    read_check_due: bool,
 
     // Output accumulated until take_ready().
     msgs: Vec<(NodeId, Msg)>,
@@ -209,6 +257,7 @@ pub struct Raft {
     reported: Option<(Role, u64, Option<NodeId>)>,
     /// The commit index handed out in the last Ready.
     reported_commit: u64,
+    reads_ready: Vec<ReadState>,
 }
 
 impl Raft {
@@ -233,11 +282,16 @@ impl Raft {
             progress: BTreeMap::new(),
             unflushed_from: None,
             clock: now,
+            term_start: 0,
+            read_seq: 0,
+            pending_reads: std::collections::VecDeque::new(),
+            read_check_due: false,
             msgs: Vec::new(),
             hard_dirty: false,
             persist_from: None,
             reported: None,
             reported_commit: 0,
+            reads_ready: Vec::new(),
         };
         raft.reset_election_timer(now);
         raft
@@ -378,14 +432,19 @@ impl Raft {
                     }
                 }
             }
-            Msg::Append { term, prev_log_index, prev_log_term, entries, leader_commit } => {
-                self.on_append(now, from, term, prev_log_index, prev_log_term, entries, leader_commit)
+            Msg::Append { term, prev_log_index, prev_log_term, entries, leader_commit, read_seq } => {
+                let append = Append { prev_log_index, prev_log_term, entries, leader_commit, read_seq };
+                self.on_append(now, from, term, append)
             }
-            Msg::AppendReply { term, success, match_index, conflict_index, conflict_term } => {
+            Msg::AppendReply { term, success, match_index, conflict_index, conflict_term, read_seq } => {
                 if term > self.term {
                     self.become_follower(now, term, None);
                 } else if term == self.term && self.role == Role::Leader {
+                    if let Some(pr) = self.progress.get_mut(&from) {
+                        pr.read_seq = pr.read_seq.max(read_seq);
+                    }
                     self.on_append_reply(now, from, success, match_index, conflict_index, conflict_term);
+                    self.release_reads();
                 }
             }
         }
@@ -408,6 +467,20 @@ impl Raft {
         Ok(index)
     }
 
+    /// Starts a linearizable read (ReadIndex) on the leader. `id` comes back in
+    /// [`Ready::reads`] with the read index once a majority has confirmed, after this call,
+    /// that this node still leads. A read not confirmed when the node stops leading is
+    /// dropped; the driver answers it as it sees the role change.
+    pub fn read_index(&mut self, id: u64) -> Result<(), ProposeError> {
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader { leader: self.leader });
+        }
+        let index = self.commit.max(self.term_start);
+        self.pending_reads.push_back(PendingRead { id, index, seq: self.read_seq + 1 });
+        self.read_check_due = true;
+        Ok(())
+    }
+
     /// A controller's TIMEOUT: start an election now, skipping PreVote, that voters grant even
     /// while they hear from a leader. A leader steps down first.
     pub fn timeout_now(&mut self, now: Micros) {
@@ -428,7 +501,11 @@ impl Raft {
 
     /// Takes the work accumulated since the last call.
     pub fn take_ready(&mut self) -> Ready {
-        self.flush_proposals();
+        if self.read_check_due {
+            self.send_read_check();
+        } else {
+            self.flush_proposals();
+        }
         let mut events = Vec::new();
         let current = (self.role, self.term, self.leader);
         if self.reported != Some(current) {
@@ -443,6 +520,7 @@ impl Raft {
             messages: std::mem::take(&mut self.msgs),
             commit_index: self.commit,
             events,
+            reads: std::mem::take(&mut self.reads_ready),
         }
     }
 
@@ -454,6 +532,8 @@ impl Raft {
             || self.unflushed_from.is_some()
             || self.commit > self.reported_commit
             || self.reported != Some((self.role, self.term, self.leader))
+            || self.read_check_due
+            || !self.reads_ready.is_empty()
     }
 
     // ---- elections ----
@@ -513,6 +593,8 @@ impl Raft {
         self.votes.clear();
         self.progress.clear();
         self.unflushed_from = None;
+        self.pending_reads.clear();
+        self.read_check_due = false;
         if leader.is_some() {
             self.last_leader_contact = Some(now);
         }
@@ -584,12 +666,13 @@ impl Raft {
             .cfg
             .peers
             .iter()
-            .map(|&p| (p, Progress { next, matched: 0, active: false, rewound_to: None, resend_at: now }))
+            .map(|&p| (p, Progress { next, matched: 0, active: false, rewound_to: None, resend_at: now, read_seq: 0 }))
             .collect();
         self.heartbeat_deadline = now + self.cfg.heartbeat;
         self.quorum_deadline = now + self.cfg.election_min;
         // The no-op commits earlier terms' entries (§5.4.2) and tells followers who leads.
         let index = self.append_local(LogEntry::noop(self.term));
+        self.term_start = index;
         self.unflushed_from = Some(index);
         self.flush_proposals();
     }
@@ -676,8 +759,42 @@ impl Raft {
         }
     }
 
-    /// An empty AppendEntries anchored at the last index known to match, so it never fails
-    /// the consistency check on entries still in flight.
+    /// Sends a new leadership check: to each follower the entries it is due (those proposed
+    /// since the last flush) or else a heartbeat, all numbered with the new `read_seq`.
+    fn send_read_check(&mut self) {
+        self.read_check_due = false;
+        if self.role != Role::Leader {
+            return;
+        }
+        self.read_seq += 1;
+        let new_from = self.unflushed_from.take();
+        let peers: Vec<NodeId> = self.progress.keys().copied().collect();
+        for peer in peers {
+            let caught_up = new_from.is_some_and(|from| self.progress.get(&peer).is_some_and(|pr| pr.next >= from));
+            if caught_up {
+                self.send_append(peer, 1);
+            } else {
+                // Entries already on their way, or none: the check rides on a heartbeat.
+                self.send_heartbeat(peer);
+            }
+        }
+        self.release_reads();
+    }
+
+    /// Hands out the reads whose check a majority (this node included) has answered.
+    fn release_reads(&mut self) {
+        while let Some(read) = self.pending_reads.front() {
+            let answered = 1 + self.progress.values().filter(|p| p.read_seq >= read.seq).count();
+            if answered < self.quorum() || read.seq > self.read_seq {
+                break;
+            }
+            let read = self.pending_reads.pop_front().expect("front");
+            self.reads_ready.push(ReadState { id: read.id, index: read.index });
+        }
+    }
+
+    /// An AppendEntries without entries, anchored at the last index known to match, so it
+    /// never fails the consistency check on entries still in flight.
     fn send_heartbeat(&mut self, peer: NodeId) {
         let Some(pr) = self.progress.get(&peer) else { return };
         let prev = pr.matched;
@@ -687,6 +804,7 @@ impl Raft {
             prev_log_term: self.log.term(prev).unwrap_or(0),
             entries: Vec::new(),
             leader_commit: self.commit,
+            read_seq: self.read_seq,
         };
         self.msgs.push((peer, msg));
     }
@@ -695,6 +813,7 @@ impl Raft {
         let last = self.log.last_index();
         let commit = self.commit;
         let term = self.term;
+        let read_seq = self.read_seq;
         let budget = self.cfg.max_batch_bytes;
         let (now, heartbeat) = (self.clock, self.cfg.heartbeat);
         let Some(pr) = self.progress.get_mut(&peer) else { return };
@@ -717,6 +836,7 @@ impl Raft {
                 prev_log_term: self.log.term(prev).unwrap_or(0),
                 entries: self.log.slice(pr.next, end).to_vec(),
                 leader_commit: commit,
+                read_seq,
             };
             self.msgs.push((peer, msg));
             pr.next = end + 1;
@@ -783,17 +903,8 @@ impl Raft {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn on_append(
-        &mut self,
-        now: Micros,
-        from: NodeId,
-        term: u64,
-        prev_log_index: u64,
-        prev_log_term: u64,
-        entries: Vec<LogEntry>,
-        leader_commit: u64,
-    ) {
+    fn on_append(&mut self, now: Micros, from: NodeId, term: u64, append: Append) {
+        let Append { prev_log_index, prev_log_term, entries, leader_commit, read_seq } = append;
         if term < self.term {
             // A stale leader: our newer term makes it step down.
             self.send(
@@ -804,6 +915,7 @@ impl Raft {
                     match_index: 0,
                     conflict_index: 0,
                     conflict_term: None,
+                    read_seq,
                 },
             );
             return;
@@ -829,6 +941,7 @@ impl Raft {
             match_index: 0,
             conflict_index,
             conflict_term,
+            read_seq,
         };
         match self.log.term(prev_log_index) {
             None => {
@@ -867,7 +980,9 @@ impl Raft {
         if new_commit > self.commit {
             self.commit = new_commit;
         }
-        self.send(from, Msg::AppendReply { term, success: true, match_index, conflict_index: 0, conflict_term: None });
+        let reply =
+            Msg::AppendReply { term, success: true, match_index, conflict_index: 0, conflict_term: None, read_seq };
+        self.send(from, reply);
     }
 
     fn send(&mut self, to: NodeId, msg: Msg) {

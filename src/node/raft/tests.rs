@@ -22,6 +22,12 @@ fn sent_to(ready: &Ready, to: NodeId) -> Vec<&Msg> {
     ready.messages.iter().filter(|(p, _)| *p == to).map(|(_, m)| m).collect()
 }
 
+/// An answer to AppendEntries; a refusal asks for the entry after `match_index`.
+fn append_reply(term: u64, success: bool, match_index: u64, read_seq: u64) -> Msg {
+    let conflict_index = if success { 0 } else { match_index + 1 };
+    Msg::AppendReply { term, success, match_index, conflict_index, conflict_term: None, read_seq }
+}
+
 /// Makes node 1 of `n` leader in term 1 through a real pre-vote and vote round.
 fn elect(n: u32) -> Raft {
     let mut raft = node(1, n);
@@ -83,17 +89,14 @@ fn a_new_leader_appends_a_noop_and_sends_it_to_everyone() {
                 prev_log_index: 0,
                 prev_log_term: 0,
                 entries: vec![LogEntry::noop(1)],
-                leader_commit: 0
+                leader_commit: 0,
+                read_seq: 0
             }]
         );
     }
     assert!(ready.events.contains(&Event::RoleChanged { role: Role::Leader, term: 1, leader: Some(1) }));
     // One acknowledgement makes a majority of three: the no-op commits.
-    raft.step(
-        0,
-        2,
-        Msg::AppendReply { term: 1, success: true, match_index: 1, conflict_index: 0, conflict_term: None },
-    );
+    raft.step(0, 2, append_reply(1, true, 1, 0));
     assert_eq!(raft.commit_index(), 1);
 }
 
@@ -119,7 +122,11 @@ fn a_vote_is_granted_once_per_term_and_only_to_an_up_to_date_log() {
 #[test]
 fn a_follower_hearing_from_its_leader_ignores_elections_unless_forced() {
     let mut raft = node(2, 3);
-    raft.step(0, 1, Msg::Append { term: 1, prev_log_index: 0, prev_log_term: 0, entries: vec![], leader_commit: 0 });
+    raft.step(
+        0,
+        1,
+        Msg::Append { term: 1, prev_log_index: 0, prev_log_term: 0, entries: vec![], leader_commit: 0, read_seq: 0 },
+    );
     raft.take_ready();
     raft.step(10 * MS, 3, Msg::PreVote { term: 2, last_log_index: 0, last_log_term: 0 });
     raft.step(10 * MS, 3, Msg::Vote { term: 2, last_log_index: 0, last_log_term: 0, force: false });
@@ -130,7 +137,11 @@ fn a_follower_hearing_from_its_leader_ignores_elections_unless_forced() {
     assert_eq!(sent_to(&ready, 3), [&Msg::VoteAck { term: 2 }]);
     // After the lease, a pre-vote is granted without changing the term.
     let mut raft = node(2, 3);
-    raft.step(0, 1, Msg::Append { term: 1, prev_log_index: 0, prev_log_term: 0, entries: vec![], leader_commit: 0 });
+    raft.step(
+        0,
+        1,
+        Msg::Append { term: 1, prev_log_index: 0, prev_log_term: 0, entries: vec![], leader_commit: 0, read_seq: 0 },
+    );
     raft.take_ready();
     raft.step(200 * MS, 3, Msg::PreVote { term: 2, last_log_index: 0, last_log_term: 0 });
     assert_eq!(sent_to(&raft.take_ready(), 3), [&Msg::PreVoteReply { term: 2, granted: true }]);
@@ -150,17 +161,35 @@ fn timeout_now_elects_at_once_without_prevote() {
 #[test]
 fn a_stale_leader_learns_the_newer_term_from_the_reply() {
     let mut raft = Raft::new(Config::new(2, vec![1, 3]), HardState { term: 5, voted_for: None }, vec![], 0, 1);
-    raft.step(0, 1, Msg::Append { term: 3, prev_log_index: 0, prev_log_term: 0, entries: vec![], leader_commit: 0 });
+    raft.step(
+        0,
+        1,
+        Msg::Append { term: 3, prev_log_index: 0, prev_log_term: 0, entries: vec![], leader_commit: 0, read_seq: 0 },
+    );
     let ready = raft.take_ready();
     assert_eq!(
         sent_to(&ready, 1),
-        [&Msg::AppendReply { term: 5, success: false, match_index: 0, conflict_index: 0, conflict_term: None }]
+        [&Msg::AppendReply {
+            term: 5,
+            success: false,
+            match_index: 0,
+            conflict_index: 0,
+            conflict_term: None,
+            read_seq: 0
+        }]
     );
     let mut leader = elect(3);
     leader.step(
         0,
         2,
-        Msg::AppendReply { term: 5, success: false, match_index: 0, conflict_index: 0, conflict_term: None },
+        Msg::AppendReply {
+            term: 5,
+            success: false,
+            match_index: 0,
+            conflict_index: 0,
+            conflict_term: None,
+            read_seq: 0,
+        },
     );
     assert_eq!((leader.role(), leader.term()), (Role::Follower, 5));
 }
@@ -170,23 +199,31 @@ fn a_conflicting_term_is_skipped_in_one_round_trip() {
     // Follower: terms [1,1,2,2,2]; leader sends prev=5 with term 3.
     let log = [1, 1, 2, 2, 2].iter().map(|&t| LogEntry::noop(t)).collect();
     let mut f = Raft::new(Config::new(2, vec![1, 3]), HardState { term: 3, voted_for: None }, log, 0, 1);
-    f.step(0, 1, Msg::Append { term: 3, prev_log_index: 5, prev_log_term: 3, entries: vec![], leader_commit: 0 });
+    f.step(
+        0,
+        1,
+        Msg::Append { term: 3, prev_log_index: 5, prev_log_term: 3, entries: vec![], leader_commit: 0, read_seq: 0 },
+    );
     let ready = f.take_ready();
     assert_eq!(
         sent_to(&ready, 1),
-        [&Msg::AppendReply { term: 3, success: false, match_index: 0, conflict_index: 3, conflict_term: Some(2) }]
+        [&Msg::AppendReply {
+            term: 3,
+            success: false,
+            match_index: 0,
+            conflict_index: 3,
+            conflict_term: Some(2),
+            read_seq: 0
+        }]
     );
     // Accepting a batch that overwrites the conflicting suffix persists from the first change.
     let entries = vec![LogEntry::noop(3), LogEntry::noop(3)];
-    f.step(0, 1, Msg::Append { term: 3, prev_log_index: 2, prev_log_term: 1, entries, leader_commit: 4 });
+    f.step(0, 1, Msg::Append { term: 3, prev_log_index: 2, prev_log_term: 1, entries, leader_commit: 4, read_seq: 0 });
     let ready = f.take_ready();
     assert_eq!(ready.persist_from, Some(3));
     assert_eq!(f.last_index(), 4);
     assert_eq!(f.commit_index(), 4);
-    assert_eq!(
-        sent_to(&ready, 1),
-        [&Msg::AppendReply { term: 3, success: true, match_index: 4, conflict_index: 0, conflict_term: None }]
-    );
+    assert_eq!(sent_to(&ready, 1), [&append_reply(3, true, 4, 0)]);
 }
 
 #[test]
@@ -194,11 +231,7 @@ fn proposals_are_batched_into_datagrams_under_the_limit() {
     let mut raft = elect(3);
     raft.take_ready();
     for p in [2, 3] {
-        raft.step(
-            0,
-            p,
-            Msg::AppendReply { term: 1, success: true, match_index: 1, conflict_index: 0, conflict_term: None },
-        );
+        raft.step(0, p, append_reply(1, true, 1, 0));
     }
     raft.take_ready();
     let value = json!("v".repeat(1000));
@@ -228,7 +261,8 @@ fn proposals_are_batched_into_datagrams_under_the_limit() {
 
 /// Follower 2 of a 3-node leader has acknowledged everything up to `match_index`.
 fn acked(raft: &mut Raft, now: Micros, match_index: u64) {
-    let reply = Msg::AppendReply { term: 1, success: true, match_index, conflict_index: 0, conflict_term: None };
+    let reply =
+        Msg::AppendReply { term: 1, success: true, match_index, conflict_index: 0, conflict_term: None, read_seq: 0 };
     raft.step(now, 2, reply);
 }
 
@@ -313,13 +347,14 @@ fn check_quorum_makes_an_isolated_leader_step_down() {
 fn a_leader_follows_a_leader_of_a_newer_term() {
     let mut raft = elect(3);
     raft.take_ready();
-    raft.step(0, 2, Msg::Append { term: 2, prev_log_index: 0, prev_log_term: 0, entries: vec![], leader_commit: 0 });
+    raft.step(
+        0,
+        2,
+        Msg::Append { term: 2, prev_log_index: 0, prev_log_term: 0, entries: vec![], leader_commit: 0, read_seq: 0 },
+    );
     assert_eq!((raft.role(), raft.term(), raft.leader()), (Role::Follower, 2, Some(2)));
     let ready = raft.take_ready();
-    assert_eq!(
-        sent_to(&ready, 2),
-        [&Msg::AppendReply { term: 2, success: true, match_index: 0, conflict_index: 0, conflict_term: None }]
-    );
+    assert_eq!(sent_to(&ready, 2), [&append_reply(2, true, 0, 0)]);
 }
 
 #[test]
@@ -329,11 +364,7 @@ fn an_advanced_commit_index_alone_is_ready_work() {
     let mut raft = elect(3);
     raft.take_ready();
     assert!(!raft.has_ready());
-    raft.step(
-        0,
-        2,
-        Msg::AppendReply { term: 1, success: true, match_index: 1, conflict_index: 0, conflict_term: None },
-    );
+    raft.step(0, 2, append_reply(1, true, 1, 0));
     assert_eq!(raft.commit_index(), 1);
     assert!(raft.has_ready());
     let ready = raft.take_ready();
@@ -358,19 +389,11 @@ fn an_earlier_terms_entry_is_not_committed_by_counting_replicas() {
     assert_eq!(raft.log().term(3), Some(4), "the new term's no-op");
     raft.take_ready();
     for p in [2, 3] {
-        raft.step(
-            0,
-            p,
-            Msg::AppendReply { term: 4, success: true, match_index: 2, conflict_index: 0, conflict_term: None },
-        );
+        raft.step(0, p, append_reply(4, true, 2, 0));
     }
     assert_eq!(raft.commit_index(), 0, "index 2 is on a majority but from an earlier term");
     for p in [2, 3] {
-        raft.step(
-            0,
-            p,
-            Msg::AppendReply { term: 4, success: true, match_index: 3, conflict_index: 0, conflict_term: None },
-        );
+        raft.step(0, p, append_reply(4, true, 3, 0));
     }
     assert_eq!(raft.commit_index(), 3, "the no-op of term 4 commits index 2 with it");
 }
@@ -392,4 +415,123 @@ fn granting_a_prevote_restarts_the_voters_timer() {
     assert_eq!(sent_to(&raft.take_ready(), 1), [&Msg::PreVoteReply { term: 1, granted: true }]);
     assert!(raft.is_prevoting());
     assert_eq!(raft.next_deadline(), deadline);
+}
+
+/// Leader of 3 in term 1 whose no-op (index 1) node 2 has acknowledged: committed.
+fn leader_with_committed_noop() -> Raft {
+    let mut raft = elect(3);
+    raft.take_ready();
+    raft.step(0, 2, append_reply(1, true, 1, 0));
+    assert_eq!(raft.commit_index(), 1);
+    raft.take_ready();
+    raft
+}
+
+#[test]
+fn a_read_waits_for_a_majority_to_answer_a_check_sent_after_it() {
+    let mut raft = leader_with_committed_noop();
+    raft.read_index(7).unwrap();
+    let ready = raft.take_ready();
+    assert!(ready.reads.is_empty());
+    // The check rides on heartbeats (nothing new to send), each anchored at the follower's
+    // match: node 2 has index 1 (of term 1), node 3 nothing yet.
+    let check = |prev: u64| Msg::Append {
+        term: 1,
+        prev_log_index: prev,
+        prev_log_term: prev,
+        entries: vec![],
+        leader_commit: 1,
+        read_seq: 1,
+    };
+    assert_eq!(sent_to(&ready, 2), [&check(1)]);
+    assert_eq!(sent_to(&ready, 3), [&check(0)]);
+    // An answer to an AppendEntries sent before the read proves nothing about after it.
+    raft.step(0, 3, append_reply(1, true, 1, 0));
+    assert!(raft.take_ready().reads.is_empty());
+    // An answer to the check (even a refusal of its entries) does: 2 of 3 with the leader.
+    raft.step(0, 2, append_reply(1, false, 0, 1));
+    assert_eq!(raft.take_ready().reads, [ReadState { id: 7, index: 1 }]);
+}
+
+#[test]
+fn reads_that_arrive_together_share_one_check() {
+    let mut raft = leader_with_committed_noop();
+    raft.propose(Some("k".into()), json!(1)).unwrap();
+    raft.read_index(1).unwrap();
+    raft.read_index(2).unwrap();
+    let ready = raft.take_ready();
+    // Node 2 is caught up: the new entry carries the check. Node 3 gets a heartbeat.
+    let to2 = sent_to(&ready, 2);
+    assert_eq!(to2.len(), 1);
+    assert!(matches!(to2[0], Msg::Append { entries, read_seq: 1, .. } if entries.len() == 1));
+    assert_eq!(sent_to(&ready, 3).len(), 1);
+    raft.step(0, 3, append_reply(1, true, 1, 1));
+    // Both read the commit index of their arrival, 1: the new entry is not committed yet.
+    assert_eq!(raft.take_ready().reads, [ReadState { id: 1, index: 1 }, ReadState { id: 2, index: 1 }]);
+    // A later read needs a later check; it reads the commit index of its own arrival.
+    raft.step(0, 2, append_reply(1, true, 2, 1));
+    assert_eq!(raft.commit_index(), 2);
+    raft.read_index(3).unwrap();
+    assert!(raft.take_ready().reads.is_empty());
+    raft.step(0, 2, append_reply(1, true, 2, 1));
+    assert!(raft.take_ready().reads.is_empty(), "answered a check sent before the read");
+    raft.step(0, 2, append_reply(1, true, 2, 2));
+    assert_eq!(raft.take_ready().reads, [ReadState { id: 3, index: 2 }]);
+}
+
+#[test]
+fn a_new_leaders_reads_wait_for_its_noop() {
+    // Before its no-op commits, a leader's commit index may lag what earlier leaders
+    // committed; its reads use the no-op's index, after all of that.
+    let mut raft = elect(3);
+    raft.take_ready();
+    assert_eq!(raft.commit_index(), 0);
+    raft.read_index(1).unwrap();
+    raft.take_ready();
+    raft.step(0, 2, append_reply(1, false, 0, 1));
+    assert_eq!(raft.take_ready().reads, [ReadState { id: 1, index: 1 }]);
+    assert_eq!(raft.commit_index(), 0);
+}
+
+#[test]
+fn only_a_leader_reads_and_a_deposed_one_drops_its_reads() {
+    let mut follower = node(2, 3);
+    assert_eq!(follower.read_index(1), Err(ProposeError::NotLeader { leader: None }));
+    // Followers echo the check's number, whatever they answer.
+    let check = |prev_log_index, read_seq| Msg::Append {
+        term: 1,
+        prev_log_index,
+        prev_log_term: 0,
+        entries: vec![],
+        leader_commit: 0,
+        read_seq,
+    };
+    follower.step(0, 1, check(0, 4));
+    assert_eq!(sent_to(&follower.take_ready(), 1), [&append_reply(1, true, 0, 4)]);
+    follower.step(0, 1, check(5, 6));
+    let ready = follower.take_ready();
+    assert!(matches!(sent_to(&ready, 1)[..], [Msg::AppendReply { success: false, read_seq: 6, .. }]));
+
+    let mut raft = leader_with_committed_noop();
+    raft.read_index(9).unwrap();
+    raft.take_ready();
+    raft.step(
+        0,
+        3,
+        Msg::Append { term: 2, prev_log_index: 1, prev_log_term: 1, entries: vec![], leader_commit: 1, read_seq: 1 },
+    );
+    assert_eq!(raft.role(), Role::Follower);
+    assert!(raft.take_ready().reads.is_empty());
+    raft.step(0, 2, append_reply(1, true, 1, 1));
+    assert!(raft.take_ready().reads.is_empty(), "a deposed leader confirmed a read");
+}
+
+#[test]
+fn a_lone_node_reads_at_once() {
+    let mut raft = node(1, 1);
+    expire(&mut raft);
+    assert_eq!(raft.role(), Role::Leader);
+    raft.take_ready();
+    raft.read_index(1).unwrap();
+    assert_eq!(raft.take_ready().reads, [ReadState { id: 1, index: 1 }]);
 }

@@ -1,0 +1,1 @@
+-- A fixed request (the URL given to wrk): only the report of common.lua.
