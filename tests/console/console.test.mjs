@@ -35,6 +35,11 @@ function step(text) {
 }
 
 /** Polls `check` (which may throw) until it returns a truthy value, or fails after `timeout`. */
+/** Waits until the keyboard focus is on the element `id`: a view renders after the click returns. */
+async function focusOn(page, id, what) {
+  await until(what, async () => (await page.evaluate(() => document.activeElement && document.activeElement.id)) === id);
+}
+
 async function until(what, check, timeout = WAIT) {
   const deadline = Date.now() + timeout;
   let last;
@@ -260,11 +265,7 @@ try {
 
   await followerPage.getByRole('button', { name: 'Edit “Throwaway task”' }).click();
   assert.match(await followerPage.locator('#task-form-title').textContent(), /^Edit task #\d+$/);
-  assert.equal(
-    await followerPage.evaluate(() => document.activeElement.id),
-    'task-title',
-    'Edit moves the focus to the form',
-  );
+  await focusOn(followerPage, 'task-title', 'Edit moves the focus to the form');
   await followerPage.getByLabel('Title', { exact: true }).fill('Throwaway task, edited');
   await followerPage.getByRole('button', { name: 'Save changes' }).click();
   await noticeMatching(followerPage, new RegExp(`“Throwaway task, edited” saved — answered by ${await leaderNow()}`));
@@ -292,11 +293,7 @@ try {
 
   step('products: pages and the price filter');
   await followerPage.getByRole('link', { name: 'Products' }).click();
-  assert.equal(
-    await followerPage.evaluate(() => document.activeElement.id),
-    'h-products',
-    'a view change moves the focus to its heading',
-  );
+  await focusOn(followerPage, 'h-products', 'a view change moves the focus to its heading');
   await until(
     'the first page',
     async () => (await followerPage.locator('#products-caption').textContent()) === `Products 1–20 of ${productCount}`,
@@ -357,7 +354,7 @@ try {
     'the task on the third node',
     async () => (await taskItem(keys, 'Write the release notes').count()) === 1,
   );
-  assert.equal(await keys.evaluate(() => document.activeElement.id), 'h-tasks');
+  await focusOn(keys, 'h-tasks', 'the Tasks view has the focus on its heading');
   await keys.context().close();
 
   const before = await leaderNow();
