@@ -33,6 +33,7 @@
 //! Migrations at start are serialised by a database lock, so nodes may start together.
 
 pub mod command;
+mod fixed;
 pub mod models;
 pub mod pool;
 mod schema;
@@ -473,12 +474,12 @@ fn read_meta(c: &mut DbConnection) -> Result<Meta, StoreError> {
 /// Reads the meta row after writing it, so that the transaction holds the write lock (SQLite)
 /// or the row lock (PostgreSQL, MySQL) from here on: appliers sharing a database take turns.
 fn lock_meta(c: &mut DbConnection) -> Result<Meta, StoreError> {
-    diesel::update(meta::table.find(1)).set(meta::last_index.eq(meta::last_index)).execute(c)?;
+    fixed::LockMeta::new().execute(c)?;
     read_meta(c)
 }
 
 fn write_meta(c: &mut DbConnection, m: &Meta) -> Result<(), StoreError> {
-    diesel::update(meta::table.find(1)).set(m).execute(c)?;
+    fixed::WriteMeta::new(m).execute(c)?;
     Ok(())
 }
 
@@ -516,8 +517,7 @@ fn apply_one(
     m.last_index = index;
     m.last_term = term;
     let outcome = decide(c, index, cmd, m)?;
-    let record = (apply_outcomes::log_index.eq(index), apply_outcomes::outcome.eq(serde_json::to_string(&outcome)?));
-    diesel::insert_into(apply_outcomes::table).values(record).execute(c)?;
+    fixed::InsertOutcome::new(index, &serde_json::to_string(&outcome)?).execute(c)?;
     if (index as u64).is_multiple_of(OUTCOMES_PRUNED_EVERY) {
         let oldest_kept = index - OUTCOMES_KEPT as i64;
         diesel::delete(apply_outcomes::table.filter(apply_outcomes::log_index.le(oldest_kept))).execute(c)?;
@@ -604,39 +604,9 @@ fn needs_savepoint(c: &DbConnection, op: &Op) -> bool {
     !one_statement
 }
 
-/// Inserts one product row. The SQL text is fixed: diesel finds the prepared statement of an
-/// `insert_into(…).values(…)` by building its SQL anew on every run, which was a third of the
-/// time a follower spends applying a new product; a fixed text is found by its hash.
+/// Inserts one product row, with a statement prepared once per connection.
 fn insert_product(c: &mut DbConnection, row: &Product) -> Result<usize, DieselError> {
-    use diesel::sql_types::{BigInt, Double, Integer, Nullable, Text};
-    macro_rules! insert {
-        ($values:literal) => {
-            concat!(
-                "INSERT INTO products (id, title, price, currency, converted_price, converted_currency, ",
-                "availability, rating, link, scraped_at, created_at, updated_at) VALUES ",
-                $values
-            )
-        };
-    }
-    let sql = match c {
-        #[cfg(feature = "postgres")]
-        DbConnection::Postgres(_) => insert!("($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"),
-        _ => insert!("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
-    };
-    diesel::sql_query(sql)
-        .bind::<BigInt, _>(row.id)
-        .bind::<Text, _>(&row.title)
-        .bind::<Double, _>(row.price)
-        .bind::<Text, _>(&row.currency)
-        .bind::<Nullable<Double>, _>(row.converted_price)
-        .bind::<Nullable<Text>, _>(&row.converted_currency)
-        .bind::<Nullable<Text>, _>(&row.availability)
-        .bind::<Nullable<Integer>, _>(row.rating)
-        .bind::<Nullable<Text>, _>(&row.link)
-        .bind::<Nullable<Text>, _>(&row.scraped_at)
-        .bind::<Text, _>(&row.created_at)
-        .bind::<Text, _>(&row.updated_at)
-        .execute(c)
+    fixed::InsertProduct::new(row).execute(c)
 }
 
 fn take_id(counter: &mut i64) -> i64 {
