@@ -322,7 +322,32 @@ impl TaskInput {
     }
 }
 
-/// The text form of a timestamp in the database: fixed width, so text order is time order.
+/// The text form of a timestamp in the database (`2026-11-30T08:15:00.250000Z`): fixed width,
+/// so text order is time order. RFC 3339 with microseconds is that form, written without
+/// interpreting a format string on every row.
 pub(super) fn timestamp_text(at: &DateTime<Utc>) -> String {
-    at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+    at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::timestamp_text;
+    use chrono::{TimeZone, Utc};
+
+    #[test]
+    fn timestamps_are_written_fixed_width_with_microseconds() {
+        let cases = [
+            (Utc.with_ymd_and_hms(2026, 11, 30, 8, 15, 0).unwrap(), "2026-11-30T08:15:00.000000Z"),
+            (Utc.timestamp_micros(1_764_490_500_250_001).unwrap(), "2025-11-30T08:15:00.250001Z"),
+            (Utc.with_ymd_and_hms(1, 1, 1, 0, 0, 0).unwrap(), "0001-01-01T00:00:00.000000Z"),
+            (Utc.with_ymd_and_hms(9999, 12, 31, 23, 59, 59).unwrap(), "9999-12-31T23:59:59.000000Z"),
+        ];
+        for (at, text) in cases {
+            assert_eq!(timestamp_text(&at), text);
+            assert_eq!(timestamp_text(&at), at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(), "the earlier form");
+        }
+        // Nanoseconds are cut to microseconds, as before.
+        let at = Utc.timestamp_nanos(1_764_490_500_123_456_789);
+        assert_eq!(timestamp_text(&at), "2025-11-30T08:15:00.123456Z");
+    }
 }
