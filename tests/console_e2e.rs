@@ -175,6 +175,11 @@ fn browser_tools(test: &str) -> Option<(PathBuf, PathBuf)> {
 
 #[test]
 fn the_console_in_chromium_manages_tasks_and_shows_an_election() {
+    // Screenshots of an earlier run must not pass for this run's, nor stay when it is skipped.
+    let shots = tools::repo_root().join("target/console-screenshots");
+    if let Err(e) = std::fs::remove_dir_all(&shots) {
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "cannot clear {}: {e}", shots.display());
+    }
     let Some((chromium, dir)) = browser_tools("the_console_in_chromium_manages_tasks_and_shows_an_election") else {
         return;
     };
@@ -219,7 +224,6 @@ fn the_console_in_chromium_manages_tasks_and_shows_an_election() {
     let nodes: Vec<Value> = (1..=3)
         .map(|id| json!({ "name": format!("node{id}"), "url": format!("http://{}", cluster.http_addr(id)) }))
         .collect();
-    let shots = tools::repo_root().join("target/console-screenshots");
     let mut child = Command::new("node")
         .arg("console.test.mjs")
         .current_dir(&dir)

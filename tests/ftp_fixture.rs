@@ -37,3 +37,20 @@ fn a_wrong_password_is_refused_and_the_server_stops_on_drop() {
     drop(server);
     assert!(TcpStream::connect(&addr).is_err(), "pure-ftpd still listens on {addr} after drop");
 }
+
+#[test]
+fn a_stopped_server_starts_again_on_the_same_port_with_its_files() {
+    let Some(mut server) = common::ftp::start_ftp() else { return };
+    let addr = server.addr();
+    server.stop();
+    assert!(TcpStream::connect(&addr).is_err(), "pure-ftpd still listens on {addr} after stop");
+
+    std::fs::write(server.root.join("later.json"), b"[]").unwrap();
+    server.start_again();
+    assert_eq!(server.addr(), addr);
+    let mut ftp = FtpStream::connect(&addr).expect("connect after the restart");
+    ftp.login(server.user.as_str(), server.password.as_str()).expect("login");
+    ftp.transfer_type(FileType::Binary).expect("binary mode");
+    assert_eq!(ftp.retr_as_buffer("later.json").expect("download").into_inner(), b"[]");
+    ftp.quit().unwrap();
+}

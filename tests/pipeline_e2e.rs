@@ -1,7 +1,8 @@
 //! The whole pipeline with real parts: `labctl scrape` against a locally served copy of the shop,
 //! the real RabbitMQ, a private pure-ftpd, `labctl manager`, and a 5-node loopback cluster of
 //! `labctl node`. What the scraper found must be stored exactly once on every node, by the queue
-//! and by the FTP file; FTP failures are logged and the manager goes on.
+//! and by the FTP file; FTP failures, a restart of the FTP server among them, are logged and the
+//! manager goes on.
 
 mod common;
 
@@ -170,6 +171,37 @@ fn a_wrong_ftp_password_or_a_missing_file_is_logged_and_the_manager_goes_on() {
     let all: Vec<u32> = (1..=NODES).collect();
     assert_stored_once_everywhere(&cluster, &all, &books(&["Late Book One", "Late Book Two"]));
     assert_eq!(manager.counter("uploads"), 1);
+}
+
+#[test]
+fn the_manager_goes_on_while_the_ftp_server_is_down_and_imports_the_file_it_finds_after_a_restart() {
+    let Some(mut server) = start_ftp() else { return };
+    let file = server.root.join("processed_products.json");
+    write_processed_file(&file, &["Before The Restart"]);
+    let port = common::free_port(NODES);
+    let mut env = ftp_env(&server, &server.password);
+    env.push(("LABCTL_AMQP_URL", no_broker()));
+    let mut manager =
+        ManagerProcess::start("ftp-restart", &["--nodes", "5", "--http-port", &port.to_string()], &refs(&env));
+    let cluster = TestCluster::start(NODES, port, &["--manager-url", &manager.url()]);
+    let all: Vec<u32> = (1..=NODES).collect();
+    assert_stored_once_everywhere(&cluster, &all, &books(&["Before The Restart"]));
+    poll("the first upload", Duration::from_secs(10), || (manager.counter("uploads") == 1).then_some(()));
+
+    let errors_before = manager.counter("ftp_errors");
+    server.stop();
+    poll("two failed connections", Duration::from_secs(20), || {
+        (manager.counter("ftp_errors") >= errors_before + 2).then_some(())
+    });
+    let refused = format!("cannot connect to 127.0.0.1:{}", server.port);
+    assert!(manager.log_text().contains(&refused), "{}", manager.log_text());
+    assert!(manager.is_running(), "a stopped FTP server does not stop the manager");
+
+    // Back on the same port, with a new file: the manager takes it up at its next download.
+    write_processed_file(&file, &["After The Restart"]);
+    server.start_again();
+    assert_stored_once_everywhere(&cluster, &all, &books(&["Before The Restart", "After The Restart"]));
+    poll("the second upload", Duration::from_secs(10), || (manager.counter("uploads") == 2).then_some(()));
 }
 
 /// Writes a processed file as the scraper does (interfaces: the object with `items`).

@@ -2,8 +2,10 @@
 //!
 //! [`start_ftp`] runs `/usr/sbin/pure-ftpd` directly as a child process (not the system service)
 //! with a puredb file made by `pure-pw` in a temp directory. The user `testuser`/`testpass` is
-//! chrooted to [`FtpServer::root`], so a file uploaded as `name` appears as `root/name`. The
-//! server is killed and its directory removed when the [`FtpServer`] is dropped.
+//! chrooted to [`FtpServer::root`], so a file uploaded as `name` appears as `root/name`. A test
+//! may [`stop`](FtpServer::stop) the server and [`start it again`](FtpServer::start_again) on the
+//! same ports with the same files. The server is killed and its directory removed when the
+//! [`FtpServer`] is dropped.
 
 #![allow(dead_code)]
 
@@ -33,7 +35,10 @@ pub struct FtpServer {
     /// First and last passive data port.
     pub passive: (u16, u16),
     dir: tempfile::TempDir,
-    child: Child,
+    /// The puredb file of the virtual user.
+    pdb: PathBuf,
+    /// None while stopped.
+    child: Option<Child>,
 }
 
 impl FtpServer {
@@ -49,17 +54,18 @@ impl FtpServer {
 
     /// Whether the server process is still running.
     pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))
     }
-}
 
-impl Drop for FtpServer {
-    fn drop(&mut self) {
+    /// Stops the server and its sessions at once, as a crash or a pulled plug would; its user
+    /// and files stay for [`start_again`](Self::start_again).
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
         // pure-ftpd forks processes per session; they share the server's own process group.
-        let group = self.child.id() as libc::pid_t;
+        let group = child.id() as libc::pid_t;
         // SAFETY: kill(2) on the process group our child leads.
         unsafe { libc::kill(-group, libc::SIGKILL) };
-        let _ = self.child.wait();
+        let _ = child.wait();
         // Session processes orphaned by the kill were handed to us (see `start_ftp`): reap them.
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
@@ -69,6 +75,61 @@ impl Drop for FtpServer {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// Starts the stopped server again on the same control and passive ports, with the same
+    /// user and files, and waits until it greets.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the FTP server is running");
+        if let Err(why) = self.launch() {
+            panic!("pure-ftpd did not start again on 127.0.0.1:{}: {why}", self.port);
+        }
+    }
+
+    /// Spawns pure-ftpd on the server's ports and waits up to 10 s for its greeting; Err when
+    /// it exits first (a port taken by another process).
+    fn launch(&mut self) -> Result<(), String> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("pure-ftpd.log"))
+            .expect("open pure-ftpd log");
+        let child = Command::new(PURE_FTPD)
+            .process_group(0)
+            .arg("--bind")
+            .arg(format!("127.0.0.1,{}", self.port))
+            .arg("--login")
+            .arg(format!("puredb:{}", self.pdb.display()))
+            .arg("--passiveportrange")
+            .arg(format!("{}:{}", self.passive.0, self.passive.1))
+            .args(["--forcepassiveip", "127.0.0.1"])
+            .args(["--chrooteveryone", "--noanonymous", "--dontresolve", "--ipv4only"])
+            // Let the virtual user own files whatever uid it maps to, and log to our file only.
+            .args(["--minuid", "1", "--syslogfacility", "none"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn pure-ftpd");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if !self.is_running() {
+                self.stop();
+                return Err(format!("it exited at start (port taken?):\n{}", self.log_text()));
+            }
+            if greets(self.port) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("pure-ftpd did not greet on 127.0.0.1:{} within 10 s:\n{}", self.port, self.log_text());
+    }
+}
+
+impl Drop for FtpServer {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -127,37 +188,14 @@ fn try_start() -> Option<FtpServer> {
 
     let port = free_tcp_port();
     let passive = free_port_range(PASSIVE_PORTS);
-    let log = std::fs::File::create(dir.path().join("pure-ftpd.log")).expect("create pure-ftpd log");
-    let child = Command::new(PURE_FTPD)
-        .process_group(0)
-        .arg("--bind")
-        .arg(format!("127.0.0.1,{port}"))
-        .arg("--login")
-        .arg(format!("puredb:{}", pdb.display()))
-        .arg("--passiveportrange")
-        .arg(format!("{}:{}", passive.0, passive.1))
-        .args(["--forcepassiveip", "127.0.0.1"])
-        .args(["--chrooteveryone", "--noanonymous", "--dontresolve", "--ipv4only"])
-        // Let the virtual user own files whatever uid it maps to, and log to our file only.
-        .args(["--minuid", "1", "--syslogfacility", "none"])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log file"))
-        .stderr(log)
-        .spawn()
-        .expect("spawn pure-ftpd");
-    let mut server = FtpServer { port, user, password, root, passive, dir, child };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if !server.is_running() {
-            eprintln!("pure-ftpd exited at start (port taken?):\n{}", server.log_text());
-            return None;
+    let mut server = FtpServer { port, user, password, root, passive, dir, pdb, child: None };
+    match server.launch() {
+        Ok(()) => Some(server),
+        Err(why) => {
+            eprintln!("pure-ftpd on 127.0.0.1:{port}: {why}");
+            None
         }
-        if greets(port) {
-            return Some(server);
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
-    panic!("pure-ftpd did not greet on 127.0.0.1:{port} within 10 s:\n{}", server.log_text());
 }
 
 /// Whether an FTP server answers on the port with its `220` greeting.

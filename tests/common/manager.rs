@@ -1,7 +1,7 @@
 //! A real `labctl manager` process on a free loopback port, killed on drop; and what the
 //! cluster stored.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::rabbit::free_tcp_port;
+use super::rabbit::{free_tcp_port, queue_len};
 use super::{http_call, poll, TestCluster, BIN};
 
 pub struct ManagerProcess {
@@ -138,7 +138,7 @@ pub fn product_count(addr: SocketAddr) -> Option<u64> {
 }
 
 /// Waits until every node in `nodes` holds `expected` products, then checks that each holds
-/// exactly the expected titles, each once.
+/// exactly the expected titles, each once, and no other product.
 pub fn assert_stored_once_everywhere(cluster: &TestCluster, nodes: &[u32], expected: &BTreeSet<String>) {
     for &id in nodes {
         let addr = cluster.http_addr(id);
@@ -146,9 +146,29 @@ pub fn assert_stored_once_everywhere(cluster: &TestCluster, nodes: &[u32], expec
             product_count(addr).filter(|&n| n >= expected.len() as u64)
         });
         let products = products_on(addr).expect("node lists its products");
-        let titles: Vec<String> = products.iter().map(|p| p["title"].as_str().unwrap().to_string()).collect();
-        let unique: BTreeSet<String> = titles.iter().cloned().collect();
-        assert_eq!(titles.len(), unique.len(), "node{id} stored an item twice");
-        assert_eq!(&unique, expected, "node{id} holds other items than those published");
+        let mut copies: BTreeMap<String, usize> = BTreeMap::new();
+        for product in &products {
+            *copies.entry(product["title"].as_str().unwrap().to_string()).or_default() += 1;
+        }
+        let repeated: Vec<(&String, &usize)> = copies.iter().filter(|(_, &n)| n != 1).collect();
+        assert!(repeated.is_empty(), "node{id} stored items more than once: {repeated:?}");
+        let held: BTreeSet<String> = copies.into_keys().collect();
+        assert_eq!(&held, expected, "node{id} holds other items than those published");
+        assert_eq!(products.len(), expected.len(), "node{id} holds as many products as were published");
     }
+}
+
+/// Waits until nothing waits in `queue` and the manager has acknowledged `total` items and has
+/// none in flight. Then stops the manager, so that nothing more reaches the cluster, and checks
+/// that no message comes back to the queue: a message it held unacknowledged would. Returns
+/// the manager's last `/status`.
+pub fn drain_and_stop(manager: &mut ManagerProcess, amqp_url: &str, queue: &str, total: u64) -> Value {
+    let status = poll("the queue to drain and every item to be acknowledged", Duration::from_secs(60), || {
+        let status = manager.status();
+        let settled = status["stored"].as_u64()? >= total && status["in_flight"] == 0;
+        (settled && queue_len(amqp_url, queue) == Some(0)).then_some(status)
+    });
+    assert!(manager.terminate().success(), "SIGTERM stops the manager cleanly");
+    assert_eq!(queue_len(amqp_url, queue), Some(0), "the manager held no message unacknowledged");
+    status
 }
