@@ -669,6 +669,25 @@ fn outcomes_of_old_entries_are_pruned() {
     assert_eq!(s.outcome_of(1).unwrap(), None, "pruned");
 }
 
+/// A node's own database keeps no outcomes for other nodes, and ends in the same state with
+/// the same answers as one that does.
+#[test]
+fn a_private_database_keeps_no_outcomes_and_the_same_state() {
+    let (_shared_dir, _, mut shared) = open_temp(Backend::Sqlite);
+    let (_private_dir, _, private) = open_temp(Backend::Sqlite);
+    let mut private = private.private();
+    let log = mixed_log();
+    for (index, term, cmd) in &log {
+        assert_eq!(private.apply(*index, *term, cmd).unwrap(), shared.apply(*index, *term, cmd).unwrap(), "{index}");
+    }
+    assert_eq!(private.dump().unwrap(), shared.dump().unwrap());
+    assert_eq!(private.last_applied().unwrap(), shared.last_applied().unwrap());
+    for (index, _, _) in &log {
+        assert!(shared.outcome_of(*index).unwrap().is_some());
+        assert_eq!(private.outcome_of(*index).unwrap(), None, "entry {index}");
+    }
+}
+
 #[test]
 fn unsupported_urls_are_errors() {
     let mut unsupported = vec!["redis://127.0.0.1/0", "", "sqlite://"];

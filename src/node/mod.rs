@@ -101,12 +101,14 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
         node_dir.display()
     );
 
-    let database_url = args
-        .database_url
-        .clone()
-        .or_else(|| file.node.database_url.clone())
-        .unwrap_or_else(|| node_dir.join("labctl.db").to_string_lossy().into_owned());
-    let write_store = Store::open(&database_url).with_context(|| format!("cannot open the database of {name}"))?;
+    let given_url = args.database_url.clone().or_else(|| file.node.database_url.clone());
+    let private = given_url.is_none();
+    let database_url = given_url.unwrap_or_else(|| node_dir.join("labctl.db").to_string_lossy().into_owned());
+    let mut write_store = Store::open(&database_url).with_context(|| format!("cannot open the database of {name}"))?;
+    if private {
+        // The node's own file, in its own data dir: no other node applies to it.
+        write_store = write_store.private();
+    }
     let reads = ReadPool::open(&database_url, READ_CONNECTIONS)
         .with_context(|| format!("cannot open read connections to the database of {name}"))?;
     log::info!("{name}: database {database_url}");

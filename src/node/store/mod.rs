@@ -110,6 +110,9 @@ pub enum StoreError {
 /// The replicated database of one node.
 pub struct Store {
     conn: DbConnection,
+    /// Whether the outcome of each applied entry is kept for other nodes (see
+    /// [`Store::private`]).
+    keep_outcomes: bool,
 }
 
 impl std::fmt::Debug for Store {
@@ -141,7 +144,10 @@ impl Store {
         let url = url.trim();
         #[cfg(feature = "postgres")]
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            return Ok(Store { conn: DbConnection::Postgres(diesel::PgConnection::establish(url)?) });
+            return Ok(Store {
+                conn: DbConnection::Postgres(diesel::PgConnection::establish(url)?),
+                keep_outcomes: true,
+            });
         }
         #[cfg(feature = "mysql")]
         if url.starts_with("mysql://") {
@@ -149,7 +155,7 @@ impl Store {
             // READ COMMITTED: after waiting for the meta row lock, an applier reads what the node
             // before it committed, whatever it read earlier in the transaction.
             conn.batch_execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")?;
-            return Ok(Store { conn: DbConnection::Mysql(conn) });
+            return Ok(Store { conn: DbConnection::Mysql(conn), keep_outcomes: true });
         }
         let sqlite_path = if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
             path
@@ -169,7 +175,16 @@ impl Store {
             use_wal(&mut conn)?;
             conn.batch_execute("PRAGMA synchronous = NORMAL;")?;
         }
-        Ok(Store { conn: DbConnection::Sqlite(conn) })
+        Ok(Store { conn: DbConnection::Sqlite(conn), keep_outcomes: true })
+    }
+
+    /// Marks the database as this node's alone: no other node applies entries to it, so no
+    /// other node's client waits for an outcome recorded here, and the outcome of each entry
+    /// (a JSON text and a row per entry in `apply_outcomes`) is not kept. A node's own default
+    /// SQLite file is private; a database named by URL may be shared, and keeps outcomes.
+    pub fn private(mut self) -> Store {
+        self.keep_outcomes = false;
+        self
     }
 
     /// Runs pending migrations, one node at a time when several share the database.
@@ -230,12 +245,13 @@ impl Store {
     /// Applies consecutive log entries in one transaction; one outcome per entry. The meta
     /// row is locked and read once, and written once at the end.
     pub fn apply_batch(&mut self, entries: &[(u64, u64, Command)]) -> Result<Vec<ApplyOutcome>, StoreError> {
+        let keep = self.keep_outcomes;
         self.conn.transaction(|c| {
             let mut m = lock_meta(c)?;
             let before = m.clone();
             let outcomes = entries
                 .iter()
-                .map(|(index, term, cmd)| apply_one(c, &mut m, *index, *term, cmd))
+                .map(|(index, term, cmd)| apply_one(c, &mut m, *index, *term, cmd, keep))
                 .collect::<Result<Vec<_>, _>>()?;
             if m != before {
                 write_meta(c, &m)?;
@@ -502,13 +518,14 @@ impl From<Rejection> for OpError {
 }
 
 /// Applies one entry inside the batch's transaction; `m` is the meta row, locked, which the
-/// caller writes back.
+/// caller writes back. `keep_outcome`: record what it answered for the other nodes.
 fn apply_one(
     c: &mut DbConnection,
     m: &mut Meta,
     index: u64,
     term: u64,
     cmd: &Command,
+    keep_outcome: bool,
 ) -> Result<ApplyOutcome, StoreError> {
     let (index, term) = (to_i64(index)?, to_i64(term)?);
     if index <= m.last_index {
@@ -517,6 +534,9 @@ fn apply_one(
     m.last_index = index;
     m.last_term = term;
     let outcome = decide(c, index, cmd, m)?;
+    if !keep_outcome {
+        return Ok(outcome);
+    }
     fixed::InsertOutcome::new(index, &serde_json::to_string(&outcome)?).execute(c)?;
     if (index as u64).is_multiple_of(OUTCOMES_PRUNED_EVERY) {
         let oldest_kept = index - OUTCOMES_KEPT as i64;
