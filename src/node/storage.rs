@@ -93,9 +93,9 @@ impl Storage {
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             return Err(StorageError::Locked { path });
         }
-        let (recovered, good_len, total_len) = read_records(&path, &file)?;
+        let (recovered, good_len, total_len, only_zeros_after) = read_records(&path, &file)?;
         let mut allocated = total_len;
-        if good_len < total_len && !zeros_from(&file, good_len).map_err(io)? {
+        if !only_zeros_after {
             log::warn!("{}: cutting off an unfinished last write after byte {good_len}", path.display());
             file.set_len(good_len).map_err(io)?;
             file.sync_data().map_err(io)?;
@@ -131,10 +131,9 @@ impl Storage {
         let io = |source| StorageError::Io { path: self.path.clone(), source };
         let end = self.end + buf.len() as u64;
         if end > self.allocated {
-            // Zeros up to PREALLOCATE past this write; synced together with it.
-            let zeros = vec![0u8; (end + PREALLOCATE - self.allocated) as usize];
-            self.file.write_all_at(&zeros, self.allocated).map_err(io)?;
-            self.allocated += zeros.len() as u64;
+            // Zeros for PREALLOCATE bytes past this write; synced together with it.
+            self.file.write_all_at(&vec![0u8; PREALLOCATE as usize], end).map_err(io)?;
+            self.allocated = end + PREALLOCATE;
         }
         self.file.write_all_at(&buf, self.end).map_err(io)?;
         self.file.sync_data().map_err(io)?;
@@ -183,8 +182,9 @@ fn compact_size(state: &Recovered) -> u64 {
     state.entries.iter().map(|e| super::raft::encoded_size(e) as u64 + 1).sum::<u64>() + 64
 }
 
-/// Replays the records; returns the state, the length of the good prefix and the file length.
-fn read_records(path: &Path, file: &File) -> Result<(Recovered, u64, u64), StorageError> {
+/// Replays the records; returns the state, the length of the good prefix, the file length,
+/// and whether the file holds only zeros after the good prefix (nothing to cut off).
+fn read_records(path: &Path, file: &File) -> Result<(Recovered, u64, u64, bool), StorageError> {
     let io = |source| StorageError::Io { path: path.to_path_buf(), source };
     let total = file.metadata().map_err(io)?.len();
     let mut reader = BufReader::new(file);
@@ -196,14 +196,18 @@ fn read_records(path: &Path, file: &File) -> Result<(Recovered, u64, u64), Stora
         line.clear();
         let n = reader.read_until(b'\n', &mut line).map_err(io)?;
         if n == 0 {
-            break;
+            return Ok((state, good, total, true));
         }
         number += 1;
-        if line.last() != Some(&b'\n') || line.contains(&0) {
-            // Every record is written together with its newline and holds no NUL: a line
-            // without the one or with the other is the zeros ahead of the records, or a write
-            // that never finished, and was never synced.
-            break;
+        if line.last() != Some(&b'\n') {
+            // Every record is written together with its newline: a line without one runs to
+            // the end of the file, and is the zeros ahead of the records or a write that never
+            // finished, and was never synced.
+            return Ok((state, good, total, line.iter().all(|&b| b == 0)));
+        }
+        if line.contains(&0) {
+            // No record holds a NUL: a write that never finished.
+            return Ok((state, good, total, false));
         }
         match serde_json::from_slice::<Record>(&line) {
             Ok(record) => {
@@ -215,13 +219,12 @@ fn read_records(path: &Path, file: &File) -> Result<(Recovered, u64, u64), Stora
                 good += n as u64;
             }
             // The last line: a torn write whose end reached the disk before its start.
-            Err(_) if zeros_from(file, good + n as u64).map_err(io)? => break,
+            Err(_) if zeros_from(file, good + n as u64).map_err(io)? => return Ok((state, good, total, false)),
             Err(e) => {
                 return Err(StorageError::Corrupt { path: path.to_path_buf(), line: number, reason: e.to_string() })
             }
         }
     }
-    Ok((state, good, total))
 }
 
 /// Whether the file holds nothing but zeros from `offset` on.
