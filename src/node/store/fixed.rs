@@ -3,8 +3,9 @@
 //!
 //! diesel prepares every `UPDATE` and every `sql_query` anew on each run (it cannot tell that
 //! their text is always the same), and parsing and planning them was a fifth of the time a
-//! node spent applying new products. A statement here is a type with a static query id: the
-//! connection's statement cache finds it by that id, without even building its SQL.
+//! node spent applying new products. A statement here is a type with a static query id: run on
+//! the backend's own connection (`on_backend!`), the statement cache finds it by that id,
+//! without even building its SQL.
 
 use diesel::backend::Backend;
 use diesel::query_builder::{AstPass, QueryFragment, QueryId};

@@ -84,6 +84,24 @@ pub enum DbConnection {
     Mysql(diesel::MysqlConnection),
 }
 
+/// Runs `$body` with `$c` bound to the backend's own connection inside `$conn` (a
+/// `&mut DbConnection`). A query through the `MultiConnection` enum is wrapped in a type that
+/// has no static query id, so diesel writes its SQL text again on every run to look up the
+/// prepared statement and once more to bind its values; on the backend's connection the
+/// statement is found by its type. For the statements that every read and every applied entry
+/// run.
+macro_rules! on_backend {
+    ($conn:expr, |$c:ident| $body:expr) => {
+        match $conn {
+            DbConnection::Sqlite($c) => $body,
+            #[cfg(feature = "postgres")]
+            DbConnection::Postgres($c) => $body,
+            #[cfg(feature = "mysql")]
+            DbConnection::Mysql($c) => $body,
+        }
+    };
+}
+
 /// Errors of the database itself; business errors of a write are an [`ApplyOutcome`] instead.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -173,7 +191,7 @@ impl Store {
         conn.batch_execute("PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;")?;
         if sqlite_path != ":memory:" {
             use_wal(&mut conn)?;
-            conn.batch_execute("PRAGMA synchronous = NORMAL;")?;
+            conn.batch_execute("PRAGMA synchronous = NORMAL; PRAGMA mmap_size = 268435456;")?;
         }
         Ok(Store { conn: DbConnection::Sqlite(conn), keep_outcomes: true })
     }
@@ -298,7 +316,7 @@ impl Store {
     }
 
     pub fn get_product(&mut self, id: i64) -> Result<Option<Product>, StoreError> {
-        Ok(products::table.find(id).select(Product::as_select()).first(&mut self.conn).optional()?)
+        Ok(on_backend!(&mut self.conn, |c| products::table.find(id).select(Product::as_select()).first(c).optional())?)
     }
 
     /// Products in id order, filtered by price (inclusive bounds).
@@ -309,62 +327,63 @@ impl Store {
             }
         }
         let (offset, limit) = q.page.bounded();
-        let filtered = || {
-            let mut query = products::table.into_boxed();
-            if let Some(min) = q.min_price {
-                query = query.filter(products::price.ge(min));
-            }
-            if let Some(max) = q.max_price {
-                query = query.filter(products::price.le(max));
-            }
-            query
-        };
-        let total: i64 = filtered().count().get_result(&mut self.conn)?;
-        let data = filtered()
-            .select(Product::as_select())
-            .order(products::id)
-            .offset(offset)
-            .limit(limit)
-            .load(&mut self.conn)?;
+        let (total, data) = on_backend!(&mut self.conn, |c| {
+            let filtered = || {
+                let mut query = products::table.into_boxed();
+                if let Some(min) = q.min_price {
+                    query = query.filter(products::price.ge(min));
+                }
+                if let Some(max) = q.max_price {
+                    query = query.filter(products::price.le(max));
+                }
+                query
+            };
+            let total: i64 = filtered().count().get_result(c)?;
+            let data =
+                filtered().select(Product::as_select()).order(products::id).offset(offset).limit(limit).load(c)?;
+            (total, data)
+        });
         Ok(Page::new(data, total, offset, limit))
     }
 
     pub fn get_user(&mut self, id: i64) -> Result<Option<User>, StoreError> {
-        Ok(users::table.find(id).select(User::as_select()).first(&mut self.conn).optional()?)
+        Ok(on_backend!(&mut self.conn, |c| users::table.find(id).select(User::as_select()).first(c).optional())?)
     }
 
     /// Users in id order.
     pub fn list_users(&mut self, page: PageRequest) -> Result<Page<User>, StoreError> {
         let (offset, limit) = page.bounded();
-        let total: i64 = users::table.count().get_result(&mut self.conn)?;
-        let data =
-            users::table.select(User::as_select()).order(users::id).offset(offset).limit(limit).load(&mut self.conn)?;
+        let (total, data) = on_backend!(&mut self.conn, |c| {
+            let total: i64 = users::table.count().get_result(c)?;
+            (total, users::table.select(User::as_select()).order(users::id).offset(offset).limit(limit).load(c)?)
+        });
         Ok(Page::new(data, total, offset, limit))
     }
 
     pub fn get_task(&mut self, id: i64) -> Result<Option<Task>, StoreError> {
-        Ok(tasks::table.find(id).select(Task::as_select()).first(&mut self.conn).optional()?)
+        Ok(on_backend!(&mut self.conn, |c| tasks::table.find(id).select(Task::as_select()).first(c).optional())?)
     }
 
     /// Tasks in id order, filtered by status, priority and assignee.
     pub fn list_tasks(&mut self, q: &TaskQuery) -> Result<Page<Task>, StoreError> {
         let (offset, limit) = q.page.bounded();
-        let filtered = || {
-            let mut query = tasks::table.into_boxed();
-            if let Some(s) = q.status {
-                query = query.filter(tasks::status.eq(s.as_str()));
-            }
-            if let Some(p) = q.priority {
-                query = query.filter(tasks::priority.eq(p.as_str()));
-            }
-            if let Some(a) = q.assignee {
-                query = query.filter(tasks::assignee.eq(a));
-            }
-            query
-        };
-        let total: i64 = filtered().count().get_result(&mut self.conn)?;
-        let data =
-            filtered().select(Task::as_select()).order(tasks::id).offset(offset).limit(limit).load(&mut self.conn)?;
+        let (total, data) = on_backend!(&mut self.conn, |c| {
+            let filtered = || {
+                let mut query = tasks::table.into_boxed();
+                if let Some(s) = q.status {
+                    query = query.filter(tasks::status.eq(s.as_str()));
+                }
+                if let Some(p) = q.priority {
+                    query = query.filter(tasks::priority.eq(p.as_str()));
+                }
+                if let Some(a) = q.assignee {
+                    query = query.filter(tasks::assignee.eq(a));
+                }
+                query
+            };
+            let total: i64 = filtered().count().get_result(c)?;
+            (total, filtered().select(Task::as_select()).order(tasks::id).offset(offset).limit(limit).load(c)?)
+        });
         Ok(Page::new(data, total, offset, limit))
     }
 
@@ -425,6 +444,14 @@ impl Store {
 fn sqlite_plan_once() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
+        // SAFETY: process-wide settings, taken only before SQLite initializes (otherwise it
+        // answers SQLITE_MISUSE and changes nothing). Every connection is used by one thread
+        // at a time (diesel's connections are not `Sync`), so SQLite's per-connection mutexes
+        // are not needed; without memory statistics its allocator takes no global mutex.
+        unsafe {
+            libsqlite3_sys::sqlite3_config(libsqlite3_sys::SQLITE_CONFIG_MULTITHREAD);
+            libsqlite3_sys::sqlite3_config(libsqlite3_sys::SQLITE_CONFIG_MEMSTATUS, 0 as std::ffi::c_int);
+        }
         // SAFETY: registers a function with the signature SQLite expects; it only sets a flag
         // on the connection SQLite hands it.
         let rc = unsafe { libsqlite3_sys::sqlite3_auto_extension(Some(plan_once)) };
@@ -484,18 +511,18 @@ fn to_i64(n: u64) -> Result<i64, StoreError> {
 }
 
 fn read_meta(c: &mut DbConnection) -> Result<Meta, StoreError> {
-    meta::table.find(1).select(Meta::as_select()).first(c).optional()?.ok_or(StoreError::NoMeta)
+    on_backend!(c, |c| meta::table.find(1).select(Meta::as_select()).first(c).optional())?.ok_or(StoreError::NoMeta)
 }
 
 /// Reads the meta row after writing it, so that the transaction holds the write lock (SQLite)
 /// or the row lock (PostgreSQL, MySQL) from here on: appliers sharing a database take turns.
 fn lock_meta(c: &mut DbConnection) -> Result<Meta, StoreError> {
-    fixed::LockMeta::new().execute(c)?;
+    on_backend!(&mut *c, |c| fixed::LockMeta::new().execute(c))?;
     read_meta(c)
 }
 
 fn write_meta(c: &mut DbConnection, m: &Meta) -> Result<(), StoreError> {
-    fixed::WriteMeta::new(m).execute(c)?;
+    on_backend!(c, |c| fixed::WriteMeta::new(m).execute(c))?;
     Ok(())
 }
 
@@ -537,7 +564,8 @@ fn apply_one(
     if !keep_outcome {
         return Ok(outcome);
     }
-    fixed::InsertOutcome::new(index, &serde_json::to_string(&outcome)?).execute(c)?;
+    let text = serde_json::to_string(&outcome)?;
+    on_backend!(&mut *c, |c| fixed::InsertOutcome::new(index, &text).execute(c))?;
     if (index as u64).is_multiple_of(OUTCOMES_PRUNED_EVERY) {
         let oldest_kept = index - OUTCOMES_KEPT as i64;
         diesel::delete(apply_outcomes::table.filter(apply_outcomes::log_index.le(oldest_kept))).execute(c)?;
@@ -626,7 +654,7 @@ fn needs_savepoint(c: &DbConnection, op: &Op) -> bool {
 
 /// Inserts one product row, with a statement prepared once per connection.
 fn insert_product(c: &mut DbConnection, row: &Product) -> Result<usize, DieselError> {
-    fixed::InsertProduct::new(row).execute(c)
+    on_backend!(c, |c| fixed::InsertProduct::new(row).execute(c))
 }
 
 fn take_id(counter: &mut i64) -> i64 {
