@@ -107,7 +107,7 @@ fn valid_messages() -> Vec<Vec<u8>> {
     let entries = vec![
         LogEntry { term: 3, key: Some("k".into()), value: "v".into() },
         LogEntry::noop(3),
-        LogEntry { term: 4, key: Some("ключ".into()), value: serde_json::json!({"n": [1, 2.5, null]}) },
+        LogEntry { term: 4, key: Some("ключ".into()), value: serde_json::json!({"n": [1, 2.5, null]}).into() },
     ];
     let raft = [
         Msg::Append { term: 4, prev_log_index: 2, prev_log_term: 3, entries, leader_commit: 2, read_seq: 0 },

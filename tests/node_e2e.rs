@@ -124,7 +124,7 @@ fn store_and_retrieve_go_through_the_leader() {
     let log = cluster.retrieve(leader).expect("leader answers RETRIEVE");
     let keys: Vec<&str> = log.iter().filter_map(|e| e.key.as_deref()).collect();
     assert_eq!(keys, ["k1", "k2", "k3", "k4", "k5"]);
-    assert!(log.iter().all(|e| e.term >= 1 && e.value.as_str().is_some()));
+    assert!(log.iter().all(|e| e.term >= 1 && e.value.to_value().as_str().is_some()));
 }
 
 #[test]

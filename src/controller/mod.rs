@@ -394,7 +394,7 @@ fn format_logs(entries: &[LogEntry]) -> String {
     let rows: Vec<Vec<String>> = entries
         .iter()
         .filter(|e| !e.is_noop())
-        .map(|e| vec![e.term.to_string(), e.key.clone().unwrap_or_default(), cell(&e.value)])
+        .map(|e| vec![e.term.to_string(), e.key.clone().unwrap_or_default(), cell(&e.value.to_value())])
         .collect();
     table::render(&["TERM", "KEY", "VALUE"], &rows)
 }
@@ -518,7 +518,7 @@ mod tests {
         let entries = vec![
             LogEntry::noop(1),
             LogEntry { term: 1, key: Some("k".into()), value: "v".into() },
-            LogEntry { term: 2, key: Some("n".into()), value: json!(5) },
+            LogEntry { term: 2, key: Some("n".into()), value: json!(5).into() },
         ];
         assert_eq!(format_logs(&entries), "TERM  KEY  VALUE\n1     k    v\n2     n    5\n");
     }

@@ -27,6 +27,7 @@ use super::apply::WriteResult;
 use super::driver::Proposal;
 use super::http::{method_not_allowed, NodeStatus};
 use super::listings::ListingCache;
+use super::raft::EntryValue;
 use super::store::pool::ReadPool;
 use super::store::{
     ApplyOutcome, Command, Op, Page, PageRequest, Priority, ProductInput, ProductQuery, Status, Store, StoreError,
@@ -141,7 +142,7 @@ async fn write(api: &Api, req: &HttpRequest, op: Op) -> HttpResponse {
         }
         command = command.with_key(key);
     }
-    let value = match serde_json::to_value(&command) {
+    let value = match EntryValue::to_json(&command) {
         Ok(v) => v,
         Err(e) => return error(400, format!("cannot encode the write: {e}")),
     };
@@ -156,7 +157,7 @@ async fn write(api: &Api, req: &HttpRequest, op: Op) -> HttpResponse {
 
 /// Proposes a command and waits until it is applied; with None, waits until a linearizable
 /// read may run.
-async fn replicate(api: &Api, command: Option<Value>) -> Result<WriteResult, HttpResponse> {
+async fn replicate(api: &Api, command: Option<EntryValue>) -> Result<WriteResult, HttpResponse> {
     let (tx, rx) = oneshot::channel();
     if api.proposals.send(Proposal { command, reply: tx }).await.is_err() {
         return Err(unavailable("the node is stopping"));

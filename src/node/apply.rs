@@ -154,7 +154,7 @@ fn apply_batch(store: &mut Store, batch: &mut [ApplyItem]) -> Result<(), super::
     let mut run_start = 0;
     for (i, item) in batch.iter().enumerate() {
         let command = (item.entry.key.as_deref() == Some(COMMAND_KEY))
-            .then(|| <Command as serde::Deserialize>::deserialize(&item.entry.value))
+            .then(|| serde_json::from_str::<Command>(item.entry.value.get()))
             .and_then(|parsed| match parsed {
                 Ok(c) => Some(c),
                 Err(e) => {
@@ -215,6 +215,7 @@ fn flush(
 mod tests {
     use super::*;
     use crate::node::store::{Op, ProductInput, Reply};
+    use crate::proto::EntryValue;
 
     fn create(title: &str) -> Command {
         let product = ProductInput {
@@ -233,7 +234,7 @@ mod tests {
 
     fn item(index: u64, cmd: &Command) -> (ApplyItem, oneshot::Receiver<WriteResult>) {
         let (tx, rx) = oneshot::channel();
-        let entry = LogEntry { term: 1, key: Some(COMMAND_KEY.into()), value: serde_json::to_value(cmd).unwrap() };
+        let entry = LogEntry { term: 1, key: Some(COMMAND_KEY.into()), value: EntryValue::to_json(cmd).unwrap() };
         (ApplyItem { index, term: 1, entry, waiter: Some(tx) }, rx)
     }
 

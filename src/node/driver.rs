@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use super::apply::{Applier, ApplyItem, WriteResult, BARRIER_KEY, COMMAND_KEY};
 use super::handshake::Handshake;
 use super::http::{NodeStatus, PeerStatus};
-use super::raft::{Event, LogEntry, Msg, NodeId, ProposeError, Raft, Role};
+use super::raft::{EntryValue, Event, LogEntry, Msg, NodeId, ProposeError, Raft, Role};
 use super::storage::{Storage, StorageError};
 use super::transport::{RateLimited, Transport, RECV_BUFFER};
 use crate::config::Cluster;
@@ -65,7 +65,7 @@ struct PendingStore {
 /// A replicated write from the HTTP API: a serialized store command (None: a linearizable
 /// read, answered with [`WriteResult::Readable`] once it may run) and where to answer.
 pub struct Proposal {
-    pub command: Option<Value>,
+    pub command: Option<EntryValue>,
     pub reply: oneshot::Sender<WriteResult>,
 }
 
@@ -489,7 +489,7 @@ impl Driver {
             let reply = self.store_reply(None, Value::String("STORE needs a key".into()), false);
             return self.reply(from, &reply);
         };
-        match self.raft.propose(Some(key.clone()), msg.value.clone()) {
+        match self.raft.propose(Some(key.clone()), &msg.value) {
             Ok(index) => {
                 let pending = PendingStore {
                     term: self.raft.term(),

@@ -47,11 +47,33 @@ struct HardStateRecord {
     voted_for: Option<NodeId>,
 }
 
-#[derive(Serialize, Deserialize)]
+/// One line of the file. Written as one of its two shapes; read through [`RecordLine`]
+/// (serde's untagged enums cannot hold entry values kept as JSON text).
+#[derive(Serialize)]
 #[serde(untagged)]
 enum Record {
     HardState { hs: HardStateRecord },
     Entries { from: u64, entries: Vec<LogEntry> },
+}
+
+/// A line as read: exactly one of the shapes of [`Record`].
+#[derive(Deserialize)]
+struct RecordLine {
+    hs: Option<HardStateRecord>,
+    from: Option<u64>,
+    entries: Option<Vec<LogEntry>>,
+}
+
+impl TryFrom<RecordLine> for Record {
+    type Error = &'static str;
+
+    fn try_from(line: RecordLine) -> Result<Record, &'static str> {
+        match line {
+            RecordLine { hs: Some(hs), from: None, entries: None } => Ok(Record::HardState { hs }),
+            RecordLine { hs: None, from: Some(from), entries: Some(entries) } => Ok(Record::Entries { from, entries }),
+            _ => Err("neither a hard state nor entries"),
+        }
+    }
 }
 
 /// A [`Record::Entries`] to write, borrowing the entries.
@@ -209,7 +231,10 @@ fn read_records(path: &Path, file: &File) -> Result<(Recovered, u64, u64, bool),
             // No record holds a NUL: a write that never finished.
             return Ok((state, good, total, false));
         }
-        match serde_json::from_slice::<Record>(&line) {
+        let parsed = serde_json::from_slice::<RecordLine>(&line)
+            .map_err(|e| e.to_string())
+            .and_then(|l| Record::try_from(l).map_err(str::to_string));
+        match parsed {
             Ok(record) => {
                 apply(&mut state, record).map_err(|reason| StorageError::Corrupt {
                     path: path.to_path_buf(),
@@ -220,9 +245,7 @@ fn read_records(path: &Path, file: &File) -> Result<(Recovered, u64, u64, bool),
             }
             // The last line: a torn write whose end reached the disk before its start.
             Err(_) if zeros_from(file, good + n as u64).map_err(io)? => return Ok((state, good, total, false)),
-            Err(e) => {
-                return Err(StorageError::Corrupt { path: path.to_path_buf(), line: number, reason: e.to_string() })
-            }
+            Err(reason) => return Err(StorageError::Corrupt { path: path.to_path_buf(), line: number, reason }),
         }
     }
 }
@@ -260,9 +283,10 @@ fn apply(state: &mut Recovered, record: Record) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::EntryValue;
 
     fn entry(term: u64, key: &str) -> LogEntry {
-        LogEntry { term, key: Some(key.into()), value: serde_json::json!(key) }
+        LogEntry { term, key: Some(key.into()), value: key.into() }
     }
 
     fn tempdir(name: &str) -> PathBuf {
@@ -398,6 +422,35 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join(FILE_NAME), b"garbage\n{\"hs\":{\"term\":1,\"voted_for\":null}}\n").unwrap();
         assert!(matches!(Storage::open(&dir), Err(StorageError::Corrupt { line: 1, .. })));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_line_of_neither_shape_is_an_error() {
+        for line in [&b"{\"from\":1}\n"[..], b"{\"hs\":{\"term\":1,\"voted_for\":null},\"from\":1,\"entries\":[]}\n"] {
+            let dir = tempdir("shape");
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut content = b"{\"hs\":{\"term\":1,\"voted_for\":null}}\n".to_vec();
+            content.extend_from_slice(line);
+            content.extend_from_slice(b"{\"hs\":{\"term\":2,\"voted_for\":null}}\n");
+            std::fs::write(dir.join(FILE_NAME), content).unwrap();
+            assert!(matches!(Storage::open(&dir), Err(StorageError::Corrupt { line: 2, .. })));
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+    }
+
+    #[test]
+    fn entry_values_come_back_as_they_were_written() {
+        let dir = tempdir("values");
+        let value: EntryValue = serde_json::json!({"op": "create", "n": [1, 2.5, null], "s": "é\"\\"}).into();
+        let written = LogEntry { term: 1, key: Some("k".into()), value: value.clone() };
+        {
+            let (mut s, _) = Storage::open(&dir).unwrap();
+            s.persist(None, Some((1, std::slice::from_ref(&written)))).unwrap();
+        }
+        let (_s, recovered) = Storage::open(&dir).unwrap();
+        assert_eq!(recovered.entries, vec![written]);
+        assert_eq!(recovered.entries[0].value.get(), value.get());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -82,6 +82,112 @@ pub struct Message {
     pub read_seq: Option<u64>,
 }
 
+/// The value of a log entry: any JSON, kept as its text.
+///
+/// A node never looks inside the values it replicates; only the applier reads its own
+/// commands out of them. Kept as text, a value is checked once as it arrives, written to the
+/// log and to peers as it is, and shared (not copied) between the log, the messages to each
+/// follower and the applier. Two values are equal when their texts are.
+#[derive(Clone)]
+pub struct EntryValue(std::sync::Arc<serde_json::value::RawValue>);
+
+impl EntryValue {
+    /// `null`: the value of a leader's no-op.
+    pub fn null() -> EntryValue {
+        EntryValue::from_text("null")
+    }
+
+    /// The JSON text of any serializable value.
+    pub fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<EntryValue, serde_json::Error> {
+        Ok(EntryValue(serde_json::value::to_raw_value(value)?.into()))
+    }
+
+    /// The value of a JSON text known to be valid (written by this crate).
+    fn from_text(text: &str) -> EntryValue {
+        let raw = serde_json::value::RawValue::from_string(text.to_string()).unwrap_or_else(|_| {
+            // Unreachable for the texts this crate passes; a null keeps the log well-formed.
+            serde_json::value::RawValue::from_string("null".into()).expect("null is JSON")
+        });
+        EntryValue(raw.into())
+    }
+
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+
+    pub fn is_null(&self) -> bool {
+        self.get() == "null"
+    }
+
+    /// The value parsed (`null` if it could not be, which a value that arrived as JSON cannot).
+    pub fn to_value(&self) -> Value {
+        serde_json::from_str(self.get()).unwrap_or(Value::Null)
+    }
+}
+
+impl Default for EntryValue {
+    fn default() -> EntryValue {
+        EntryValue::null()
+    }
+}
+
+impl PartialEq for EntryValue {
+    fn eq(&self, other: &EntryValue) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0) || self.get() == other.get()
+    }
+}
+
+impl std::fmt::Debug for EntryValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.get())
+    }
+}
+
+impl std::fmt::Display for EntryValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.get())
+    }
+}
+
+impl From<Value> for EntryValue {
+    fn from(value: Value) -> EntryValue {
+        EntryValue::from(&value)
+    }
+}
+
+impl From<&Value> for EntryValue {
+    fn from(value: &Value) -> EntryValue {
+        EntryValue::to_json(value).unwrap_or_default()
+    }
+}
+
+/// A JSON string, as `Value::from(&str)`.
+impl From<&str> for EntryValue {
+    fn from(s: &str) -> EntryValue {
+        EntryValue::from(Value::from(s))
+    }
+}
+
+impl From<String> for EntryValue {
+    fn from(s: String) -> EntryValue {
+        EntryValue::from(Value::from(s))
+    }
+}
+
+impl Serialize for EntryValue {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for EntryValue {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<EntryValue, D::Error> {
+        let raw = Box::<serde_json::value::RawValue>::deserialize(deserializer)?;
+        Ok(EntryValue(raw.into()))
+    }
+}
+
 /// One replicated log entry as it appears on the wire and in RETRIEVE replies:
 /// `{"Term":1,"Key":"k","Value":"v"}`. A leader's no-op entry has a null key and value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -91,13 +197,13 @@ pub struct LogEntry {
     #[serde(rename = "Key", default)]
     pub key: Option<String>,
     #[serde(rename = "Value", default)]
-    pub value: Value,
+    pub value: EntryValue,
 }
 
 impl LogEntry {
     /// The entry a new leader appends to commit earlier terms' entries.
     pub fn noop(term: u64) -> Self {
-        LogEntry { term, key: None, value: Value::Null }
+        LogEntry { term, key: None, value: EntryValue::null() }
     }
 
     /// True for a leader's no-op entry, which carries no user data.
@@ -287,6 +393,24 @@ pub fn node_name(id: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn entry_values_travel_as_their_text() {
+        let wire = br#"{"sender_name":"node1","request":"APPEND_RPC","term":2,"key":null,"value":null,
+            "prev_log_index":0,"prev_log_term":0,"leader_commit":0,
+            "entries":[{"Term":2,"Key":"k","Value":{"b":[1,{"c":null}],"a":"x\"y"}},{"Term":2,"Key":null,"Value":null}]}"#;
+        let (msg, _) = Message::decode(wire).unwrap();
+        let entries = msg.entries.clone().unwrap();
+        assert_eq!(entries[0].value.get(), r#"{"b":[1,{"c":null}],"a":"x\"y"}"#, "kept as sent, keys in order");
+        assert_eq!(entries[0].value.to_value(), serde_json::json!({"a": "x\"y", "b": [1, {"c": null}]}));
+        assert!(entries[1].is_noop());
+        // Encoded again, a value is the same text.
+        let (again, _) = Message::decode(&msg.encode()).unwrap();
+        assert_eq!(again.entries.unwrap(), entries);
+        // A value that is not JSON makes the whole message an error.
+        let bad = br#"{"request":"APPEND_RPC","entries":[{"Term":1,"Value":{"a":}}]}"#;
+        assert!(Message::decode(bad).is_err());
+    }
 
     #[test]
     fn course_controller_message_decodes() {

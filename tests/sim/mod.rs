@@ -20,7 +20,7 @@ mod network;
 
 use std::collections::HashSet;
 
-use labctl::node::raft::{Config, HardState, LogEntry, Micros, Msg, NodeId, ProposeError, Raft, Rng, Role};
+use labctl::node::raft::{Config, EntryValue, HardState, LogEntry, Micros, Msg, NodeId, ProposeError, Raft, Rng, Role};
 use serde_json::Value;
 
 pub use self::checker::Checker;
@@ -176,17 +176,18 @@ impl Cluster {
     /// The user entries a node has committed, in log order.
     pub fn committed_values(&self, id: NodeId) -> Vec<Value> {
         let raft = self.node(id);
-        raft.log().slice(1, raft.commit_index()).iter().filter(|e| !e.is_noop()).map(|e| e.value.clone()).collect()
+        raft.log().slice(1, raft.commit_index()).iter().filter(|e| !e.is_noop()).map(|e| e.value.to_value()).collect()
     }
 
     /// True when every node is up and has committed every value.
     pub fn all_committed(&self, values: &[Value]) -> bool {
+        let first = values.first().map(EntryValue::from);
         self.nodes.iter().all(|n| {
             let Some(raft) = &n.raft else { return false };
             let committed = raft.log().slice(1, raft.commit_index());
-            if values.len() == 1 {
+            if let (1, Some(first)) = (values.len(), &first) {
                 // The common case: look from the end, where a new entry is.
-                return committed.iter().rev().any(|e| e.value == values[0]);
+                return committed.iter().rev().any(|e| e.value == *first);
             }
             let have: HashSet<String> = committed.iter().map(|e| e.value.to_string()).collect();
             values.iter().all(|v| have.contains(&v.to_string()))

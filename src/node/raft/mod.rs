@@ -73,7 +73,7 @@ pub use self::log::{encoded_size, Log};
 pub use self::message::{Msg, NodeId, WireError};
 pub use self::rng::Rng;
 pub use self::role::{InvalidTransition, Role};
-pub use crate::proto::LogEntry;
+pub use crate::proto::{EntryValue, LogEntry};
 
 /// Microseconds since an arbitrary origin chosen by the driver.
 pub type Micros = u64;
@@ -452,11 +452,11 @@ impl Raft {
 
     /// Appends a client entry on the leader; returns its index. The entry is sent to the
     /// followers on the next [`Raft::take_ready`], batched with other proposals.
-    pub fn propose(&mut self, key: Option<String>, value: serde_json::Value) -> Result<u64, ProposeError> {
+    pub fn propose(&mut self, key: Option<String>, value: impl Into<EntryValue>) -> Result<u64, ProposeError> {
         if self.role != Role::Leader {
             return Err(ProposeError::NotLeader { leader: self.leader });
         }
-        let entry = LogEntry { term: self.term, key, value };
+        let entry = LogEntry { term: self.term, key, value: value.into() };
         let size = encoded_size(&entry);
         if size > self.cfg.max_entry_bytes {
             return Err(ProposeError::TooLarge { size, max: self.cfg.max_entry_bytes });

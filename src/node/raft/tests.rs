@@ -296,7 +296,7 @@ fn an_entry_larger_than_a_batch_travels_alone_and_is_not_resent_at_every_heartbe
     let ready = raft.take_ready();
     let [Msg::Append { entries, .. }] = sent_to(&ready, 2)[..] else { panic!("{:?}", ready.messages) };
     assert_eq!(entries.len(), 1, "the large entry goes alone");
-    assert_eq!(entries[0].value, big);
+    assert_eq!(entries[0].value, big.into());
     // Heartbeats while the follower takes in a megabyte: no copies of it.
     let heartbeat = raft.config().heartbeat;
     let grace = heartbeat * (1024 * 1024 / RESEND_GRACE_BYTES as u64);
@@ -320,7 +320,7 @@ fn an_entry_larger_than_a_batch_travels_alone_and_is_not_resent_at_every_heartbe
     acked(&mut raft, now, 3);
     let ready = raft.take_ready();
     let [Msg::Append { prev_log_index: 3, entries, .. }] = sent_to(&ready, 2)[..] else { panic!() };
-    assert_eq!(entries[0].value, small);
+    assert_eq!(entries[0].value, small.into());
     let next = raft.next_deadline();
     raft.tick(next);
     let ready = raft.take_ready();
@@ -379,7 +379,7 @@ fn an_earlier_terms_entry_is_not_committed_by_counting_replicas() {
     // leads again in term 4. Once nodes 2 and 3 store index 2 it sits on a majority, but a
     // node with a term-3 entry there could still win and overwrite it: it may only commit
     // together with an entry of the leader's own term (§5.4.2).
-    let log = vec![LogEntry::noop(1), LogEntry { term: 2, key: Some("x".into()), value: json!(1) }];
+    let log = vec![LogEntry::noop(1), LogEntry { term: 2, key: Some("x".into()), value: json!(1).into() }];
     let peers = vec![2, 3, 4, 5];
     let mut raft = Raft::new(Config::new(1, peers), HardState { term: 3, voted_for: None }, log, 0, 1);
     raft.timeout_now(0);
