@@ -2,6 +2,7 @@
 //! `{"name","term","http"}` to `<manager-url>/leader`, retrying with backoff until the manager
 //! answers 2xx or the node is no longer leader of that term. Off unless a manager URL is set.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
@@ -14,7 +15,7 @@ const MAX_RETRY: Duration = Duration::from_secs(5);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Announces every leadership of this node until `status` closes.
-pub async fn run(manager_url: String, mut status: watch::Receiver<NodeStatus>) {
+pub async fn run(manager_url: String, mut status: watch::Receiver<Arc<NodeStatus>>) {
     let url = format!("{}/leader", manager_url.trim_end_matches('/'));
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(REQUEST_TIMEOUT))

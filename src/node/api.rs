@@ -12,6 +12,7 @@
 //! product is checked as `POST /api/products` checks one, and all of them become one log
 //! entry, applied in one transaction on every node.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_multipart::{Multipart, MultipartError};
@@ -30,8 +31,8 @@ use super::listings::ListingCache;
 use super::raft::EntryValue;
 use super::store::pool::ReadPool;
 use super::store::{
-    ApplyOutcome, Command, Op, Page, PageRequest, Priority, ProductInput, ProductQuery, Status, Store, StoreError,
-    TaskInput, TaskQuery, UserInput, MAX_IDEMPOTENCY_KEY,
+    ApplyOutcome, Command, Op, Page, PageRequest, Priority, ProductInput, ProductQuery, Reply, Status, Store,
+    StoreError, TaskInput, TaskQuery, UserInput, MAX_IDEMPOTENCY_KEY,
 };
 
 /// The header that makes a write idempotent.
@@ -52,7 +53,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(1);
 /// What the API handlers share.
 pub struct Api {
     pub proposals: mpsc::Sender<Proposal>,
-    pub status: watch::Receiver<NodeStatus>,
+    pub status: watch::Receiver<Arc<NodeStatus>>,
     /// Read connections to this node's database.
     pub reads: ReadPool,
     /// Listing pages, kept while the database is unchanged.
@@ -195,12 +196,8 @@ async fn strong_read(api: &Api, req: &HttpRequest) -> Result<(), HttpResponse> {
 fn write_result(result: WriteResult, status: &NodeStatus, req: &HttpRequest) -> HttpResponse {
     match result {
         WriteResult::Done(ApplyOutcome::Applied { status, reply }) => {
-            let mut body = serde_json::to_value(&reply).unwrap_or(Value::Null);
-            if let Some(obj) = body.as_object_mut() {
-                obj.shift_remove("kind");
-            }
             let code = actix_web::http::StatusCode::from_u16(status).unwrap_or(actix_web::http::StatusCode::OK);
-            HttpResponse::build(code).json(body)
+            HttpResponse::build(code).content_type("application/json").body(reply_body(&reply))
         }
         WriteResult::Done(ApplyOutcome::Rejected { status, error: message }) => error(status, message),
         WriteResult::Done(ApplyOutcome::AlreadyApplied) | WriteResult::Readable => {
@@ -218,6 +215,19 @@ fn unavailable(message: &str) -> HttpResponse {
 }
 
 /// 307 to the same URL on the leader, or 503 while no leader is known.
+/// The body a client gets for a write: the reply without its `kind` tag.
+fn reply_body(reply: &Reply) -> Vec<u8> {
+    let body = match reply {
+        Reply::Product(p) => serde_json::to_vec(p),
+        Reply::User(u) => serde_json::to_vec(u),
+        Reply::Task(t) => serde_json::to_vec(t),
+        Reply::Deleted { id } => serde_json::to_vec(&json!({ "id": id })),
+        Reply::Imported { imported, ids } => serde_json::to_vec(&json!({ "imported": imported, "ids": ids })),
+    };
+    // Plain structs of strings and numbers: serializing them cannot fail.
+    body.unwrap_or_else(|_| b"{}".to_vec())
+}
+
 fn not_leader(status: &NodeStatus, req: &HttpRequest) -> HttpResponse {
     match (&status.leader, &status.leader_http) {
         (Some(leader), Some(http)) if leader != &status.name => {

@@ -14,6 +14,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -100,7 +101,7 @@ pub struct Driver {
     drops: RateLimited,
     stop: Option<Stopped>,
     cluster: Cluster,
-    status: watch::Sender<NodeStatus>,
+    status: watch::Sender<Arc<NodeStatus>>,
     elections: u64,
     leader_changes: u64,
     last_leader: Option<NodeId>,
@@ -129,7 +130,7 @@ impl Driver {
         proposals: mpsc::Receiver<Proposal>,
         applier: Applier,
     ) -> Driver {
-        let (status, _) = watch::channel(NodeStatus {
+        let (status, _) = watch::channel(Arc::new(NodeStatus {
             name: proto::node_name(raft.id()),
             role: Role::Follower.to_string(),
             term: raft.term(),
@@ -143,7 +144,7 @@ impl Driver {
             leader_changes: 0,
             accepted_by: BTreeMap::new(),
             leader_credentials: None,
-        });
+        }));
         let handshake = Handshake::new(proto::node_name(raft.id()), cluster.http_addr(raft.id()));
         let cfg = raft.config();
         let largest = cfg.max_entry_bytes.max(cfg.max_batch_bytes) + MESSAGE_OVERHEAD;
@@ -187,7 +188,7 @@ impl Driver {
     }
 
     /// The node's state as it changes, for the HTTP server.
-    pub fn subscribe(&self) -> watch::Receiver<NodeStatus> {
+    pub fn subscribe(&self) -> watch::Receiver<Arc<NodeStatus>> {
         self.status.subscribe()
     }
 
@@ -222,9 +223,9 @@ impl Driver {
             leader_credentials: self.handshake.leader_credentials().cloned(),
         };
         self.status.send_if_modified(|current| {
-            let changed = *current != snapshot;
+            let changed = **current != snapshot;
             if changed {
-                *current = snapshot;
+                *current = Arc::new(snapshot);
             }
             changed
         });

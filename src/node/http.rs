@@ -18,6 +18,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -67,7 +68,7 @@ pub struct NodeStatus {
 
 /// Shared by the handlers.
 struct State {
-    status: watch::Receiver<NodeStatus>,
+    status: watch::Receiver<Arc<NodeStatus>>,
     started: Instant,
     /// Responses by HTTP status code.
     responses: Mutex<BTreeMap<u16, u64>>,
@@ -84,7 +85,7 @@ impl Server {
     /// Binds `bind` and serves on a thread of its own. Fails at once if `bind` is taken.
     pub fn start(
         bind: SocketAddr,
-        status: watch::Receiver<NodeStatus>,
+        status: watch::Receiver<Arc<NodeStatus>>,
         api: web::Data<super::api::Api>,
         console: web::Data<super::console::Console>,
     ) -> std::io::Result<Server> {
@@ -205,7 +206,7 @@ async fn readyz(state: web::Data<State>, api: web::Data<super::api::Api>) -> Htt
 
 async fn status(state: web::Data<State>) -> HttpResponse {
     let status = state.status.borrow().clone();
-    HttpResponse::Ok().json(status)
+    HttpResponse::Ok().json(&*status)
 }
 
 async fn heartbeat(state: web::Data<State>) -> HttpResponse {

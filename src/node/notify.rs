@@ -103,13 +103,13 @@ impl Notifier {
     }
 
     /// Mails the recipients after each election this node wins, until `status` closes.
-    pub async fn watch_elections(self, mut status: watch::Receiver<NodeStatus>) {
+    pub async fn watch_elections(self, mut status: watch::Receiver<Arc<NodeStatus>>) {
         let mut told: Option<u64> = None;
         loop {
             let now = status.borrow_and_update().clone();
             if now.role == "LEADER" && told != Some(now.term) {
                 told = Some(now.term);
-                self.push(Event::Elected { status: Box::new(now) });
+                self.push(Event::Elected { status: Box::new((*now).clone()) });
             }
             if status.changed().await.is_err() {
                 return;
