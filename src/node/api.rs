@@ -24,7 +24,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::apply::WriteResult;
+use super::apply::{AppliedIndex, WriteResult};
 use super::driver::Proposal;
 use super::http::{method_not_allowed, NodeStatus};
 use super::listings::ListingCache;
@@ -56,6 +56,8 @@ pub struct Api {
     pub status: watch::Receiver<Arc<NodeStatus>>,
     /// Read connections to this node's database.
     pub reads: ReadPool,
+    /// This node's applied index: listing pages are kept under it.
+    pub applied: AppliedIndex,
     /// Listing pages, kept while the database is unchanged.
     pub listings: ListingCache,
     /// E-mail notifications, when configured.
@@ -446,6 +448,14 @@ async fn run_read<T: Send + 'static>(
     f: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, HttpResponse> {
     consistency_gate(&api, req, consistency).await?;
+    query_store(api, f).await
+}
+
+/// Runs `f` on a read connection (see [`run_read`]), with no consistency check.
+async fn query_store<T: Send + 'static>(
+    api: web::Data<Api>,
+    f: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, HttpResponse> {
     let embedded = api.reads.is_embedded();
     let query = move || {
         let mut store = api.reads.get()?;
@@ -489,18 +499,23 @@ async fn listing<T: serde::Serialize>(
     query: String,
     f: impl FnOnce(&mut Store) -> Result<Page<T>, StoreError> + Send + 'static,
 ) -> HttpResponse {
+    if let Err(response) = consistency_gate(&api, req, consistency).await {
+        return response;
+    }
+    // Read after the check: a strong read's page is kept under an index at least its read index.
+    let applied = api.applied.get();
+    let json = |body| HttpResponse::Ok().content_type(header::ContentType::json()).body(body);
+    if let Some(body) = api.listings.get(&query, applied) {
+        return json(body);
+    }
     let shared = api.clone();
     let page = move |store: &mut Store| {
-        let applied = store.last_applied()?.index;
-        if let Some(body) = shared.listings.get(&query, applied) {
-            return Ok(body);
-        }
         let body = web::Bytes::from(serde_json::to_vec(&f(store)?)?);
         shared.listings.put(query, applied, body.clone());
         Ok(body)
     };
-    match run_read(api, req, consistency, page).await {
-        Ok(body) => HttpResponse::Ok().content_type(header::ContentType::json()).body(body),
+    match query_store(api, page).await {
+        Ok(body) => json(body),
         Err(response) => response,
     }
 }

@@ -62,6 +62,17 @@ enum Work {
     Read(oneshot::Sender<WriteResult>),
 }
 
+/// The applied index of a node, shared with its HTTP handlers.
+#[derive(Clone)]
+pub struct AppliedIndex(Arc<AtomicU64>);
+
+impl AppliedIndex {
+    /// Everything up to this index is in the database; a read that starts now sees at least that.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
 /// The handle the driver keeps.
 pub struct Applier {
     tx: mpsc::Sender<Work>,
@@ -101,6 +112,12 @@ impl Applier {
         self.applied.load(Ordering::Acquire)
     }
 
+    /// The applied index as it moves, for readers on other threads: it is stored after the
+    /// transaction that applied it has committed.
+    pub fn applied_index(&self) -> AppliedIndex {
+        AppliedIndex(self.applied.clone())
+    }
+
     /// Lets the applier finish what is queued, then stops it.
     pub fn stop(mut self) {
         let (tx, _) = mpsc::channel();
@@ -130,7 +147,7 @@ fn run(mut store: Store, rx: mpsc::Receiver<Work>, applied: Arc<AtomicU64>, name
         }
         // Reads queued behind these entries go once they are applied (or at once if none).
         while !batch.is_empty() {
-            match apply_batch(&mut store, &mut batch) {
+            match apply_batch(&mut store, &mut batch, &applied) {
                 Ok(()) => break,
                 Err(e) => {
                     log::error!("{name}: cannot apply entries {}…: {e}; trying again", batch[0].index);
@@ -138,17 +155,19 @@ fn run(mut store: Store, rx: mpsc::Receiver<Work>, applied: Arc<AtomicU64>, name
                 }
             }
         }
-        if let Some(last) = batch.last() {
-            applied.fetch_max(last.index, Ordering::AcqRel);
-        }
         for reply in reads {
             let _ = reply.send(WriteResult::Readable);
         }
     }
 }
 
-/// Applies `batch` (consecutive entries); answers the waiters only once it is all durable.
-fn apply_batch(store: &mut Store, batch: &mut [ApplyItem]) -> Result<(), super::store::StoreError> {
+/// Applies `batch` (consecutive entries); answers the waiters only once it is all durable and
+/// `applied` shows it, so that a client's next read on this node sees its write.
+fn apply_batch(
+    store: &mut Store,
+    batch: &mut [ApplyItem],
+    applied: &AtomicU64,
+) -> Result<(), super::store::StoreError> {
     let mut outcomes: Vec<Option<ApplyOutcome>> = Vec::with_capacity(batch.len());
     let mut run: Vec<(u64, u64, Command)> = Vec::new();
     let mut run_start = 0;
@@ -185,6 +204,9 @@ fn apply_batch(store: &mut Store, batch: &mut [ApplyItem]) -> Result<(), super::
                 *outcome = Some(recorded);
             }
         }
+    }
+    if let Some(last) = batch.last() {
+        applied.fetch_max(last.index, Ordering::AcqRel);
     }
     for (item, outcome) in batch.iter_mut().zip(outcomes) {
         if let Some(waiter) = item.waiter.take() {
@@ -254,7 +276,9 @@ mod tests {
         let (one, mut answer) = item(1, &cmd);
         let (tx, mut barrier) = oneshot::channel();
         let noop = ApplyItem { index: 2, term: 1, entry: LogEntry::noop(1), waiter: Some(tx) };
-        apply_batch(&mut second, &mut [one, noop]).unwrap();
+        let index = AtomicU64::new(0);
+        apply_batch(&mut second, &mut [one, noop], &index).unwrap();
+        assert_eq!(index.load(Ordering::Acquire), 2, "the applied index covers the batch");
         match answer.try_recv().unwrap() {
             WriteResult::Done(outcome) => assert_eq!(outcome, applied, "the real answer, not just 'applied'"),
             other => panic!("{other:?}"),

@@ -19,7 +19,6 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::time::Instant;
 
 use actix_web::body::MessageBody;
@@ -71,7 +70,7 @@ struct State {
     status: watch::Receiver<Arc<NodeStatus>>,
     started: Instant,
     /// Responses by HTTP status code.
-    responses: Mutex<BTreeMap<u16, u64>>,
+    responses: ResponseCounts,
 }
 
 /// The running server.
@@ -89,7 +88,7 @@ impl Server {
         api: web::Data<super::api::Api>,
         console: web::Data<super::console::Console>,
     ) -> std::io::Result<Server> {
-        let state = web::Data::new(State { status, started: Instant::now(), responses: Mutex::new(BTreeMap::new()) });
+        let state = web::Data::new(State { status, started: Instant::now(), responses: ResponseCounts::default() });
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new().name("http".into()).spawn(move || {
             actix_web::rt::System::new().block_on(async move {
@@ -164,6 +163,33 @@ fn app(
         .default_service(web::to(not_found))
 }
 
+/// HTTP responses by status code, counted without a lock shared by the workers.
+struct ResponseCounts {
+    /// Codes 100 to 599; others (which actix does not send) are counted as 599.
+    by_code: Vec<std::sync::atomic::AtomicU64>,
+}
+
+impl Default for ResponseCounts {
+    fn default() -> ResponseCounts {
+        ResponseCounts { by_code: (100..600).map(|_| Default::default()).collect() }
+    }
+}
+
+impl ResponseCounts {
+    fn count(&self, code: u16) {
+        let slot = usize::from(code.clamp(100, 599) - 100);
+        self.by_code[slot].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> BTreeMap<u16, u64> {
+        (100u16..)
+            .zip(&self.by_code)
+            .map(|(code, n)| (code, n.load(std::sync::atomic::Ordering::Relaxed)))
+            .filter(|&(_, n)| n > 0)
+            .collect()
+    }
+}
+
 async fn count_responses(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
@@ -172,9 +198,7 @@ async fn count_responses(
     let res = next.call(req).await?;
     if let Some(state) = state {
         let code = res.status().as_u16();
-        if let Ok(mut counts) = state.responses.lock() {
-            *counts.entry(code).or_default() += 1;
-        }
+        state.responses.count(code);
     }
     Ok(res)
 }
@@ -222,7 +246,7 @@ async fn heartbeat(state: web::Data<State>) -> HttpResponse {
 
 async fn metrics(state: web::Data<State>) -> HttpResponse {
     let s = state.status.borrow().clone();
-    let responses = state.responses.lock().map(|c| c.clone()).unwrap_or_default();
+    let responses = state.responses.snapshot();
     HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(render_metrics(&s, &responses))
 }
 
@@ -273,6 +297,16 @@ pub fn render_metrics(s: &NodeStatus, responses: &BTreeMap<u16, u64>) -> String 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn responses_are_counted_by_code() {
+        let counts = ResponseCounts::default();
+        for code in [200, 200, 404, 307, 1000] {
+            counts.count(code);
+        }
+        let expected: BTreeMap<u16, u64> = [(200, 2), (307, 1), (404, 1), (599, 1)].into();
+        assert_eq!(counts.snapshot(), expected);
+    }
 
     #[test]
     fn metrics_are_prometheus_text() {

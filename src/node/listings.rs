@@ -1,15 +1,17 @@
 //! Listing pages kept until the database changes.
 //!
 //! A page of a listing depends only on its query and on the replicated state, and that state
-//! changes only when an entry is applied, which moves the database's applied index in the same
-//! transaction. So a page is kept with the applied index read just before it was built; a
-//! request for the same page reads the applied index again (one row, by key) and, if it has not
-//! moved, gets the same bytes without the count, the rows and the JSON being made again.
+//! changes only when an entry is applied. So a page is kept with the node's applied index read
+//! just before it was built (the applier publishes an index once the transaction that applied
+//! it has committed, so the page holds at least everything up to it); a request for the same
+//! page at the same applied index gets the same bytes without asking the database at all.
 //!
 //! The page may include entries applied between reading the index and building it: it is never
 //! older than the index it is kept under, so whoever reads that index gets data at least that
-//! new, as a fresh read would. This holds for several nodes sharing one database too: every
-//! node's writes move the same applied index.
+//! new, as a fresh read would. With several nodes sharing one database, the entries another
+//! node applied reach this node's pages once this node's applier has passed them: a local read
+//! follows its node's applied index, and a strong read waits for that index to reach its read
+//! index first.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

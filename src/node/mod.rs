@@ -135,11 +135,13 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
         let origin = tokio::time::Instant::now();
         let raft = Raft::new(config, recovered.hard_state, recovered.entries, 0, entropy_seed());
         let (proposals_tx, proposals) = tokio::sync::mpsc::channel(4096);
+        let applied = applier.applied_index();
         let driver = Driver::new(raft, storage, transport, origin, cluster.clone(), proposals, applier);
         let api = actix_web::web::Data::new(api::Api {
             proposals: proposals_tx,
             status: driver.subscribe(),
             reads,
+            applied,
             listings: Default::default(),
             notify: notifier.clone(),
             max_upload: max_upload_bytes,
