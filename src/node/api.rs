@@ -216,7 +216,6 @@ fn unavailable(message: &str) -> HttpResponse {
     HttpResponse::ServiceUnavailable().insert_header((header::RETRY_AFTER, "1")).json(json!({ "error": message }))
 }
 
-/// 307 to the same URL on the leader, or 503 while no leader is known.
 /// The body a client gets for a write: the reply without its `kind` tag.
 fn reply_body(reply: &Reply) -> Vec<u8> {
     let body = match reply {
@@ -230,6 +229,7 @@ fn reply_body(reply: &Reply) -> Vec<u8> {
     body.unwrap_or_else(|_| b"{}".to_vec())
 }
 
+/// 307 to the same URL on the leader, or 503 while no leader is known.
 fn not_leader(status: &NodeStatus, req: &HttpRequest) -> HttpResponse {
     match (&status.leader, &status.leader_http) {
         (Some(leader), Some(http)) if leader != &status.name => {

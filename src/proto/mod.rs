@@ -92,23 +92,16 @@ pub struct Message {
 pub struct EntryValue(std::sync::Arc<serde_json::value::RawValue>);
 
 impl EntryValue {
-    /// `null`: the value of a leader's no-op.
+    /// `null`: the value of a leader's no-op (one shared text).
     pub fn null() -> EntryValue {
-        EntryValue::from_text("null")
+        static NULL: std::sync::LazyLock<std::sync::Arc<serde_json::value::RawValue>> =
+            std::sync::LazyLock::new(|| serde_json::value::RawValue::from_string("null".into()).expect("JSON").into());
+        EntryValue(NULL.clone())
     }
 
     /// The JSON text of any serializable value.
     pub fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<EntryValue, serde_json::Error> {
         Ok(EntryValue(serde_json::value::to_raw_value(value)?.into()))
-    }
-
-    /// The value of a JSON text known to be valid (written by this crate).
-    fn from_text(text: &str) -> EntryValue {
-        let raw = serde_json::value::RawValue::from_string(text.to_string()).unwrap_or_else(|_| {
-            // Unreachable for the texts this crate passes; a null keeps the log well-formed.
-            serde_json::value::RawValue::from_string("null".into()).expect("null is JSON")
-        });
-        EntryValue(raw.into())
     }
 
     /// The JSON text.
@@ -120,7 +113,7 @@ impl EntryValue {
         self.get() == "null"
     }
 
-    /// The value parsed (`null` if it could not be, which a value that arrived as JSON cannot).
+    /// The value parsed (`null` if it cannot be: one nested deeper than serde_json parses).
     pub fn to_value(&self) -> Value {
         serde_json::from_str(self.get()).unwrap_or(Value::Null)
     }
