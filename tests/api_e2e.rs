@@ -258,6 +258,54 @@ fn data_survives_a_restart_of_every_node() {
     }
 }
 
+/// A node's own database is written without flushes: it is used again after the node was
+/// killed, rebuilt from the Raft log after the machine restarted under it (here: a marker
+/// naming another boot, and a file torn to garbage), and flushed and marked clean on a normal stop.
+#[test]
+fn a_node_rebuilds_its_database_after_a_reboot_and_keeps_it_after_a_crash() {
+    let mut cluster = TestCluster::start(3, 0, &[]);
+    let (leader, _) = cluster.wait_for_leader(ELECTION);
+    for i in 0..5 {
+        let reply = post(cluster.http_addr(leader), "/api/products", &product(&format!("p{i}"), 5.0), &[]).unwrap();
+        assert_eq!(reply.status, 201, "{}", reply.body);
+    }
+    let victim = (1..=3).find(|&id| id != leader).unwrap();
+    let addr = cluster.http_addr(victim);
+    let total = || {
+        let r = http_call(addr, "GET", "/api/products", &[], "")?;
+        (r.status == 200).then(|| r.json()["pagination"]["total"].clone())
+    };
+    poll("the follower to apply the 5 writes", ELECTION, || (total()? == json!(5)).then_some(()));
+    let node_dir = cluster.data_dir().join(format!("node{victim}"));
+    let (db, marker) = (node_dir.join("labctl.db"), node_dir.join("labctl.db-state"));
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap().trim().to_string();
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), format!("open {boot}\n"));
+
+    // Killed: the OS kept every write, so the file is used as it is.
+    cluster.kill(victim);
+    cluster.spawn(victim);
+    poll("the killed node to serve its 5 rows", ELECTION, || (total()? == json!(5)).then_some(()));
+    assert!(cluster.log_text(victim).contains("the machine has not restarted since"), "{}", cluster.log_text(victim));
+
+    // Killed, then the machine restarted: the file may be torn, so it is rebuilt from the log.
+    cluster.kill(victim);
+    std::fs::write(&marker, "open 00000000-0000-0000-0000-000000000000\n").unwrap();
+    std::fs::write(&db, vec![0x5a; 8192]).unwrap();
+    let reply = post(cluster.http_addr(leader), "/api/products", &product("while down", 6.0), &[]).unwrap();
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    cluster.spawn(victim);
+    poll("the rebuilt node to serve all 6 rows", ELECTION, || (total()? == json!(6)).then_some(()));
+    assert!(cluster.log_text(victim).contains("rebuilding"), "{}", cluster.log_text(victim));
+    let page = list(cluster.http_addr(victim), "/api/products?limit=10");
+    let ids: Vec<i64> = page["data"].as_array().unwrap().iter().map(|p| p["id"].as_i64().unwrap()).collect();
+    assert_eq!(ids, (1..=6).collect::<Vec<_>>(), "the same ids as the leader's");
+
+    // A normal stop flushes the file and says so.
+    let status = cluster.terminate(victim, Duration::from_secs(10));
+    assert!(status.success(), "{status:?}");
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "clean\n");
+}
+
 #[test]
 fn strong_reads_go_through_the_leader_and_fail_without_a_majority() {
     let mut cluster = TestCluster::start(3, 0, &[]);

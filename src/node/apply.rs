@@ -22,6 +22,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use super::raft::LogEntry;
+use super::store::own_file::OwnFile;
 use super::store::{ApplyOutcome, Command, Store};
 
 /// The `Key` of log entries that carry a database command.
@@ -85,12 +86,14 @@ const MAX_BATCH: usize = 512;
 const RETRY: Duration = Duration::from_secs(1);
 
 impl Applier {
-    /// Starts the applier thread on `store` (its write connection).
-    pub fn start(store: Store, name: String) -> std::io::Result<Applier> {
+    /// Starts the applier thread on `store` (its write connection); `own` is the node's own
+    /// file when `store` writes it without flushes, to be flushed and marked clean on stop.
+    pub fn start(store: Store, own: Option<OwnFile>, name: String) -> std::io::Result<Applier> {
         let (tx, rx) = mpsc::channel();
         let applied = Arc::new(AtomicU64::new(0));
         let published = applied.clone();
-        let thread = std::thread::Builder::new().name("apply".into()).spawn(move || run(store, rx, published, name))?;
+        let thread =
+            std::thread::Builder::new().name("apply".into()).spawn(move || run(store, own, rx, published, name))?;
         Ok(Applier { tx, applied, thread: Some(thread) })
     }
 
@@ -128,7 +131,7 @@ impl Applier {
     }
 }
 
-fn run(mut store: Store, rx: mpsc::Receiver<Work>, applied: Arc<AtomicU64>, name: String) {
+fn run(mut store: Store, own: Option<OwnFile>, rx: mpsc::Receiver<Work>, applied: Arc<AtomicU64>, name: String) {
     match store.last_applied() {
         Ok(a) => applied.store(a.index, Ordering::Release),
         Err(e) => log::error!("{name}: cannot read the applied index: {e}"),
@@ -157,6 +160,14 @@ fn run(mut store: Store, rx: mpsc::Receiver<Work>, applied: Arc<AtomicU64>, name
         }
         for reply in reads {
             let _ = reply.send(WriteResult::Readable);
+        }
+    }
+    if let Some(own) = own {
+        // Left unflushed, the file is still used after a restart of the node, but rebuilt after
+        // a restart of the machine.
+        match store.flush_to_disk().map_err(|e| e.to_string()).and_then(|()| own.close().map_err(|e| e.to_string())) {
+            Ok(()) => log::info!("{name}: database flushed to disk"),
+            Err(e) => log::warn!("{name}: cannot flush the database on stop ({e}); a reboot will rebuild it"),
         }
     }
 }

@@ -17,7 +17,7 @@ pub mod storage;
 pub mod store;
 pub mod transport;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use std::net::IpAddr;
@@ -28,6 +28,7 @@ use self::apply::Applier;
 use self::driver::Driver;
 use self::raft::{NodeId, Raft};
 use self::storage::Storage;
+use self::store::own_file::{OwnFile, Verdict};
 use self::store::pool::ReadPool;
 use self::store::Store;
 use self::transport::Transport;
@@ -104,15 +105,31 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
     let given_url = args.database_url.clone().or_else(|| file.node.database_url.clone());
     let private = given_url.is_none();
     let database_url = given_url.unwrap_or_else(|| node_dir.join("labctl.db").to_string_lossy().into_owned());
+    // The node's own file is written without flushes, and rebuilt if the machine restarted under it.
+    let own_file = if private {
+        let (own, verdict) = OwnFile::prepare(Path::new(&database_url))
+            .with_context(|| format!("cannot check the state of {database_url}"))?;
+        match verdict {
+            Verdict::Rebuilt(why) => log::warn!("{name}: rebuilding {database_url} from the Raft log: {why}"),
+            Verdict::Kept(why) => log::info!("{name}: using {database_url}: {why}"),
+            Verdict::New => {}
+        }
+        own
+    } else {
+        None
+    };
     let mut write_store = Store::open(&database_url).with_context(|| format!("cannot open the database of {name}"))?;
     if private {
         // The node's own file, in its own data dir: no other node applies to it.
         write_store = write_store.private();
     }
+    if own_file.is_some() {
+        write_store.without_flushes().with_context(|| format!("cannot set up the database of {name}"))?;
+    }
     let reads = ReadPool::open(&database_url, READ_CONNECTIONS)
         .with_context(|| format!("cannot open read connections to the database of {name}"))?;
     log::info!("{name}: database {database_url}");
-    let applier = Applier::start(write_store, name.clone())?;
+    let applier = Applier::start(write_store, own_file, name.clone())?;
     let notifier = notify::Notifier::start(file, &name, &database_url)?;
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

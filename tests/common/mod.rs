@@ -211,6 +211,16 @@ impl TestCluster {
         }
     }
 
+    /// Stops node `id` as a service manager does (SIGTERM) and waits for it to exit.
+    #[allow(dead_code)]
+    pub fn terminate(&mut self, id: u32, timeout: Duration) -> ExitStatus {
+        let child = self.children[id as usize - 1].as_ref().expect("node is running");
+        // SAFETY: kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        assert_eq!(rc, 0, "cannot signal node{id}");
+        self.wait_exit(id, timeout)
+    }
+
     /// Freezes (SIGSTOP) or thaws (SIGCONT) node `id`: a frozen node neither sends nor
     /// answers, as if the network had cut it off, and keeps its state.
     pub fn freeze(&mut self, id: u32, frozen: bool) {

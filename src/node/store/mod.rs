@@ -35,6 +35,7 @@
 pub mod command;
 mod fixed;
 pub mod models;
+pub mod own_file;
 pub mod pool;
 mod schema;
 
@@ -157,7 +158,8 @@ impl Store {
     /// because the database only ever holds committed log entries, and the Raft log is fsync'd
     /// before any of them is acknowledged: if a power loss takes the last transactions, SQLite
     /// comes back consistent at an earlier applied index, and the node applies the rest of the
-    /// log again on start. (A process crash loses nothing: the WAL is in the OS's hands.)
+    /// log again on start. (A process crash loses nothing: the WAL is in the OS's hands.) A
+    /// node's own file goes further, without flushes at all (see [`own_file`]).
     pub fn connect(url: &str) -> Result<Store, StoreError> {
         let url = url.trim();
         #[cfg(feature = "postgres")]
@@ -203,6 +205,32 @@ impl Store {
     pub fn private(mut self) -> Store {
         self.keep_outcomes = false;
         self
+    }
+
+    /// Stops flushing a SQLite file at commits and checkpoints (`synchronous = OFF`): for a
+    /// node's own file only, which is rebuilt from the Raft log if the machine restarts under it
+    /// (see [`own_file`]). No effect on a database server.
+    pub fn without_flushes(&mut self) -> Result<(), StoreError> {
+        match &mut self.conn {
+            DbConnection::Sqlite(conn) => Ok(conn.batch_execute("PRAGMA synchronous = OFF;")?),
+            // A database server flushes as it is configured to.
+            #[allow(unreachable_patterns)]
+            _ => Ok(()),
+        }
+    }
+
+    /// Flushes again from here on (`synchronous = NORMAL`) and checkpoints the WAL into the
+    /// file, flushing both: after this, the file on disk holds everything applied, whichever
+    /// connection closes last. For a normal stop after [`Store::without_flushes`].
+    pub fn flush_to_disk(&mut self) -> Result<(), StoreError> {
+        match &mut self.conn {
+            DbConnection::Sqlite(conn) => {
+                Ok(conn.batch_execute("PRAGMA synchronous = NORMAL; PRAGMA wal_checkpoint(TRUNCATE);")?)
+            }
+            // A database server flushes as it is configured to.
+            #[allow(unreachable_patterns)]
+            _ => Ok(()),
+        }
     }
 
     /// Runs pending migrations, one node at a time when several share the database.
