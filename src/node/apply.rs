@@ -13,10 +13,14 @@
 //!
 //! A linearizable read whose read index has been handed over waits in the same queue, and is
 //! let go once everything queued before it is applied.
+//!
+//! A leader with a single write in flight applies it on its own thread when this thread is
+//! idle and the database is the node's own file (see [`Applier::apply`]): waking this thread
+//! cost more than the transaction, and the client waits for both.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
@@ -77,48 +81,112 @@ impl AppliedIndex {
 /// The handle the driver keeps.
 pub struct Applier {
     tx: mpsc::Sender<Work>,
-    applied: Arc<AtomicU64>,
+    shared: Arc<Shared>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What the driver and the applier thread share.
+struct Shared {
+    /// The write connection: the thread's, lent to the driver while the thread is idle.
+    store: Mutex<Store>,
+    /// Work sent to the thread and not finished yet. Only the driver sends, so when it reads
+    /// zero, everything it handed over is applied and the thread does not touch the store.
+    queued: AtomicUsize,
+    applied: Arc<AtomicU64>,
+    /// Whether the driver may apply: only to a node's own file, where no other node's lock
+    /// can hold a write (and the Raft loop with it) for long.
+    inline: bool,
+    name: String,
 }
 
 /// Entries applied in one transaction at most.
 const MAX_BATCH: usize = 512;
+/// At most this many entries are applied by the driver itself (see [`Applier::apply`]).
+const MAX_INLINE: usize = 8;
 const RETRY: Duration = Duration::from_secs(1);
 
 impl Applier {
     /// Starts the applier thread on `store` (its write connection); `own` is the node's own
     /// file when `store` writes it without flushes, to be flushed and marked clean on stop.
-    pub fn start(store: Store, own: Option<OwnFile>, name: String) -> std::io::Result<Applier> {
+    pub fn start(mut store: Store, own: Option<OwnFile>, name: String) -> std::io::Result<Applier> {
         let (tx, rx) = mpsc::channel();
-        let applied = Arc::new(AtomicU64::new(0));
-        let published = applied.clone();
-        let thread =
-            std::thread::Builder::new().name("apply".into()).spawn(move || run(store, own, rx, published, name))?;
-        Ok(Applier { tx, applied, thread: Some(thread) })
+        let applied = match store.last_applied() {
+            Ok(a) => a.index,
+            Err(e) => {
+                log::error!("{name}: cannot read the applied index: {e}");
+                0
+            }
+        };
+        let shared = Arc::new(Shared {
+            inline: store.is_own_file(),
+            store: Mutex::new(store),
+            queued: AtomicUsize::new(0),
+            applied: Arc::new(AtomicU64::new(applied)),
+            name,
+        });
+        let theirs = shared.clone();
+        let thread = std::thread::Builder::new().name("apply".into()).spawn(move || run(&theirs, own, rx))?;
+        Ok(Applier { tx, shared, thread: Some(thread) })
     }
 
-    /// Queues a committed entry.
-    pub fn push(&self, item: ApplyItem) {
-        if let Err(mpsc::SendError(Work::Entry(item))) = self.tx.send(Work::Entry(item)) {
-            log::error!("applier has stopped; entry {} is not applied", item.index);
+    /// Applies committed entries, in order after those handed over before. With `inline`
+    /// (nothing else waits on the caller), a node's own file and the thread idle, a few entries
+    /// are applied right here: the waiting client is answered without waking the thread, a
+    /// hand-over that cost more than the transaction. Otherwise they are queued for the thread.
+    pub fn apply(&self, mut items: Vec<ApplyItem>, inline: bool) {
+        if items.is_empty() {
+            return;
+        }
+        if inline && self.shared.inline && items.len() <= MAX_INLINE && self.idle() {
+            if let Ok(mut store) = self.shared.store.try_lock() {
+                match apply_batch(&mut store, &mut items, &self.shared.applied) {
+                    Ok(()) => return,
+                    // The thread tries again until the database answers.
+                    Err(e) => {
+                        log::warn!("{}: cannot apply entry {}: {e}; handing it over", self.shared.name, items[0].index)
+                    }
+                }
+            }
+        }
+        for item in items {
+            self.send(Work::Entry(item));
         }
     }
 
-    /// Answers `reply` with [`WriteResult::Readable`] once every entry queued so far is applied.
+    /// Answers `reply` with [`WriteResult::Readable`] once every entry handed over so far is applied.
     pub fn push_read(&self, reply: oneshot::Sender<WriteResult>) {
-        // A stopped applier drops the reply, which the waiting request reports.
-        let _ = self.tx.send(Work::Read(reply));
+        if self.idle() {
+            let _ = reply.send(WriteResult::Readable);
+        } else {
+            // A stopped applier drops the reply, which the waiting request reports.
+            self.send(Work::Read(reply));
+        }
+    }
+
+    fn send(&self, work: Work) {
+        self.shared.queued.fetch_add(1, Ordering::AcqRel);
+        if let Err(mpsc::SendError(work)) = self.tx.send(work) {
+            self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+            if let Work::Entry(item) = work {
+                log::error!("{}: applier has stopped; entry {} is not applied", self.shared.name, item.index);
+            }
+        }
+    }
+
+    /// Whether everything handed over is applied.
+    fn idle(&self) -> bool {
+        self.shared.queued.load(Ordering::Acquire) == 0
     }
 
     /// The highest index applied to the database by this node.
     pub fn applied(&self) -> u64 {
-        self.applied.load(Ordering::Acquire)
+        self.shared.applied.load(Ordering::Acquire)
     }
 
     /// The applied index as it moves, for readers on other threads: it is stored after the
     /// transaction that applied it has committed.
     pub fn applied_index(&self) -> AppliedIndex {
-        AppliedIndex(self.applied.clone())
+        AppliedIndex(self.shared.applied.clone())
     }
 
     /// Lets the applier finish what is queued, then stops it.
@@ -131,11 +199,8 @@ impl Applier {
     }
 }
 
-fn run(mut store: Store, own: Option<OwnFile>, rx: mpsc::Receiver<Work>, applied: Arc<AtomicU64>, name: String) {
-    match store.last_applied() {
-        Ok(a) => applied.store(a.index, Ordering::Release),
-        Err(e) => log::error!("{name}: cannot read the applied index: {e}"),
-    }
+fn run(shared: &Shared, own: Option<OwnFile>, rx: mpsc::Receiver<Work>) {
+    let name = &shared.name;
     while let Ok(first) = rx.recv() {
         let (mut batch, mut reads) = (Vec::new(), Vec::new());
         let mut work = Some(first);
@@ -148,9 +213,11 @@ fn run(mut store: Store, own: Option<OwnFile>, rx: mpsc::Receiver<Work>, applied
                 work = rx.try_recv().ok();
             }
         }
+        let taken = batch.len() + reads.len();
         // Reads queued behind these entries go once they are applied (or at once if none).
+        let mut store = lock(&shared.store);
         while !batch.is_empty() {
-            match apply_batch(&mut store, &mut batch, &applied) {
+            match apply_batch(&mut store, &mut batch, &shared.applied) {
                 Ok(()) => break,
                 Err(e) => {
                     log::error!("{name}: cannot apply entries {}…: {e}; trying again", batch[0].index);
@@ -158,18 +225,26 @@ fn run(mut store: Store, own: Option<OwnFile>, rx: mpsc::Receiver<Work>, applied
                 }
             }
         }
+        drop(store);
         for reply in reads {
             let _ = reply.send(WriteResult::Readable);
         }
+        shared.queued.fetch_sub(taken, Ordering::AcqRel);
     }
     if let Some(own) = own {
         // Left unflushed, the file is still used after a restart of the node, but rebuilt after
         // a restart of the machine.
+        let mut store = lock(&shared.store);
         match store.flush_to_disk().map_err(|e| e.to_string()).and_then(|()| own.close().map_err(|e| e.to_string())) {
             Ok(()) => log::info!("{name}: database flushed to disk"),
             Err(e) => log::warn!("{name}: cannot flush the database on stop ({e}); a reboot will rebuild it"),
         }
     }
+}
+
+/// The store, also after a panic elsewhere while it was held (its transactions roll back).
+fn lock(store: &Mutex<Store>) -> std::sync::MutexGuard<'_, Store> {
+    store.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Applies `batch` (consecutive entries); answers the waiters only once it is all durable and
@@ -296,5 +371,41 @@ mod tests {
         }
         assert!(matches!(barrier.try_recv().unwrap(), WriteResult::Done(ApplyOutcome::AlreadyApplied)));
         assert_eq!(second.dump().unwrap().products.len(), 1, "applied once");
+    }
+
+    fn title(result: WriteResult) -> String {
+        match result {
+            WriteResult::Done(ApplyOutcome::Applied { reply: Reply::Product(p), .. }) => p.title,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_idle_applier_lets_the_caller_apply_a_few_entries_and_keeps_the_log_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = dir.path().join("node.db").to_string_lossy().into_owned();
+        let applier = Applier::start(Store::open(&url).unwrap().private(), None, "node1".into()).unwrap();
+        let (one, mut first) = item(1, &create("e1"));
+        applier.apply(vec![one], true);
+        let answered = first.try_recv().expect("answered before apply() returned");
+        assert_eq!(title(answered), "e1");
+        assert_eq!(applier.applied(), 1);
+
+        // More than the caller takes on, then one more while those may still be queued: the
+        // thread and the caller take turns in log order, whoever applies what.
+        let (items, answers): (Vec<_>, Vec<_>) = (2..=11).map(|i| item(i, &create(&format!("e{i}")))).unzip();
+        let mut items = items.into_iter();
+        applier.apply(items.by_ref().take(MAX_INLINE + 1).collect(), true);
+        applier.apply(items.collect(), true);
+        let (tx, read) = oneshot::channel();
+        applier.push_read(tx);
+        let titles: Vec<String> = answers.into_iter().map(|rx| title(rx.blocking_recv().unwrap())).collect();
+        assert_eq!(titles, (2..=11).map(|i| format!("e{i}")).collect::<Vec<_>>());
+        assert!(matches!(read.blocking_recv().unwrap(), WriteResult::Readable));
+        assert_eq!(applier.applied(), 11);
+        applier.stop();
+        let ids: Vec<(i64, String)> =
+            Store::open(&url).unwrap().dump().unwrap().products.into_iter().map(|p| (p.id, p.title)).collect();
+        assert_eq!(ids, (1..=11).map(|i| (i, format!("e{i}"))).collect::<Vec<_>>(), "ids follow the log");
     }
 }

@@ -628,6 +628,7 @@ impl Driver {
 
     fn hand_off(&mut self, commit: u64) {
         self.apply_due = None;
+        let mut items = Vec::new();
         while self.handed_off < commit {
             self.handed_off += 1;
             let index = self.handed_off;
@@ -641,7 +642,7 @@ impl Driver {
                 }
             }
             if let Some(entry) = self.raft.log().get(index) {
-                self.applier.push(ApplyItem { index, term, entry: entry.clone(), waiter });
+                items.push(ApplyItem { index, term, entry: entry.clone(), waiter });
             }
             if let Some(p) = self.stores.remove(&index) {
                 let ok = p.term == term;
@@ -650,6 +651,10 @@ impl Driver {
                 self.reply(p.reply_to, &reply);
             }
         }
+        // A leader with no other write in flight has nothing to do until its client is
+        // answered: it may apply the entries itself.
+        let inline = self.raft.role() == Role::Leader && self.writes.is_empty();
+        self.applier.apply(items, inline);
         // Reads whose read index is handed over run once the applier has got that far.
         while let Some(entry) = self.readable.first_entry() {
             if *entry.key() > self.handed_off {

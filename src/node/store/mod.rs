@@ -233,6 +233,12 @@ impl Store {
         }
     }
 
+    /// Whether this is a node's own SQLite file ([`Store::private`]): no other process writes
+    /// it, so a write never waits for a lock another node holds.
+    pub fn is_own_file(&self) -> bool {
+        !self.keep_outcomes && self.backend() == "sqlite"
+    }
+
     /// Runs pending migrations, one node at a time when several share the database.
     fn migrate(&mut self) -> Result<(), StoreError> {
         let migration = |e: Box<dyn std::error::Error + Send + Sync>| StoreError::Migration(e.to_string());
