@@ -21,7 +21,7 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -104,6 +104,9 @@ const MAX_BATCH: usize = 512;
 /// At most this many entries are applied by the driver itself (see [`Applier::apply`]).
 const MAX_INLINE: usize = 8;
 const RETRY: Duration = Duration::from_secs(1);
+/// A node's own file, written without flushes, is handed to the disk this often (see
+/// [`OwnFile::write_back`]).
+const WRITE_BACK_EVERY: Duration = Duration::from_millis(500);
 
 impl Applier {
     /// Starts the applier thread on `store` (its write connection); `own` is the node's own
@@ -201,7 +204,19 @@ impl Applier {
 
 fn run(shared: &Shared, own: Option<OwnFile>, rx: mpsc::Receiver<Work>) {
     let name = &shared.name;
-    while let Ok(first) = rx.recv() {
+    let mut written_back = Instant::now();
+    loop {
+        if written_back.elapsed() >= WRITE_BACK_EVERY {
+            if let Some(own) = &own {
+                own.write_back();
+            }
+            written_back = Instant::now();
+        }
+        let first = match rx.recv_timeout(WRITE_BACK_EVERY.saturating_sub(written_back.elapsed())) {
+            Ok(first) => first,
+            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         let (mut batch, mut reads) = (Vec::new(), Vec::new());
         let mut work = Some(first);
         while let Some(w) = work.take() {
