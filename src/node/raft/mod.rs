@@ -39,6 +39,17 @@
 //! heartbeat longer per [`RESEND_GRACE_BYTES`] before resending, so that a follower still
 //! taking in a multi-megabyte message is not buried in copies of it.
 //!
+//! **Thrifty replication.** New entries go at once only to as many followers as a majority
+//! needs besides the leader (2 of 4 in a cluster of 5): the *eager* followers. The others get
+//! everything they miss with each heartbeat, in a few large messages, and store it with one
+//! flush. On one machine or one disk this matters: a write waited for five flushes at once
+//! where three suffice, and two fewer processes woke for every entry. The eager followers are
+//! chosen anew at each heartbeat: those that answered since the previous one, then those that
+//! store the most; the first ones after an election are the voters. Commitment is unchanged
+//! (a majority must store an entry), so this only moves when followers learn of entries; a
+//! follower that is not eager stays up to a heartbeat behind, and one that stops answering is
+//! replaced at the next heartbeat.
+//!
 //! **Commitment (§5.3, §5.4.2).** The leader commits an index once a majority stores it and
 //! the entry is from the leader's own term; earlier entries commit with it. Followers learn
 //! the commit index from AppendEntries. Entries are applied in index order by the driver.
@@ -106,6 +117,9 @@ pub struct Config {
     pub max_batch_bytes: usize,
     /// The largest entry a proposal may add (encoded size).
     pub max_entry_bytes: usize,
+    /// New entries go at once only to the followers needed for a majority (see "Thrifty
+    /// replication" above); the others get them with each heartbeat.
+    pub thrifty: bool,
 }
 
 impl Config {
@@ -121,6 +135,7 @@ impl Config {
             check_quorum: true,
             max_batch_bytes: crate::proto::MAX_DATAGRAM - 4 * 1024,
             max_entry_bytes: DEFAULT_MAX_ENTRY_BYTES,
+            thrifty: true,
         }
     }
 }
@@ -199,6 +214,14 @@ struct Progress {
     resend_at: Micros,
     /// The latest leadership check the follower has answered in this term.
     read_seq: u64,
+    /// Gets new entries as they are proposed (with [`Config::thrifty`], the followers needed
+    /// for a majority); the others get them with each heartbeat.
+    eager: bool,
+    /// Answered since the last heartbeat.
+    heard: bool,
+    /// A follower that is not eager is sent entries up to here (the last index at the latest
+    /// heartbeat) as its acknowledgements come in, and no further.
+    catch_up_to: u64,
 }
 
 /// A read waiting for its leadership check.
@@ -377,6 +400,9 @@ impl Raft {
                 }
                 if now >= self.heartbeat_deadline {
                     self.heartbeat_deadline = now + self.cfg.heartbeat;
+                    if self.cfg.thrifty {
+                        self.choose_eager();
+                    }
                     let peers: Vec<NodeId> = self.progress.keys().copied().collect();
                     for peer in peers {
                         // Resend from the last known match: anything beyond may have been lost.
@@ -658,7 +684,6 @@ impl Raft {
             return;
         }
         self.leader = Some(self.cfg.id);
-        self.votes.clear();
         let next = self.log.last_index() + 1;
         // Followers count as active only once they answer, so a leader elected just before it
         // was cut off steps down after one CheckQuorum round.
@@ -666,8 +691,36 @@ impl Raft {
             .cfg
             .peers
             .iter()
-            .map(|&p| (p, Progress { next, matched: 0, active: false, rewound_to: None, resend_at: now, read_seq: 0 }))
+            .map(|&p| {
+                let progress = Progress {
+                    next,
+                    matched: 0,
+                    active: false,
+                    rewound_to: None,
+                    resend_at: now,
+                    read_seq: 0,
+                    eager: !self.cfg.thrifty,
+                    heard: false,
+                    catch_up_to: 0,
+                };
+                (p, progress)
+            })
             .collect();
+        // The first eager followers are those that voted: they answer.
+        let voters = std::mem::take(&mut self.votes);
+        let voters_first = voters.iter().filter(|&&v| v != self.cfg.id).chain(self.cfg.peers.iter());
+        let mut eager = BTreeSet::new();
+        for &peer in voters_first {
+            if eager.len() + 1 >= self.quorum() {
+                break;
+            }
+            eager.insert(peer);
+        }
+        for peer in eager {
+            if let Some(pr) = self.progress.get_mut(&peer) {
+                pr.eager = true;
+            }
+        }
         self.heartbeat_deadline = now + self.cfg.heartbeat;
         self.quorum_deadline = now + self.cfg.election_min;
         // The no-op commits earlier terms' entries (§5.4.2) and tells followers who leads.
@@ -753,7 +806,10 @@ impl Raft {
         if self.role != Role::Leader {
             return;
         }
-        let peers: Vec<NodeId> = self.progress.iter().filter(|(_, p)| p.next >= from).map(|(&id, _)| id).collect();
+        // The leader's no-op goes to everyone: it tells them who leads.
+        let all = from == self.term_start;
+        let peers: Vec<NodeId> =
+            self.progress.iter().filter(|(_, p)| p.next >= from && (p.eager || all)).map(|(&id, _)| id).collect();
         for peer in peers {
             self.send_append(peer, 1);
         }
@@ -770,7 +826,8 @@ impl Raft {
         let new_from = self.unflushed_from.take();
         let peers: Vec<NodeId> = self.progress.keys().copied().collect();
         for peer in peers {
-            let caught_up = new_from.is_some_and(|from| self.progress.get(&peer).is_some_and(|pr| pr.next >= from));
+            let caught_up =
+                new_from.is_some_and(|from| self.progress.get(&peer).is_some_and(|pr| pr.eager && pr.next >= from));
             if caught_up {
                 self.send_append(peer, 1);
             } else {
@@ -790,6 +847,24 @@ impl Raft {
             }
             let read = self.pending_reads.pop_front().expect("front");
             self.reads_ready.push(ReadState { id: read.id, index: read.index });
+        }
+    }
+
+    /// Picks the followers that get new entries at once: as many as a majority needs besides
+    /// this node, those that answered since the last heartbeat first, then those that store
+    /// the most, then those already eager. A follower that stops answering is replaced at the
+    /// next heartbeat; until then its entries reach a majority with the heartbeat's catch-up.
+    /// The others are caught up to the current last index, from this heartbeat on.
+    fn choose_eager(&mut self) {
+        let last = self.log.last_index();
+        let mut ranked: Vec<(NodeId, bool, u64, bool)> =
+            self.progress.iter().map(|(&id, p)| (id, p.heard, p.matched, p.eager)).collect();
+        ranked.sort_by(|a, b| b.1.cmp(&a.1).then(b.2.cmp(&a.2)).then(b.3.cmp(&a.3)).then(a.0.cmp(&b.0)));
+        let eager: BTreeSet<NodeId> = ranked.iter().take(self.quorum() - 1).map(|r| r.0).collect();
+        for (id, pr) in self.progress.iter_mut() {
+            pr.eager = eager.contains(id);
+            pr.heard = false;
+            pr.catch_up_to = last;
         }
     }
 
@@ -857,6 +932,7 @@ impl Raft {
         let last = self.log.last_index();
         let Some(pr) = self.progress.get_mut(&from) else { return };
         pr.active = true;
+        pr.heard = true;
         if success {
             let matched = match_index.min(last);
             if matched > pr.matched {
@@ -867,7 +943,7 @@ impl Raft {
                 }
             }
             pr.next = pr.next.max(pr.matched + 1);
-            let more = pr.next <= last;
+            let more = pr.next <= last && (pr.eager || pr.next <= pr.catch_up_to);
             self.maybe_commit();
             if more {
                 self.send_append(from, 1);

@@ -535,3 +535,77 @@ fn a_lone_node_reads_at_once() {
     raft.read_index(1).unwrap();
     assert_eq!(raft.take_ready().reads, [ReadState { id: 1, index: 1 }]);
 }
+
+/// The entries of the AppendEntries in `ready` for `to`, by index.
+fn entries_to(ready: &Ready, to: NodeId) -> Vec<u64> {
+    sent_to(ready, to)
+        .into_iter()
+        .flat_map(|m| match m {
+            Msg::Append { prev_log_index, entries, .. } => (prev_log_index + 1..).take(entries.len()).collect(),
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
+#[test]
+fn new_entries_go_at_once_to_the_followers_a_majority_needs_and_to_the_others_with_the_heartbeat() {
+    // Voters 2 and 3 made node 1 leader of five: they are the first eager followers.
+    let mut raft = elect(5);
+    let noop = raft.take_ready();
+    for p in 2..=5 {
+        assert_eq!(entries_to(&noop, p), [1], "the no-op tells node{p} who leads");
+    }
+    let now = raft.next_deadline() - raft.config().heartbeat;
+    let index = raft.propose(None, json!("x")).unwrap();
+    assert_eq!(index, 2);
+    let ready = raft.take_ready();
+    assert_eq!((entries_to(&ready, 2), entries_to(&ready, 3)), (vec![2], vec![2]));
+    assert!(sent_to(&ready, 4).is_empty() && sent_to(&ready, 5).is_empty(), "{:?}", ready.messages);
+    raft.step(now, 2, append_reply(1, true, 2, 0));
+    raft.step(now, 3, append_reply(1, true, 2, 0));
+    assert_eq!(raft.commit_index(), 2, "the leader and two followers are a majority of five");
+
+    // The heartbeat catches the others up.
+    let now = raft.next_deadline();
+    raft.tick(now);
+    let beat = raft.take_ready();
+    assert_eq!((entries_to(&beat, 4), entries_to(&beat, 5)), (vec![1, 2], vec![1, 2]));
+    assert!(entries_to(&beat, 2).is_empty() && entries_to(&beat, 3).is_empty());
+
+    // Node 3 falls silent: at the next heartbeat a follower that answers takes its place.
+    for p in [2, 4, 5] {
+        raft.step(now, p, append_reply(1, true, 2, 0));
+    }
+    let now = raft.next_deadline();
+    raft.tick(now);
+    raft.take_ready();
+    raft.propose(None, json!("y")).unwrap();
+    let ready = raft.take_ready();
+    let eager: Vec<NodeId> = (2..=5).filter(|&p| !entries_to(&ready, p).is_empty()).collect();
+    assert_eq!(eager, [2, 4]);
+    raft.step(now, 2, append_reply(1, true, 3, 0));
+    raft.step(now, 4, append_reply(1, true, 3, 0));
+    assert_eq!(raft.commit_index(), 3, "committed without node 3");
+}
+
+#[test]
+fn without_thrift_new_entries_go_to_every_follower() {
+    let mut cfg = Config::new(1, vec![2, 3, 4, 5]);
+    cfg.thrifty = false;
+    let mut raft = Raft::new(cfg, HardState::default(), Vec::new(), 0, 7);
+    let now = expire(&mut raft);
+    raft.take_ready();
+    for p in 2..=5 {
+        raft.step(now, p, Msg::PreVoteReply { term: 1, granted: true });
+    }
+    raft.take_ready();
+    for p in 2..=5 {
+        raft.step(now, p, Msg::VoteAck { term: 1 });
+    }
+    raft.take_ready();
+    raft.propose(None, json!("x")).unwrap();
+    let ready = raft.take_ready();
+    for p in 2..=5 {
+        assert_eq!(entries_to(&ready, p), [2]);
+    }
+}
