@@ -204,15 +204,23 @@ impl Applier {
 
 fn run(shared: &Shared, own: Option<OwnFile>, rx: mpsc::Receiver<Work>) {
     let name = &shared.name;
-    let mut written_back = Instant::now();
+    // When the file was last handed to the disk, and the applied index then.
+    let mut written_back = (Instant::now(), shared.applied.load(Ordering::Acquire));
     loop {
-        if written_back.elapsed() >= WRITE_BACK_EVERY {
-            if let Some(own) = &own {
-                own.write_back();
+        let received = match &own {
+            None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+            Some(own) => {
+                if written_back.0.elapsed() >= WRITE_BACK_EVERY {
+                    let index = shared.applied.load(Ordering::Acquire);
+                    if index != written_back.1 {
+                        own.write_back();
+                    }
+                    written_back = (Instant::now(), index);
+                }
+                rx.recv_timeout(WRITE_BACK_EVERY.saturating_sub(written_back.0.elapsed()))
             }
-            written_back = Instant::now();
-        }
-        let first = match rx.recv_timeout(WRITE_BACK_EVERY.saturating_sub(written_back.elapsed())) {
+        };
+        let first = match received {
             Ok(first) => first,
             Err(mpsc::RecvTimeoutError::Timeout) => continue,
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
