@@ -685,6 +685,7 @@ impl Raft {
         }
         self.leader = Some(self.cfg.id);
         let next = self.log.last_index() + 1;
+        let voters = std::mem::take(&mut self.votes);
         // Followers count as active only once they answer, so a leader elected just before it
         // was cut off steps down after one CheckQuorum round.
         self.progress = self
@@ -700,26 +701,15 @@ impl Raft {
                     resend_at: now,
                     read_seq: 0,
                     eager: !self.cfg.thrifty,
-                    heard: false,
+                    // The voters answered: they are the first eager followers.
+                    heard: voters.contains(&p),
                     catch_up_to: 0,
                 };
                 (p, progress)
             })
             .collect();
-        // The first eager followers are those that voted: they answer.
-        let voters = std::mem::take(&mut self.votes);
-        let voters_first = voters.iter().filter(|&&v| v != self.cfg.id).chain(self.cfg.peers.iter());
-        let mut eager = BTreeSet::new();
-        for &peer in voters_first {
-            if eager.len() + 1 >= self.quorum() {
-                break;
-            }
-            eager.insert(peer);
-        }
-        for peer in eager {
-            if let Some(pr) = self.progress.get_mut(&peer) {
-                pr.eager = true;
-            }
+        if self.cfg.thrifty {
+            self.choose_eager();
         }
         self.heartbeat_deadline = now + self.cfg.heartbeat;
         self.quorum_deadline = now + self.cfg.election_min;
