@@ -59,6 +59,76 @@ fn a_write_on_the_leader_is_readable_on_every_node() {
     }
 }
 
+/// One keep-alive HTTP/1.1 connection, as a client library keeps: the next request leaves as
+/// soon as the last answer is read.
+struct KeepAlive {
+    stream: std::io::BufReader<std::net::TcpStream>,
+    host: SocketAddr,
+}
+
+impl KeepAlive {
+    fn open(addr: SocketAddr) -> KeepAlive {
+        let stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        stream.set_nodelay(true).unwrap();
+        KeepAlive { stream: std::io::BufReader::new(stream), host: addr }
+    }
+
+    /// Sends one request and reads its answer: status and JSON body.
+    fn call(&mut self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        use std::io::{BufRead, Read, Write};
+        let body = body.map(Value::to_string).unwrap_or_default();
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            self.host,
+            body.len()
+        );
+        self.stream.get_mut().write_all(request.as_bytes()).expect("send");
+        let (mut status, mut length) = (0u16, 0usize);
+        loop {
+            let mut line = String::new();
+            assert!(self.stream.read_line(&mut line).expect("read") > 0, "connection closed");
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if status == 0 {
+                status = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status line");
+            } else if let Some((name, value)) = line.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().expect("content-length");
+                }
+            }
+        }
+        let mut bytes = vec![0u8; length];
+        self.stream.read_exact(&mut bytes).expect("body");
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+}
+
+#[test]
+fn a_client_reads_its_write_at_once_on_the_node_it_wrote_to() {
+    let cluster = TestCluster::start(3, 0, &[]);
+    let (leader, _) = cluster.wait_for_leader(ELECTION);
+    let mut client = KeepAlive::open(cluster.http_addr(leader));
+    let listing = "/api/products?limit=100";
+    assert_eq!(
+        client.call("GET", listing, None),
+        (200, json!({ "data": [], "pagination": { "total": 0, "offset": 0, "limit": 100, "has_more": false } }))
+    );
+    // Each read leaves the moment the write's answer is in: the row and a listing page the
+    // node has cached since the last write must both show it.
+    for i in 1..=100u64 {
+        let (status, created) = client.call("POST", "/api/products", Some(&product(&format!("r{i}"), i as f64)));
+        assert_eq!(status, 201, "{created}");
+        let id = created["id"].as_i64().expect("id");
+        assert_eq!(client.call("GET", &format!("/api/products/{id}"), None), (200, created.clone()), "write {i}");
+        let (status, page) = client.call("GET", listing, None);
+        assert_eq!((status, &page["pagination"]["total"]), (200, &json!(i)), "write {i}: listing");
+        assert_eq!(page["data"].as_array().unwrap().last(), Some(&created), "write {i}: listing");
+    }
+}
+
 #[test]
 fn a_follower_redirects_writes_to_the_leader() {
     let cluster = TestCluster::start(3, 0, &[]);
