@@ -457,6 +457,8 @@ async fn query_store<T: Send + 'static>(
     f: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, HttpResponse> {
     let embedded = api.reads.is_embedded();
+    // Writes this node has answered are visible to the read.
+    api.applied.settled();
     let query = move || {
         let mut store = api.reads.get()?;
         f(&mut store)
@@ -503,7 +505,7 @@ async fn listing<T: serde::Serialize>(
         return response;
     }
     // Read after the check: a strong read's page is kept under an index at least its read index.
-    let applied = api.applied.get();
+    let applied = api.applied.settled();
     let json = |body| HttpResponse::Ok().content_type(header::ContentType::json()).body(body);
     if let Some(body) = api.listings.get(&query, applied) {
         return json(body);

@@ -16,7 +16,9 @@
 //!
 //! A leader with a single write in flight applies it on its own thread when this thread is
 //! idle and the database is the node's own file (see [`Applier::apply`]): waking this thread
-//! cost more than the transaction, and the client waits for both.
+//! cost more than the transaction, and the client waits for both. There the client is
+//! answered as soon as the transaction has run, before its commit writes the pages; a read
+//! on this node that arrives in between waits for the commit ([`AppliedIndex::settled`]).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -69,12 +71,32 @@ enum Work {
 
 /// The applied index of a node, shared with its HTTP handlers.
 #[derive(Clone)]
-pub struct AppliedIndex(Arc<AtomicU64>);
+pub struct AppliedIndex {
+    applied: Arc<AtomicU64>,
+    answered: Arc<AtomicU64>,
+}
+
+/// How long a read waits at most for a write already answered to become visible (see
+/// [`AppliedIndex::settled`]); only a failing database makes it wait that long.
+const SETTLE_LIMIT: Duration = Duration::from_millis(100);
 
 impl AppliedIndex {
-    /// Everything up to this index is in the database; a read that starts now sees at least that.
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Acquire)
+    /// Everything up to this index is in the database; a read that starts now sees at least
+    /// that. Every write answered before this call is included: a leader answers a write as
+    /// soon as its transaction has run and commits it right after, and a read that comes in
+    /// meanwhile waits here for that commit (tens of microseconds).
+    pub fn settled(&self) -> u64 {
+        let answered = self.answered.load(Ordering::Acquire);
+        let mut applied = self.applied.load(Ordering::Acquire);
+        if applied >= answered {
+            return applied;
+        }
+        let deadline = Instant::now() + SETTLE_LIMIT;
+        while applied < answered && Instant::now() < deadline {
+            std::thread::yield_now();
+            applied = self.applied.load(Ordering::Acquire);
+        }
+        applied
     }
 }
 
@@ -93,6 +115,8 @@ struct Shared {
     /// zero, everything it handed over is applied and the thread does not touch the store.
     queued: AtomicUsize,
     applied: Arc<AtomicU64>,
+    /// The highest index whose writer was answered before its transaction committed.
+    answered: Arc<AtomicU64>,
     /// Whether the driver may apply: only to a node's own file, where no other node's lock
     /// can hold a write (and the Raft loop with it) for long.
     inline: bool,
@@ -125,6 +149,7 @@ impl Applier {
             store: Mutex::new(store),
             queued: AtomicUsize::new(0),
             applied: Arc::new(AtomicU64::new(applied)),
+            answered: Arc::new(AtomicU64::new(0)),
             name,
         });
         let theirs = shared.clone();
@@ -142,6 +167,22 @@ impl Applier {
         }
         if inline && self.shared.inline && items.len() <= MAX_INLINE && self.idle() {
             if let Ok(mut store) = self.shared.store.try_lock() {
+                if let Some(commands) = commands_of(&items) {
+                    match answer_then_commit(&mut store, &mut items, &commands, &self.shared) {
+                        Ok(()) => return,
+                        // Answered already: the thread applies them again, for nobody.
+                        Err(e) => log::error!(
+                            "{}: cannot apply entries {}…: {e}; handing them over",
+                            self.shared.name,
+                            items[0].index
+                        ),
+                    }
+                    drop(store);
+                    for item in items {
+                        self.send(Work::Entry(item));
+                    }
+                    return;
+                }
                 match apply_batch(&mut store, &mut items, &self.shared.applied) {
                     Ok(()) => return,
                     // The thread tries again until the database answers.
@@ -189,7 +230,7 @@ impl Applier {
     /// The applied index as it moves, for readers on other threads: it is stored after the
     /// transaction that applied it has committed.
     pub fn applied_index(&self) -> AppliedIndex {
-        AppliedIndex(self.shared.applied.clone())
+        AppliedIndex { applied: self.shared.applied.clone(), answered: self.shared.answered.clone() }
     }
 
     /// Lets the applier finish what is queued, then stops it.
@@ -263,6 +304,45 @@ fn run(shared: &Shared, own: Option<OwnFile>, rx: mpsc::Receiver<Work>) {
             Err(e) => log::warn!("{name}: cannot flush the database on stop ({e}); a reboot will rebuild it"),
         }
     }
+}
+
+/// The commands of `items` if every one carries a readable command.
+fn commands_of(items: &[ApplyItem]) -> Option<Vec<(u64, u64, Command)>> {
+    items
+        .iter()
+        .map(|item| {
+            (item.entry.key.as_deref() == Some(COMMAND_KEY))
+                .then(|| serde_json::from_str::<Command>(item.entry.value.get()).ok())
+                .flatten()
+                .map(|c| (item.index, item.term, c))
+        })
+        .collect()
+}
+
+/// Runs `commands` (those of `items`) in one transaction, answers the waiters with what they
+/// return, and only then commits: the client's answer does not wait for the commit's writes.
+/// `answered` is raised before the first answer leaves, so that a read arriving before the
+/// commit waits for it ([`AppliedIndex::settled`]). On the node's own file only, where this
+/// node is the only writer. An error before any answer leaves is returned with nothing
+/// applied; a failed commit after the answers is returned too (the entries must be applied
+/// again).
+fn answer_then_commit(
+    store: &mut Store,
+    items: &mut [ApplyItem],
+    commands: &[(u64, u64, Command)],
+    shared: &Shared,
+) -> Result<(), super::store::StoreError> {
+    let outcomes = store.apply_open(commands)?;
+    let last = commands.last().map_or(0, |c| c.0);
+    shared.answered.fetch_max(last, Ordering::AcqRel);
+    for (item, outcome) in items.iter_mut().zip(outcomes) {
+        if let Some(waiter) = item.waiter.take() {
+            let _ = waiter.send(WriteResult::Done(outcome));
+        }
+    }
+    store.commit_open()?;
+    shared.applied.fetch_max(last, Ordering::AcqRel);
+    Ok(())
 }
 
 /// The store, also after a panic elsewhere while it was held (its transactions roll back).
@@ -394,6 +474,37 @@ mod tests {
         }
         assert!(matches!(barrier.try_recv().unwrap(), WriteResult::Done(ApplyOutcome::AlreadyApplied)));
         assert_eq!(second.dump().unwrap().products.len(), 1, "applied once");
+    }
+
+    #[test]
+    fn a_write_is_answered_before_its_commit_and_readers_see_it_only_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = dir.path().join("node.db").to_string_lossy().into_owned();
+        let mut store = Store::open(&url).unwrap().private();
+        let mut reader = Store::open(&url).unwrap();
+        let (applied, answered) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let index = AppliedIndex { applied: applied.clone(), answered: answered.clone() };
+        let shared = Shared {
+            store: Mutex::new(Store::open(&url).unwrap()),
+            queued: AtomicUsize::new(0),
+            applied,
+            answered,
+            inline: true,
+            name: "node1".into(),
+        };
+        // Left open, the transaction's row is invisible to another connection; rolled back, it
+        // is gone and entry 1 can be applied again.
+        let cmd = create("ahead");
+        store.apply_open(&[(1, 1, cmd.clone())]).unwrap();
+        assert!(reader.dump().unwrap().products.is_empty(), "not visible before the commit");
+        store.rollback_open().unwrap();
+        assert_eq!(store.last_applied().unwrap().index, 0);
+        let (mut one, mut answer) = item(1, &cmd);
+        let commands = commands_of(std::slice::from_ref(&one)).unwrap();
+        answer_then_commit(&mut store, std::slice::from_mut(&mut one), &commands, &shared).unwrap();
+        assert_eq!(title(answer.try_recv().unwrap()), "ahead");
+        assert_eq!((index.settled(), reader.dump().unwrap().products.len()), (1, 1), "visible once settled");
+        assert_eq!(store.last_applied().unwrap().index, 1);
     }
 
     fn title(result: WriteResult) -> String {

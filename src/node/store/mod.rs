@@ -298,18 +298,35 @@ impl Store {
     /// row is locked and read once, and written once at the end.
     pub fn apply_batch(&mut self, entries: &[(u64, u64, Command)]) -> Result<Vec<ApplyOutcome>, StoreError> {
         let keep = self.keep_outcomes;
-        self.conn.transaction(|c| {
-            let mut m = lock_meta(c)?;
-            let before = m.clone();
-            let outcomes = entries
-                .iter()
-                .map(|(index, term, cmd)| apply_one(c, &mut m, *index, *term, cmd, keep))
-                .collect::<Result<Vec<_>, _>>()?;
-            if m != before {
-                write_meta(c, &m)?;
-            }
-            Ok(outcomes)
+        self.conn.transaction(|c| apply_in_transaction(c, entries, keep))
+    }
+
+    /// Applies entries as [`Store::apply_batch`] does but leaves the transaction open: what
+    /// they answer is known, and nothing is visible to other connections until
+    /// [`Store::commit_open`]; [`Store::rollback_open`] undoes it. Nothing else may run on
+    /// this store in between.
+    pub fn apply_open(&mut self, entries: &[(u64, u64, Command)]) -> Result<Vec<ApplyOutcome>, StoreError> {
+        use diesel::connection::{Connection, TransactionManager};
+        type Manager = <DbConnection as Connection>::TransactionManager;
+        Manager::begin_transaction(&mut self.conn)?;
+        let keep = self.keep_outcomes;
+        apply_in_transaction(&mut self.conn, entries, keep).inspect_err(|_| {
+            let _ = Manager::rollback_transaction(&mut self.conn);
         })
+    }
+
+    /// Commits the transaction left open by [`Store::apply_open`].
+    pub fn commit_open(&mut self) -> Result<(), StoreError> {
+        use diesel::connection::{Connection, TransactionManager};
+        <DbConnection as Connection>::TransactionManager::commit_transaction(&mut self.conn)?;
+        Ok(())
+    }
+
+    /// Undoes the transaction left open by [`Store::apply_open`].
+    pub fn rollback_open(&mut self) -> Result<(), StoreError> {
+        use diesel::connection::{Connection, TransactionManager};
+        <DbConnection as Connection>::TransactionManager::rollback_transaction(&mut self.conn)?;
+        Ok(())
     }
 
     /// Records a log entry that carries no command (e.g. a leader's no-op) as applied.
@@ -542,6 +559,25 @@ fn known_urls() -> String {
 
 fn to_i64(n: u64) -> Result<i64, StoreError> {
     i64::try_from(n).map_err(|_| StoreError::OutOfRange(n))
+}
+
+/// The body of an apply transaction: the meta row locked and read once, each entry applied,
+/// the meta row written once at the end.
+fn apply_in_transaction(
+    c: &mut DbConnection,
+    entries: &[(u64, u64, Command)],
+    keep: bool,
+) -> Result<Vec<ApplyOutcome>, StoreError> {
+    let mut m = lock_meta(c)?;
+    let before = m.clone();
+    let outcomes = entries
+        .iter()
+        .map(|(index, term, cmd)| apply_one(c, &mut m, *index, *term, cmd, keep))
+        .collect::<Result<Vec<_>, _>>()?;
+    if m != before {
+        write_meta(c, &m)?;
+    }
+    Ok(outcomes)
 }
 
 fn read_meta(c: &mut DbConnection) -> Result<Meta, StoreError> {
