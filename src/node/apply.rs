@@ -170,7 +170,8 @@ impl Applier {
                 if let Some(commands) = commands_of(&items) {
                     match answer_then_commit(&mut store, &mut items, &commands, &self.shared) {
                         Ok(()) => return,
-                        // Answered already: the thread applies them again, for nobody.
+                        // The thread applies them: for their waiters if the transaction
+                        // failed, for nobody if only the commit after the answers did.
                         Err(e) => log::error!(
                             "{}: cannot apply entries {}…: {e}; handing them over",
                             self.shared.name,
