@@ -307,17 +307,14 @@ fn run(shared: &Shared, own: Option<OwnFile>, rx: mpsc::Receiver<Work>) {
     }
 }
 
+/// The command `entry` carries, read; None for an entry without one (a no-op, a STORE).
+fn command_of(entry: &LogEntry) -> Option<serde_json::Result<Command>> {
+    (entry.key.as_deref() == Some(COMMAND_KEY)).then(|| serde_json::from_str::<Command>(entry.value.get()))
+}
+
 /// The commands of `items` if every one carries a readable command.
 fn commands_of(items: &[ApplyItem]) -> Option<Vec<(u64, u64, Command)>> {
-    items
-        .iter()
-        .map(|item| {
-            (item.entry.key.as_deref() == Some(COMMAND_KEY))
-                .then(|| serde_json::from_str::<Command>(item.entry.value.get()).ok())
-                .flatten()
-                .map(|c| (item.index, item.term, c))
-        })
-        .collect()
+    items.iter().map(|item| Some((item.index, item.term, command_of(&item.entry)?.ok()?))).collect()
 }
 
 /// Runs `commands` (those of `items`) in one transaction, answers the waiters with what they
@@ -362,16 +359,14 @@ fn apply_batch(
     let mut run: Vec<(u64, u64, Command)> = Vec::new();
     let mut run_start = 0;
     for (i, item) in batch.iter().enumerate() {
-        let command = (item.entry.key.as_deref() == Some(COMMAND_KEY))
-            .then(|| serde_json::from_str::<Command>(item.entry.value.get()))
-            .and_then(|parsed| match parsed {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    // Every node reads the same entry the same way, so skipping stays consistent.
-                    log::error!("entry {} carries an unreadable command: {e}", item.index);
-                    None
-                }
-            });
+        let command = command_of(&item.entry).and_then(|parsed| match parsed {
+            Ok(c) => Some(c),
+            Err(e) => {
+                // Every node reads the same entry the same way, so skipping stays consistent.
+                log::error!("entry {} carries an unreadable command: {e}", item.index);
+                None
+            }
+        });
         match command {
             Some(c) => {
                 if run.is_empty() {

@@ -307,12 +307,13 @@ impl Store {
     /// this store in between.
     pub fn apply_open(&mut self, entries: &[(u64, u64, Command)]) -> Result<Vec<ApplyOutcome>, StoreError> {
         use diesel::connection::{Connection, TransactionManager};
-        type Manager = <DbConnection as Connection>::TransactionManager;
-        Manager::begin_transaction(&mut self.conn)?;
+        <DbConnection as Connection>::TransactionManager::begin_transaction(&mut self.conn)?;
         let keep = self.keep_outcomes;
-        apply_in_transaction(&mut self.conn, entries, keep).inspect_err(|_| {
-            let _ = Manager::rollback_transaction(&mut self.conn);
-        })
+        let applied = apply_in_transaction(&mut self.conn, entries, keep);
+        if applied.is_err() {
+            let _ = self.rollback_open();
+        }
+        applied
     }
 
     /// Commits the transaction left open by [`Store::apply_open`].
