@@ -19,6 +19,12 @@
 //! cost more than the transaction, and the client waits for both. There the client is
 //! answered as soon as the transaction has run, before its commit writes the pages; a read
 //! on this node that arrives in between waits for the commit ([`AppliedIndex::settled`]).
+//!
+//! Better still, such a write's transaction can run while its entry replicates, on a thread
+//! that runs only when a core would otherwise be idle ([`Applier::prepare`]): once the entry
+//! commits, its client is answered at once with what the transaction returned, and the
+//! transaction is committed. The transaction is left open until then, and rolled back if this
+//! node stops leading first.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -69,6 +75,39 @@ enum Work {
     Read(oneshot::Sender<WriteResult>),
 }
 
+/// A leader's entry run ahead of its commit by the preparing thread (see [`Applier::prepare`]).
+/// `Running` and `Claimed` mean the preparing thread holds the store; `Ready` means its
+/// transaction is open on the store, which nobody else may use until it is settled.
+enum Prepared {
+    None,
+    /// Handed to the preparing thread, which has not started on it.
+    Pending {
+        index: u64,
+        term: u64,
+    },
+    /// The preparing thread runs its transaction.
+    Running {
+        index: u64,
+        term: u64,
+    },
+    /// Its transaction ran and is left open, with what it returned.
+    Ready {
+        index: u64,
+        term: u64,
+        outcomes: Vec<ApplyOutcome>,
+    },
+    /// Committed while its transaction ran: the preparing thread answers the client (if any)
+    /// and commits.
+    Claimed {
+        index: u64,
+        waiter: Option<oneshot::Sender<WriteResult>>,
+    },
+    /// Given up while its transaction ran: the preparing thread rolls it back.
+    Dropped,
+    /// Given up before the preparing thread started on it: the thread skips it.
+    Cancelled,
+}
+
 /// The applied index of a node, shared with its HTTP handlers.
 #[derive(Clone)]
 pub struct AppliedIndex {
@@ -105,6 +144,8 @@ pub struct Applier {
     tx: mpsc::Sender<Work>,
     shared: Arc<Shared>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// The preparing thread (only for a node's own file).
+    preparer: Option<(mpsc::Sender<ApplyItem>, std::thread::JoinHandle<()>)>,
 }
 
 /// What the driver and the applier thread share.
@@ -120,6 +161,9 @@ struct Shared {
     /// Whether the driver may apply: only to a node's own file, where no other node's lock
     /// can hold a write (and the Raft loop with it) for long.
     inline: bool,
+    /// The entry run ahead of its commit. Locked after `store` when both are held, and only
+    /// for a moment.
+    prepared: Mutex<Prepared>,
     name: String,
 }
 
@@ -150,11 +194,21 @@ impl Applier {
             queued: AtomicUsize::new(0),
             applied: Arc::new(AtomicU64::new(applied)),
             answered: Arc::new(AtomicU64::new(0)),
+            prepared: Mutex::new(Prepared::None),
             name,
         });
         let theirs = shared.clone();
         let thread = std::thread::Builder::new().name("apply".into()).spawn(move || run(&theirs, own, rx))?;
-        Ok(Applier { tx, shared, thread: Some(thread) })
+        let preparer = if shared.inline {
+            let (prepare_tx, prepare_rx) = mpsc::channel();
+            let theirs = shared.clone();
+            let thread =
+                std::thread::Builder::new().name("prepare".into()).spawn(move || prepare(&theirs, prepare_rx))?;
+            Some((prepare_tx, thread))
+        } else {
+            None
+        };
+        Ok(Applier { tx, shared, thread: Some(thread), preparer })
     }
 
     /// Applies committed entries, in order after those handed over before. With `inline`
@@ -165,7 +219,12 @@ impl Applier {
         if items.is_empty() {
             return;
         }
-        if inline && self.shared.inline && items.len() <= MAX_INLINE && self.idle() {
+        self.settle_prepared(&mut items);
+        if items.is_empty() {
+            return;
+        }
+        let nothing_prepared = matches!(*lock(&self.shared.prepared), Prepared::None);
+        if inline && self.shared.inline && items.len() <= MAX_INLINE && self.idle() && nothing_prepared {
             if let Ok(mut store) = self.shared.store.try_lock() {
                 if let Some(commands) = commands_of(&items) {
                     match answer_then_commit(&mut store, &mut items, &commands, &self.shared) {
@@ -195,6 +254,101 @@ impl Applier {
         }
         for item in items {
             self.send(Work::Entry(item));
+        }
+    }
+
+    /// Whether [`Applier::prepare`] would take an entry now: a node's own file, nothing
+    /// queued and nothing else run ahead.
+    pub fn can_prepare(&self) -> bool {
+        self.preparer.is_some() && self.idle() && matches!(*lock(&self.shared.prepared), Prepared::None)
+    }
+
+    /// Runs a leader's new entry ahead of its commit, while it replicates: the preparing thread
+    /// applies it in a transaction that it leaves open. The thread runs only when a core would
+    /// otherwise be idle (`SCHED_IDLE`), so it never delays the nodes' own Raft work. When the
+    /// entry commits, [`Applier::apply`] answers its client at once with what the transaction
+    /// returned and commits it; when this node stops leading first,
+    /// [`Applier::abandon_prepared`] rolls it back. `item` must be the next entry to apply
+    /// (everything before it applied), and [`Applier::can_prepare`] true; otherwise nothing
+    /// happens.
+    pub fn prepare(&self, item: ApplyItem) {
+        let Some((tx, _)) = &self.preparer else { return };
+        if !self.can_prepare() {
+            return;
+        }
+        *lock(&self.shared.prepared) = Prepared::Pending { index: item.index, term: item.term };
+        if tx.send(item).is_err() {
+            *lock(&self.shared.prepared) = Prepared::None;
+        }
+    }
+
+    /// Gives up the entry run ahead of its commit, if any: its transaction is rolled back.
+    /// Never waits for the preparing thread.
+    pub fn abandon_prepared(&self) {
+        let mut prepared = lock(&self.shared.prepared);
+        match std::mem::replace(&mut *prepared, Prepared::None) {
+            Prepared::Ready { index, .. } => {
+                drop(prepared);
+                // Nobody else uses the store while a transaction is left open on it.
+                let mut store = lock(&self.shared.store);
+                if let Err(e) = store.rollback_open() {
+                    log::error!("{}: cannot roll back entry {index}, run ahead of its commit: {e}", self.shared.name);
+                }
+            }
+            Prepared::Pending { .. } => *prepared = Prepared::Cancelled,
+            Prepared::Running { .. } => *prepared = Prepared::Dropped,
+            other @ (Prepared::Claimed { .. } | Prepared::Dropped | Prepared::Cancelled) => *prepared = other,
+            Prepared::None => {}
+        }
+    }
+
+    /// Settles the entry run ahead of its commit when `items` (committed entries, in order)
+    /// reach it: the first item is that entry, or it was replaced by another leader's. Never
+    /// waits for the preparing thread: a transaction still running is claimed (the thread
+    /// answers and commits it) or dropped, one not started yet is cancelled and `items` apply
+    /// the usual way.
+    fn settle_prepared(&self, items: &mut Vec<ApplyItem>) {
+        let mut prepared = lock(&self.shared.prepared);
+        let first = (items[0].index, items[0].term);
+        match std::mem::replace(&mut *prepared, Prepared::None) {
+            Prepared::Ready { index, term, outcomes } => {
+                drop(prepared);
+                let mut store = lock(&self.shared.store);
+                if (index, term) != first {
+                    if let Err(e) = store.rollback_open() {
+                        log::error!(
+                            "{}: cannot roll back entry {index}, run ahead of its commit: {e}",
+                            self.shared.name
+                        );
+                    }
+                    return;
+                }
+                let mut item = items.remove(0);
+                self.shared.answered.fetch_max(index, Ordering::AcqRel);
+                if let (Some(waiter), Some(outcome)) = (item.waiter.take(), outcomes.into_iter().next()) {
+                    let _ = waiter.send(WriteResult::Done(outcome));
+                }
+                if let Err(e) = store.commit_open() {
+                    log::error!(
+                        "{}: cannot commit entry {index} after answering it: {e}; applying it again",
+                        self.shared.name
+                    );
+                    let _ = store.rollback_open();
+                    drop(store);
+                    // For nobody: its client has its answer. What follows it queues behind it.
+                    self.send(Work::Entry(item));
+                    return;
+                }
+                self.shared.applied.fetch_max(index, Ordering::AcqRel);
+            }
+            Prepared::Running { index, term } if (index, term) == first => {
+                let item = items.remove(0);
+                *prepared = Prepared::Claimed { index, waiter: item.waiter };
+            }
+            Prepared::Running { .. } => *prepared = Prepared::Dropped,
+            Prepared::Pending { .. } => *prepared = Prepared::Cancelled,
+            other @ (Prepared::Claimed { .. } | Prepared::Dropped | Prepared::Cancelled) => *prepared = other,
+            Prepared::None => {}
         }
     }
 
@@ -236,6 +390,11 @@ impl Applier {
 
     /// Lets the applier finish what is queued, then stops it.
     pub fn stop(mut self) {
+        self.abandon_prepared();
+        if let Some((tx, thread)) = self.preparer.take() {
+            drop(tx);
+            let _ = thread.join();
+        }
         let (tx, _) = mpsc::channel();
         drop(std::mem::replace(&mut self.tx, tx));
         if let Some(thread) = self.thread.take() {
@@ -307,6 +466,90 @@ fn run(shared: &Shared, own: Option<OwnFile>, rx: mpsc::Receiver<Work>) {
     }
 }
 
+/// The preparing thread: runs a leader's entries ahead of their commit (see
+/// [`Applier::prepare`]), at idle priority.
+fn prepare(shared: &Shared, rx: mpsc::Receiver<ApplyItem>) {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sets this thread's own policy; `param` outlives the call.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
+        log::debug!("{}: preparing thread keeps its priority: {}", shared.name, std::io::Error::last_os_error());
+    }
+    while let Ok(item) = rx.recv() {
+        prepare_one(shared, item);
+    }
+}
+
+/// Runs `item` ahead of its commit unless it was given up already; then settles it if the
+/// driver has meanwhile claimed or dropped it, or leaves it open for the driver.
+fn prepare_one(shared: &Shared, mut item: ApplyItem) {
+    // The store first: `Running` means this thread holds it.
+    let mut store = lock(&shared.store);
+    {
+        let mut prepared = lock(&shared.prepared);
+        if !matches!(*prepared, Prepared::Pending { index, term } if index == item.index && term == item.term) {
+            *prepared = Prepared::None;
+            return;
+        }
+        *prepared = Prepared::Running { index: item.index, term: item.term };
+    }
+    let ran = match command_of(&item.entry) {
+        Some(Ok(command)) => match store.apply_open(&[(item.index, item.term, command)]) {
+            Ok(outcomes) => Some(outcomes),
+            Err(e) => {
+                log::warn!("{}: cannot run entry {} ahead of its commit: {e}", shared.name, item.index);
+                None
+            }
+        },
+        // Not a command this thread runs (the usual way reports it).
+        _ => None,
+    };
+    let mut prepared = lock(&shared.prepared);
+    match (std::mem::replace(&mut *prepared, Prepared::None), ran) {
+        (Prepared::Running { index, term }, Some(outcomes)) => {
+            // Left open for the driver; the store is let go before the state.
+            *prepared = Prepared::Ready { index, term, outcomes };
+            drop(store);
+        }
+        (Prepared::Claimed { index, waiter }, Some(outcomes)) => {
+            drop(prepared);
+            shared.answered.fetch_max(index, Ordering::AcqRel);
+            if let (Some(waiter), Some(outcome)) = (waiter, outcomes.into_iter().next()) {
+                let _ = waiter.send(WriteResult::Done(outcome));
+            }
+            if let Err(e) = store.commit_open() {
+                log::error!("{}: cannot commit entry {index} after answering it: {e}; applying it again", shared.name);
+                let _ = store.rollback_open();
+                apply_until_done(shared, &mut store, std::slice::from_mut(&mut item));
+                return;
+            }
+            shared.applied.fetch_max(index, Ordering::AcqRel);
+        }
+        // Committed, but its transaction failed: applied here, before anything after it, as
+        // this thread holds the store.
+        (Prepared::Claimed { waiter, .. }, None) => {
+            drop(prepared);
+            item.waiter = waiter;
+            apply_until_done(shared, &mut store, std::slice::from_mut(&mut item));
+        }
+        // Given up (or, with nothing run, applied the usual way once committed).
+        (_, Some(_)) => {
+            drop(prepared);
+            if let Err(e) = store.rollback_open() {
+                log::error!("{}: cannot roll back entry {}, run ahead of its commit: {e}", shared.name, item.index);
+            }
+        }
+        (_, None) => {}
+    }
+}
+
+/// Applies `batch`, trying again after a pause while the database fails.
+fn apply_until_done(shared: &Shared, store: &mut Store, batch: &mut [ApplyItem]) {
+    while let Err(e) = apply_batch(store, batch, &shared.applied) {
+        log::error!("{}: cannot apply entries {}…: {e}; trying again", shared.name, batch[0].index);
+        std::thread::sleep(RETRY);
+    }
+}
+
 /// The command `entry` carries, read; None for an entry without one (a no-op, a STORE).
 fn command_of(entry: &LogEntry) -> Option<serde_json::Result<Command>> {
     (entry.key.as_deref() == Some(COMMAND_KEY)).then(|| serde_json::from_str::<Command>(entry.value.get()))
@@ -343,9 +586,10 @@ fn answer_then_commit(
     Ok(())
 }
 
-/// The store, also after a panic elsewhere while it was held (its transactions roll back).
-fn lock(store: &Mutex<Store>) -> std::sync::MutexGuard<'_, Store> {
-    store.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+/// The store (or the prepared entry), also after a panic elsewhere while it was held (its
+/// transactions roll back).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Applies `batch` (consecutive entries); answers the waiters only once it is all durable and
@@ -486,6 +730,7 @@ mod tests {
             applied,
             answered,
             inline: true,
+            prepared: Mutex::new(Prepared::None),
             name: "node1".into(),
         };
         // Left open, the transaction's row is invisible to another connection; rolled back, it
@@ -537,5 +782,162 @@ mod tests {
         let ids: Vec<(i64, String)> =
             Store::open(&url).unwrap().dump().unwrap().products.into_iter().map(|p| (p.id, p.title)).collect();
         assert_eq!(ids, (1..=11).map(|i| (i, format!("e{i}"))).collect::<Vec<_>>(), "ids follow the log");
+    }
+
+    /// Entry `index` of `term` creating a product titled `title`, with no client waiting.
+    fn unwaited(index: u64, term: u64, title: &str) -> ApplyItem {
+        let (mut item, _) = item(index, &create(title));
+        item.term = term;
+        item.entry.term = term;
+        item.waiter = None;
+        item
+    }
+
+    /// Waits (5 s at most) until the entry run ahead is in the state `want` tells.
+    fn wait_prepared(applier: &Applier, want: fn(&Prepared) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !want(&lock(&applier.shared.prepared)) {
+            assert!(Instant::now() < deadline, "the preparing thread did not get there");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// The product titles another connection (opened before any transaction was left open)
+    /// sees.
+    fn titles_in(reader: &mut Store) -> Vec<String> {
+        reader.dump().unwrap().products.into_iter().map(|p| p.title).collect()
+    }
+
+    /// Another connection holding the write lock of the file at `url` until it is dropped.
+    fn write_lock(url: &str) -> diesel::SqliteConnection {
+        use diesel::connection::SimpleConnection;
+        use diesel::Connection;
+        let mut other = diesel::SqliteConnection::establish(url).unwrap();
+        other.batch_execute("BEGIN IMMEDIATE").unwrap();
+        other
+    }
+
+    fn answer(rx: &mut oneshot::Receiver<WriteResult>) -> Option<WriteResult> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match rx.try_recv() {
+                Ok(result) => return Some(result),
+                Err(oneshot::error::TryRecvError::Closed) => return None,
+                Err(oneshot::error::TryRecvError::Empty) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1))
+                }
+                Err(oneshot::error::TryRecvError::Empty) => panic!("no answer in 10 s"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_write_run_ahead_is_answered_with_what_its_transaction_returned_as_soon_as_it_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = dir.path().join("node.db").to_string_lossy().into_owned();
+        let applier = Applier::start(Store::open(&url).unwrap().private(), None, "node1".into()).unwrap();
+        let mut reader = Store::open(&url).unwrap();
+        assert!(applier.can_prepare());
+        applier.prepare(unwaited(1, 1, "ahead"));
+        wait_prepared(&applier, |p| matches!(p, Prepared::Ready { index: 1, .. }));
+        assert!(!applier.can_prepare(), "one entry at a time");
+        assert!(titles_in(&mut reader).is_empty(), "not visible before it commits");
+        assert_eq!(applier.applied(), 0);
+
+        let (committed, mut rx) = item(1, &create("ahead"));
+        applier.apply(vec![committed], true);
+        assert_eq!(title(rx.try_recv().expect("answered before apply() returned")), "ahead");
+        assert_eq!(applier.applied(), 1);
+        assert_eq!(applier.applied_index().settled(), 1);
+        assert_eq!(titles_in(&mut reader), ["ahead"]);
+        assert!(applier.can_prepare());
+        applier.stop();
+    }
+
+    #[test]
+    fn a_write_run_ahead_is_rolled_back_when_the_node_stops_leading_and_applied_once_if_it_commits_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = dir.path().join("node.db").to_string_lossy().into_owned();
+        let applier = Applier::start(Store::open(&url).unwrap().private(), None, "node1".into()).unwrap();
+        let mut reader = Store::open(&url).unwrap();
+        applier.prepare(unwaited(1, 1, "maybe"));
+        wait_prepared(&applier, |p| matches!(p, Prepared::Ready { .. }));
+        applier.abandon_prepared();
+        assert!(titles_in(&mut reader).is_empty());
+        assert_eq!(reader.last_applied().unwrap().index, 0, "its applied index undone too");
+
+        // The next leader commits it after all: applied the usual way, once.
+        let (committed, mut rx) = item(1, &create("maybe"));
+        applier.apply(vec![committed], true);
+        assert_eq!(title(answer(&mut rx).unwrap()), "maybe");
+        assert_eq!(titles_in(&mut reader), ["maybe"]);
+        applier.stop();
+    }
+
+    #[test]
+    fn an_entry_run_ahead_but_replaced_by_another_leaders_is_rolled_back_for_the_committed_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = dir.path().join("node.db").to_string_lossy().into_owned();
+        let applier = Applier::start(Store::open(&url).unwrap().private(), None, "node1".into()).unwrap();
+        let mut reader = Store::open(&url).unwrap();
+        applier.prepare(unwaited(1, 1, "lost"));
+        wait_prepared(&applier, |p| matches!(p, Prepared::Ready { .. }));
+        let (mut other, mut rx) = item(1, &create("kept"));
+        other.term = 2;
+        other.entry.term = 2;
+        applier.apply(vec![other], true);
+        assert_eq!(title(answer(&mut rx).unwrap()), "kept");
+        assert_eq!(titles_in(&mut reader), ["kept"]);
+        applier.stop();
+    }
+
+    #[test]
+    fn an_entry_that_commits_while_its_transaction_runs_is_answered_and_committed_by_the_preparing_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = dir.path().join("node.db").to_string_lossy().into_owned();
+        let applier = Applier::start(Store::open(&url).unwrap().private(), None, "node1".into()).unwrap();
+        let mut reader = Store::open(&url).unwrap();
+        // Another connection's write lock holds the transaction up while it runs.
+        let other = write_lock(&url);
+        applier.prepare(unwaited(1, 1, "slow"));
+        wait_prepared(&applier, |p| matches!(p, Prepared::Running { .. }));
+        let (committed, mut rx) = item(1, &create("slow"));
+        let (after, mut rx2) = item(2, &create("after"));
+        applier.apply(vec![committed, after], true);
+        assert!(matches!(*lock(&applier.shared.prepared), Prepared::Claimed { index: 1, .. }));
+        assert!(rx.try_recv().is_err(), "not answered before its transaction ran");
+        drop(other);
+        assert_eq!(title(answer(&mut rx).unwrap()), "slow");
+        assert_eq!(title(answer(&mut rx2).unwrap()), "after", "the next entry waits for it");
+        assert_eq!(titles_in(&mut reader), ["slow", "after"], "in log order");
+        assert_eq!(applier.applied(), 2);
+        applier.stop();
+    }
+
+    #[test]
+    fn an_entry_dropped_while_its_transaction_runs_is_rolled_back_and_one_not_started_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = dir.path().join("node.db").to_string_lossy().into_owned();
+        let applier = Applier::start(Store::open(&url).unwrap().private(), None, "node1".into()).unwrap();
+        let mut reader = Store::open(&url).unwrap();
+        let other = write_lock(&url);
+        applier.prepare(unwaited(1, 1, "dropped"));
+        wait_prepared(&applier, |p| matches!(p, Prepared::Running { .. }));
+        applier.abandon_prepared();
+        drop(other);
+        wait_prepared(&applier, |p| matches!(p, Prepared::None));
+        assert!(titles_in(&mut reader).is_empty(), "rolled back");
+
+        // Not started yet (the store is busy) when its entry commits: applied the usual way.
+        let store = lock(&applier.shared.store);
+        applier.prepare(unwaited(1, 1, "cancelled"));
+        let (committed, mut rx) = item(1, &create("cancelled"));
+        applier.apply(vec![committed], true);
+        assert!(matches!(*lock(&applier.shared.prepared), Prepared::Cancelled));
+        drop(store);
+        assert_eq!(title(answer(&mut rx).unwrap()), "cancelled");
+        wait_prepared(&applier, |p| matches!(p, Prepared::None));
+        assert_eq!(titles_in(&mut reader), ["cancelled"], "applied once");
+        applier.stop();
     }
 }

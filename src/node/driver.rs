@@ -114,6 +114,8 @@ pub struct Driver {
     /// Reads that passed their check, waiting for their read index to commit, by index.
     readable: BTreeMap<u64, Vec<PendingRead>>,
     applier: Applier,
+    /// This leader's new entry to run on the applier's preparing thread while it replicates.
+    to_prepare: Option<u64>,
     handshake: Handshake,
     fragmenter: Fragmenter,
     reassembler: Reassembler,
@@ -179,6 +181,7 @@ impl Driver {
             next_read: 0,
             readable: BTreeMap::new(),
             applier,
+            to_prepare: None,
             handshake,
             fragmenter,
             reassembler: Reassembler::new(Limits::for_messages_of(largest)),
@@ -308,6 +311,16 @@ impl Driver {
         let Some(command) = command else { return self.start_read(reply) };
         match self.raft.propose(Some(COMMAND_KEY.to_string()), command) {
             Ok(index) => {
+                // The only write in flight, and the next entry to apply: its transaction can
+                // run while it replicates (see `Driver::prepare`).
+                if self.writes.is_empty()
+                    && self.stores.is_empty()
+                    && self.readable.is_empty()
+                    && self.handed_off + 1 == index
+                    && self.raft.commit_index() + 1 == index
+                {
+                    self.to_prepare = Some(index);
+                }
                 let deadline = Instant::now() + STORE_DEADLINE;
                 self.writes.insert(index, PendingWrite { term: self.raft.term(), reply, deadline });
             }
@@ -547,6 +560,7 @@ impl Driver {
                 let appends;
                 (appends, messages) = messages.into_iter().partition(|(_, m)| matches!(m, Msg::Append { .. }));
                 self.send(appends);
+                self.prepare();
             }
             let last = self.raft.last_index();
             let entries = ready.persist_from.map(|from| (from, self.raft.log().slice(from, last)));
@@ -561,6 +575,8 @@ impl Driver {
                     self.handshake.became_leader(term);
                 } else {
                     self.handshake.stepped_down();
+                    self.to_prepare = None;
+                    self.applier.abandon_prepared();
                 }
                 self.fail_reads(role, term);
                 if leader.is_some() && leader != self.last_leader {
@@ -585,6 +601,20 @@ impl Driver {
             self.apply(ready.commit_index);
         }
         Ok(())
+    }
+
+    /// Hands the entry chosen in [`Driver::propose`] to the applier to run ahead of its commit,
+    /// once its AppendEntries are on their way: the transaction runs while the entry
+    /// replicates, on cores the Raft work leaves idle, and the client is answered as soon as
+    /// the entry commits.
+    fn prepare(&mut self) {
+        let Some(index) = self.to_prepare.take() else { return };
+        let next = self.handed_off + 1 == index && self.raft.commit_index() < index;
+        if !next || self.raft.role() != Role::Leader || !self.applier.can_prepare() {
+            return;
+        }
+        let (Some(entry), Some(term)) = (self.raft.log().get(index), self.raft.log().term(index)) else { return };
+        self.applier.prepare(ApplyItem { index, term, entry: entry.clone(), waiter: None });
     }
 
     /// Sends Raft messages; consecutive equal messages (new entries for every follower that
