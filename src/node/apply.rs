@@ -339,22 +339,16 @@ impl Applier {
                     return;
                 }
                 let mut item = items.remove(0);
-                self.shared.answered.fetch_max(index, Ordering::AcqRel);
-                if let (Some(waiter), Some(outcome)) = (item.waiter.take(), outcomes.into_iter().next()) {
-                    let _ = waiter.send(WriteResult::Done(outcome));
-                }
-                if let Err(e) = store.commit_open() {
+                let answers = std::iter::once(item.waiter.take()).zip(outcomes);
+                if let Err(e) = answer_and_commit(&mut store, &self.shared, index, answers) {
                     log::error!(
                         "{}: cannot commit entry {index} after answering it: {e}; applying it again",
                         self.shared.name
                     );
-                    let _ = store.rollback_open();
                     drop(store);
                     // For nobody: its client has its answer. What follows it queues behind it.
                     self.send(Work::Entry(item));
-                    return;
                 }
-                self.shared.applied.fetch_max(index, Ordering::AcqRel);
             }
             Prepared::Running { index, term } if (index, term) == first => {
                 let item = items.remove(0);
@@ -531,17 +525,10 @@ fn prepare_one(shared: &Shared, mut item: ApplyItem) {
                 log::debug!("{}: entry {index} waited {:?} for its transaction; pausing", shared.name, since.elapsed());
                 *lock(&shared.prepare_paused_until) = Some(Instant::now() + PREPARE_PAUSE);
             }
-            shared.answered.fetch_max(index, Ordering::AcqRel);
-            if let (Some(waiter), Some(outcome)) = (waiter, outcomes.into_iter().next()) {
-                let _ = waiter.send(WriteResult::Done(outcome));
-            }
-            if let Err(e) = store.commit_open() {
+            if let Err(e) = answer_and_commit(&mut store, shared, index, std::iter::once(waiter).zip(outcomes)) {
                 log::error!("{}: cannot commit entry {index} after answering it: {e}; applying it again", shared.name);
-                let _ = store.rollback_open();
                 apply_until_done(shared, &mut store, std::slice::from_mut(&mut item));
-                return;
             }
-            shared.applied.fetch_max(index, Ordering::AcqRel);
         }
         // Committed, but its transaction failed: applied here, before anything after it, as
         // this thread holds the store.
@@ -580,12 +567,10 @@ fn commands_of(items: &[ApplyItem]) -> Option<Vec<(u64, u64, Command)>> {
 }
 
 /// Runs `commands` (those of `items`) in one transaction, answers the waiters with what they
-/// return, and only then commits: the client's answer does not wait for the commit's writes.
-/// `answered` is raised before the first answer leaves, so that a read arriving before the
-/// commit waits for it ([`AppliedIndex::settled`]). On the node's own file only, where this
-/// node is the only writer. An error before any answer leaves is returned with nothing
-/// applied; a failed commit after the answers is returned too (the entries must be applied
-/// again).
+/// return, and only then commits ([`answer_and_commit`]): the client's answer does not wait for
+/// the commit's writes. On the node's own file only, where this node is the only writer. An
+/// error before any answer leaves is returned with nothing applied; a failed commit after the
+/// answers is returned too.
 fn answer_then_commit(
     store: &mut Store,
     items: &mut [ApplyItem],
@@ -594,13 +579,30 @@ fn answer_then_commit(
 ) -> Result<(), super::store::StoreError> {
     let outcomes = store.apply_open(commands)?;
     let last = commands.last().map_or(0, |c| c.0);
+    answer_and_commit(store, shared, last, items.iter_mut().map(|item| item.waiter.take()).zip(outcomes))
+}
+
+/// Answers the waiters of entries up to `last`, whose transaction has run and is still open,
+/// with their outcomes, then commits it. `answered` is raised before the first answer leaves,
+/// so that a read arriving before the commit waits for it ([`AppliedIndex::settled`]), and
+/// `applied` once it is committed. A failed commit is rolled back and returned: the entries
+/// must be applied again (for nobody: their clients have their answers).
+fn answer_and_commit(
+    store: &mut Store,
+    shared: &Shared,
+    last: u64,
+    answers: impl IntoIterator<Item = (Option<oneshot::Sender<WriteResult>>, ApplyOutcome)>,
+) -> Result<(), super::store::StoreError> {
     shared.answered.fetch_max(last, Ordering::AcqRel);
-    for (item, outcome) in items.iter_mut().zip(outcomes) {
-        if let Some(waiter) = item.waiter.take() {
+    for (waiter, outcome) in answers {
+        if let Some(waiter) = waiter {
             let _ = waiter.send(WriteResult::Done(outcome));
         }
     }
-    store.commit_open()?;
+    if let Err(e) = store.commit_open() {
+        let _ = store.rollback_open();
+        return Err(e);
+    }
     shared.applied.fetch_max(last, Ordering::AcqRel);
     Ok(())
 }
@@ -804,6 +806,17 @@ mod tests {
         assert_eq!(ids, (1..=11).map(|i| (i, format!("e{i}"))).collect::<Vec<_>>(), "ids follow the log");
     }
 
+    /// An applier on a node's own file in a temp dir (kept while the first value lives), the
+    /// file's path, and another connection to read it with (opened before any transaction is
+    /// left open on the file).
+    fn own_file_applier() -> (tempfile::TempDir, String, Applier, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = dir.path().join("node.db").to_string_lossy().into_owned();
+        let applier = Applier::start(Store::open(&url).unwrap().private(), None, "node1".into()).unwrap();
+        let reader = Store::open(&url).unwrap();
+        (dir, url, applier, reader)
+    }
+
     /// Entry `index` of `term` creating a product titled `title`, with no client waiting.
     fn unwaited(index: u64, term: u64, title: &str) -> ApplyItem {
         let (mut item, _) = item(index, &create(title));
@@ -822,8 +835,7 @@ mod tests {
         }
     }
 
-    /// The product titles another connection (opened before any transaction was left open)
-    /// sees.
+    /// The product titles another connection sees.
     fn titles_in(reader: &mut Store) -> Vec<String> {
         reader.dump().unwrap().products.into_iter().map(|p| p.title).collect()
     }
@@ -853,10 +865,7 @@ mod tests {
 
     #[test]
     fn a_write_run_ahead_is_answered_with_what_its_transaction_returned_as_soon_as_it_commits() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = dir.path().join("node.db").to_string_lossy().into_owned();
-        let applier = Applier::start(Store::open(&url).unwrap().private(), None, "node1".into()).unwrap();
-        let mut reader = Store::open(&url).unwrap();
+        let (_dir, _, applier, mut reader) = own_file_applier();
         assert!(applier.can_prepare());
         applier.prepare(unwaited(1, 1, "ahead"));
         wait_prepared(&applier, |p| matches!(p, Prepared::Ready { index: 1, .. }));
@@ -876,10 +885,7 @@ mod tests {
 
     #[test]
     fn a_write_run_ahead_is_rolled_back_when_the_node_stops_leading_and_applied_once_if_it_commits_later() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = dir.path().join("node.db").to_string_lossy().into_owned();
-        let applier = Applier::start(Store::open(&url).unwrap().private(), None, "node1".into()).unwrap();
-        let mut reader = Store::open(&url).unwrap();
+        let (_dir, _, applier, mut reader) = own_file_applier();
         applier.prepare(unwaited(1, 1, "maybe"));
         wait_prepared(&applier, |p| matches!(p, Prepared::Ready { .. }));
         applier.abandon_prepared();
@@ -896,10 +902,7 @@ mod tests {
 
     #[test]
     fn an_entry_run_ahead_but_replaced_by_another_leaders_is_rolled_back_for_the_committed_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = dir.path().join("node.db").to_string_lossy().into_owned();
-        let applier = Applier::start(Store::open(&url).unwrap().private(), None, "node1".into()).unwrap();
-        let mut reader = Store::open(&url).unwrap();
+        let (_dir, _, applier, mut reader) = own_file_applier();
         applier.prepare(unwaited(1, 1, "lost"));
         wait_prepared(&applier, |p| matches!(p, Prepared::Ready { .. }));
         let (mut other, mut rx) = item(1, &create("kept"));
@@ -913,10 +916,7 @@ mod tests {
 
     #[test]
     fn an_entry_that_commits_while_its_transaction_runs_is_answered_and_committed_by_the_preparing_thread() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = dir.path().join("node.db").to_string_lossy().into_owned();
-        let applier = Applier::start(Store::open(&url).unwrap().private(), None, "node1".into()).unwrap();
-        let mut reader = Store::open(&url).unwrap();
+        let (_dir, url, applier, mut reader) = own_file_applier();
         // Another connection's write lock holds the transaction up while it runs.
         let other = write_lock(&url);
         applier.prepare(unwaited(1, 1, "slow"));
@@ -939,10 +939,7 @@ mod tests {
 
     #[test]
     fn an_entry_dropped_while_its_transaction_runs_is_rolled_back_and_one_not_started_is_skipped() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = dir.path().join("node.db").to_string_lossy().into_owned();
-        let applier = Applier::start(Store::open(&url).unwrap().private(), None, "node1".into()).unwrap();
-        let mut reader = Store::open(&url).unwrap();
+        let (_dir, url, applier, mut reader) = own_file_applier();
         let other = write_lock(&url);
         applier.prepare(unwaited(1, 1, "dropped"));
         wait_prepared(&applier, |p| matches!(p, Prepared::Running { .. }));

@@ -311,15 +311,12 @@ impl Driver {
         let Some(command) = command else { return self.start_read(reply) };
         match self.raft.propose(Some(COMMAND_KEY.to_string()), command) {
             Ok(index) => {
-                // The only write in flight, and the next entry to apply: its transaction can
-                // run while it replicates (see `Driver::prepare`). A node alone commits it at
-                // once.
+                // The only write in flight: its transaction can run while it replicates (see
+                // `Driver::prepare`). A node alone commits it at once.
                 if self.cluster.ids().nth(1).is_some()
                     && self.writes.is_empty()
                     && self.stores.is_empty()
                     && self.readable.is_empty()
-                    && self.handed_off + 1 == index
-                    && self.raft.commit_index() + 1 == index
                 {
                     self.to_prepare = Some(index);
                 }
@@ -608,11 +605,11 @@ impl Driver {
     /// Hands the entry chosen in [`Driver::propose`] to the applier to run ahead of its commit,
     /// once its AppendEntries are on their way: the transaction runs while the entry
     /// replicates, on cores the Raft work leaves idle, and the client is answered as soon as
-    /// the entry commits.
+    /// the entry commits. Only the next entry to apply, while it is not committed yet.
     fn prepare(&mut self) {
         let Some(index) = self.to_prepare.take() else { return };
         let next = self.handed_off + 1 == index && self.raft.commit_index() < index;
-        if !next || self.raft.role() != Role::Leader || !self.applier.can_prepare() {
+        if !next || self.raft.role() != Role::Leader {
             return;
         }
         let (Some(entry), Some(term)) = (self.raft.log().get(index), self.raft.log().term(index)) else { return };
