@@ -236,7 +236,7 @@ fn not_leader(status: &NodeStatus, req: &HttpRequest) -> HttpResponse {
             let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
             HttpResponse::TemporaryRedirect()
                 .insert_header((header::LOCATION, format!("http://{http}{path}")))
-                .insert_header((LEADER_HEADER, leader.as_str()))
+                .insert_header((LEADER_HEADER, &**leader))
                 .json(json!({ "error": "not the leader", "leader": leader, "leader_http": http }))
         }
         _ => unavailable("no leader is known; retry"),

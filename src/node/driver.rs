@@ -117,6 +117,8 @@ pub struct Driver {
     /// This leader's new entry to run on the applier's preparing thread while it replicates.
     to_prepare: Option<u64>,
     handshake: Handshake,
+    /// Every node's name and HTTP address, as `/status` shows them.
+    names: BTreeMap<NodeId, (Arc<str>, Arc<str>)>,
     fragmenter: Fragmenter,
     reassembler: Reassembler,
 }
@@ -132,9 +134,14 @@ impl Driver {
         proposals: mpsc::Receiver<Proposal>,
         applier: Applier,
     ) -> Driver {
+        let names: BTreeMap<NodeId, (Arc<str>, Arc<str>)> = cluster
+            .ids()
+            .chain(std::iter::once(raft.id()))
+            .map(|id| (id, (Arc::from(proto::node_name(id)), Arc::from(cluster.http_addr(id)))))
+            .collect();
         let (status, _) = watch::channel(Arc::new(NodeStatus {
-            name: proto::node_name(raft.id()),
-            role: Role::Follower.to_string(),
+            name: Arc::from(proto::node_name(raft.id())),
+            role: Role::Follower.as_str(),
             term: raft.term(),
             leader: None,
             leader_http: None,
@@ -144,7 +151,7 @@ impl Driver {
             peers: Vec::new(),
             elections: 0,
             leader_changes: 0,
-            accepted_by: BTreeMap::new(),
+            accepted_by: Default::default(),
             leader_credentials: None,
         }));
         let handshake = Handshake::new(proto::node_name(raft.id()), cluster.http_addr(raft.id()));
@@ -183,6 +190,7 @@ impl Driver {
             applier,
             to_prepare: None,
             handshake,
+            names,
             fragmenter,
             reassembler: Reassembler::new(Limits::for_messages_of(largest)),
         };
@@ -195,35 +203,54 @@ impl Driver {
         self.status.subscribe()
     }
 
-    /// Publishes the current state when it differs from the last published one.
+    /// Node `id`'s name and HTTP address.
+    fn name_of(&self, id: NodeId) -> (Arc<str>, Arc<str>) {
+        self.names
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| (Arc::from(proto::node_name(id)), Arc::from(self.cluster.http_addr(id))))
+    }
+
+    /// Publishes the current state when it differs from the last published one. Called after
+    /// every turn of the loop: the snapshot shares its text and maps with the last one.
     fn publish(&mut self) {
-        let leader = self.raft.leader();
-        let matches: BTreeMap<NodeId, u64> = self.raft.match_indexes().into_iter().collect();
+        let current = self.status.borrow().clone();
         let me = self.raft.id();
+        let matches = self.raft.match_indexes();
         let peers = self
-            .cluster
-            .ids()
-            .filter(|&id| id != me)
-            .map(|id| PeerStatus {
-                name: proto::node_name(id),
-                http: self.cluster.http_addr(id),
-                match_index: matches.get(&id).copied(),
+            .names
+            .iter()
+            .filter(|(&id, _)| id != me)
+            .map(|(&id, (name, http))| PeerStatus {
+                name: name.clone(),
+                http: http.clone(),
+                match_index: matches.iter().find(|(peer, _)| *peer == id).map(|&(_, index)| index),
             })
             .collect();
+        let leader = self.raft.leader().map(|id| self.name_of(id));
+        let accepted_by = if *current.accepted_by == *self.handshake.followers() {
+            current.accepted_by.clone()
+        } else {
+            Arc::new(self.handshake.followers().clone())
+        };
+        let leader_credentials = match (self.handshake.leader_credentials(), &current.leader_credentials) {
+            (Some(now), Some(then)) if **then == *now => Some(then.clone()),
+            (now, _) => now.cloned().map(Arc::new),
+        };
         let snapshot = NodeStatus {
-            name: self.name.clone(),
-            role: self.raft.role().to_string(),
+            name: current.name.clone(),
+            role: self.raft.role().as_str(),
             term: self.raft.term(),
-            leader: leader.map(proto::node_name),
-            leader_http: leader.map(|id| self.cluster.http_addr(id)),
+            leader: leader.as_ref().map(|(name, _)| name.clone()),
+            leader_http: leader.map(|(_, http)| http),
             commit_index: self.raft.commit_index(),
             applied_index: self.applier.applied(),
             last_log_index: self.raft.last_index(),
             peers,
             elections: self.elections,
             leader_changes: self.leader_changes,
-            accepted_by: self.handshake.followers().clone(),
-            leader_credentials: self.handshake.leader_credentials().cloned(),
+            accepted_by,
+            leader_credentials,
         };
         self.status.send_if_modified(|current| {
             let changed = **current != snapshot;

@@ -33,23 +33,25 @@ use tokio::sync::watch;
 /// One peer as this node sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PeerStatus {
-    pub name: String,
+    pub name: Arc<str>,
     /// `host:port` of the peer's HTTP API.
-    pub http: String,
+    pub http: Arc<str>,
     /// Leader only: the highest log index the peer is known to store.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub match_index: Option<u64>,
 }
 
-/// What `/status` shows; published by the driver.
+/// What `/status` shows; published by the driver after every turn of its loop that changed
+/// it. Its text and maps are shared between snapshots (`Arc`), so that a new snapshot, made
+/// several times per write, costs about one allocation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NodeStatus {
-    pub name: String,
-    pub role: String,
+    pub name: Arc<str>,
+    pub role: &'static str,
     pub term: u64,
-    pub leader: Option<String>,
+    pub leader: Option<Arc<str>>,
     /// `host:port` of the leader's HTTP API.
-    pub leader_http: Option<String>,
+    pub leader_http: Option<Arc<str>>,
     pub commit_index: u64,
     pub applied_index: u64,
     pub last_log_index: u64,
@@ -60,9 +62,9 @@ pub struct NodeStatus {
     pub leader_changes: u64,
     /// Leader: followers that completed the election handshake this term, with their HTTP
     /// addresses.
-    pub accepted_by: BTreeMap<String, String>,
+    pub accepted_by: Arc<BTreeMap<String, String>>,
     /// Follower: the credentials its leader sent in the handshake.
-    pub leader_credentials: Option<super::handshake::LeaderCredentials>,
+    pub leader_credentials: Option<Arc<super::handshake::LeaderCredentials>>,
 }
 
 /// Shared by the handlers.
@@ -312,7 +314,7 @@ mod tests {
     fn metrics_are_prometheus_text() {
         let s = NodeStatus {
             name: "node2".into(),
-            role: "LEADER".into(),
+            role: "LEADER",
             term: 7,
             leader: Some("node2".into()),
             leader_http: Some("127.0.0.2:8000".into()),
@@ -322,7 +324,7 @@ mod tests {
             peers: vec![],
             elections: 3,
             leader_changes: 2,
-            accepted_by: BTreeMap::new(),
+            accepted_by: Default::default(),
             leader_credentials: None,
         };
         let text = render_metrics(&s, &BTreeMap::from([(200, 5), (404, 1)]));

@@ -146,7 +146,10 @@ impl Assignment {
         let Some((notifier, assignee)) = self.0 else { return };
         if let WriteResult::Done(ApplyOutcome::Applied { reply: Reply::Task(task), .. }) = result {
             if task.assignee == Some(assignee) {
-                notifier.push(Event::Assigned { task: task.clone(), leader_http: status.leader_http.clone() });
+                notifier.push(Event::Assigned {
+                    task: task.clone(),
+                    leader_http: status.leader_http.as_deref().map(String::from),
+                });
             }
         }
     }
@@ -214,7 +217,7 @@ fn election_mail(status: &NodeStatus, from: &Mailbox, to: &[Mailbox]) -> anyhow:
     if let Some(http) = &status.leader_http {
         text.push_str(&format!("HTTP API: http://{http}/\n"));
     }
-    let peers: Vec<&str> = status.peers.iter().map(|p| p.name.as_str()).collect();
+    let peers: Vec<&str> = status.peers.iter().map(|p| &*p.name).collect();
     text.push_str(&format!("Other members: {}\n", peers.join(", ")));
     Ok(builder.singlepart(SinglePart::plain(text))?)
 }

@@ -38,13 +38,20 @@ impl Role {
     }
 }
 
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Role {
+    /// The protocol's name of the role.
+    pub fn as_str(self) -> &'static str {
+        match self {
             Role::Follower => "FOLLOWER",
             Role::Candidate => "CANDIDATE",
             Role::Leader => "LEADER",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
