@@ -32,6 +32,12 @@
 //! ```
 //! `--binary` measures another labctl executable (e.g. a copy built from an earlier commit)
 //! instead of the one cargo built.
+//!
+//! `--paired N` measures only the 1-connection writes, in pairs: one labctl and one etcd cluster
+//! are started and kept running, and N pairs of loads alternate between them (labctl first in
+//! odd pairs, etcd first in even ones), each pair giving one ratio. A run of the default mode
+//! measures etcd a minute or more after labctl; where the machine's speed drifts between
+//! minutes, as on a shared virtual machine, the two loads of a pair are seconds apart instead.
 //! `LABCTL_BENCH_SECONDS` and `LABCTL_BENCH_RUNS` set the same as the options.
 
 mod common;
@@ -142,7 +148,7 @@ struct Options {
 
 fn main() {
     let args = Args::from_env();
-    args.check(&["--seconds", "--runs", "--no-etcd", "--only", "--raft-port", "--binary"]);
+    args.check(&["--seconds", "--runs", "--no-etcd", "--only", "--raft-port", "--binary", "--paired"]);
     let env_or = |name: &str, default: u64| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
     let only = args.value("--only");
     let opts = Options {
@@ -186,6 +192,25 @@ fn main() {
     }
     println!("wrk: {}  ", wrk.version());
     println!("{} s per load, {} runs, load average at the start {}", opts.seconds, opts.runs, common::loadavg());
+
+    if let Some(pairs) = args.value("--paired") {
+        let pairs: usize = pairs.parse().unwrap_or_else(|_| {
+            eprintln!("--paired takes a number of pairs, not {pairs:?}");
+            std::process::exit(2)
+        });
+        let Some(bin) = etcd_bin else {
+            eprintln!("--paired compares with etcd: apt-get install -y etcd-server");
+            std::process::exit(2)
+        };
+        println!("{} s per load, {pairs} pairs of 1-connection writes", opts.seconds);
+        let started = Instant::now();
+        if let Err(e) = paired(&wrk, &binary, bin, &opts, pairs.max(1)) {
+            eprintln!("paired writes failed: {e}");
+            std::process::exit(1);
+        }
+        println!("\nload average at the end: {}; {:.0} s in all", common::loadavg(), started.elapsed().as_secs_f64());
+        return;
+    }
 
     let mut samples = Vec::new();
     let started = Instant::now();
@@ -303,6 +328,66 @@ fn run_etcd(wrk: &Wrk, bin: PathBuf, opts: &Options, run: usize) -> Result<Vec<S
         samples.push(Sample { load: Load { system: "etcd", kind, what, connections: 64 }, run, result });
     }
     Ok(samples)
+}
+
+/// `--paired`: both clusters kept running, 1-connection write loads alternating between them,
+/// one ratio per pair; prints each pair and the medians.
+fn paired(wrk: &Wrk, binary: &Path, etcd_bin: PathBuf, opts: &Options, pairs: usize) -> Result<(), String> {
+    let all: Vec<usize> = (0..MEMBERS).collect();
+    let mut labctl = LabctlCluster::start(binary.to_path_buf(), MEMBERS, opts.port, Timing::DEFAULT)
+        .map_err(|e| format!("cannot start the nodes: {e}"))?;
+    let leader = wait_for_agreement(&mut labctl, &all, STABLE_DEADLINE)?;
+    let leader_http = labctl.http_addr(leader);
+    poll_status(leader_http, |s| s["role"] == "LEADER" && s["applied_index"].as_u64() >= s["commit_index"].as_u64())?;
+    let mut etcd = EtcdCluster::start(etcd_bin, MEMBERS, 150, 30).map_err(|e| format!("cannot start etcd: {e}"))?;
+    let etcd_leader = wait_for_agreement(&mut etcd, &all, STABLE_DEADLINE)?;
+    eprintln!("   labctl leader node{}, etcd leader member {}", leader + 1, etcd_leader + 1);
+    let labctl_url = format!("http://{leader_http}/api/products");
+    let etcd_url = format!("http://{}/v3/kv/put", EtcdCluster::client_addr(etcd_leader));
+    let mut rows: Vec<(f64, f64)> = Vec::new();
+    for pair in 1..=pairs {
+        stopped()?;
+        eprintln!("== pair {pair} (load average {})", common::loadavg());
+        let prefix = format!("p{pair}");
+        let one = |system: &str| match system {
+            "labctl" => wrk.run(&pids(&labctl), 1, opts.seconds, &labctl_url, "labctl_write.lua", &[&prefix]),
+            _ => wrk.run(&pids(&etcd), 1, opts.seconds, &etcd_url, "etcd_write.lua", &[&prefix]),
+        };
+        let (l, e) = if pair % 2 == 1 {
+            let l = one("labctl")?;
+            (l, one("etcd")?)
+        } else {
+            let e = one("etcd")?;
+            (one("labctl")?, e)
+        };
+        if l.errors() + e.errors() > 0 {
+            // A leader that changed answers 307 or nothing: not a measurement of either.
+            eprintln!("   !!! pair {pair} left out: {} labctl and {} etcd errors", l.errors(), e.errors());
+            continue;
+        }
+        rows.push((l.ok_per_second(), e.ok_per_second()));
+    }
+    if rows.is_empty() {
+        return Err("no pair without errors".into());
+    }
+    let goal = GOAL_WRITES[0].1;
+    println!("\n| pair | labctl writes/s | etcd writes/s | ratio |\n|---:|---:|---:|---:|");
+    for (i, (l, e)) in rows.iter().enumerate() {
+        println!("| {} | {l:.0} | {e:.0} | {:.2}× |", i + 1, l / e.max(f64::MIN_POSITIVE));
+    }
+    let ratios: Vec<f64> = rows.iter().map(|(l, e)| l / e.max(f64::MIN_POSITIVE)).collect();
+    let at_goal = ratios.iter().filter(|&&r| r >= goal).count();
+    let ratio = median(ratios);
+    println!(
+        "\nmedians of {} pairs: labctl {:.0}/s, etcd {:.0}/s; median ratio {ratio:.2}× ({} at {goal}× or more); \
+         goal {goal}×: {}",
+        rows.len(),
+        median(rows.iter().map(|r| r.0).collect()),
+        median(rows.iter().map(|r| r.1).collect()),
+        format_args!("{at_goal} of {}", rows.len()),
+        if ratio >= goal { "met" } else { "NOT met" }
+    );
+    Ok(())
 }
 
 /// The process ids of a cluster's members.
