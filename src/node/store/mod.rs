@@ -888,3 +888,87 @@ fn run_op(c: &mut DbConnection, cmd: &Command, m: &mut Meta) -> Result<(u16, Rep
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use diesel::migration::MigrationSource;
+    use diesel::sqlite::Sqlite;
+
+    /// The names of the SQLite indexes on `table` that SQLite made itself (for a PRIMARY KEY
+    /// that is not the rowid, or a UNIQUE column).
+    fn automatic_indexes(c: &mut diesel::SqliteConnection, table: &str) -> Vec<String> {
+        #[derive(QueryableByName)]
+        struct Name {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            name: String,
+        }
+        diesel::sql_query(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ? AND name LIKE 'sqlite_autoindex_%' \
+             ORDER BY name",
+        )
+        .bind::<diesel::sql_types::Text, _>(table)
+        .load::<Name>(c)
+        .unwrap()
+        .into_iter()
+        .map(|n| n.name)
+        .collect()
+    }
+
+    #[test]
+    fn a_database_made_before_ids_became_rowids_keeps_its_rows_ids_and_references() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db").to_string_lossy().into_owned();
+        {
+            // The schema as the migrations before 2026-11-30 left it, with rows in it.
+            let mut c = diesel::SqliteConnection::establish(&path).unwrap();
+            c.batch_execute("PRAGMA foreign_keys = ON;").unwrap();
+            diesel::migration::MigrationConnection::setup(&mut c).unwrap();
+            let migrations = MigrationSource::<Sqlite>::migrations(&SQLITE_MIGRATIONS).unwrap();
+            for m in migrations.iter().filter(|m| m.name().to_string().as_str() < "2026-11-30") {
+                c.run_migration(m).unwrap();
+            }
+            c.batch_execute(
+                "INSERT INTO products (id, title, price, currency, rating, created_at, updated_at)
+                     VALUES (7, 'Dune', 9.5, 'GBP', 4, '2026-11-30T10:00:00Z', '2026-11-30T10:00:00Z');
+                 INSERT INTO users (id, name, email, created_at) VALUES (3, 'Ann', 'ann@example.com', '2026-11-30');
+                 INSERT INTO tasks (id, title, status, priority, assignee, created_at, updated_at)
+                     VALUES (12, 'read', 'todo', 'high', 3, '2026-11-30', '2026-11-30');
+                 UPDATE meta SET last_index = 5, next_product_id = 8, next_user_id = 4, next_task_id = 13;",
+            )
+            .unwrap();
+            diesel::sql_query("INSERT INTO apply_outcomes (log_index, outcome) VALUES (5, ?)")
+                .bind::<diesel::sql_types::Text, _>(serde_json::to_string(&ApplyOutcome::AlreadyApplied).unwrap())
+                .execute(&mut c)
+                .unwrap();
+            assert_eq!(automatic_indexes(&mut c, "products"), ["sqlite_autoindex_products_1"]);
+        }
+        let mut store = Store::open(&path).unwrap();
+        let dump = store.dump().unwrap();
+        let p = &dump.products[0];
+        assert_eq!((dump.products.len(), p.id, p.title.as_str(), p.rating), (1, 7, "Dune", Some(4)));
+        let t = &dump.tasks[0];
+        assert_eq!((dump.tasks.len(), t.id, t.assignee), (1, 12, Some(3)), "the task still refers to its user");
+        assert_eq!(store.outcome_of(5).unwrap(), Some(ApplyOutcome::AlreadyApplied));
+
+        let c = match &mut store.conn {
+            DbConnection::Sqlite(c) => c,
+            #[allow(unreachable_patterns)]
+            _ => unreachable!("a SQLite file"),
+        };
+        for table in ["products", "tasks", "apply_outcomes"] {
+            assert!(automatic_indexes(c, table).is_empty(), "{table} keeps a second index on its id");
+        }
+        // The reference is enforced as before: deleting the user clears the task's assignee.
+        c.batch_execute("DELETE FROM users WHERE id = 3;").unwrap();
+        assert_eq!(store.dump().unwrap().tasks[0].assignee, None);
+        // New rows take the next ids.
+        let product: ProductInput =
+            serde_json::from_value(serde_json::json!({"title": "Emma", "price": 3.0, "currency": "GBP"})).unwrap();
+        let cmd = Command::new(chrono::Utc::now(), Op::CreateProduct { product });
+        match store.apply(6, 1, &cmd).unwrap() {
+            ApplyOutcome::Applied { reply: Reply::Product(p), .. } => assert_eq!(p.id, 8),
+            other => panic!("{other:?}"),
+        }
+    }
+}
