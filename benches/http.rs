@@ -349,16 +349,14 @@ fn paired(wrk: &Wrk, binary: &Path, etcd_bin: PathBuf, opts: &Options, pairs: us
         stopped()?;
         eprintln!("== pair {pair} (load average {})", common::loadavg());
         let prefix = format!("p{pair}");
-        let one = |system: &str| match system {
-            "labctl" => wrk.run(&pids(&labctl), 1, opts.seconds, &labctl_url, "labctl_write.lua", &[&prefix]),
-            _ => wrk.run(&pids(&etcd), 1, opts.seconds, &etcd_url, "etcd_write.lua", &[&prefix]),
-        };
+        let labctl_load = || wrk.run(&pids(&labctl), 1, opts.seconds, &labctl_url, "labctl_write.lua", &[&prefix]);
+        let etcd_load = || wrk.run(&pids(&etcd), 1, opts.seconds, &etcd_url, "etcd_write.lua", &[&prefix]);
         let (l, e) = if pair % 2 == 1 {
-            let l = one("labctl")?;
-            (l, one("etcd")?)
+            let l = labctl_load()?;
+            (l, etcd_load()?)
         } else {
-            let e = one("etcd")?;
-            (one("labctl")?, e)
+            let e = etcd_load()?;
+            (labctl_load()?, e)
         };
         if l.errors() + e.errors() > 0 {
             // A leader that changed answers 307 or nothing: not a measurement of either.

@@ -134,13 +134,12 @@ impl Driver {
         proposals: mpsc::Receiver<Proposal>,
         applier: Applier,
     ) -> Driver {
-        let names: BTreeMap<NodeId, (Arc<str>, Arc<str>)> = cluster
-            .ids()
-            .chain(std::iter::once(raft.id()))
-            .map(|id| (id, (Arc::from(proto::node_name(id)), Arc::from(cluster.http_addr(id)))))
-            .collect();
+        let names: BTreeMap<NodeId, (Arc<str>, Arc<str>)> =
+            cluster.ids().map(|id| (id, (Arc::from(proto::node_name(id)), Arc::from(cluster.http_addr(id))))).collect();
         let (status, _) = watch::channel(Arc::new(NodeStatus {
-            name: Arc::from(proto::node_name(raft.id())),
+            name: names
+                .get(&raft.id())
+                .map_or_else(|| Arc::from(proto::node_name(raft.id())), |(name, _)| name.clone()),
             role: Role::Follower.as_str(),
             term: raft.term(),
             leader: None,
