@@ -4,7 +4,7 @@
 //! it is inside: the operation, the leader's clock when it accepted the write ([`Command::at`],
 //! used for every timestamp so that nodes agree), and the client's idempotency key.
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::models::{Product, Task, User};
@@ -235,12 +235,37 @@ impl Rejection {
 
 const MAX_TEXT: usize = 10_000;
 
+/// Longest e-mail address, in characters, as stored (lower-cased).
+const MAX_EMAIL: usize = 254;
+
+// Every check here runs when an entry is applied, in the same code on every node, so it
+// decides alone whether a write is refused: a value that passes must be storable on every
+// backend. A value one database would refuse with an error that is not a constraint (a NUL
+// byte in PostgreSQL text, a date too long for its column) would otherwise fail the entry on
+// that database again and again, and stop every node applying the log behind it.
+
 fn check_text(field: &str, value: &str, required: bool) -> Result<(), Rejection> {
     if required && value.trim().is_empty() {
         return Err(Rejection::invalid(format!("{field} must not be empty")));
     }
     if value.len() > MAX_TEXT {
         return Err(Rejection::invalid(format!("{field} is longer than {MAX_TEXT} bytes")));
+    }
+    check_characters(field, value)
+}
+
+/// Refuses NUL and the other control characters but tab, line feed and carriage return.
+fn check_characters(field: &str, value: &str) -> Result<(), Rejection> {
+    if let Some(c) = value.chars().find(|&c| c.is_control() && !matches!(c, '\t' | '\n' | '\r')) {
+        return Err(Rejection::invalid(format!("{field} must not hold the control character {:?}", c)));
+    }
+    Ok(())
+}
+
+/// Dates and times are stored as text of fixed width, so their years have four digits.
+fn check_year(field: &str, year: i32) -> Result<(), Rejection> {
+    if !(0..=9999).contains(&year) {
+        return Err(Rejection::invalid(format!("{field} must be in the years 0000 to 9999")));
     }
     Ok(())
 }
@@ -289,6 +314,9 @@ impl ProductInput {
         if let Some(l) = &self.link {
             check_text("link", l, false)?;
         }
+        if let Some(at) = &self.scraped_at {
+            check_year("scraped_at", at.year())?;
+        }
         Ok(())
     }
 }
@@ -297,12 +325,18 @@ impl UserInput {
     pub(super) fn validate(&self) -> Result<(), Rejection> {
         check_text("name", &self.name, true)?;
         let email = self.email.trim();
-        let valid = email.len() <= 254
-            && email.split_once('@').is_some_and(|(local, domain)| {
-                !local.is_empty() && !domain.is_empty() && !domain.contains('@') && !email.contains(char::is_whitespace)
-            });
+        let valid = email.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty()
+                && !domain.is_empty()
+                && !domain.contains('@')
+                && !email.chars().any(|c| c.is_whitespace() || c.is_control())
+        });
         if !valid {
             return Err(Rejection::invalid(format!("{:?} is not an email address", self.email)));
+        }
+        // Counted as stored: lower-casing can lengthen a few letters (İ becomes i̇).
+        if self.normalized_email().chars().count() > MAX_EMAIL {
+            return Err(Rejection::invalid(format!("an email address is at most {MAX_EMAIL} characters")));
         }
         Ok(())
     }
@@ -317,6 +351,9 @@ impl TaskInput {
         check_text("title", &self.title, true)?;
         if let Some(d) = &self.description {
             check_text("description", d, false)?;
+        }
+        if let Some(due) = &self.due_date {
+            check_year("due_date", due.year())?;
         }
         Ok(())
     }

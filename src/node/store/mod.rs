@@ -649,10 +649,10 @@ fn apply_one(
 fn decide(c: &mut DbConnection, index: i64, cmd: &Command, m: &mut Meta) -> Result<ApplyOutcome, StoreError> {
     let key = cmd.idempotency_key.as_deref();
     if let Some(key) = key {
-        if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
+        if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY || key.contains(char::is_control) {
             return Ok(ApplyOutcome::Rejected {
                 status: 422,
-                error: format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} bytes"),
+                error: format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} bytes, without control characters"),
             });
         }
         let stored: Option<String> =
