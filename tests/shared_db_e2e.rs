@@ -1,99 +1,167 @@
-//! Shared-database mode: three real nodes given one PostgreSQL database apply every write once;
-//! and a node whose database stops answering is not ready.
-#![cfg(feature = "postgres")]
+//! Shared-database mode: three real nodes given one PostgreSQL or one MySQL/MariaDB database
+//! apply every write once, and a write that database could not store is refused without
+//! stopping the log; and a node whose database stops answering is not ready.
+//!
+//! The admin URLs are `LABCTL_TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`) and `LABCTL_TEST_MYSQL_URL` (default
+//! `mysql://root@127.0.0.1:3306/test`). A server that does not answer fails its tests under
+//! `CI=true` and skips them, loudly, otherwise.
+#![cfg(any(feature = "postgres", feature = "mysql"))]
 
 mod common;
 
 use std::time::Duration;
 
 use common::{http_call, poll, TestCluster};
-use diesel::connection::SimpleConnection;
 use diesel::Connection;
 use serde_json::{json, Value};
 
-fn admin_url() -> String {
-    std::env::var("LABCTL_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Server {
+    #[cfg(feature = "postgres")]
+    Postgres,
+    #[cfg(feature = "mysql")]
+    Mysql,
 }
 
-fn admin(sql: &str) -> Result<(), String> {
-    let mut conn = diesel::PgConnection::establish(&admin_url()).map_err(|e| e.to_string())?;
-    conn.batch_execute(sql).map_err(|e| e.to_string())
+impl Server {
+    fn admin_url(self) -> String {
+        let (var, default) = match self {
+            #[cfg(feature = "postgres")]
+            Server::Postgres => ("LABCTL_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres"),
+            #[cfg(feature = "mysql")]
+            Server::Mysql => ("LABCTL_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test"),
+        };
+        std::env::var(var).unwrap_or_else(|_| default.into())
+    }
+
+    fn admin(self, sql: &str) -> Result<(), String> {
+        fn run<C: Connection>(url: &str, sql: &str) -> Result<(), String> {
+            let mut conn = C::establish(url).map_err(|e| e.to_string())?;
+            conn.batch_execute(sql).map_err(|e| e.to_string())
+        }
+        match self {
+            #[cfg(feature = "postgres")]
+            Server::Postgres => run::<diesel::PgConnection>(&self.admin_url(), sql),
+            #[cfg(feature = "mysql")]
+            Server::Mysql => run::<diesel::MysqlConnection>(&self.admin_url(), sql),
+        }
+    }
 }
 
 /// A fresh database, dropped afterwards.
 struct SharedDb {
+    server: Server,
     name: String,
     url: String,
 }
 
 impl SharedDb {
-    fn new() -> Option<SharedDb> {
-        if let Err(e) = admin("SELECT 1") {
-            assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "PostgreSQL is needed (CI=true): {e}");
+    fn new(server: Server) -> Option<SharedDb> {
+        if let Err(e) = server.admin("SELECT 1") {
+            assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "{server:?} is needed (CI=true): {e}");
             let _ = std::io::Write::write_all(
                 &mut std::io::stderr(),
-                format!("\n!!! SKIPPED: PostgreSQL does not answer ({e})\n").as_bytes(),
+                format!("\n!!! SKIPPED: {server:?} does not answer ({e})\n").as_bytes(),
             );
             return None;
         }
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let name = format!("labctl_shared_{}_{n}", std::process::id());
-        let _ = admin(&format!("DROP DATABASE IF EXISTS {name}"));
-        admin(&format!("CREATE DATABASE {name}")).unwrap();
-        let base = admin_url().rsplit_once('/').unwrap().0.to_string();
-        Some(SharedDb { url: format!("{base}/{name}"), name })
+        let _ = server.admin(&format!("DROP DATABASE IF EXISTS {name}"));
+        server.admin(&format!("CREATE DATABASE {name}")).unwrap();
+        let base = server.admin_url().rsplit_once('/').unwrap().0.to_string();
+        Some(SharedDb { server, url: format!("{base}/{name}"), name })
     }
 }
 
 impl Drop for SharedDb {
     fn drop(&mut self) {
-        let _ = admin(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+        // FORCE: PostgreSQL refuses to drop a database a connection still uses.
+        let force = if self.url.starts_with("postgres") { " WITH (FORCE)" } else { "" };
+        let _ = self.server.admin(&format!("DROP DATABASE IF EXISTS {}{force}", self.name));
     }
 }
 
-#[test]
-fn three_nodes_on_one_postgresql_database_apply_every_write_once() {
-    let Some(db) = SharedDb::new() else { return };
+fn post(cluster: &TestCluster, node: u32, path: &str, body: &Value) -> common::HttpReply {
+    let headers = [("Content-Type", "application/json")];
+    http_call(cluster.http_addr(node), "POST", path, &headers, &body.to_string()).expect("the node answers")
+}
+
+fn three_nodes_on_one_database_apply_every_write_once(server: Server) {
+    let Some(db) = SharedDb::new(server) else { return };
     let cluster = TestCluster::start(3, 0, &["--database-url", &db.url]);
     let (leader, _) = cluster.wait_for_leader(Duration::from_secs(10));
     let mut ids = Vec::new();
     for i in 0..30 {
-        let body = json!({ "title": format!("shared{i}"), "price": 1.0 + i as f64, "currency": "EUR" }).to_string();
-        let reply = http_call(
-            cluster.http_addr(leader),
-            "POST",
+        let reply = post(
+            &cluster,
+            leader,
             "/api/products",
-            &[("Content-Type", "application/json")],
-            &body,
-        )
-        .unwrap();
+            &json!({ "title": format!("shared{i} ✓"), "price": 1.0 + i as f64, "currency": "EUR" }),
+        );
         assert_eq!(reply.status, 201, "{}", reply.body);
         ids.push(reply.json()["id"].as_i64().unwrap());
     }
     assert_eq!(ids, (1..=30).collect::<Vec<i64>>(), "ids are assigned once, in log order");
-    // Every node reads the same 30 rows: three appliers, one application per entry.
+
+    // Writes the database could not store (a NUL byte, a date too long for its column) are
+    // refused as the other backends refuse them, and the log goes on behind them.
+    let refused = [
+        ("/api/products", json!({ "title": "nul\0byte", "price": 1.0, "currency": "EUR" })),
+        ("/api/users", json!({ "name": "Nul", "email": "nul\0@example.org" })),
+        ("/api/tasks", json!({ "title": "far off", "due_date": "+10000-01-01" })),
+    ];
+    for (path, body) in &refused {
+        let reply = post(&cluster, leader, path, body);
+        assert_eq!(reply.status, 422, "{path} {body}: {}", reply.body);
+        assert!(reply.json()["error"].is_string(), "{}", reply.body);
+    }
+    let reply = post(&cluster, leader, "/api/products", &json!({ "title": "after", "price": 2.0, "currency": "EUR" }));
+    assert_eq!((reply.status, &reply.json()["id"]), (201, &json!(31)), "{}", reply.body);
+    // Accented e-mails are compared byte for byte, as on the other backends.
+    for email in ["josé@example.org", "jose@example.org"] {
+        let reply = post(&cluster, leader, "/api/users", &json!({ "name": "José 🙂", "email": email }));
+        assert_eq!(reply.status, 201, "{email}: {}", reply.body);
+    }
+
+    // Every node reads the same 31 rows: three appliers, one application per entry.
     for node in 1..=3 {
-        let page: Value = poll(&format!("node{node} to see 30 rows"), Duration::from_secs(10), || {
+        let page: Value = poll(&format!("node{node} to see 31 rows"), Duration::from_secs(10), || {
             let r = http_call(cluster.http_addr(node), "GET", "/api/products?limit=100", &[], "")?;
             let page = r.json();
-            (page["pagination"]["total"] == json!(30)).then_some(page)
+            (page["pagination"]["total"] == json!(31)).then_some(page)
         });
         let titles: Vec<&str> = page["data"].as_array().unwrap().iter().map(|p| p["title"].as_str().unwrap()).collect();
-        assert_eq!(titles.len(), 30);
+        assert_eq!(titles[..2], ["shared0 ✓", "shared1 ✓"]);
+        assert_eq!(titles.last(), Some(&"after"));
     }
     // Each node's applied index catches up with the commit index.
     for node in 1..=3 {
         poll(&format!("node{node} to apply everything committed"), Duration::from_secs(10), || {
             let s = http_call(cluster.http_addr(node), "GET", "/status", &[], "")?.json();
-            (s["applied_index"] == s["commit_index"] && s["commit_index"].as_u64()? >= 31).then_some(())
+            (s["applied_index"] == s["commit_index"] && s["commit_index"].as_u64()? >= 37).then_some(())
         });
     }
 }
 
+#[cfg(feature = "postgres")]
+#[test]
+fn three_nodes_on_one_postgresql_database_apply_every_write_once() {
+    three_nodes_on_one_database_apply_every_write_once(Server::Postgres);
+}
+
+#[cfg(feature = "mysql")]
+#[test]
+fn three_nodes_on_one_mysql_database_apply_every_write_once() {
+    three_nodes_on_one_database_apply_every_write_once(Server::Mysql);
+}
+
+#[cfg(feature = "postgres")]
 #[test]
 fn a_node_whose_database_stops_answering_is_not_ready() {
-    let Some(db) = SharedDb::new() else { return };
+    let Some(db) = SharedDb::new(Server::Postgres) else { return };
     let cluster = TestCluster::start(1, 0, &["--database-url", &db.url]);
     cluster.wait_for_leader(Duration::from_secs(10));
     let addr = cluster.http_addr(1);
@@ -102,11 +170,12 @@ fn a_node_whose_database_stops_answering_is_not_ready() {
     assert_eq!(ready.json()["checks"], json!({ "node": true, "leader": true, "database": true }));
 
     // The server ends the node's sessions, as a database restart or failover would.
-    admin(&format!(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}' AND pid <> pg_backend_pid()",
-        db.name
-    ))
-    .unwrap();
+    Server::Postgres
+        .admin(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}' AND pid <> pg_backend_pid()",
+            db.name
+        ))
+        .unwrap();
     let reply = poll("the node to report its database", Duration::from_secs(10), || {
         let r = http_call(addr, "GET", "/readyz", &[], "")?;
         (r.status == 503).then_some(r)
