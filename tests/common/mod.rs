@@ -99,26 +99,47 @@ pub fn http_call(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Option<HttpReply> {
+    http_exchange(addr, method, path, headers, body).ok()
+}
+
+/// Why an HTTP request got no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoAnswer {
+    /// No connection: the server never saw the request.
+    NotConnected,
+    /// Connected and sent, but no whole answer came back: the server may have acted on it.
+    Lost,
+}
+
+/// [`http_call`], telling a request that never reached the server from one that was lost.
+pub fn http_exchange(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<HttpReply, NoAnswer> {
     use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|_| NoAnswer::NotConnected)?;
+    stream.set_read_timeout(Some(Duration::from_secs(20))).map_err(|_| NoAnswer::NotConnected)?;
     let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
     request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
-    stream.write_all(request.as_bytes()).ok()?;
+    stream.write_all(request.as_bytes()).map_err(|_| NoAnswer::Lost)?;
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).ok()?;
+    stream.read_to_end(&mut raw).map_err(|_| NoAnswer::Lost)?;
     let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n")?;
+    let (head, body) = text.split_once("\r\n\r\n").ok_or(NoAnswer::Lost)?;
     let mut lines = head.lines();
-    let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+    let status = lines.next().and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).ok_or(NoAnswer::Lost)?;
     let headers = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
-    Some(HttpReply { status, headers, body: body.to_string() })
+    Ok(HttpReply { status, headers, body: body.to_string() })
 }
 
 /// A control message as a controller sends it.
