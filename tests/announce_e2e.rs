@@ -18,6 +18,8 @@ struct Manager {
     accepted: Arc<Mutex<Vec<Value>>>,
     /// Requests it received, accepted or not.
     seen: Arc<Mutex<usize>>,
+    /// Bodies of every POST, accepted or not.
+    posted: Arc<Mutex<Vec<Value>>>,
 }
 
 /// A small HTTP server that answers 503 to the first `refuse` POSTs, then 200, and records the
@@ -27,7 +29,8 @@ fn manager(refuse: usize) -> Manager {
     let url = format!("http://{}", listener.local_addr().unwrap());
     let accepted = Arc::new(Mutex::new(Vec::new()));
     let seen = Arc::new(Mutex::new(0usize));
-    let (acc, count) = (accepted.clone(), seen.clone());
+    let posted = Arc::new(Mutex::new(Vec::new()));
+    let (acc, count, all) = (accepted.clone(), seen.clone(), posted.clone());
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
@@ -51,21 +54,23 @@ fn manager(refuse: usize) -> Manager {
                 *c += 1;
                 *c
             };
+            let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            all.lock().unwrap().push(body.clone());
             let ok = line.starts_with("POST /leader ") && n > refuse;
             if ok {
-                acc.lock().unwrap().push(serde_json::from_slice(&body).unwrap_or(Value::Null));
+                acc.lock().unwrap().push(body);
             }
             let status = if ok { "200 OK" } else { "503 Service Unavailable" };
             let _ = stream
                 .write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes());
         }
     });
-    Manager { url, accepted, seen }
+    Manager { url, accepted, seen, posted }
 }
 
 #[test]
 fn each_new_leader_announces_itself_to_the_manager() {
-    let Manager { url, accepted, seen } = manager(2);
+    let Manager { url, accepted, seen, .. } = manager(2);
     let cluster = TestCluster::start(3, 0, &["--manager-url", &url]);
     let (leader, term) = cluster.wait_for_leader(Duration::from_secs(5));
     let first =
@@ -83,4 +88,34 @@ fn each_new_leader_announces_itself_to_the_manager() {
     });
     assert!(announced["term"].as_u64().unwrap() > term);
     assert!(cluster.log_text(leader).contains("manager at"), "the refusal is logged");
+}
+
+/// A leader that the manager keeps refusing retries until another node wins a later term, then
+/// stops: only the current leader's announcements go on.
+#[test]
+fn a_superseded_leader_stops_announcing() {
+    let Manager { url, posted, accepted, .. } = manager(usize::MAX);
+    let cluster = TestCluster::start(3, 0, &["--manager-url", &url]);
+    let (old, term) = cluster.wait_for_leader(Duration::from_secs(5));
+    let from = |name: &str| posted.lock().unwrap().iter().filter(|b| b["name"] == name).count();
+    let old_name = format!("node{old}");
+    poll("the leader to try twice", Duration::from_secs(10), || (from(&old_name) >= 2).then_some(()));
+
+    let next = (1..=3).find(|&id| id != old).unwrap();
+    let next_name = format!("node{next}");
+    cluster.send(next, &control(Request::Timeout, None, Value::Null));
+    poll("the old leader to give up its term", Duration::from_secs(10), || {
+        cluster.log_text(old).contains(&format!("no longer leads term {term}; stops announcing")).then_some(())
+    });
+    let (leader, new_term) = cluster.wait_for_leader(Duration::from_secs(5));
+    assert_eq!(leader, next);
+    assert!(new_term > term);
+    let old_count = from(&old_name);
+    // The new leader's own attempts (100 ms, 200 ms, 400 ms, 800 ms apart) serve as the clock:
+    // five of them span a second and a half, and the old leader sends nothing in that time.
+    poll("the new leader to try five times", Duration::from_secs(20), || (from(&next_name) >= 5).then_some(()));
+    assert_eq!(from(&old_name), old_count, "the superseded leader went on announcing");
+    let posted = posted.lock().unwrap();
+    assert!(posted.iter().filter(|b| b["name"] == next_name.as_str()).all(|b| b["term"] == new_term));
+    assert!(accepted.lock().unwrap().is_empty());
 }

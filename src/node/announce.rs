@@ -70,6 +70,11 @@ pub async fn run(manager_url: String, mut status: watch::Receiver<Arc<NodeStatus
             let now = status.borrow().clone();
             if now.role != "LEADER" || now.term != lead.term {
                 // Superseded: the next leader announces itself.
+                log::info!(
+                    "{}: no longer leads term {}; stops announcing it after {attempt} attempt(s)",
+                    lead.name,
+                    lead.term
+                );
                 break;
             }
             wait = (wait * 2).min(MAX_RETRY);
