@@ -465,3 +465,61 @@ fn strong_reads_go_through_the_leader_and_fail_without_a_majority() {
         cluster.freeze(id, false);
     }
 }
+
+/// The batching counters of a node's `/status`.
+fn batching(addr: SocketAddr) -> [u64; 4] {
+    let b = list(addr, "/status")["batching"].clone();
+    ["log_writes", "log_entries", "append_messages", "append_entries"]
+        .map(|k| b[k].as_u64().unwrap_or_else(|| panic!("no batching.{k} in /status: {b}")))
+}
+
+/// Concurrent writes share log flushes and AppendEntries messages; a lone writer's write
+/// waits for no batch to fill.
+#[test]
+fn concurrent_writes_share_log_flushes_and_messages() {
+    const WRITERS: usize = 32;
+    const EACH: usize = 10;
+    let cluster = TestCluster::start(3, 0, &[]);
+    let (leader, _) = cluster.wait_for_leader(ELECTION);
+    let addr = cluster.http_addr(leader);
+    let follower = cluster.http_addr((1..=3).find(|&id| id != leader).unwrap());
+    let delta = |before: [u64; 4], after: [u64; 4]| -> [u64; 4] { std::array::from_fn(|i| after[i] - before[i]) };
+
+    // One client, one write at a time: each write is a log write of its own.
+    let before = batching(addr);
+    for i in 0..20 {
+        let reply = post(addr, "/api/products", &product(&format!("alone{i}"), 1.0), &[]).unwrap();
+        assert_eq!(reply.status, 201, "{}", reply.body);
+    }
+    let [writes, entries, _, _] = delta(before, batching(addr));
+    assert_eq!((writes, entries), (20, 20), "a lone writer's writes are flushed one by one");
+
+    let (leader_before, follower_before) = (batching(addr), batching(follower));
+    std::thread::scope(|scope| {
+        for w in 0..WRITERS {
+            scope.spawn(move || {
+                for i in 0..EACH {
+                    let reply = post(addr, "/api/products", &product(&format!("w{w}-{i}"), 1.0), &[]).unwrap();
+                    assert_eq!(reply.status, 201, "{}", reply.body);
+                }
+            });
+        }
+    });
+    let total = (WRITERS * EACH) as u64;
+    // Every entry goes to both followers: to the second one, outside the pair a commit needs,
+    // up to a heartbeat later.
+    let [writes, entries, messages, sent] = poll("both followers to be sent every entry", ELECTION, || {
+        let d = delta(leader_before, batching(addr));
+        (d[3] >= 2 * total).then_some(d)
+    });
+    eprintln!("leader: {entries} entries in {writes} log writes; {sent} entries in {messages} AppendEntries");
+    assert_eq!(entries, total, "one entry per write");
+    assert!(writes * 2 <= entries, "{entries} entries in {writes} log writes: concurrent writes were not batched");
+    assert!(messages * 2 <= sent, "{sent} entries in {messages} AppendEntries: not batched");
+    let [writes, entries, _, _] = poll("the follower to write every entry", ELECTION, || {
+        let d = delta(follower_before, batching(follower));
+        (d[1] >= total).then_some(d)
+    });
+    eprintln!("follower: {entries} entries in {writes} log writes");
+    assert!(writes * 2 <= entries, "the follower wrote {entries} entries in {writes} log writes");
+}

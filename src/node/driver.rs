@@ -23,7 +23,7 @@ use tokio::time::Instant;
 
 use super::apply::{Applier, ApplyItem, WriteResult, BARRIER_KEY, COMMAND_KEY};
 use super::handshake::Handshake;
-use super::http::{NodeStatus, PeerStatus};
+use super::http::{Batching, NodeStatus, PeerStatus};
 use super::raft::{EntryValue, Event, LogEntry, Msg, NodeId, ProposeError, Raft, Role};
 use super::storage::{Storage, StorageError};
 use super::transport::{RateLimited, Transport, RECV_BUFFER};
@@ -104,6 +104,7 @@ pub struct Driver {
     status: watch::Sender<Arc<NodeStatus>>,
     elections: u64,
     leader_changes: u64,
+    batching: Batching,
     last_leader: Option<NodeId>,
     proposals: mpsc::Receiver<Proposal>,
     /// HTTP writes waiting for their entries to commit, by index.
@@ -150,6 +151,7 @@ impl Driver {
             peers: Vec::new(),
             elections: 0,
             leader_changes: 0,
+            batching: Batching::default(),
             accepted_by: Default::default(),
             leader_credentials: None,
         }));
@@ -180,6 +182,7 @@ impl Driver {
             status,
             elections: 0,
             leader_changes: 0,
+            batching: Batching::default(),
             last_leader: None,
             proposals,
             writes: BTreeMap::new(),
@@ -248,6 +251,7 @@ impl Driver {
             peers,
             elections: self.elections,
             leader_changes: self.leader_changes,
+            batching: self.batching,
             accepted_by,
             leader_credentials,
         };
@@ -589,6 +593,10 @@ impl Driver {
             }
             let last = self.raft.last_index();
             let entries = ready.persist_from.map(|from| (from, self.raft.log().slice(from, last)));
+            if let Some((_, written)) = entries.filter(|(_, e)| !e.is_empty()) {
+                self.batching.log_writes += 1;
+                self.batching.log_entries += written.len() as u64;
+            }
             self.storage.persist(ready.hard_state, entries)?;
             self.send(messages);
             for event in ready.events {
@@ -647,6 +655,12 @@ impl Driver {
     fn send(&mut self, messages: Vec<(NodeId, Msg)>) {
         let mut encoded: Option<(Msg, Vec<Vec<u8>>)> = None;
         for (to, msg) in messages {
+            if let Msg::Append { entries, .. } = &msg {
+                if !entries.is_empty() {
+                    self.batching.append_messages += 1;
+                    self.batching.append_entries += entries.len() as u64;
+                }
+            }
             if !encoded.as_ref().is_some_and(|(last, _)| *last == msg) {
                 let bytes = msg.to_wire(self.raft.id()).encode();
                 let datagrams = if bytes.len() > MAX_DATAGRAM {

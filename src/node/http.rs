@@ -41,6 +41,20 @@ pub struct PeerStatus {
     pub match_index: Option<u64>,
 }
 
+/// How concurrent writes share the work of the Raft log: counters since the node started.
+/// Entries per log write and per AppendEntries message are the batches' average sizes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Batching {
+    /// Writes of the Raft log that carried entries, each made durable with one flush.
+    pub log_writes: u64,
+    /// Entries in those writes.
+    pub log_entries: u64,
+    /// AppendEntries messages sent that carried entries (one to each follower).
+    pub append_messages: u64,
+    /// Entries in those messages.
+    pub append_entries: u64,
+}
+
 /// What `/status` shows; published by the driver after every turn of its loop that changed
 /// it. Its text and maps are shared between snapshots (`Arc`), so that a new snapshot, made
 /// several times per write, costs about one allocation.
@@ -60,6 +74,8 @@ pub struct NodeStatus {
     pub elections: u64,
     /// Times this node has seen a new leader since it started.
     pub leader_changes: u64,
+    /// How many entries shared each log flush and each AppendEntries message.
+    pub batching: Batching,
     /// Leader: followers that completed the election handshake this term, with their HTTP
     /// addresses.
     pub accepted_by: Arc<BTreeMap<String, String>>,
@@ -289,7 +305,32 @@ pub fn render_metrics(s: &NodeStatus, responses: &BTreeMap<u16, u64>) -> String 
     gauge("labctl_applied_index", "Highest log index applied", "gauge", &[(node.clone(), s.applied_index)]);
     gauge("labctl_last_log_index", "Index of the last log entry", "gauge", &[(node.clone(), s.last_log_index)]);
     gauge("labctl_elections_total", "Elections started by this node", "counter", &[(node.clone(), s.elections)]);
-    gauge("labctl_leader_changes_total", "New leaders seen by this node", "counter", &[(node, s.leader_changes)]);
+    gauge(
+        "labctl_leader_changes_total",
+        "New leaders seen by this node",
+        "counter",
+        &[(node.clone(), s.leader_changes)],
+    );
+    let b = &s.batching;
+    gauge(
+        "labctl_log_writes_total",
+        "Writes of the Raft log that carried entries, one flush each",
+        "counter",
+        &[(node.clone(), b.log_writes)],
+    );
+    gauge("labctl_log_entries_total", "Entries written to the Raft log", "counter", &[(node.clone(), b.log_entries)]);
+    gauge(
+        "labctl_append_messages_total",
+        "AppendEntries messages sent that carried entries",
+        "counter",
+        &[(node.clone(), b.append_messages)],
+    );
+    gauge(
+        "labctl_append_entries_total",
+        "Entries sent in AppendEntries messages",
+        "counter",
+        &[(node, b.append_entries)],
+    );
     let http: Vec<(String, u64)> =
         responses.iter().map(|(code, n)| (format!("{{node=\"{}\",status=\"{code}\"}}", s.name), *n)).collect();
     gauge("labctl_http_requests_total", "HTTP responses by status code", "counter", &http);
@@ -324,6 +365,7 @@ mod tests {
             peers: vec![],
             elections: 3,
             leader_changes: 2,
+            batching: Batching { log_writes: 4, log_entries: 10, append_messages: 8, append_entries: 20 },
             accepted_by: Default::default(),
             leader_credentials: None,
         };
@@ -335,6 +377,10 @@ mod tests {
             "labctl_commit_index{node=\"node2\"} 12",
             "labctl_applied_index{node=\"node2\"} 11",
             "labctl_elections_total{node=\"node2\"} 3",
+            "labctl_log_writes_total{node=\"node2\"} 4",
+            "labctl_log_entries_total{node=\"node2\"} 10",
+            "labctl_append_messages_total{node=\"node2\"} 8",
+            "labctl_append_entries_total{node=\"node2\"} 20",
             "labctl_http_requests_total{node=\"node2\",status=\"404\"} 1",
             "# TYPE labctl_http_requests_total counter",
         ] {
