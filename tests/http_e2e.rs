@@ -42,7 +42,11 @@ fn status_readyz_and_heartbeat_describe_the_cluster() {
 
         let (code, ready) = get_json(&cluster, id, "/readyz");
         assert_eq!((code, &ready["ready"]), (200, &json!(true)), "{ready}");
-        assert_eq!(ready["checks"], json!({ "node": true, "leader": true, "database": true }), "{ready}");
+        assert_eq!(
+            ready["checks"],
+            json!({ "node": true, "leader": true, "database": true, "applying": true }),
+            "{ready}"
+        );
         let (code, health) = get_json(&cluster, id, "/healthz");
         assert_eq!((code, &health["status"]), (200, &json!("ok")));
         let (code, beat) = get_json(&cluster, id, "/heartbeat");

@@ -13,6 +13,7 @@ mod common;
 use std::time::Duration;
 
 use common::{http_call, poll, TestCluster};
+use diesel::connection::SimpleConnection;
 use diesel::Connection;
 use serde_json::{json, Value};
 
@@ -167,7 +168,7 @@ fn a_node_whose_database_stops_answering_is_not_ready() {
     let addr = cluster.http_addr(1);
     let ready = http_call(addr, "GET", "/readyz", &[], "").unwrap();
     assert_eq!(ready.status, 200, "{}", ready.body);
-    assert_eq!(ready.json()["checks"], json!({ "node": true, "leader": true, "database": true }));
+    assert_eq!(ready.json()["checks"], json!({ "node": true, "leader": true, "database": true, "applying": true }));
 
     // The server ends the node's sessions, as a database restart or failover would.
     Server::Postgres
@@ -183,7 +184,49 @@ fn a_node_whose_database_stops_answering_is_not_ready() {
     assert_eq!(reply.header("retry-after"), Some("1"));
     let body = reply.json();
     assert_eq!(body["ready"], json!(false));
-    assert_eq!(body["checks"], json!({ "node": true, "leader": true, "database": false }), "{body}");
+    assert_eq!(body["checks"], json!({ "node": true, "leader": true, "database": false, "applying": true }), "{body}");
     assert!(body["database_error"].as_str().is_some_and(|e| !e.is_empty()), "{body}");
     assert_eq!(http_call(addr, "GET", "/healthz", &[], "").unwrap().status, 200, "still alive");
+}
+
+/// A committed entry the database refuses with an error that is no refusal of the write (here:
+/// its table was renamed away under the node) is tried again until the database takes it,
+/// and the node says meanwhile that it is not ready, and why. The client is answered once it is
+/// applied, with the write applied once.
+#[cfg(feature = "postgres")]
+#[test]
+fn a_node_that_cannot_apply_an_entry_is_not_ready_until_it_has() {
+    let Some(db) = SharedDb::new(Server::Postgres) else { return };
+    let cluster = TestCluster::start(1, 0, &["--database-url", &db.url]);
+    cluster.wait_for_leader(Duration::from_secs(10));
+    let addr = cluster.http_addr(1);
+    let on_db = |sql: &str| {
+        let mut conn = diesel::PgConnection::establish(&db.url).unwrap();
+        conn.batch_execute(sql).unwrap();
+    };
+    on_db("ALTER TABLE products RENAME TO products_away");
+    let writer = std::thread::spawn(move || {
+        let body = json!({ "title": "waits", "price": 1.0, "currency": "EUR" }).to_string();
+        http_call(addr, "POST", "/api/products", &[("Content-Type", "application/json")], &body)
+    });
+    let reply = poll("the node to report that it cannot apply", Duration::from_secs(10), || {
+        let r = http_call(addr, "GET", "/readyz", &[], "")?;
+        (r.status == 503).then_some(r)
+    });
+    assert_eq!(reply.header("retry-after"), Some("1"));
+    let body = reply.json();
+    assert_eq!(body["checks"], json!({ "node": true, "leader": true, "database": true, "applying": false }), "{body}");
+    let error = body["apply_error"].as_str().unwrap_or_default();
+    assert!(error.starts_with("entry ") && error.contains("products"), "{body}");
+    assert!(cluster.log_text(1).contains("trying again (attempt 1)"), "{}", cluster.log_text(1));
+
+    on_db("ALTER TABLE products_away RENAME TO products");
+    let answer = writer.join().unwrap().expect("the writer is answered");
+    assert_eq!((answer.status, &answer.json()["id"]), (201, &json!(1)), "{}", answer.body);
+    poll("the node to be ready again", Duration::from_secs(10), || {
+        (http_call(addr, "GET", "/readyz", &[], "")?.status == 200).then_some(())
+    });
+    let page = http_call(addr, "GET", "/api/products", &[], "").unwrap().json();
+    assert_eq!(page["pagination"]["total"], 1, "{page}");
+    assert!(cluster.log_text(1).contains("after all"), "{}", cluster.log_text(1));
 }

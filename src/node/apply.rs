@@ -114,6 +114,20 @@ enum Prepared {
 pub struct AppliedIndex {
     applied: Arc<AtomicU64>,
     answered: Arc<AtomicU64>,
+    stall: Arc<Mutex<Option<ApplyStall>>>,
+}
+
+/// A committed entry the database keeps failing to apply: the applier tries it again every
+/// second, and nothing after it is applied meanwhile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApplyStall {
+    /// The first entry of the batch that fails.
+    pub index: u64,
+    /// The database's last error.
+    pub error: String,
+    /// Failed attempts so far.
+    pub attempts: u32,
+    pub since: Instant,
 }
 
 /// How long a read waits at most for a write already answered to become visible (see
@@ -125,6 +139,11 @@ impl AppliedIndex {
     /// that. Every write answered before this call is included: a leader answers a write as
     /// soon as its transaction has run and commits it right after, and a read that comes in
     /// meanwhile waits here for that commit (tens of microseconds).
+    /// The entry the applier cannot apply, while it cannot.
+    pub fn stall(&self) -> Option<ApplyStall> {
+        lock(&self.stall).clone()
+    }
+
     pub fn settled(&self) -> u64 {
         let answered = self.answered.load(Ordering::Acquire);
         let mut applied = self.applied.load(Ordering::Acquire);
@@ -167,7 +186,35 @@ struct Shared {
     prepared: Mutex<Prepared>,
     /// No entry is run ahead before then (see [`PREPARE_PAUSE`]).
     prepare_paused_until: Mutex<Option<Instant>>,
+    /// Set while a batch keeps failing (see [`AppliedIndex::stall`]).
+    stall: Arc<Mutex<Option<ApplyStall>>>,
     name: String,
+}
+
+impl Shared {
+    /// Applies `batch`, trying again every [`RETRY`] while the database fails, with the failure
+    /// shown to `/readyz` meanwhile.
+    fn apply_until_done(&self, store: &mut Store, batch: &mut [ApplyItem]) {
+        while let Err(e) = apply_batch(store, batch, &self.applied) {
+            let index = batch[0].index;
+            let attempts = {
+                let mut stall = lock(&self.stall);
+                let attempts = stall.as_ref().filter(|s| s.index == index).map_or(0, |s| s.attempts) + 1;
+                let since = stall.as_ref().filter(|s| s.index == index).map_or_else(Instant::now, |s| s.since);
+                *stall = Some(ApplyStall { index, error: e.with_causes(), attempts, since });
+                attempts
+            };
+            log::error!(
+                "{}: cannot apply entries {index}…: {}; trying again (attempt {attempts})",
+                self.name,
+                e.with_causes()
+            );
+            std::thread::sleep(RETRY);
+        }
+        if lock(&self.stall).take().is_some() {
+            log::info!("{}: applied entries {}… after all", self.name, batch[0].index);
+        }
+    }
 }
 
 /// Entries applied in one transaction at most.
@@ -207,6 +254,7 @@ impl Applier {
             answered: Arc::new(AtomicU64::new(0)),
             prepared: Mutex::new(Prepared::None),
             prepare_paused_until: Mutex::new(None),
+            stall: Arc::new(Mutex::new(None)),
             name,
         });
         let theirs = shared.clone();
@@ -244,9 +292,10 @@ impl Applier {
                         // The thread applies them: for their waiters if the transaction
                         // failed, for nobody if only the commit after the answers did.
                         Err(e) => log::error!(
-                            "{}: cannot apply entries {}…: {e}; handing them over",
+                            "{}: cannot apply entries {}…: {}; handing them over",
                             self.shared.name,
-                            items[0].index
+                            items[0].index,
+                            e.with_causes()
                         ),
                     }
                     drop(store);
@@ -259,7 +308,12 @@ impl Applier {
                     Ok(()) => return,
                     // The thread tries again until the database answers.
                     Err(e) => {
-                        log::warn!("{}: cannot apply entry {}: {e}; handing it over", self.shared.name, items[0].index)
+                        log::warn!(
+                            "{}: cannot apply entry {}: {}; handing it over",
+                            self.shared.name,
+                            items[0].index,
+                            e.with_causes()
+                        )
                     }
                 }
             }
@@ -394,7 +448,11 @@ impl Applier {
     /// The applied index as it moves, for readers on other threads: it is stored after the
     /// transaction that applied it has committed.
     pub fn applied_index(&self) -> AppliedIndex {
-        AppliedIndex { applied: self.shared.applied.clone(), answered: self.shared.answered.clone() }
+        AppliedIndex {
+            applied: self.shared.applied.clone(),
+            answered: self.shared.answered.clone(),
+            stall: self.shared.stall.clone(),
+        }
     }
 
     /// Lets the applier finish what is queued, then stops it.
@@ -449,14 +507,8 @@ fn run(shared: &Shared, own: Option<OwnFile>, rx: mpsc::Receiver<Work>) {
         let taken = batch.len() + reads.len();
         // Reads queued behind these entries go once they are applied (or at once if none).
         let mut store = lock(&shared.store);
-        while !batch.is_empty() {
-            match apply_batch(&mut store, &mut batch, &shared.applied) {
-                Ok(()) => break,
-                Err(e) => {
-                    log::error!("{name}: cannot apply entries {}…: {e}; trying again", batch[0].index);
-                    std::thread::sleep(RETRY);
-                }
-            }
+        if !batch.is_empty() {
+            shared.apply_until_done(&mut store, &mut batch);
         }
         drop(store);
         for reply in reads {
@@ -527,7 +579,7 @@ fn prepare_one(shared: &Shared, mut item: ApplyItem) {
             }
             if let Err(e) = answer_and_commit(&mut store, shared, index, std::iter::once(waiter).zip(outcomes)) {
                 log::error!("{}: cannot commit entry {index} after answering it: {e}; applying it again", shared.name);
-                apply_until_done(shared, &mut store, std::slice::from_mut(&mut item));
+                shared.apply_until_done(&mut store, std::slice::from_mut(&mut item));
             }
         }
         // Committed, but its transaction failed: applied here, before anything after it, as
@@ -535,7 +587,7 @@ fn prepare_one(shared: &Shared, mut item: ApplyItem) {
         (Prepared::Claimed { waiter, .. }, None) => {
             drop(prepared);
             item.waiter = waiter;
-            apply_until_done(shared, &mut store, std::slice::from_mut(&mut item));
+            shared.apply_until_done(&mut store, std::slice::from_mut(&mut item));
         }
         // Given up (or, with nothing run, applied the usual way once committed).
         (_, Some(_)) => {
@@ -545,14 +597,6 @@ fn prepare_one(shared: &Shared, mut item: ApplyItem) {
             }
         }
         (_, None) => {}
-    }
-}
-
-/// Applies `batch`, trying again after a pause while the database fails.
-fn apply_until_done(shared: &Shared, store: &mut Store, batch: &mut [ApplyItem]) {
-    while let Err(e) = apply_batch(store, batch, &shared.applied) {
-        log::error!("{}: cannot apply entries {}…: {e}; trying again", shared.name, batch[0].index);
-        std::thread::sleep(RETRY);
     }
 }
 
@@ -744,7 +788,7 @@ mod tests {
         let mut store = Store::open(&url).unwrap().private();
         let mut reader = Store::open(&url).unwrap();
         let (applied, answered) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let index = AppliedIndex { applied: applied.clone(), answered: answered.clone() };
+        let index = AppliedIndex { applied: applied.clone(), answered: answered.clone(), stall: Default::default() };
         let shared = Shared {
             store: Mutex::new(Store::open(&url).unwrap()),
             queued: AtomicUsize::new(0),
@@ -753,6 +797,7 @@ mod tests {
             inline: true,
             prepared: Mutex::new(Prepared::None),
             prepare_paused_until: Mutex::new(None),
+            stall: Default::default(),
             name: "node1".into(),
         };
         // Left open, the transaction's row is invisible to another connection; rolled back, it

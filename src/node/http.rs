@@ -229,15 +229,25 @@ async fn healthz(state: web::Data<State>) -> HttpResponse {
 async fn readyz(state: web::Data<State>, api: web::Data<super::api::Api>) -> HttpResponse {
     let status = state.status.borrow().clone();
     let leader = status.leader.is_some();
+    let stall = api.applied.stall();
     let database = super::api::check_database(api).await;
-    let ready = leader && database.is_ok();
+    let ready = leader && database.is_ok() && stall.is_none();
     let mut body = json!({
         "ready": ready,
         "name": status.name,
-        "checks": { "node": true, "leader": leader, "database": database.is_ok() },
+        "checks": { "node": true, "leader": leader, "database": database.is_ok(), "applying": stall.is_none() },
     });
     if let Err(e) = database {
         body["database_error"] = json!(e);
+    }
+    if let Some(stall) = stall {
+        body["apply_error"] = json!(format!(
+            "entry {} has failed {} time(s) over {} s: {}",
+            stall.index,
+            stall.attempts,
+            stall.since.elapsed().as_secs(),
+            stall.error
+        ));
     }
     if ready {
         HttpResponse::Ok().json(body)

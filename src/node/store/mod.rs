@@ -126,6 +126,21 @@ pub enum StoreError {
     Pool(String),
 }
 
+impl StoreError {
+    /// The error with its causes, `: `-separated (`database error: relation "products" does
+    /// not exist`), for logs and `/readyz`.
+    pub fn with_causes(&self) -> String {
+        let mut text = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(c) = cause {
+            text.push_str(": ");
+            text.push_str(&c.to_string());
+            cause = c.source();
+        }
+        text
+    }
+}
+
 /// The replicated database of one node.
 pub struct Store {
     conn: DbConnection,
