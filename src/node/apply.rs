@@ -734,17 +734,7 @@ mod tests {
     use crate::proto::EntryValue;
 
     fn create(title: &str) -> Command {
-        let product = ProductInput {
-            title: title.into(),
-            price: 2.5,
-            currency: "GBP".into(),
-            converted_price: None,
-            converted_currency: None,
-            availability: None,
-            rating: None,
-            link: None,
-            scraped_at: None,
-        };
+        let product = ProductInput::new(title, 2.5, "GBP");
         Command::new(chrono::Utc::now(), Op::CreateProduct { product })
     }
 

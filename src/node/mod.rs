@@ -118,7 +118,10 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
-    let mut write_store = Store::open(&database_url).with_context(|| format!("cannot open the database of {name}"))?;
+    // The node's own file is the node's alone: its connections lock each other in memory, and
+    // other processes are kept out.
+    let open_url = if private { store::exclusive_sqlite_url(&database_url) } else { database_url.clone() };
+    let mut write_store = Store::open(&open_url).with_context(|| format!("cannot open the database of {name}"))?;
     if private {
         // The node's own file, in its own data dir: no other node applies to it.
         write_store = write_store.private();
@@ -126,11 +129,11 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
     if own_file.is_some() {
         write_store.without_flushes().with_context(|| format!("cannot set up the database of {name}"))?;
     }
-    let reads = ReadPool::open(&database_url, READ_CONNECTIONS)
+    let reads = ReadPool::open(&open_url, READ_CONNECTIONS)
         .with_context(|| format!("cannot open read connections to the database of {name}"))?;
     log::info!("{name}: database {database_url}");
     let applier = Applier::start(write_store, own_file, name.clone())?;
-    let notifier = notify::Notifier::start(file, &name, &database_url)?;
+    let notifier = notify::Notifier::start(file, &name, &open_url)?;
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let stopped = runtime.block_on(async {

@@ -285,6 +285,21 @@ fn check_currency(field: &str, value: &str) -> Result<(), Rejection> {
 }
 
 impl ProductInput {
+    /// A product with the required fields only.
+    pub fn new(title: impl Into<String>, price: f64, currency: impl Into<String>) -> ProductInput {
+        ProductInput {
+            title: title.into(),
+            price,
+            currency: currency.into(),
+            converted_price: None,
+            converted_currency: None,
+            availability: None,
+            rating: None,
+            link: None,
+            scraped_at: None,
+        }
+    }
+
     /// The checks a write of this product passes when it is applied, for checking an upload
     /// before it is replicated.
     pub fn check(&self) -> Result<(), String> {

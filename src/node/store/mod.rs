@@ -126,6 +126,27 @@ pub enum StoreError {
     Pool(String),
 }
 
+/// The URL that opens the SQLite file at `path` for this process alone: through SQLite's
+/// `unix-excl` VFS, which takes one exclusive lock on the file for the process when it is first
+/// used and keeps the WAL index in the process's memory instead of a shared `-shm` file. The
+/// connections of the process then lock each other in memory only: a read transaction takes no
+/// `fcntl` lock and no process-wide mutex around one, which with two HTTP workers reading made
+/// a third of the CPU time of a read by id. Another process cannot open the file meanwhile
+/// (`database is locked`). For a node's own file, which no other process is to touch.
+pub fn exclusive_sqlite_url(path: &str) -> String {
+    let mut url = String::from("file:");
+    for c in path.chars() {
+        match c {
+            '%' => url.push_str("%25"),
+            '?' => url.push_str("%3f"),
+            '#' => url.push_str("%23"),
+            c => url.push(c),
+        }
+    }
+    url.push_str("?vfs=unix-excl");
+    url
+}
+
 impl StoreError {
     /// The error with its causes, `: `-separated (`database error: relation "products" does
     /// not exist`), for logs and `/readyz`.
@@ -928,6 +949,35 @@ mod tests {
         .into_iter()
         .map(|n| n.name)
         .collect()
+    }
+
+    #[test]
+    fn an_exclusive_url_escapes_what_a_uri_would_read_otherwise() {
+        assert_eq!(exclusive_sqlite_url("/data/node1/labctl.db"), "file:/data/node1/labctl.db?vfs=unix-excl");
+        assert_eq!(exclusive_sqlite_url("data/node1/labctl.db"), "file:data/node1/labctl.db?vfs=unix-excl");
+        assert_eq!(exclusive_sqlite_url("/a b/100%?#x.db"), "file:/a b/100%25%3f%23x.db?vfs=unix-excl");
+    }
+
+    /// The connections of one process on the exclusive URL share the file as usual: a write of
+    /// one is read by the others, and pooled readers run beside the writer.
+    #[test]
+    fn connections_of_one_process_share_an_exclusive_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("odd ?#%.db").to_string_lossy().into_owned();
+        let url = exclusive_sqlite_url(&path);
+        let mut writer = Store::open(&url).unwrap().private();
+        let mut reader = Store::connect(&url).unwrap();
+        let product = |title: &str| ProductInput::new(title, 1.0, "GBP");
+        let at = chrono::Utc::now();
+        writer.apply(1, 1, &Command::new(at, Op::CreateProduct { product: product("one") })).unwrap();
+        assert_eq!(reader.get_product(1).unwrap().map(|p| p.title), Some("one".into()));
+        writer.apply(2, 1, &Command::new(at, Op::CreateProduct { product: product("two") })).unwrap();
+        assert_eq!(reader.list_products(&ProductQuery::default()).unwrap().pagination.total, 2);
+        drop((writer, reader));
+        assert!(std::path::Path::new(&path).exists(), "the file is named by the path, escapes undone");
+        assert!(!std::path::Path::new(&format!("{path}-shm")).exists(), "the WAL index stays in memory");
+        let mut plain = Store::connect(&path).unwrap();
+        assert_eq!(plain.list_products(&ProductQuery::default()).unwrap().pagination.total, 2);
     }
 
     #[test]
