@@ -159,6 +159,17 @@ fn three_nodes_on_one_mysql_database_apply_every_write_once() {
     three_nodes_on_one_database_apply_every_write_once(Server::Mysql);
 }
 
+/// The body of `/readyz` once it answers 503, which asks the client to come back in a second.
+#[cfg(feature = "postgres")]
+fn not_ready(addr: std::net::SocketAddr, what: &str) -> serde_json::Value {
+    let reply = poll(what, Duration::from_secs(10), || {
+        let r = http_call(addr, "GET", "/readyz", &[], "")?;
+        (r.status == 503).then_some(r)
+    });
+    assert_eq!(reply.header("retry-after"), Some("1"), "{}", reply.body);
+    reply.json()
+}
+
 #[cfg(feature = "postgres")]
 #[test]
 fn a_node_whose_database_stops_answering_is_not_ready() {
@@ -177,12 +188,7 @@ fn a_node_whose_database_stops_answering_is_not_ready() {
             db.name
         ))
         .unwrap();
-    let reply = poll("the node to report its database", Duration::from_secs(10), || {
-        let r = http_call(addr, "GET", "/readyz", &[], "")?;
-        (r.status == 503).then_some(r)
-    });
-    assert_eq!(reply.header("retry-after"), Some("1"));
-    let body = reply.json();
+    let body = not_ready(addr, "the node to report its database");
     assert_eq!(body["ready"], json!(false));
     assert_eq!(body["checks"], json!({ "node": true, "leader": true, "database": false, "applying": true }), "{body}");
     assert!(body["database_error"].as_str().is_some_and(|e| !e.is_empty()), "{body}");
@@ -209,12 +215,7 @@ fn a_node_that_cannot_apply_an_entry_is_not_ready_until_it_has() {
         let body = json!({ "title": "waits", "price": 1.0, "currency": "EUR" }).to_string();
         http_call(addr, "POST", "/api/products", &[("Content-Type", "application/json")], &body)
     });
-    let reply = poll("the node to report that it cannot apply", Duration::from_secs(10), || {
-        let r = http_call(addr, "GET", "/readyz", &[], "")?;
-        (r.status == 503).then_some(r)
-    });
-    assert_eq!(reply.header("retry-after"), Some("1"));
-    let body = reply.json();
+    let body = not_ready(addr, "the node to report that it cannot apply");
     assert_eq!(body["checks"], json!({ "node": true, "leader": true, "database": true, "applying": false }), "{body}");
     let error = body["apply_error"].as_str().unwrap_or_default();
     assert!(error.starts_with("entry ") && error.contains("products"), "{body}");

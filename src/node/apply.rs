@@ -135,15 +135,15 @@ pub struct ApplyStall {
 const SETTLE_LIMIT: Duration = Duration::from_millis(100);
 
 impl AppliedIndex {
-    /// Everything up to this index is in the database; a read that starts now sees at least
-    /// that. Every write answered before this call is included: a leader answers a write as
-    /// soon as its transaction has run and commits it right after, and a read that comes in
-    /// meanwhile waits here for that commit (tens of microseconds).
     /// The entry the applier cannot apply, while it cannot.
     pub fn stall(&self) -> Option<ApplyStall> {
         lock(&self.stall).clone()
     }
 
+    /// Everything up to this index is in the database; a read that starts now sees at least
+    /// that. Every write answered before this call is included: a leader answers a write as
+    /// soon as its transaction has run and commits it right after, and a read that comes in
+    /// meanwhile waits here for that commit (tens of microseconds).
     pub fn settled(&self) -> u64 {
         let answered = self.answered.load(Ordering::Acquire);
         let mut applied = self.applied.load(Ordering::Acquire);

@@ -302,45 +302,36 @@ pub fn render_metrics(s: &NodeStatus, responses: &BTreeMap<u16, u64>) -> String 
         .iter()
         .map(|r| (format!("{{node=\"{}\",role=\"{r}\"}}", s.name), u64::from(s.role == *r)))
         .collect();
-    let node = format!("{{node=\"{}\"}}", s.name);
     gauge("labctl_role", "1 for the node's current Raft role", "gauge", &role_lines);
-    gauge("labctl_term", "Current Raft term", "gauge", &[(node.clone(), s.term)]);
-    gauge(
-        "labctl_leader_known",
-        "1 while a leader is known",
-        "gauge",
-        &[(node.clone(), u64::from(s.leader.is_some()))],
-    );
-    gauge("labctl_commit_index", "Highest log index known committed", "gauge", &[(node.clone(), s.commit_index)]);
-    gauge("labctl_applied_index", "Highest log index applied", "gauge", &[(node.clone(), s.applied_index)]);
-    gauge("labctl_last_log_index", "Index of the last log entry", "gauge", &[(node.clone(), s.last_log_index)]);
-    gauge("labctl_elections_total", "Elections started by this node", "counter", &[(node.clone(), s.elections)]);
-    gauge(
-        "labctl_leader_changes_total",
-        "New leaders seen by this node",
-        "counter",
-        &[(node.clone(), s.leader_changes)],
-    );
     let b = &s.batching;
-    gauge(
-        "labctl_log_writes_total",
-        "Writes of the Raft log that carried entries, one flush each",
-        "counter",
-        &[(node.clone(), b.log_writes)],
-    );
-    gauge("labctl_log_entries_total", "Entries written to the Raft log", "counter", &[(node.clone(), b.log_entries)]);
-    gauge(
-        "labctl_append_messages_total",
-        "AppendEntries messages sent that carried entries",
-        "counter",
-        &[(node.clone(), b.append_messages)],
-    );
-    gauge(
-        "labctl_append_entries_total",
-        "Entries sent in AppendEntries messages",
-        "counter",
-        &[(node, b.append_entries)],
-    );
+    // One line each, labelled with the node's name.
+    let single: [(&str, &str, &str, u64); 11] = [
+        ("labctl_term", "Current Raft term", "gauge", s.term),
+        ("labctl_leader_known", "1 while a leader is known", "gauge", u64::from(s.leader.is_some())),
+        ("labctl_commit_index", "Highest log index known committed", "gauge", s.commit_index),
+        ("labctl_applied_index", "Highest log index applied", "gauge", s.applied_index),
+        ("labctl_last_log_index", "Index of the last log entry", "gauge", s.last_log_index),
+        ("labctl_elections_total", "Elections started by this node", "counter", s.elections),
+        ("labctl_leader_changes_total", "New leaders seen by this node", "counter", s.leader_changes),
+        (
+            "labctl_log_writes_total",
+            "Writes of the Raft log that carried entries, one flush each",
+            "counter",
+            b.log_writes,
+        ),
+        ("labctl_log_entries_total", "Entries written to the Raft log", "counter", b.log_entries),
+        (
+            "labctl_append_messages_total",
+            "AppendEntries messages sent that carried entries",
+            "counter",
+            b.append_messages,
+        ),
+        ("labctl_append_entries_total", "Entries sent in AppendEntries messages", "counter", b.append_entries),
+    ];
+    let node = format!("{{node=\"{}\"}}", s.name);
+    for (name, help, kind, value) in single {
+        gauge(name, help, kind, &[(node.clone(), value)]);
+    }
     let http: Vec<(String, u64)> =
         responses.iter().map(|(code, n)| (format!("{{node=\"{}\",status=\"{code}\"}}", s.name), *n)).collect();
     gauge("labctl_http_requests_total", "HTTP responses by status code", "counter", &http);
