@@ -256,3 +256,23 @@ fn an_id_outside_the_cluster_is_refused() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--id 9 is not a member: the cluster has node1 … node5"), "{stderr}");
 }
+
+/// A SQLite database in memory would be a different, empty one for each of the node's
+/// connections: the node refuses it before it starts.
+#[test]
+fn a_database_in_memory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in [":memory:", "sqlite://:memory:"] {
+        let out = std::process::Command::new(common::BIN)
+            .args(["node", "--id", "1", "--nodes", "1", "--host", "127.0.0.{id}", "--data-dir"])
+            .arg(dir.path())
+            .args(["--database-url", url])
+            .env_remove("LABCTL_CONFIG")
+            .env_remove("LABCTL_DATABASE_URL")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{url}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("is a SQLite database in memory"), "{url}: {stderr}");
+    }
+}

@@ -71,7 +71,14 @@ impl SharedDb {
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let name = format!("labctl_shared_{}_{n}", std::process::id());
         let _ = server.admin(&format!("DROP DATABASE IF EXISTS {name}"));
-        server.admin(&format!("CREATE DATABASE {name}")).unwrap();
+        // In UTF8 whatever the server's default, which a node requires of PostgreSQL.
+        let options = match server {
+            #[cfg(feature = "postgres")]
+            Server::Postgres => " ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0",
+            #[cfg(feature = "mysql")]
+            Server::Mysql => "",
+        };
+        server.admin(&format!("CREATE DATABASE {name}{options}")).unwrap();
         let base = server.admin_url().rsplit_once('/').unwrap().0.to_string();
         Some(SharedDb { server, url: format!("{base}/{name}"), name })
     }

@@ -125,6 +125,19 @@ struct TestDb {
 
 impl TestDb {
     fn new(backend: Backend) -> TestDb {
+        // MySQL's with the oldest defaults a server may still have (latin1, compared without
+        // case): the migrations must make every table hold and compare text as the others do.
+        // PostgreSQL's in UTF8 whatever the server's default, as a node requires.
+        let options = match backend.admin_url() {
+            Some(admin) if admin.starts_with("mysql") => " CHARACTER SET latin1 COLLATE latin1_swedish_ci",
+            Some(_) => " ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0",
+            None => "",
+        };
+        TestDb::with_options(backend, options)
+    }
+
+    /// A fresh database of a server backend created with `options` after its name.
+    fn with_options(backend: Backend, options: &str) -> TestDb {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let name = format!("labctl_t_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         let Some(admin) = backend.admin_url() else {
@@ -132,9 +145,6 @@ impl TestDb {
             let url = format!("sqlite://{}", dir.path().join("node.db").to_str().unwrap());
             return TestDb { backend, url, name, _dir: Some(dir) };
         };
-        // MySQL's with the oldest defaults a server may still have (latin1, compared without
-        // case): the migrations must make every table hold and compare text as the others do.
-        let options = if admin.starts_with("mysql") { " CHARACTER SET latin1 COLLATE latin1_swedish_ci" } else { "" };
         backend.admin(&format!("CREATE DATABASE {name}{options}")).unwrap();
         let base = admin.rsplit_once('/').expect("an admin URL ends in /DATABASE").0;
         TestDb { backend, url: format!("{base}/{name}"), name, _dir: None }
@@ -839,6 +849,29 @@ fn a_private_database_keeps_no_outcomes_and_the_same_state() {
         assert!(shared.outcome_of(*index).unwrap().is_some());
         assert_eq!(private.outcome_of(*index).unwrap(), None, "entry {index}");
     }
+}
+
+/// A PostgreSQL database in another encoding than UTF8 could not store every text a client
+/// may send: a node refuses it at start, saying why, and creates nothing in it.
+#[cfg(feature = "postgres")]
+#[test]
+fn a_postgresql_database_not_in_utf8_is_refused() {
+    use diesel::{Connection, RunQueryDsl};
+    if !Backend::Postgres.available() {
+        return;
+    }
+    let db =
+        TestDb::with_options(Backend::Postgres, " ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0");
+    let error = Store::open(&db.url).unwrap_err();
+    assert!(matches!(&error, StoreError::Encoding { found } if found == "LATIN1"), "{error:?}");
+    assert!(error.to_string().contains("needs a UTF8 database"), "{error}");
+    let mut conn = diesel::PgConnection::establish(&db.url).unwrap();
+    let tables: i64 = diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+        "(SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public')",
+    ))
+    .get_result(&mut conn)
+    .unwrap();
+    assert_eq!(tables, 0, "nothing is created in a refused database");
 }
 
 #[test]

@@ -94,6 +94,13 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
     }
     let http_bind = crate::config::resolve(&bind_host, cluster.http_port)?;
 
+    let given_url = args.database_url.clone().or_else(|| file.node.database_url.clone());
+    if let Some(url) = given_url.as_deref().filter(|url| store::is_sqlite_in_memory(url)) {
+        anyhow::bail!(
+            "{url:?} is a SQLite database in memory, which each of the node's connections would see \
+             empty but its own: give a file, or no --database-url for the node's own file"
+        );
+    }
     let (storage, recovered) = Storage::open(&node_dir).with_context(|| format!("cannot open the data of {name}"))?;
     log::info!(
         "{name}: recovered term {} and {} log entries from {}",
@@ -102,7 +109,6 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
         node_dir.display()
     );
 
-    let given_url = args.database_url.clone().or_else(|| file.node.database_url.clone());
     let private = given_url.is_none();
     let database_url = given_url.unwrap_or_else(|| node_dir.join("labctl.db").to_string_lossy().into_owned());
     // The node's own file is written without flushes, and rebuilt if the machine restarted under it.

@@ -124,6 +124,11 @@ pub enum StoreError {
     NoMeta,
     #[error("no database connection became free: {0}")]
     Pool(String),
+    #[error(
+        "the database's encoding is {found}, which cannot hold every character a client may send; \
+         labctl needs a UTF8 database (CREATE DATABASE … ENCODING 'UTF8' TEMPLATE template0)"
+    )]
+    Encoding { found: String },
 }
 
 /// The URL that opens the SQLite file at `path` for this process alone: through SQLite's
@@ -145,6 +150,17 @@ pub fn exclusive_sqlite_url(path: &str) -> String {
     }
     url.push_str("?vfs=unix-excl");
     url
+}
+
+/// Whether `url` names a SQLite database in memory (`:memory:`, `sqlite://:memory:`,
+/// `file::memory:`, `…?mode=memory`): one that lives only as long as its connection, for that
+/// connection alone.
+pub fn is_sqlite_in_memory(url: &str) -> bool {
+    let url = url.trim();
+    let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
+    path == ":memory:"
+        || path.starts_with("file::memory:")
+        || (path.starts_with("file:") && path.contains("mode=memory"))
 }
 
 impl StoreError {
@@ -182,6 +198,7 @@ impl Store {
     /// `postgres://…` / `mysql://…` (the database must exist; its tables are created here).
     pub fn open(url: &str) -> Result<Store, StoreError> {
         let mut store = Store::connect(url)?;
+        store.check_encoding()?;
         store.migrate()?;
         Ok(store)
     }
@@ -273,6 +290,23 @@ impl Store {
     /// it, so a write never waits for a lock another node holds.
     pub fn is_own_file(&self) -> bool {
         !self.keep_outcomes && self.backend() == "sqlite"
+    }
+
+    /// Refuses a PostgreSQL database whose encoding is not UTF8 (LATIN1, say): a character
+    /// outside it would fail its write in the database with an error that no check before
+    /// could foresee, and the entry would stop the log. (MySQL's tables are made utf8mb4 by a
+    /// migration; SQLite always stores UTF-8.)
+    fn check_encoding(&mut self) -> Result<(), StoreError> {
+        #[cfg(feature = "postgres")]
+        if let DbConnection::Postgres(conn) = &mut self.conn {
+            let found: String =
+                diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>("current_setting('server_encoding')"))
+                    .get_result(conn)?;
+            if found != "UTF8" {
+                return Err(StoreError::Encoding { found });
+            }
+        }
+        Ok(())
     }
 
     /// Runs pending migrations, one node at a time when several share the database.
@@ -949,6 +983,23 @@ mod tests {
         .into_iter()
         .map(|n| n.name)
         .collect()
+    }
+
+    #[test]
+    fn databases_in_memory_are_told_from_files() {
+        for url in [
+            ":memory:",
+            " :memory: ",
+            "sqlite://:memory:",
+            "sqlite::memory:",
+            "file::memory:?cache=shared",
+            "file:x?mode=memory",
+        ] {
+            assert!(is_sqlite_in_memory(url), "{url}");
+        }
+        for url in ["data/node1.db", "sqlite:///tmp/memory.db", "file:data/x.db", "postgres://u@h/memory", "memory"] {
+            assert!(!is_sqlite_in_memory(url), "{url}");
+        }
     }
 
     #[test]
