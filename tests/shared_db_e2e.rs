@@ -166,6 +166,13 @@ fn three_nodes_on_one_mysql_database_apply_every_write_once() {
     three_nodes_on_one_database_apply_every_write_once(Server::Mysql);
 }
 
+/// Runs `sql` on the PostgreSQL database at `url`, behind the nodes' backs.
+#[cfg(feature = "postgres")]
+fn on_postgres(url: &str, sql: &str) {
+    let mut conn = diesel::PgConnection::establish(url).unwrap();
+    conn.batch_execute(sql).unwrap();
+}
+
 /// The body of `/readyz` once it answers 503, which asks the client to come back in a second.
 #[cfg(feature = "postgres")]
 fn not_ready(addr: std::net::SocketAddr, what: &str) -> serde_json::Value {
@@ -213,10 +220,7 @@ fn a_node_that_cannot_apply_an_entry_is_not_ready_until_it_has() {
     let cluster = TestCluster::start(1, 0, &["--database-url", &db.url]);
     cluster.wait_for_leader(Duration::from_secs(10));
     let addr = cluster.http_addr(1);
-    let on_db = |sql: &str| {
-        let mut conn = diesel::PgConnection::establish(&db.url).unwrap();
-        conn.batch_execute(sql).unwrap();
-    };
+    let on_db = |sql: &str| on_postgres(&db.url, sql);
     on_db("ALTER TABLE products RENAME TO products_away");
     let writer = std::thread::spawn(move || {
         let body = json!({ "title": "waits", "price": 1.0, "currency": "EUR" }).to_string();
@@ -237,4 +241,41 @@ fn a_node_that_cannot_apply_an_entry_is_not_ready_until_it_has() {
     let page = http_call(addr, "GET", "/api/products", &[], "").unwrap().json();
     assert_eq!(page["pagination"]["total"], 1, "{page}");
     assert!(cluster.log_text(1).contains("after all"), "{}", cluster.log_text(1));
+}
+
+/// A node told to stop while its database keeps failing a committed entry stops at once,
+/// without waiting for the database, and answers nobody that the write was done. The entry
+/// stays in its Raft log and is applied, once, when the node starts again.
+#[cfg(feature = "postgres")]
+#[test]
+fn a_node_that_cannot_apply_an_entry_still_stops_and_applies_it_when_started_again() {
+    let Some(db) = SharedDb::new(Server::Postgres) else { return };
+    let mut cluster = TestCluster::start(1, 0, &["--database-url", &db.url]);
+    cluster.wait_for_leader(Duration::from_secs(10));
+    let addr = cluster.http_addr(1);
+    on_postgres(&db.url, "ALTER TABLE products RENAME TO products_away");
+    let writer = std::thread::spawn(move || {
+        let body = json!({ "title": "kept", "price": 1.0, "currency": "EUR" }).to_string();
+        http_call(addr, "POST", "/api/products", &[("Content-Type", "application/json")], &body)
+    });
+    not_ready(addr, "the node to report that it cannot apply");
+
+    let status = cluster.terminate(1, Duration::from_secs(10));
+    assert!(status.success(), "node1 exited with {status}:\n{}", cluster.log_text(1));
+    let log = cluster.log_text(1);
+    assert!(log.contains("not applied") && log.contains("applied when the node starts again"), "{log}");
+    match writer.join().unwrap() {
+        None => {}
+        Some(reply) => assert_eq!(reply.status, 503, "the writer is not told the write was done: {}", reply.body),
+    }
+
+    on_postgres(&db.url, "ALTER TABLE products_away RENAME TO products");
+    cluster.spawn(1);
+    cluster.wait_for_leader(Duration::from_secs(10));
+    let page = poll("the entry to be applied after the restart", Duration::from_secs(10), || {
+        let page = http_call(addr, "GET", "/api/products", &[], "")?.json();
+        (page["pagination"]["total"] == 1).then_some(page)
+    });
+    assert_eq!(page["data"][0]["title"], "kept", "{page}");
+    assert_eq!(http_call(addr, "GET", "/readyz", &[], "").unwrap().status, 200);
 }

@@ -26,7 +26,7 @@
 //! transaction is committed. The transaction is left open until then, and rolled back if this
 //! node stops leading first.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -188,15 +188,35 @@ struct Shared {
     prepare_paused_until: Mutex<Option<Instant>>,
     /// Set while a batch keeps failing (see [`AppliedIndex::stall`]).
     stall: Arc<Mutex<Option<ApplyStall>>>,
+    /// Set when the node stops: a batch that fails then is not tried again.
+    stopping: AtomicBool,
+    /// Set, under the store's lock, once a batch was left unapplied on stopping: nothing after
+    /// it is applied either, so that the database never skips an entry.
+    given_up: AtomicBool,
     name: String,
 }
 
 impl Shared {
     /// Applies `batch`, trying again every [`RETRY`] while the database fails, with the failure
-    /// shown to `/readyz` meanwhile.
-    fn apply_until_done(&self, store: &mut Store, batch: &mut [ApplyItem]) {
+    /// shown to `/readyz` meanwhile. Gives up only when the node is stopping, and then applies
+    /// nothing more: the entries are in the Raft log, and applied when the node starts again.
+    /// Whether `batch` was applied.
+    #[must_use]
+    fn apply_until_done(&self, store: &mut Store, batch: &mut [ApplyItem]) -> bool {
+        if self.given_up.load(Ordering::Acquire) {
+            return false;
+        }
         while let Err(e) = apply_batch(store, batch, &self.applied) {
             let index = batch[0].index;
+            if self.stopping.load(Ordering::Acquire) {
+                log::warn!(
+                    "{}: stopping with entries {index}… not applied ({}); they are applied when the node starts again",
+                    self.name,
+                    e.with_causes()
+                );
+                self.given_up.store(true, Ordering::Release);
+                return false;
+            }
             let attempts = {
                 let mut stall = lock(&self.stall);
                 let attempts = stall.as_ref().filter(|s| s.index == index).map_or(0, |s| s.attempts) + 1;
@@ -214,6 +234,7 @@ impl Shared {
         if lock(&self.stall).take().is_some() {
             log::info!("{}: applied entries {}… after all", self.name, batch[0].index);
         }
+        true
     }
 }
 
@@ -255,6 +276,8 @@ impl Applier {
             prepared: Mutex::new(Prepared::None),
             prepare_paused_until: Mutex::new(None),
             stall: Arc::new(Mutex::new(None)),
+            stopping: AtomicBool::new(false),
+            given_up: AtomicBool::new(false),
             name,
         });
         let theirs = shared.clone();
@@ -457,6 +480,7 @@ impl Applier {
 
     /// Lets the applier finish what is queued, then stops it.
     pub fn stop(mut self) {
+        self.shared.stopping.store(true, Ordering::Release);
         self.abandon_prepared();
         if let Some((tx, thread)) = self.preparer.take() {
             drop(tx);
@@ -507,8 +531,10 @@ fn run(shared: &Shared, own: Option<OwnFile>, rx: mpsc::Receiver<Work>) {
         let taken = batch.len() + reads.len();
         // Reads queued behind these entries go once they are applied (or at once if none).
         let mut store = lock(&shared.store);
-        if !batch.is_empty() {
-            shared.apply_until_done(&mut store, &mut batch);
+        if !batch.is_empty() && !shared.apply_until_done(&mut store, &mut batch) {
+            // Stopping with the database failing: the waiters of these entries and of those
+            // still queued are let go unanswered.
+            break;
         }
         drop(store);
         for reply in reads {
@@ -579,7 +605,7 @@ fn prepare_one(shared: &Shared, mut item: ApplyItem) {
             }
             if let Err(e) = answer_and_commit(&mut store, shared, index, std::iter::once(waiter).zip(outcomes)) {
                 log::error!("{}: cannot commit entry {index} after answering it: {e}; applying it again", shared.name);
-                shared.apply_until_done(&mut store, std::slice::from_mut(&mut item));
+                let _ = shared.apply_until_done(&mut store, std::slice::from_mut(&mut item));
             }
         }
         // Committed, but its transaction failed: applied here, before anything after it, as
@@ -587,7 +613,7 @@ fn prepare_one(shared: &Shared, mut item: ApplyItem) {
         (Prepared::Claimed { waiter, .. }, None) => {
             drop(prepared);
             item.waiter = waiter;
-            shared.apply_until_done(&mut store, std::slice::from_mut(&mut item));
+            let _ = shared.apply_until_done(&mut store, std::slice::from_mut(&mut item));
         }
         // Given up (or, with nothing run, applied the usual way once committed).
         (_, Some(_)) => {
@@ -788,6 +814,8 @@ mod tests {
             prepared: Mutex::new(Prepared::None),
             prepare_paused_until: Mutex::new(None),
             stall: Default::default(),
+            stopping: AtomicBool::new(false),
+            given_up: AtomicBool::new(false),
             name: "node1".into(),
         };
         // Left open, the transaction's row is invisible to another connection; rolled back, it
