@@ -119,3 +119,35 @@ fn a_superseded_leader_stops_announcing() {
     assert!(posted.iter().filter(|b| b["name"] == next_name.as_str()).all(|b| b["term"] == new_term));
     assert!(accepted.lock().unwrap().is_empty());
 }
+
+/// A leader the manager keeps refusing backs off (100 ms doubling) however busy it is: a
+/// node's status changes with every write, and none of those changes is a reason to ask again.
+#[test]
+fn a_refused_leader_backs_off_while_clients_write() {
+    let Manager { url, posted, .. } = manager(usize::MAX);
+    let cluster = TestCluster::start(1, 0, &["--manager-url", &url]);
+    cluster.wait_for_leader(Duration::from_secs(5));
+    poll("the leader's first announcement", Duration::from_secs(10), || {
+        (!posted.lock().unwrap().is_empty()).then_some(())
+    });
+    let first = std::time::Instant::now();
+    let addr = cluster.http_addr(1);
+    let body = serde_json::json!({ "title": "busy", "price": 1.0, "currency": "EUR" }).to_string();
+    let mut written = 0;
+    while first.elapsed() < Duration::from_secs(2) {
+        let reply = common::http_call(addr, "POST", "/api/products", &[("Content-Type", "application/json")], &body);
+        assert_eq!(reply.map(|r| r.status), Some(201));
+        written += 1;
+    }
+    let attempts = posted.lock().unwrap().len();
+    // Attempt k comes at least 100 ms × (2^(k-1) - 1) after the first (with 50 ms for the first
+    // to reach the manager): the most there can have been by now.
+    let elapsed = first.elapsed().as_secs_f64() + 0.05;
+    let most = (1..).take_while(|k| 0.1 * (2f64.powi(k - 1) - 1.0) <= elapsed).count();
+    assert!(written >= 10, "only {written} writes in two seconds");
+    assert!(attempts >= 2, "the leader tried again");
+    assert!(
+        attempts <= most,
+        "{attempts} announcements in {elapsed:.2} s with {written} writes; backoff allows {most}"
+    );
+}

@@ -63,9 +63,22 @@ pub async fn run(manager_url: String, mut status: watch::Receiver<Arc<NodeStatus
                 }
                 Err(e) => log::warn!("{}: announcement task failed: {e}", lead.name),
             }
+            // The backoff, cut short only when this node stops leading the term: its status
+            // changes with every write, which is no reason to ask again sooner.
+            let superseded = async {
+                loop {
+                    if status.changed().await.is_err() {
+                        return false;
+                    }
+                    let now = status.borrow();
+                    if now.role != "LEADER" || now.term != lead.term {
+                        return true;
+                    }
+                }
+            };
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                changed = status.changed() => if changed.is_err() { return },
+                open = superseded => if !open { return },
             }
             let now = status.borrow().clone();
             if now.role != "LEADER" || now.term != lead.term {
