@@ -804,13 +804,23 @@ fn take_id(counter: &mut i64) -> i64 {
     id
 }
 
+/// `x`, with negative zero made zero: SQLite stores -0.0 as 0.0 and PostgreSQL keeps it, so
+/// every node stores 0.0, whatever its backend, and answers what it stores.
+fn without_negative_zero(x: f64) -> f64 {
+    if x == 0.0 {
+        0.0
+    } else {
+        x
+    }
+}
+
 fn product_row(id: i64, p: &ProductInput, created_at: String, updated_at: String) -> Product {
     Product {
         id,
         title: p.title.trim().to_string(),
-        price: p.price,
+        price: without_negative_zero(p.price),
         currency: p.currency.clone(),
-        converted_price: p.converted_price,
+        converted_price: p.converted_price.map(without_negative_zero),
         converted_currency: p.converted_currency.clone(),
         availability: p.availability.clone(),
         rating: p.rating,
