@@ -223,6 +223,19 @@ fn bad_input_gets_a_json_4xx_never_a_500() {
             .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {:?}", reply.body));
         assert!(body["error"].is_string(), "{method} {path}: {}", reply.body);
     }
+    // A method a resource does not answer is told which it does.
+    for (path, allowed) in [
+        ("/api/products", "GET, POST"),
+        ("/api/products/1", "GET, PUT, DELETE"),
+        ("/api/users/1", "GET, PUT, DELETE"),
+        ("/api/tasks", "GET, POST"),
+        ("/api/tasks/stats", "GET"),
+        ("/api/upload/file", "POST"),
+    ] {
+        let reply = http_call(addr, "PATCH", path, &[JSON], "{}").unwrap();
+        assert_eq!((reply.status, reply.header("allow")), (405, Some(allowed)), "PATCH {path}: {}", reply.body);
+        assert_eq!(reply.json()["error"], format!("this endpoint answers {allowed} only"));
+    }
     assert!(cluster.agreed_leader(&[1]).is_some(), "the node survived");
     // And it goes on taking writes.
     let reply = post(addr, "/api/products", &product("after the bad input", 1.0), &[]).unwrap();

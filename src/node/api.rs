@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::apply::{AppliedIndex, WriteResult};
 use super::driver::Proposal;
-use super::http::{method_not_allowed, NodeStatus};
+use super::http::{allow_only, NodeStatus};
 use super::listings::ListingCache;
 use super::raft::EntryValue;
 use super::store::pool::ReadPool;
@@ -89,35 +89,32 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         actix_web::error::InternalError::from_response(err, body).into()
     }))
     .service(
-        web::resource("/api/products")
-            .get(list_products)
-            .post(create_product)
-            .default_service(web::to(method_not_allowed)),
+        web::resource("/api/products").get(list_products).post(create_product).default_service(allow_only("GET, POST")),
     )
     .service(
         web::resource("/api/products/{id}")
             .get(get_product)
             .put(update_product)
             .delete(delete_product)
-            .default_service(web::to(method_not_allowed)),
+            .default_service(allow_only("GET, PUT, DELETE")),
     )
-    .service(web::resource("/api/upload/file").post(upload_file).default_service(web::to(post_only)))
-    .service(web::resource("/api/users").get(list_users).post(create_user).default_service(web::to(method_not_allowed)))
+    .service(web::resource("/api/upload/file").post(upload_file).default_service(allow_only("POST")))
+    .service(web::resource("/api/users").get(list_users).post(create_user).default_service(allow_only("GET, POST")))
     .service(
         web::resource("/api/users/{id}")
             .get(get_user)
             .put(update_user)
             .delete(delete_user)
-            .default_service(web::to(method_not_allowed)),
+            .default_service(allow_only("GET, PUT, DELETE")),
     )
-    .service(web::resource("/api/tasks/stats").get(task_stats).default_service(web::to(method_not_allowed)))
-    .service(web::resource("/api/tasks").get(list_tasks).post(create_task).default_service(web::to(method_not_allowed)))
+    .service(web::resource("/api/tasks/stats").get(task_stats).default_service(allow_only("GET")))
+    .service(web::resource("/api/tasks").get(list_tasks).post(create_task).default_service(allow_only("GET, POST")))
     .service(
         web::resource("/api/tasks/{id}")
             .get(get_task)
             .put(update_task)
             .delete(delete_task)
-            .default_service(web::to(method_not_allowed)),
+            .default_service(allow_only("GET, PUT, DELETE")),
     );
 }
 
@@ -295,12 +292,6 @@ async fn delete_task(api: web::Data<Api>, req: HttpRequest, id: web::Path<i64>) 
 }
 
 // ---- upload ----
-
-async fn post_only() -> HttpResponse {
-    HttpResponse::MethodNotAllowed()
-        .insert_header((header::ALLOW, "POST"))
-        .json(json!({ "error": "this endpoint answers POST only" }))
-}
 
 /// `POST /api/upload/file`: the products of the uploaded file, imported as one write.
 async fn upload_file(api: web::Data<Api>, req: HttpRequest, payload: web::Payload) -> HttpResponse {

@@ -278,6 +278,16 @@ async fn metrics(state: web::Data<State>) -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(render_metrics(&s, &responses))
 }
 
+/// The handler of every other method on a resource that answers `methods` (`"GET, POST"`):
+/// `405` naming them in `Allow`.
+pub(super) fn allow_only(methods: &'static str) -> actix_web::Route {
+    web::to(move || async move {
+        HttpResponse::build(StatusCode::METHOD_NOT_ALLOWED)
+            .insert_header(("Allow", methods))
+            .json(json!({ "error": format!("this endpoint answers {methods} only") }))
+    })
+}
+
 pub(super) async fn method_not_allowed() -> HttpResponse {
     HttpResponse::build(StatusCode::METHOD_NOT_ALLOWED)
         .insert_header(("Allow", "GET"))
