@@ -1,4 +1,8 @@
 //! The data API on real nodes: writes through the Raft leader, reads on every node.
+//!
+//! The tests of what a client sees of the data (CRUD, listings, idempotency keys, bad input)
+//! run once per backend: on each node's own SQLite file, and, with the cargo features, on a
+//! PostgreSQL and on a MySQL/MariaDB database given by URL (see `common::server_db`).
 
 mod common;
 
@@ -27,6 +31,45 @@ fn list(addr: SocketAddr, path: &str) -> Value {
     let reply = http_call(addr, "GET", path, &[], "").expect("node answers");
     assert_eq!(reply.status, 200, "{}", reply.body);
     reply.json()
+}
+
+/// Runs each `test(database)` as a module of tests, one per backend: `sqlite` (the nodes' own
+/// files, no arguments), `postgres` and `mysql` (`--database-url` of a fresh database).
+macro_rules! on_every_backend {
+    ($($test:ident),* $(,)?) => {
+        $(
+            mod $test {
+                #[test]
+                fn sqlite() {
+                    super::$test(&[]);
+                }
+                #[cfg(feature = "postgres")]
+                #[test]
+                fn postgres() {
+                    super::on_server(super::common::server_db::Server::Postgres, super::$test);
+                }
+                #[cfg(feature = "mysql")]
+                #[test]
+                fn mysql() {
+                    super::on_server(super::common::server_db::Server::Mysql, super::$test);
+                }
+            }
+        )*
+    };
+}
+
+on_every_backend!(
+    an_idempotency_key_makes_a_retried_write_happen_once,
+    bad_input_gets_a_json_4xx_never_a_500,
+    listings_page_and_filter,
+    users_and_tasks_are_created_filtered_updated_and_deleted,
+);
+
+/// Runs `test` with the nodes on a fresh database of `server`.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+fn on_server(server: common::server_db::Server, test: fn(&[&str])) {
+    let Some(db) = common::server_db::SharedDb::new(server) else { return };
+    test(&["--database-url", &db.url]);
 }
 
 #[test]
@@ -166,9 +209,8 @@ fn without_a_leader_writes_get_503_with_retry_after() {
     assert!(reply.json()["error"].is_string());
 }
 
-#[test]
-fn an_idempotency_key_makes_a_retried_write_happen_once() {
-    let cluster = TestCluster::start(3, 0, &[]);
+fn an_idempotency_key_makes_a_retried_write_happen_once(database: &[&str]) {
+    let cluster = TestCluster::start(3, 0, database);
     let (leader, _) = cluster.wait_for_leader(ELECTION);
     let addr = cluster.http_addr(leader);
     let user = json!({ "name": "Ann", "email": "ann@example.org" });
@@ -183,9 +225,8 @@ fn an_idempotency_key_makes_a_retried_write_happen_once() {
     assert_eq!(dup.status, 409, "{}", dup.body);
 }
 
-#[test]
-fn bad_input_gets_a_json_4xx_never_a_500() {
-    let cluster = TestCluster::start(1, 0, &[]);
+fn bad_input_gets_a_json_4xx_never_a_500(database: &[&str]) {
+    let cluster = TestCluster::start(1, 0, database);
     let addr = cluster.http_addr(1);
     cluster.wait_for_leader(ELECTION);
     let big = format!("{{\"title\":\"{}\",\"price\":1,\"currency\":\"GBP\"}}", "x".repeat(1_100_000));
@@ -242,9 +283,8 @@ fn bad_input_gets_a_json_4xx_never_a_500() {
     assert_eq!(reply.status, 201, "{}", reply.body);
 }
 
-#[test]
-fn listings_page_and_filter() {
-    let cluster = TestCluster::start(1, 0, &[]);
+fn listings_page_and_filter(database: &[&str]) {
+    let cluster = TestCluster::start(1, 0, database);
     let addr = cluster.http_addr(1);
     cluster.wait_for_leader(ELECTION);
     for i in 1..=7 {
@@ -269,6 +309,75 @@ fn listings_page_and_filter() {
     let deleted = http_call(addr, "DELETE", "/api/products/4", &[], "").unwrap();
     assert_eq!(deleted.status, 200);
     assert_eq!(list(addr, "/api/products?min_price=20&max_price=60&limit=100")["pagination"]["total"], 24);
+}
+
+fn users_and_tasks_are_created_filtered_updated_and_deleted(database: &[&str]) {
+    let cluster = TestCluster::start(1, 0, database);
+    let addr = cluster.http_addr(1);
+    cluster.wait_for_leader(ELECTION);
+    let call = |method: &str, path: &str, body: &Value| {
+        let reply = http_call(addr, method, path, &[JSON], &body.to_string()).expect("the node answers");
+        (reply.status, reply.json())
+    };
+    let (status, ann) = call("POST", "/api/users", &json!({ "name": "Ann", "email": " Ann@Example.org " }));
+    assert_eq!((status, &ann["email"]), (201, &json!("ann@example.org")), "{ann}");
+    let (status, bob) = call("POST", "/api/users", &json!({ "name": "Bob", "email": "bob@example.org" }));
+    assert_eq!(status, 201, "{bob}");
+    let (ann_id, bob_id) = (ann["id"].as_i64().unwrap(), bob["id"].as_i64().unwrap());
+    let (status, taken) = call("POST", "/api/users", &json!({ "name": "Other Ann", "email": "ANN@example.org" }));
+    assert_eq!(status, 409, "{taken}");
+
+    let (status, write) = call(
+        "POST",
+        "/api/tasks",
+        &json!({ "title": "write", "priority": "high", "assignee": ann_id, "due_date": "2000-01-01" }),
+    );
+    assert_eq!((status, &write["status"], &write["due_date"]), (201, &json!("todo"), &json!("2000-01-01")), "{write}");
+    let (status, review) =
+        call("POST", "/api/tasks", &json!({ "title": "review", "status": "in_progress", "assignee": bob_id }));
+    assert_eq!((status, &review["priority"]), (201, &json!("medium")), "{review}");
+    let (status, ship) = call("POST", "/api/tasks", &json!({ "title": "ship", "description": "on Friday" }));
+    assert_eq!((status, &ship["assignee"]), (201, &Value::Null), "{ship}");
+    let titles = |path: &str| -> Vec<String> {
+        let page = list(addr, path);
+        page["data"].as_array().unwrap().iter().map(|t| t["title"].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(titles(&format!("/api/tasks?assignee={ann_id}")), ["write"]);
+    assert_eq!(titles("/api/tasks?status=in_progress"), ["review"]);
+    assert_eq!(titles("/api/tasks?priority=high&status=todo"), ["write"]);
+    assert_eq!(titles("/api/tasks"), ["write", "review", "ship"]);
+    let stats = list(addr, "/api/tasks/stats");
+    assert_eq!((&stats["total"], &stats["overdue"]), (&json!(3), &json!(1)), "{stats}");
+
+    // PUT replaces every field.
+    let id = write["id"].as_i64().unwrap();
+    let (status, done) =
+        call("PUT", &format!("/api/tasks/{id}"), &json!({ "title": "written", "status": "done", "assignee": bob_id }));
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(
+        (&done["title"], &done["priority"], &done["due_date"]),
+        (&json!("written"), &json!("medium"), &Value::Null)
+    );
+    assert_eq!(done["created_at"], write["created_at"]);
+    let stats = list(addr, "/api/tasks/stats");
+    assert_eq!(stats["by_status"], json!({ "todo": 1, "in_progress": 1, "done": 1 }), "{stats}");
+    assert_eq!(stats["overdue"], 0, "{stats}");
+    let (status, renamed) =
+        call("PUT", &format!("/api/users/{ann_id}"), &json!({ "name": "Ann B", "email": "ann@example.org" }));
+    assert_eq!((status, &renamed["name"]), (200, &json!("Ann B")), "{renamed}");
+    let (status, _) = call("PUT", &format!("/api/tasks/{id}"), &json!({ "title": "x", "assignee": 9_999 }));
+    assert_eq!(status, 422);
+
+    // Deleting a user unassigns their tasks; a deleted row is gone.
+    assert_eq!(call("DELETE", &format!("/api/users/{bob_id}"), &Value::Null).0, 200);
+    assert_eq!(titles(&format!("/api/tasks?assignee={bob_id}")), Vec::<String>::new());
+    let (status, unassigned) = call("GET", &format!("/api/tasks/{id}"), &Value::Null);
+    assert_eq!((status, &unassigned["assignee"], &unassigned["title"]), (200, &Value::Null, &json!("written")));
+    assert_eq!(list(addr, "/api/users")["pagination"]["total"], 1);
+    let ship_id = ship["id"].as_i64().unwrap();
+    assert_eq!(call("DELETE", &format!("/api/tasks/{ship_id}"), &Value::Null).0, 200);
+    assert_eq!(call("GET", &format!("/api/tasks/{ship_id}"), &Value::Null).0, 404);
+    assert_eq!(titles("/api/tasks"), ["written", "review"]);
 }
 
 /// Clients write concurrently, each retrying with its write's idempotency key (following

@@ -9,6 +9,8 @@
 pub mod ftp;
 pub mod manager;
 pub mod rabbit;
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+pub mod server_db;
 pub mod site;
 pub mod smtp;
 
