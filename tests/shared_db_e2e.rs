@@ -14,8 +14,6 @@ use std::time::Duration;
 
 use common::server_db::{Server, SharedDb};
 use common::{http_call, poll, TestCluster};
-use diesel::connection::SimpleConnection;
-use diesel::Connection;
 use serde_json::{json, Value};
 
 fn post(cluster: &TestCluster, node: u32, path: &str, body: &Value) -> common::HttpReply {
@@ -95,6 +93,8 @@ fn three_nodes_on_one_mysql_database_apply_every_write_once() {
 /// Runs `sql` on the PostgreSQL database at `url`, behind the nodes' backs.
 #[cfg(feature = "postgres")]
 fn on_postgres(url: &str, sql: &str) {
+    use diesel::connection::SimpleConnection;
+    use diesel::Connection;
     let mut conn = diesel::PgConnection::establish(url).unwrap();
     conn.batch_execute(sql).unwrap();
 }
