@@ -99,6 +99,17 @@ fn on_postgres(url: &str, sql: &str) {
     conn.batch_execute(sql).unwrap();
 }
 
+/// A fresh PostgreSQL database, a one-node cluster on it with its leader elected, and the
+/// node's HTTP address; None when PostgreSQL is missing outside CI.
+#[cfg(feature = "postgres")]
+fn one_node_on_postgres() -> Option<(SharedDb, TestCluster, std::net::SocketAddr)> {
+    let db = SharedDb::new(Server::Postgres)?;
+    let cluster = TestCluster::start(1, 0, &["--database-url", &db.url]);
+    cluster.wait_for_leader(Duration::from_secs(10));
+    let addr = cluster.http_addr(1);
+    Some((db, cluster, addr))
+}
+
 /// The body of `/readyz` once it answers 503, which asks the client to come back in a second.
 #[cfg(feature = "postgres")]
 fn not_ready(addr: std::net::SocketAddr, what: &str) -> serde_json::Value {
@@ -113,10 +124,7 @@ fn not_ready(addr: std::net::SocketAddr, what: &str) -> serde_json::Value {
 #[cfg(feature = "postgres")]
 #[test]
 fn a_node_whose_database_stops_answering_is_not_ready() {
-    let Some(db) = SharedDb::new(Server::Postgres) else { return };
-    let cluster = TestCluster::start(1, 0, &["--database-url", &db.url]);
-    cluster.wait_for_leader(Duration::from_secs(10));
-    let addr = cluster.http_addr(1);
+    let Some((db, _cluster, addr)) = one_node_on_postgres() else { return };
     let ready = http_call(addr, "GET", "/readyz", &[], "").unwrap();
     assert_eq!(ready.status, 200, "{}", ready.body);
     assert_eq!(ready.json()["checks"], json!({ "node": true, "leader": true, "database": true, "applying": true }));
@@ -142,10 +150,7 @@ fn a_node_whose_database_stops_answering_is_not_ready() {
 #[cfg(feature = "postgres")]
 #[test]
 fn a_node_that_cannot_apply_an_entry_is_not_ready_until_it_has() {
-    let Some(db) = SharedDb::new(Server::Postgres) else { return };
-    let cluster = TestCluster::start(1, 0, &["--database-url", &db.url]);
-    cluster.wait_for_leader(Duration::from_secs(10));
-    let addr = cluster.http_addr(1);
+    let Some((db, cluster, addr)) = one_node_on_postgres() else { return };
     let on_db = |sql: &str| on_postgres(&db.url, sql);
     on_db("ALTER TABLE products RENAME TO products_away");
     let writer = std::thread::spawn(move || {
@@ -175,10 +180,7 @@ fn a_node_that_cannot_apply_an_entry_is_not_ready_until_it_has() {
 #[cfg(feature = "postgres")]
 #[test]
 fn a_node_that_cannot_apply_an_entry_still_stops_and_applies_it_when_started_again() {
-    let Some(db) = SharedDb::new(Server::Postgres) else { return };
-    let mut cluster = TestCluster::start(1, 0, &["--database-url", &db.url]);
-    cluster.wait_for_leader(Duration::from_secs(10));
-    let addr = cluster.http_addr(1);
+    let Some((db, mut cluster, addr)) = one_node_on_postgres() else { return };
     on_postgres(&db.url, "ALTER TABLE products RENAME TO products_away");
     let writer = std::thread::spawn(move || {
         let body = json!({ "title": "kept", "price": 1.0, "currency": "EUR" }).to_string();
