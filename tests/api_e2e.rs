@@ -247,6 +247,10 @@ fn bad_input_gets_a_json_4xx_never_a_500(database: &[&str]) {
         ("GET", "/api/products?limit=ten", vec![], String::new(), 400),
         ("GET", "/api/products?colour=red", vec![], String::new(), 400),
         ("GET", "/api/tasks?status=sleeping", vec![], String::new(), 400),
+        // Another resource's filter is refused, not ignored.
+        ("GET", "/api/users?status=done", vec![], String::new(), 400),
+        ("GET", "/api/products?assignee=1", vec![], String::new(), 400),
+        ("GET", "/api/tasks?min_price=3", vec![], String::new(), 400),
         ("POST", "/api/tasks", vec![JSON], r#"{"title":"t","assignee":999}"#.into(), 422),
         // What a database could not store is refused alike on every backend.
         ("POST", "/api/products", vec![JSON], r#"{"title":"a\u0000b","price":1,"currency":"GBP"}"#.into(), 422),
@@ -266,17 +270,31 @@ fn bad_input_gets_a_json_4xx_never_a_500(database: &[&str]) {
     }
     // A method a resource does not answer is told which it does.
     for (path, allowed) in [
-        ("/api/products", "GET, POST"),
-        ("/api/products/1", "GET, PUT, DELETE"),
-        ("/api/users/1", "GET, PUT, DELETE"),
-        ("/api/tasks", "GET, POST"),
-        ("/api/tasks/stats", "GET"),
+        ("/api/products", "GET, HEAD, POST"),
+        ("/api/products/1", "GET, HEAD, PUT, DELETE"),
+        ("/api/users/1", "GET, HEAD, PUT, DELETE"),
+        ("/api/tasks", "GET, HEAD, POST"),
+        ("/api/tasks/stats", "GET, HEAD"),
         ("/api/upload/file", "POST"),
+        ("/healthz", "GET, HEAD"),
     ] {
         let reply = http_call(addr, "PATCH", path, &[JSON], "{}").unwrap();
         assert_eq!((reply.status, reply.header("allow")), (405, Some(allowed)), "PATCH {path}: {}", reply.body);
         assert_eq!(reply.json()["error"], format!("this endpoint answers {allowed} only"));
     }
+    // HEAD is answered as GET is, without the body.
+    let id = post(addr, "/api/products", &product("headed", 2.0), &[]).unwrap().json()["id"].clone();
+    for path in
+        ["/healthz".to_string(), "/api/products".into(), format!("/api/products/{id}"), "/api/tasks/stats".into()]
+    {
+        let (head, get) =
+            (http_call(addr, "HEAD", &path, &[], "").unwrap(), http_call(addr, "GET", &path, &[], "").unwrap());
+        assert_eq!((head.status, head.body.as_str()), (200, ""), "HEAD {path}");
+        assert_eq!(head.header("content-length"), Some(get.body.len().to_string().as_str()), "HEAD {path}");
+        assert_eq!(head.header("content-type"), get.header("content-type"), "HEAD {path}");
+    }
+    let missing = http_call(addr, "HEAD", "/api/products/424242", &[], "").unwrap();
+    assert_eq!((missing.status, missing.body.as_str()), (404, ""));
     assert!(cluster.agreed_leader(&[1]).is_some(), "the node survived");
     // And it goes on taking writes.
     let reply = post(addr, "/api/products", &product("after the bad input", 1.0), &[]).unwrap();

@@ -89,32 +89,39 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         actix_web::error::InternalError::from_response(err, body).into()
     }))
     .service(
-        web::resource("/api/products").get(list_products).post(create_product).default_service(allow_only("GET, POST")),
+        web::resource("/api/products")
+            .get(list_products)
+            .post(create_product)
+            .default_service(allow_only("GET, HEAD, POST")),
     )
     .service(
         web::resource("/api/products/{id}")
             .get(get_product)
             .put(update_product)
             .delete(delete_product)
-            .default_service(allow_only("GET, PUT, DELETE")),
+            .default_service(allow_only("GET, HEAD, PUT, DELETE")),
     )
     .service(web::resource("/api/upload/file").post(upload_file).default_service(allow_only("POST")))
-    .service(web::resource("/api/users").get(list_users).post(create_user).default_service(allow_only("GET, POST")))
+    .service(
+        web::resource("/api/users").get(list_users).post(create_user).default_service(allow_only("GET, HEAD, POST")),
+    )
     .service(
         web::resource("/api/users/{id}")
             .get(get_user)
             .put(update_user)
             .delete(delete_user)
-            .default_service(allow_only("GET, PUT, DELETE")),
+            .default_service(allow_only("GET, HEAD, PUT, DELETE")),
     )
-    .service(web::resource("/api/tasks/stats").get(task_stats).default_service(allow_only("GET")))
-    .service(web::resource("/api/tasks").get(list_tasks).post(create_task).default_service(allow_only("GET, POST")))
+    .service(web::resource("/api/tasks/stats").get(task_stats).default_service(allow_only("GET, HEAD")))
+    .service(
+        web::resource("/api/tasks").get(list_tasks).post(create_task).default_service(allow_only("GET, HEAD, POST")),
+    )
     .service(
         web::resource("/api/tasks/{id}")
             .get(get_task)
             .put(update_task)
             .delete(delete_task)
-            .default_service(allow_only("GET, PUT, DELETE")),
+            .default_service(allow_only("GET, HEAD, PUT, DELETE")),
     );
 }
 
@@ -401,14 +408,33 @@ pub(super) async fn check_database(api: web::Data<Api>) -> Result<(), String> {
 
 // ---- reads ----
 
-/// Query parameters of the listings (flat, as they come in the URL).
+/// Query parameters of the product listing (flat, as they come in the URL). Each listing
+/// takes its own filters only: another resource's filter is refused, not ignored.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ListParams {
+struct ProductParams {
     offset: Option<u64>,
     limit: Option<u64>,
     min_price: Option<f64>,
     max_price: Option<f64>,
+    consistency: Option<String>,
+}
+
+/// Query parameters of the user listing.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserParams {
+    offset: Option<u64>,
+    limit: Option<u64>,
+    consistency: Option<String>,
+}
+
+/// Query parameters of the task listing.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TaskParams {
+    offset: Option<u64>,
+    limit: Option<u64>,
     status: Option<Status>,
     priority: Option<Priority>,
     assignee: Option<i64>,
@@ -420,12 +446,6 @@ struct ListParams {
 #[serde(deny_unknown_fields)]
 struct Consistency {
     consistency: Option<String>,
-}
-
-impl ListParams {
-    fn page(&self) -> PageRequest {
-        PageRequest { offset: self.offset, limit: self.limit }
-    }
 }
 
 /// Runs a read on the database after the consistency check (`consistency=strong` first
@@ -529,9 +549,10 @@ async fn found<T: serde::Serialize + Send + 'static>(
     }
 }
 
-async fn list_products(api: web::Data<Api>, req: HttpRequest, q: web::Query<ListParams>) -> HttpResponse {
+async fn list_products(api: web::Data<Api>, req: HttpRequest, q: web::Query<ProductParams>) -> HttpResponse {
     let q = q.into_inner();
-    let query = ProductQuery { page: q.page(), min_price: q.min_price, max_price: q.max_price };
+    let page = PageRequest { offset: q.offset, limit: q.limit };
+    let query = ProductQuery { page, min_price: q.min_price, max_price: q.max_price };
     listing(api, &req, q.consistency.as_deref(), format!("{query:?}"), move |s| s.list_products(&query)).await
 }
 
@@ -544,9 +565,9 @@ async fn get_product(
     found(api, &req, q.consistency.as_deref(), "product", id.into_inner(), |s, id| s.get_product(id)).await
 }
 
-async fn list_users(api: web::Data<Api>, req: HttpRequest, q: web::Query<ListParams>) -> HttpResponse {
+async fn list_users(api: web::Data<Api>, req: HttpRequest, q: web::Query<UserParams>) -> HttpResponse {
     let q = q.into_inner();
-    let page = q.page();
+    let page = PageRequest { offset: q.offset, limit: q.limit };
     listing(api, &req, q.consistency.as_deref(), format!("users {page:?}"), move |s| s.list_users(page)).await
 }
 
@@ -559,9 +580,10 @@ async fn get_user(
     found(api, &req, q.consistency.as_deref(), "user", id.into_inner(), |s, id| s.get_user(id)).await
 }
 
-async fn list_tasks(api: web::Data<Api>, req: HttpRequest, q: web::Query<ListParams>) -> HttpResponse {
+async fn list_tasks(api: web::Data<Api>, req: HttpRequest, q: web::Query<TaskParams>) -> HttpResponse {
     let q = q.into_inner();
-    let query = TaskQuery { page: q.page(), status: q.status, priority: q.priority, assignee: q.assignee };
+    let page = PageRequest { offset: q.offset, limit: q.limit };
+    let query = TaskQuery { page, status: q.status, priority: q.priority, assignee: q.assignee };
     listing(api, &req, q.consistency.as_deref(), format!("{query:?}"), move |s| s.list_tasks(&query)).await
 }
 

@@ -171,6 +171,7 @@ fn app(
         .app_data(api)
         .app_data(console)
         .wrap(middleware::from_fn(count_responses))
+        .wrap(middleware::from_fn(head_as_get))
         .configure(super::api::configure)
         .configure(super::console::configure)
         .service(web::resource("/healthz").get(healthz).default_service(web::to(method_not_allowed)))
@@ -179,6 +180,18 @@ fn app(
         .service(web::resource("/heartbeat").get(heartbeat).default_service(web::to(method_not_allowed)))
         .service(web::resource("/metrics").get(metrics).default_service(web::to(method_not_allowed)))
         .default_service(web::to(not_found))
+}
+
+/// `HEAD` is answered as `GET` is, without the body (RFC 9110 §9.3.2): the request is routed
+/// as a `GET`, and the HTTP layer, which read a `HEAD`, sends the response's head only.
+async fn head_as_get(
+    mut req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    if req.method() == actix_web::http::Method::HEAD {
+        req.head_mut().method = actix_web::http::Method::GET;
+    }
+    next.call(req).await
 }
 
 /// HTTP responses by status code, counted without a lock shared by the workers.
@@ -290,8 +303,8 @@ pub(super) fn allow_only(methods: &'static str) -> actix_web::Route {
 
 pub(super) async fn method_not_allowed() -> HttpResponse {
     HttpResponse::build(StatusCode::METHOD_NOT_ALLOWED)
-        .insert_header(("Allow", "GET"))
-        .json(json!({ "error": "this endpoint answers GET only" }))
+        .insert_header(("Allow", "GET, HEAD"))
+        .json(json!({ "error": "this endpoint answers GET, HEAD only" }))
 }
 
 async fn not_found() -> HttpResponse {

@@ -87,8 +87,8 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 
 async fn get_only() -> HttpResponse {
     HttpResponse::MethodNotAllowed()
-        .insert_header((header::ALLOW, "GET"))
-        .json(json!({ "error": "this endpoint answers GET only" }))
+        .insert_header((header::ALLOW, "GET, HEAD"))
+        .json(json!({ "error": "this endpoint answers GET, HEAD only" }))
 }
 
 async fn post_only() -> HttpResponse {
