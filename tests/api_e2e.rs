@@ -223,6 +223,19 @@ fn an_idempotency_key_makes_a_retried_write_happen_once(database: &[&str]) {
     // Without the key the same body is a second write, refused by the unique e-mail.
     let dup = post(addr, "/api/users", &user, &[]).unwrap();
     assert_eq!(dup.status, 409, "{}", dup.body);
+    // The key given with another request, on the same endpoint or another, is refused and
+    // changes nothing; the first request still gets its answer.
+    let bob = json!({ "name": "Bob", "email": "bob@example.org" });
+    let other_body = post(addr, "/api/users", &bob, &[("Idempotency-Key", "user-ann")]).unwrap();
+    let elsewhere = post(addr, "/api/products", &product("p", 1.0), &[("Idempotency-Key", "user-ann")]).unwrap();
+    for reused in [other_body, elsewhere] {
+        assert_eq!(reused.status, 422, "{}", reused.body);
+        assert!(reused.json()["error"].as_str().unwrap().contains("was used for another request"), "{}", reused.body);
+    }
+    assert_eq!(list(addr, "/api/users")["pagination"]["total"], 1);
+    assert_eq!(list(addr, "/api/products")["pagination"]["total"], 0);
+    let third = post(addr, "/api/users", &user, &[("Idempotency-Key", "user-ann")]).unwrap();
+    assert_eq!((third.status, third.json()), (first.status, first.json()));
 }
 
 fn bad_input_gets_a_json_4xx_never_a_500(database: &[&str]) {

@@ -469,12 +469,22 @@ fn a_repeated_idempotency_key_returns_the_first_outcome(b: Backend) {
     let bad = Command::new(at(3), Op::DeleteProduct { id: 77 }).with_key("req-2");
     let refused = s.apply(3, 2, &bad).unwrap();
     assert_eq!(rejected_status(&refused), 404);
-    let other_op = Command::new(at(4), Op::CreateProduct { product: product("b", 2.0) }).with_key("req-2");
-    assert_eq!(s.apply(4, 2, &other_op).unwrap(), refused);
-    assert_eq!(s.list_products(&ProductQuery::default()).unwrap().pagination.total, 1);
+    let mut bad_again = bad.clone();
+    bad_again.at = at(4);
+    assert_eq!(s.apply(4, 2, &bad_again).unwrap(), refused);
 
-    let long = Command::new(at(5), Op::DeleteProduct { id: 1 }).with_key("k".repeat(300));
-    assert_eq!(rejected_status(&s.apply(5, 2, &long).unwrap()), 422);
+    // A used key given with another request is refused, and that request changes nothing.
+    let other_op = Command::new(at(5), Op::CreateProduct { product: product("b", 2.0) }).with_key("req-2");
+    let reused = s.apply(5, 2, &other_op).unwrap();
+    assert_eq!(rejected_status(&reused), 422);
+    assert!(format!("{reused:?}").contains("was used for another request"), "{reused:?}");
+    let other_body = Command::new(at(6), Op::CreateProduct { product: product("a", 1.5) }).with_key("req-1");
+    assert_eq!(rejected_status(&s.apply(6, 2, &other_body).unwrap()), 422, "same operation, other body");
+    assert_eq!(s.list_products(&ProductQuery::default()).unwrap().pagination.total, 1);
+    assert_eq!(s.apply(7, 2, &first).unwrap(), out1, "the first request still gets its answer");
+
+    let long = Command::new(at(8), Op::DeleteProduct { id: 1 }).with_key("k".repeat(300));
+    assert_eq!(rejected_status(&s.apply(8, 2, &long).unwrap()), 422);
     assert!(s.get_product(1).unwrap().is_some());
     assert_eq!(s.dump().unwrap().idempotency.len(), 2);
 }

@@ -718,6 +718,7 @@ fn apply_one(
 /// row to advance.
 fn decide(c: &mut DbConnection, index: i64, cmd: &Command, m: &mut Meta) -> Result<ApplyOutcome, StoreError> {
     let key = cmd.idempotency_key.as_deref();
+    let mut fingerprint = None;
     if let Some(key) = key {
         if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY || key.contains(char::is_control) {
             return Ok(ApplyOutcome::Rejected {
@@ -725,10 +726,23 @@ fn decide(c: &mut DbConnection, index: i64, cmd: &Command, m: &mut Meta) -> Resu
                 error: format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} bytes, without control characters"),
             });
         }
-        let stored: Option<String> =
-            idempotency_keys::table.find(key).select(idempotency_keys::outcome).first(c).optional()?;
-        if let Some(stored) = stored {
-            return Ok(serde_json::from_str(&stored)?);
+        let first_use: Option<(String, Option<String>)> = idempotency_keys::table
+            .find(key)
+            .select((idempotency_keys::outcome, idempotency_keys::fingerprint))
+            .first(c)
+            .optional()?;
+        // What the key stands for: the operation, without the leader's clock, so that a retry
+        // of the same request matches however much later it comes.
+        let this = fingerprint_of(&cmd.op)?;
+        match first_use {
+            Some((_, Some(first))) if first != this => {
+                return Ok(ApplyOutcome::Rejected {
+                    status: 422,
+                    error: format!("Idempotency-Key {key:?} was used for another request; use a new key for this one"),
+                });
+            }
+            Some((outcome, _)) => return Ok(serde_json::from_str(&outcome)?),
+            None => fingerprint = Some(this),
         }
     }
 
@@ -763,10 +777,19 @@ fn decide(c: &mut DbConnection, index: i64, cmd: &Command, m: &mut Meta) -> Resu
             idem_key: key.to_string(),
             log_index: index,
             outcome: serde_json::to_string(&outcome)?,
+            fingerprint,
         };
         diesel::insert_into(idempotency_keys::table).values(&record).execute(c)?;
     }
     Ok(outcome)
+}
+
+/// SHA-256 (hex) of `op` as it is written in log entries: the same on every node and for
+/// every retry of one request (an upload's multipart framing is not in it, only its rows).
+fn fingerprint_of(op: &Op) -> Result<String, StoreError> {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(serde_json::to_vec(op)?);
+    Ok(digest.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Whether `op` must run in a savepoint to leave nothing behind when it is refused: all but
@@ -1017,6 +1040,31 @@ mod tests {
         assert_eq!(exclusive_sqlite_url("/data/node1/labctl.db"), "file:/data/node1/labctl.db?vfs=unix-excl");
         assert_eq!(exclusive_sqlite_url("data/node1/labctl.db"), "file:data/node1/labctl.db?vfs=unix-excl");
         assert_eq!(exclusive_sqlite_url("/a b/100%?#x.db"), "file:/a b/100%25%3f%23x.db?vfs=unix-excl");
+    }
+
+    /// A key recorded before fingerprints were kept answers with its first outcome whatever
+    /// request comes with it, as it did then; a key recorded now refuses another request.
+    #[test]
+    fn keys_recorded_without_a_fingerprint_keep_answering_as_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("node.db").to_string_lossy()).unwrap();
+        let first = ApplyOutcome::Rejected { status: 404, error: "no product with id 9".into() };
+        let old = IdempotencyRecord {
+            idem_key: "old".into(),
+            log_index: 1,
+            outcome: serde_json::to_string(&first).unwrap(),
+            fingerprint: None,
+        };
+        diesel::insert_into(idempotency_keys::table).values(&old).execute(&mut store.conn).unwrap();
+        let create = |key: &str| {
+            let product = command::ProductInput::new("x", 1.0, "GBP");
+            Command::new(chrono::Utc::now(), Op::CreateProduct { product }).with_key(key)
+        };
+        assert_eq!(store.apply(2, 1, &create("old")).unwrap(), first);
+        assert!(matches!(store.apply(3, 1, &create("new")).unwrap(), ApplyOutcome::Applied { .. }));
+        let delete = Command::new(chrono::Utc::now(), Op::DeleteProduct { id: 1 }).with_key("new");
+        assert!(matches!(store.apply(4, 1, &delete).unwrap(), ApplyOutcome::Rejected { status: 422, .. }));
+        assert_eq!(store.dump().unwrap().products.len(), 1);
     }
 
     /// The connections of one process on the exclusive URL share the file as usual: a write of

@@ -74,6 +74,9 @@ pub struct IdempotencyRecord {
     pub log_index: i64,
     /// The JSON of the first [`ApplyOutcome`](super::ApplyOutcome).
     pub outcome: String,
+    /// SHA-256 (hex) of the operation the key was first used for; none for keys recorded
+    /// before fingerprints were kept.
+    pub fingerprint: Option<String>,
 }
 
 /// The last log entry the database reflects.

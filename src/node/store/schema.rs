@@ -18,6 +18,7 @@ diesel::table! {
         idem_key -> Text,
         log_index -> BigInt,
         outcome -> Text,
+        fingerprint -> Nullable<Text>,
     }
 }
 
