@@ -276,3 +276,25 @@ fn a_database_in_memory_is_refused() {
         assert!(stderr.contains("is a SQLite database in memory"), "{url}: {stderr}");
     }
 }
+
+#[test]
+fn a_raft_log_cut_behind_the_nodes_database_is_refused() {
+    let mut cluster = TestCluster::start(1, 0, &[]);
+    cluster.wait_for_leader(ELECTION);
+    let product = json!({ "title": "kept", "price": 1.0, "currency": "GBP" });
+    let headers = [("Content-Type", "application/json")];
+    let reply =
+        common::http_call(cluster.http_addr(1), "POST", "/api/products", &headers, &product.to_string()).unwrap();
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    cluster.terminate(1, Duration::from_secs(10));
+    // The log emptied by hand: the database has applied entries the log no longer holds.
+    std::fs::write(cluster.data_dir().join("node1").join("raft.log"), b"").unwrap();
+    cluster.spawn(1);
+    let status = cluster.wait_exit(1, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(1));
+    let text = cluster.log_text(1);
+    assert!(
+        text.contains("but ") && text.contains("holds entries only up to 0: the Raft log was cut or replaced"),
+        "{text}"
+    );
+}

@@ -131,6 +131,21 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
     if private {
         // The node's own file, in its own data dir: no other node applies to it.
         write_store = write_store.private();
+        // It applies only what the log holds, so it cannot be ahead of the log: if it is, the
+        // log was cut or replaced, and the node would have forgotten entries (and the term and
+        // vote) it had promised the others to keep.
+        let applied = write_store.last_applied().with_context(|| format!("cannot read the database of {name}"))?;
+        let last = recovered.entries.len() as u64;
+        if applied.index > last {
+            anyhow::bail!(
+                "{name}: {database_url} has applied the log up to entry {}, but {} holds entries only up to \
+                 {last}: the Raft log was cut or replaced, and this node has lost entries it acknowledged. Put \
+                 the log back, or remove {} so that the node starts empty and the leader sends it the whole log",
+                applied.index,
+                node_dir.join("raft.log").display(),
+                node_dir.display()
+            );
+        }
     }
     if own_file.is_some() {
         write_store.without_flushes().with_context(|| format!("cannot set up the database of {name}"))?;
