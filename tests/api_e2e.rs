@@ -619,6 +619,38 @@ fn strong_reads_go_through_the_leader_and_fail_without_a_majority() {
     }
 }
 
+/// A leader cut off from its followers with a write in flight answers that write with 503 as
+/// soon as it stops leading, not when the write times out; the client's retry with the same
+/// key lands once.
+#[test]
+fn a_cut_off_leader_answers_its_write_in_flight_soon_and_the_retry_lands_once() {
+    let mut cluster = TestCluster::start(3, 0, &[]);
+    let (leader, _) = cluster.wait_for_leader(ELECTION);
+    let followers: Vec<u32> = (1..=3).filter(|&id| id != leader).collect();
+    for &id in &followers {
+        cluster.freeze(id, true);
+    }
+    let key = [("Idempotency-Key", "cut-off-1")];
+    let started = Instant::now();
+    let reply = post(cluster.http_addr(leader), "/api/products", &product("in flight", 3.0), &key).unwrap();
+    let waited = started.elapsed();
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    assert_eq!(reply.header("retry-after"), Some("1"));
+    // The write would time out after 10 s; stepping down takes an election timeout or so.
+    assert!(waited < Duration::from_secs(5), "answered after {waited:?}: {}", reply.body);
+    for &id in &followers {
+        cluster.freeze(id, false);
+    }
+    let (leader, _) = cluster.wait_for_leader(ELECTION);
+    let addr = cluster.http_addr(leader);
+    let created = poll("the retried write", ELECTION, || {
+        post(addr, "/api/products", &product("in flight", 3.0), &key).filter(|r| r.status == 201)
+    });
+    let again = post(addr, "/api/products", &product("in flight", 3.0), &key).unwrap();
+    assert_eq!(again.json(), created.json());
+    assert_eq!(list(addr, "/api/products")["pagination"]["total"], 1);
+}
+
 /// The batching counters of a node's `/status`.
 fn batching(addr: SocketAddr) -> [u64; 4] {
     let b = list(addr, "/status")["batching"].clone();

@@ -213,6 +213,10 @@ fn write_result(result: WriteResult, status: &NodeStatus, req: &HttpRequest) -> 
         WriteResult::LostLeadership => unavailable("leadership changed before the write committed; retry"),
         WriteResult::TooLarge(message) => error(413, message),
         WriteResult::Timeout => unavailable("the write was not committed in time; retry"),
+        WriteResult::SteppedDown => unavailable(
+            "this node stopped leading before the write committed, which may still happen; retry with the same \
+             Idempotency-Key",
+        ),
     }
 }
 

@@ -54,6 +54,9 @@ pub enum WriteResult {
     NotLeader { leader: Option<u32> },
     /// The entry was replaced by a newer leader's before it committed.
     LostLeadership,
+    /// This node stopped leading before the entry committed; a newer leader may still commit
+    /// it (a retry with the same idempotency key then gets its outcome).
+    SteppedDown,
     /// Too large for one log entry.
     TooLarge(String),
     /// Not committed in time (e.g. the leader lost its majority).

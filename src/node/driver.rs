@@ -610,6 +610,7 @@ impl Driver {
                     self.handshake.stepped_down();
                     self.to_prepare = None;
                     self.applier.abandon_prepared();
+                    self.fail_writes();
                 }
                 self.fail_reads(role, term);
                 if leader.is_some() && leader != self.last_leader {
@@ -745,6 +746,15 @@ impl Driver {
             if let Some(r) = self.reads.remove(&id) {
                 let _ = r.reply.send(WriteResult::LostLeadership);
             }
+        }
+    }
+
+    /// Answers the HTTP writes proposed while this node led, now that it does not: their
+    /// clients are told at once (503) rather than when the writes time out, and may retry with
+    /// the same idempotency key, whether or not a newer leader commits the entries.
+    fn fail_writes(&mut self) {
+        for (_, w) in std::mem::take(&mut self.writes) {
+            let _ = w.reply.send(WriteResult::SteppedDown);
         }
     }
 
