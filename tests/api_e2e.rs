@@ -651,6 +651,41 @@ fn a_cut_off_leader_answers_its_write_in_flight_soon_and_the_retry_lands_once() 
     assert_eq!(list(addr, "/api/products")["pagination"]["total"], 1);
 }
 
+/// A request whose body stops arriving before its announced length is answered `408` once
+/// nothing more has come for 10 s, a JSON write as an upload; the node goes on serving.
+#[test]
+fn a_body_that_stops_arriving_is_answered_408() {
+    use std::io::{Read, Write};
+    let cluster = TestCluster::start(1, 0, &[]);
+    cluster.wait_for_leader(ELECTION);
+    let addr = cluster.http_addr(1);
+    let cut_short = |path: &'static str, content_type: &'static str| {
+        std::thread::spawn(move || {
+            let mut stream = std::net::TcpStream::connect(addr).unwrap();
+            stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            let head = format!(
+                "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nContent-Length: 100\r\n\r\n"
+            );
+            stream.write_all(head.as_bytes()).unwrap();
+            stream.write_all(br#"{"title":"half","price":1,"currency":"G"#).unwrap();
+            let started = Instant::now();
+            let mut raw = Vec::new();
+            let _ = stream.read_to_end(&mut raw);
+            (String::from_utf8_lossy(&raw).into_owned(), started.elapsed())
+        })
+    };
+    let json = cut_short("/api/products", "application/json");
+    let upload = cut_short("/api/upload/file", "multipart/form-data; boundary=b");
+    for (what, answer) in [("write", json), ("upload", upload)] {
+        let (text, waited) = answer.join().unwrap();
+        assert!(text.starts_with("HTTP/1.1 408"), "{what} after {waited:?}: {text:?}");
+        assert!(text.contains("the request body stopped arriving for 10 s"), "{what}: {text}");
+        assert!(waited >= Duration::from_secs(9), "{what} answered after {waited:?}");
+    }
+    let reply = post(addr, "/api/products", &product("after the stalled bodies", 1.0), &[]).unwrap();
+    assert_eq!(reply.status, 201, "{}", reply.body);
+}
+
 /// The batching counters of a node's `/status`.
 fn batching(addr: SocketAddr) -> [u64; 4] {
     let b = list(addr, "/status")["batching"].clone();

@@ -69,6 +69,12 @@ pub struct Api {
 /// Registers the routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.app_data(web::JsonConfig::default().limit(MAX_BODY).error_handler(|err, _| {
+        if let actix_web::error::JsonPayloadError::Payload(e) = &err {
+            if super::http::body_timed_out(e) {
+                return actix_web::error::InternalError::from_response(err, super::http::body_timeout_response())
+                    .into();
+            }
+        }
         let status = match &err {
             actix_web::error::JsonPayloadError::Overflow { .. }
             | actix_web::error::JsonPayloadError::OverflowKnownLength { .. } => {
@@ -358,6 +364,11 @@ async fn read_file_field(req: &HttpRequest, payload: web::Payload, limit: usize)
 }
 
 fn multipart_error(e: MultipartError) -> HttpResponse {
+    if let MultipartError::Payload(payload) = &e {
+        if super::http::body_timed_out(payload) {
+            return super::http::body_timeout_response();
+        }
+    }
     let code = match e {
         MultipartError::ContentTypeMissing
         | MultipartError::ContentTypeParse

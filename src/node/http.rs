@@ -172,6 +172,7 @@ fn app(
         .app_data(console)
         .wrap(middleware::from_fn(count_responses))
         .wrap(middleware::from_fn(head_as_get))
+        .wrap(middleware::from_fn(body_deadline))
         .configure(super::api::configure)
         .configure(super::console::configure)
         .service(web::resource("/healthz").get(healthz).default_service(web::to(method_not_allowed)))
@@ -192,6 +193,82 @@ async fn head_as_get(
         req.head_mut().method = actix_web::http::Method::GET;
     }
     next.call(req).await
+}
+
+/// How long a request's body may stop arriving before the request is answered `408`: a client
+/// that announces more than it sends does not hold its connection and its handler forever.
+pub(super) const BODY_IDLE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Whether `e` is a body that stopped arriving for [`BODY_IDLE`].
+pub(super) fn body_timed_out(e: &actix_web::error::PayloadError) -> bool {
+    matches!(e, actix_web::error::PayloadError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut)
+}
+
+/// The `408` of a request whose body stopped arriving.
+pub(super) fn body_timeout_response() -> HttpResponse {
+    HttpResponse::build(StatusCode::REQUEST_TIMEOUT)
+        .force_close()
+        .json(json!({ "error": format!("the request body stopped arriving for {} s", BODY_IDLE.as_secs()) }))
+}
+
+/// Gives a request with a body [`BODY_IDLE`] between its pieces: its reader then gets a
+/// timed-out error, answered `408` (the head of a request has actix's own deadline).
+async fn body_deadline(
+    mut req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    use actix_web::http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+    let headers = req.headers();
+    let has_body = headers.contains_key(TRANSFER_ENCODING)
+        || headers.get(CONTENT_LENGTH).is_some_and(|length| length.as_bytes() != b"0");
+    if has_body {
+        let inner = actix_web::HttpMessage::take_payload(&mut req);
+        let timed = IdleDeadline { inner, sleep: Box::pin(tokio::time::sleep(BODY_IDLE)), done: false };
+        req.set_payload(actix_web::dev::Payload::Stream { payload: Box::pin(timed) });
+    }
+    next.call(req).await
+}
+
+/// A request body that ends with an error once no piece of it has come for [`BODY_IDLE`].
+struct IdleDeadline<S> {
+    inner: S,
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    done: bool,
+}
+
+impl<S> futures_util::Stream for IdleDeadline<S>
+where
+    S: futures_util::Stream<Item = Result<web::Bytes, actix_web::error::PayloadError>> + Unpin,
+{
+    type Item = Result<web::Bytes, actix_web::error::PayloadError>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::future::Future;
+        use std::task::Poll;
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        match std::pin::Pin::new(&mut this.inner).poll_next(cx) {
+            Poll::Ready(piece) => {
+                this.done = piece.is_none();
+                this.sleep.as_mut().reset(tokio::time::Instant::now() + BODY_IDLE);
+                Poll::Ready(piece)
+            }
+            Poll::Pending => match this.sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    this.done = true;
+                    let stalled =
+                        std::io::Error::new(std::io::ErrorKind::TimedOut, "the request body stopped arriving");
+                    Poll::Ready(Some(Err(actix_web::error::PayloadError::Io(stalled))))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
 }
 
 /// HTTP responses by status code, counted without a lock shared by the workers.
