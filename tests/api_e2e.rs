@@ -216,6 +216,8 @@ fn an_idempotency_key_makes_a_retried_write_happen_once(database: &[&str]) {
     let user = json!({ "name": "Ann", "email": "ann@example.org" });
     let first = post(addr, "/api/users", &user, &[("Idempotency-Key", "user-ann")]).unwrap();
     assert_eq!(first.status, 201, "{}", first.body);
+    let location = format!("/api/users/{}", first.json()["id"]);
+    assert_eq!(first.header("location"), Some(location.as_str()), "a new object is named where it is read");
     let again = post(addr, "/api/users", &user, &[("Idempotency-Key", "user-ann")]).unwrap();
     assert_eq!(again.status, first.status);
     assert_eq!(again.json(), first.json());

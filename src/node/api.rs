@@ -209,7 +209,18 @@ fn write_result(result: WriteResult, status: &NodeStatus, req: &HttpRequest) -> 
     match result {
         WriteResult::Done(ApplyOutcome::Applied { status, reply }) => {
             let code = actix_web::http::StatusCode::from_u16(status).unwrap_or(actix_web::http::StatusCode::OK);
-            HttpResponse::build(code).content_type("application/json").body(reply_body(&reply))
+            let mut response = HttpResponse::build(code);
+            // A new object is named where it can be read.
+            let created = match &reply {
+                Reply::Product(p) => Some(("products", p.id)),
+                Reply::User(u) => Some(("users", u.id)),
+                Reply::Task(t) => Some(("tasks", t.id)),
+                Reply::Deleted { .. } | Reply::Imported { .. } => None,
+            };
+            if let (201, Some((what, id))) = (status, created) {
+                response.insert_header((header::LOCATION, format!("/api/{what}/{id}")));
+            }
+            response.content_type("application/json").body(reply_body(&reply))
         }
         WriteResult::Done(ApplyOutcome::Rejected { status, error: message }) => error(status, message),
         WriteResult::Done(ApplyOutcome::AlreadyApplied) | WriteResult::Readable => {
