@@ -252,6 +252,10 @@ fn bad_input_gets_a_json_4xx_never_a_500(database: &[&str]) {
         ("POST", "/api/products", vec![JSON], r#"{"title":5,"price":1,"currency":"GBP"}"#.into(), 400),
         ("POST", "/api/products", vec![JSON], r#"{"title":"t","price":"cheap","currency":"GBP"}"#.into(), 400),
         ("POST", "/api/products", vec![JSON], r#"{"title":"t","price":1,"currency":"GBP","x":1}"#.into(), 400),
+        // An object's fields given as an array, in order, are not an object.
+        ("POST", "/api/products", vec![JSON], r#"["t",1,"GBP"]"#.into(), 400),
+        ("POST", "/api/users", vec![JSON], r#"["a","a@b.c"]"#.into(), 400),
+        ("PUT", "/api/tasks/1", vec![JSON], r#"["t"]"#.into(), 400),
         ("POST", "/api/products", vec![JSON], r#"{"title":"","price":-1,"currency":"GBP"}"#.into(), 422),
         ("POST", "/api/products", vec![("Content-Type", "text/plain")], "hello".into(), 415),
         ("POST", "/api/products", vec![JSON], big, 413),

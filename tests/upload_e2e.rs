@@ -182,6 +182,7 @@ fn uploads_on_a_follower_are_redirected_and_bad_uploads_get_a_json_4xx() {
         ("an empty processed file", &multipart, form(&[("file", r#"{"items":[]}"#)]), 422, "no products"),
         ("a bad price", &multipart, form(&[("file", &bad_price)]), 422, "item 3"),
         ("a wrong type", &multipart, form(&[("file", &wrong_type)]), 422, "item 1"),
+        ("an item as an array", &multipart, form(&[("file", r#"[["Dune",9.5,"GBP"]]"#)]), 422, "item 0"),
         ("no field file", &multipart, form(&[("upload", "[]")]), 400, "no field `file`"),
         ("two fields file", &multipart, form(&[("file", &items), ("file", &items)]), 400, "more than one"),
         ("over the limit", &multipart, form(&[("file", &too_large)]), 413, "larger than"),

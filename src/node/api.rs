@@ -268,51 +268,51 @@ fn not_leader(status: &NodeStatus, req: &HttpRequest) -> HttpResponse {
     }
 }
 
-async fn create_product(api: web::Data<Api>, req: HttpRequest, body: web::Json<ProductInput>) -> HttpResponse {
-    write(&api, &req, Op::CreateProduct { product: body.into_inner() }).await
+async fn create_product(api: web::Data<Api>, req: HttpRequest, body: web::Json<Object<ProductInput>>) -> HttpResponse {
+    write(&api, &req, Op::CreateProduct { product: body.into_inner().0 }).await
 }
 
 async fn update_product(
     api: web::Data<Api>,
     req: HttpRequest,
     id: web::Path<i64>,
-    body: web::Json<ProductInput>,
+    body: web::Json<Object<ProductInput>>,
 ) -> HttpResponse {
-    write(&api, &req, Op::UpdateProduct { id: id.into_inner(), product: body.into_inner() }).await
+    write(&api, &req, Op::UpdateProduct { id: id.into_inner(), product: body.into_inner().0 }).await
 }
 
 async fn delete_product(api: web::Data<Api>, req: HttpRequest, id: web::Path<i64>) -> HttpResponse {
     write(&api, &req, Op::DeleteProduct { id: id.into_inner() }).await
 }
 
-async fn create_user(api: web::Data<Api>, req: HttpRequest, body: web::Json<UserInput>) -> HttpResponse {
-    write(&api, &req, Op::CreateUser { user: body.into_inner() }).await
+async fn create_user(api: web::Data<Api>, req: HttpRequest, body: web::Json<Object<UserInput>>) -> HttpResponse {
+    write(&api, &req, Op::CreateUser { user: body.into_inner().0 }).await
 }
 
 async fn update_user(
     api: web::Data<Api>,
     req: HttpRequest,
     id: web::Path<i64>,
-    body: web::Json<UserInput>,
+    body: web::Json<Object<UserInput>>,
 ) -> HttpResponse {
-    write(&api, &req, Op::UpdateUser { id: id.into_inner(), user: body.into_inner() }).await
+    write(&api, &req, Op::UpdateUser { id: id.into_inner(), user: body.into_inner().0 }).await
 }
 
 async fn delete_user(api: web::Data<Api>, req: HttpRequest, id: web::Path<i64>) -> HttpResponse {
     write(&api, &req, Op::DeleteUser { id: id.into_inner() }).await
 }
 
-async fn create_task(api: web::Data<Api>, req: HttpRequest, body: web::Json<TaskInput>) -> HttpResponse {
-    write(&api, &req, Op::CreateTask { task: body.into_inner() }).await
+async fn create_task(api: web::Data<Api>, req: HttpRequest, body: web::Json<Object<TaskInput>>) -> HttpResponse {
+    write(&api, &req, Op::CreateTask { task: body.into_inner().0 }).await
 }
 
 async fn update_task(
     api: web::Data<Api>,
     req: HttpRequest,
     id: web::Path<i64>,
-    body: web::Json<TaskInput>,
+    body: web::Json<Object<TaskInput>>,
 ) -> HttpResponse {
-    write(&api, &req, Op::UpdateTask { id: id.into_inner(), task: body.into_inner() }).await
+    write(&api, &req, Op::UpdateTask { id: id.into_inner(), task: body.into_inner().0 }).await
 }
 
 async fn delete_task(api: web::Data<Api>, req: HttpRequest, id: web::Path<i64>) -> HttpResponse {
@@ -389,6 +389,26 @@ fn multipart_error(e: MultipartError) -> HttpResponse {
     error(code, format!("expected a multipart/form-data upload with a field `file`: {e}"))
 }
 
+/// A request body that must be a JSON object: serde would also take a struct's fields from an
+/// array, in order (`["Dune", 9.5, "GBP"]`), which no client means.
+struct Object<T>(T);
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Object<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Fields<T>(std::marker::PhantomData<T>);
+        impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for Fields<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        deserializer.deserialize_map(Fields(std::marker::PhantomData)).map(Object)
+    }
+}
+
 /// The products of an uploaded file: a JSON array of products, or the processed file (an
 /// object whose `items` are the products). The first bad item is named by its index.
 fn parse_upload(content: &[u8]) -> Result<Vec<ProductInput>, (u16, String)> {
@@ -408,7 +428,8 @@ fn parse_upload(content: &[u8]) -> Result<Vec<ProductInput>, (u16, String)> {
         .into_iter()
         .enumerate()
         .map(|(i, item)| {
-            let product: ProductInput = serde_json::from_value(item).map_err(|e| (422, format!("item {i}: {e}")))?;
+            let Object(product) =
+                serde_json::from_value::<Object<ProductInput>>(item).map_err(|e| (422, format!("item {i}: {e}")))?;
             product.check().map_err(|e| (422, format!("item {i}: {e}")))?;
             Ok(product)
         })
