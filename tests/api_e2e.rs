@@ -314,6 +314,15 @@ fn bad_input_gets_a_json_4xx_never_a_500(database: &[&str]) {
     }
     let missing = http_call(addr, "HEAD", "/api/products/424242", &[], "").unwrap();
     assert_eq!((missing.status, missing.body.as_str()), (404, ""));
+    // Errors speak of the request, not of the code that read it.
+    let not_an_id = http_call(addr, "GET", "/api/products/abc", &[], "").unwrap();
+    assert_eq!(not_an_id.json()["error"], "no such id: \"abc\" is not a whole number");
+    let unknown = http_call(addr, "GET", "/api/users?status=done", &[], "").unwrap();
+    assert!(
+        unknown.json()["error"].as_str().unwrap().starts_with("bad query: unknown field `status`"),
+        "{}",
+        unknown.body
+    );
     assert!(cluster.agreed_leader(&[1]).is_some(), "the node survived");
     // And it goes on taking writes.
     let reply = post(addr, "/api/products", &product("after the bad input", 1.0), &[]).unwrap();

@@ -87,11 +87,17 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         actix_web::error::InternalError::from_response(err, body).into()
     }))
     .app_data(web::QueryConfig::default().error_handler(|err, _| {
-        let body = HttpResponse::BadRequest().json(json!({ "error": err.to_string() }));
+        let message = match &err {
+            actix_web::error::QueryPayloadError::Deserialize(e) => format!("bad query: {e}"),
+            other => other.to_string(),
+        };
+        let body = HttpResponse::BadRequest().json(json!({ "error": message }));
         actix_web::error::InternalError::from_response(err, body).into()
     }))
-    .app_data(web::PathConfig::default().error_handler(|err, _| {
-        let body = HttpResponse::NotFound().json(json!({ "error": format!("no such id: {err}") }));
+    .app_data(web::PathConfig::default().error_handler(|err, req| {
+        let given = req.match_info().get("id").unwrap_or_default();
+        let message = format!("no such id: {given:?} is not a whole number");
+        let body = HttpResponse::NotFound().json(json!({ "error": message }));
         actix_web::error::InternalError::from_response(err, body).into()
     }))
     .service(
@@ -227,7 +233,7 @@ fn write_result(result: WriteResult, status: &NodeStatus, req: &HttpRequest) -> 
             HttpResponse::Ok().json(json!({ "applied": true }))
         }
         WriteResult::NotLeader { .. } => not_leader(status, req),
-        WriteResult::LostLeadership => unavailable("leadership changed before the write committed; retry"),
+        WriteResult::LostLeadership => unavailable("leadership changed before the request completed; retry"),
         WriteResult::TooLarge(message) => error(413, message),
         WriteResult::Timeout => unavailable("the write was not committed in time; retry"),
         WriteResult::SteppedDown => unavailable(
