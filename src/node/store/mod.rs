@@ -787,9 +787,7 @@ fn decide(c: &mut DbConnection, index: i64, cmd: &Command, m: &mut Meta) -> Resu
 /// SHA-256 (hex) of `op` as it is written in log entries: the same on every node and for
 /// every retry of one request (an upload's multipart framing is not in it, only its rows).
 fn fingerprint_of(op: &Op) -> Result<String, StoreError> {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(serde_json::to_vec(op)?);
-    Ok(digest.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(crate::manager::sha256_hex(&serde_json::to_vec(op)?))
 }
 
 /// Whether `op` must run in a savepoint to leave nothing behind when it is refused: all but
