@@ -22,9 +22,11 @@
 //!
 //! Better still, such a write's transaction can run while its entry replicates, on a thread
 //! that runs only when a core would otherwise be idle ([`Applier::prepare`]): once the entry
-//! commits, its client is answered at once with what the transaction returned, and the
-//! transaction is committed. The transaction is left open until then, and rolled back if this
-//! node stops leading first.
+//! commits, its client is answered at once with what the transaction returned. The transaction
+//! is left open until then, and rolled back if this node stops leading first. Once answered, it
+//! is committed by that same thread when a core is idle ([`Shared::uncommitted`]), not between
+//! the answer and the client; a read that needs it, or whatever takes the database next,
+//! commits it first.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -71,6 +73,14 @@ pub struct ApplyItem {
     pub waiter: Option<oneshot::Sender<WriteResult>>,
 }
 
+/// What the preparing thread is given.
+enum PrepareWork {
+    /// An entry to run ahead of its commit.
+    Run(ApplyItem),
+    /// Commit the answered entry's transaction, if still open (see [`Shared::uncommitted`]).
+    Commit,
+}
+
 /// What the applier is given, in order.
 enum Work {
     Entry(ApplyItem),
@@ -115,6 +125,7 @@ enum Prepared {
 /// The applied index of a node, shared with its HTTP handlers.
 #[derive(Clone)]
 pub struct AppliedIndex {
+    shared: Arc<Shared>,
     applied: Arc<AtomicU64>,
     answered: Arc<AtomicU64>,
     stall: Arc<Mutex<Option<ApplyStall>>>,
@@ -145,8 +156,9 @@ impl AppliedIndex {
 
     /// Everything up to this index is in the database; a read that starts now sees at least
     /// that. Every write answered before this call is included: a leader answers a write as
-    /// soon as its transaction has run and commits it right after, and a read that comes in
-    /// meanwhile waits here for that commit (tens of microseconds).
+    /// soon as its transaction has run and commits it right after (or leaves the commit to its
+    /// preparing thread), and a read that comes in meanwhile waits here for that commit (tens of
+    /// microseconds), making it itself when the database is free.
     pub fn settled(&self) -> u64 {
         let answered = self.answered.load(Ordering::Acquire);
         let mut applied = self.applied.load(Ordering::Acquire);
@@ -155,6 +167,9 @@ impl AppliedIndex {
         }
         let deadline = Instant::now() + SETTLE_LIMIT;
         while applied < answered && Instant::now() < deadline {
+            if let Ok(mut store) = self.shared.store.try_lock() {
+                self.shared.commit_answered(&mut store);
+            }
             std::thread::yield_now();
             applied = self.applied.load(Ordering::Acquire);
         }
@@ -168,7 +183,7 @@ pub struct Applier {
     shared: Arc<Shared>,
     thread: Option<std::thread::JoinHandle<()>>,
     /// The preparing thread (only for a node's own file).
-    preparer: Option<(mpsc::Sender<ApplyItem>, std::thread::JoinHandle<()>)>,
+    preparer: Option<(mpsc::Sender<PrepareWork>, std::thread::JoinHandle<()>)>,
 }
 
 /// What the driver and the applier thread share.
@@ -187,6 +202,15 @@ struct Shared {
     /// The entry run ahead of its commit. Locked after `store` when both are held, and only
     /// for a moment.
     prepared: Mutex<Prepared>,
+    /// A leader's entry run ahead and answered, whose transaction is still open on the store:
+    /// the preparing thread commits it when it gets a core, and whoever takes the store before
+    /// that commits it first ([`Shared::commit_answered`]). Its client's answer left before the
+    /// commit's page writes, which would otherwise run on the core the client's HTTP worker
+    /// waits for.
+    uncommitted: Mutex<Option<ApplyItem>>,
+    /// Whether an entry run ahead is committed after its answer, by the preparing thread,
+    /// rather than at once (see [`Shared::uncommitted`]).
+    defer_commits: AtomicBool,
     /// No entry is run ahead before then (see [`PREPARE_PAUSE`]).
     prepare_paused_until: Mutex<Option<Instant>>,
     /// Set while a batch keeps failing (see [`AppliedIndex::stall`]).
@@ -200,6 +224,19 @@ struct Shared {
 }
 
 impl Shared {
+    /// Commits the transaction of the entry answered before its commit, if one is open; called
+    /// by whoever holds the store, before anything else.
+    fn commit_answered(&self, store: &mut Store) {
+        let Some(mut item) = lock(&self.uncommitted).take() else { return };
+        if let Err(e) = store.commit_open() {
+            let _ = store.rollback_open();
+            log::error!("{}: cannot commit entry {} after answering it: {e}; applying it again", self.name, item.index);
+            let _ = self.apply_until_done(store, std::slice::from_mut(&mut item));
+            return;
+        }
+        self.applied.fetch_max(item.index, Ordering::AcqRel);
+    }
+
     /// Applies `batch`, trying again every [`RETRY`] while the database fails, with the failure
     /// shown to `/readyz` meanwhile. Gives up only when the node is stopping, and then applies
     /// nothing more: the entries are in the Raft log, and applied when the node starts again.
@@ -277,6 +314,8 @@ impl Applier {
             applied: Arc::new(AtomicU64::new(applied)),
             answered: Arc::new(AtomicU64::new(0)),
             prepared: Mutex::new(Prepared::None),
+            uncommitted: Mutex::new(None),
+            defer_commits: AtomicBool::new(false),
             prepare_paused_until: Mutex::new(None),
             stall: Arc::new(Mutex::new(None)),
             stopping: AtomicBool::new(false),
@@ -312,6 +351,7 @@ impl Applier {
         let nothing_prepared = matches!(*lock(&self.shared.prepared), Prepared::None);
         if inline && self.shared.inline && items.len() <= MAX_INLINE && self.idle() && nothing_prepared {
             if let Ok(mut store) = self.shared.store.try_lock() {
+                self.shared.commit_answered(&mut store);
                 if let Some(commands) = commands_of(&items) {
                     match answer_then_commit(&mut store, &mut items, &commands, &self.shared) {
                         Ok(()) => return,
@@ -372,7 +412,7 @@ impl Applier {
             return;
         }
         *lock(&self.shared.prepared) = Prepared::Pending { index: item.index, term: item.term };
-        if tx.send(item).is_err() {
+        if tx.send(PrepareWork::Run(item)).is_err() {
             *lock(&self.shared.prepared) = Prepared::None;
         }
     }
@@ -420,7 +460,18 @@ impl Applier {
                 }
                 let mut item = items.remove(0);
                 let answers = std::iter::once(item.waiter.take()).zip(outcomes);
-                if let Err(e) = answer_and_commit(&mut store, &self.shared, index, answers) {
+                if let (true, Some((tx, _))) = (self.shared.defer_commits.load(Ordering::Acquire), &self.preparer) {
+                    // The client is answered now; the commit waits for an idle core.
+                    self.shared.answered.fetch_max(index, Ordering::AcqRel);
+                    for (waiter, outcome) in answers {
+                        if let Some(waiter) = waiter {
+                            let _ = waiter.send(WriteResult::Done(outcome));
+                        }
+                    }
+                    *lock(&self.shared.uncommitted) = Some(item);
+                    drop(store);
+                    let _ = tx.send(PrepareWork::Commit);
+                } else if let Err(e) = answer_and_commit(&mut store, &self.shared, index, answers) {
                     log::error!(
                         "{}: cannot commit entry {index} after answering it: {e}; applying it again",
                         self.shared.name
@@ -475,6 +526,7 @@ impl Applier {
     /// transaction that applied it has committed.
     pub fn applied_index(&self) -> AppliedIndex {
         AppliedIndex {
+            shared: self.shared.clone(),
             applied: self.shared.applied.clone(),
             answered: self.shared.answered.clone(),
             stall: self.shared.stall.clone(),
@@ -534,6 +586,7 @@ fn run(shared: &Shared, own: Option<OwnFile>, rx: mpsc::Receiver<Work>) {
         let taken = batch.len() + reads.len();
         // Reads queued behind these entries go once they are applied (or at once if none).
         let mut store = lock(&shared.store);
+        shared.commit_answered(&mut store);
         if !batch.is_empty() && !shared.apply_until_done(&mut store, &mut batch) {
             // Stopping with the database failing: the waiters of these entries and of those
             // still queued are let go unanswered.
@@ -549,6 +602,7 @@ fn run(shared: &Shared, own: Option<OwnFile>, rx: mpsc::Receiver<Work>) {
         // Left unflushed, the file is still used after a restart of the node, but rebuilt after
         // a restart of the machine.
         let mut store = lock(&shared.store);
+        shared.commit_answered(&mut store);
         match store.flush_to_disk().map_err(|e| e.to_string()).and_then(|()| own.close().map_err(|e| e.to_string())) {
             Ok(()) => log::info!("{name}: database flushed to disk"),
             Err(e) => log::warn!("{name}: cannot flush the database on stop ({e}); a reboot will rebuild it"),
@@ -558,14 +612,47 @@ fn run(shared: &Shared, own: Option<OwnFile>, rx: mpsc::Receiver<Work>) {
 
 /// The preparing thread: runs a leader's entries ahead of their commit (see
 /// [`Applier::prepare`]), at idle priority.
-fn prepare(shared: &Shared, rx: mpsc::Receiver<ApplyItem>) {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: sets this thread's own policy; `param` outlives the call.
-    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
+fn prepare(shared: &Shared, rx: mpsc::Receiver<PrepareWork>) {
+    let idle = set_policy(libc::SCHED_IDLE);
+    if !idle {
         log::debug!("{}: preparing thread keeps its priority: {}", shared.name, std::io::Error::last_os_error());
     }
-    while let Ok(item) = rx.recv() {
-        prepare_one(shared, item);
+    // Answered entries are left for this thread to commit only if it can leave idle priority
+    // while it does: readers wait for that commit, and would wait for as long as the cores are
+    // busy. Without CAP_SYS_NICE (or room in RLIMIT_NICE) a thread cannot.
+    let can_commit = !idle || (set_policy(libc::SCHED_OTHER) && set_policy(libc::SCHED_IDLE));
+    shared.defer_commits.store(can_commit, Ordering::Release);
+    while let Ok(work) = rx.recv() {
+        match work {
+            PrepareWork::Run(item) => {
+                commit_answered_now(shared, idle);
+                prepare_one(shared, item);
+            }
+            PrepareWork::Commit => commit_answered_now(shared, idle),
+        }
+    }
+    commit_answered_now(shared, idle);
+}
+
+/// Sets this thread's scheduling policy; whether it could.
+fn set_policy(policy: libc::c_int) -> bool {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sets this thread's own policy; `param` outlives the call.
+    unsafe { libc::sched_setscheduler(0, policy, &param) == 0 }
+}
+
+/// Commits the answered entry's open transaction, if there is one, at normal priority (the
+/// preparing thread is `idle` otherwise): readers wait for it while this thread holds the store.
+fn commit_answered_now(shared: &Shared, idle: bool) {
+    if lock(&shared.uncommitted).is_none() {
+        return;
+    }
+    if idle {
+        set_policy(libc::SCHED_OTHER);
+    }
+    shared.commit_answered(&mut lock(&shared.store));
+    if idle {
+        set_policy(libc::SCHED_IDLE);
     }
 }
 
@@ -574,6 +661,7 @@ fn prepare(shared: &Shared, rx: mpsc::Receiver<ApplyItem>) {
 fn prepare_one(shared: &Shared, mut item: ApplyItem) {
     // The store first: `Running` means this thread holds it.
     let mut store = lock(&shared.store);
+    shared.commit_answered(&mut store);
     {
         let mut prepared = lock(&shared.prepared);
         if !matches!(*prepared, Prepared::Pending { index, term } if index == item.index && term == item.term) {
@@ -806,21 +894,7 @@ mod tests {
         let url = dir.path().join("node.db").to_string_lossy().into_owned();
         let mut store = Store::open(&url).unwrap().private();
         let mut reader = Store::open(&url).unwrap();
-        let (applied, answered) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let index = AppliedIndex { applied: applied.clone(), answered: answered.clone(), stall: Default::default() };
-        let shared = Shared {
-            store: Mutex::new(Store::open(&url).unwrap()),
-            queued: AtomicUsize::new(0),
-            applied,
-            answered,
-            inline: true,
-            prepared: Mutex::new(Prepared::None),
-            prepare_paused_until: Mutex::new(None),
-            stall: Default::default(),
-            stopping: AtomicBool::new(false),
-            given_up: AtomicBool::new(false),
-            name: "node1".into(),
-        };
+        let (shared, index) = shared_on(&url);
         // Left open, the transaction's row is invisible to another connection; rolled back, it
         // is gone and entry 1 can be applied again.
         let cmd = create("ahead");
@@ -834,6 +908,51 @@ mod tests {
         assert_eq!(title(answer.try_recv().unwrap()), "ahead");
         assert_eq!((index.settled(), reader.dump().unwrap().products.len()), (1, 1), "visible once settled");
         assert_eq!(store.last_applied().unwrap().index, 1);
+    }
+
+    /// What the driver and the applier share, on the file at `url` (through a connection
+    /// of its own), without the applier's threads; and the applied index readers get.
+    fn shared_on(url: &str) -> (Arc<Shared>, AppliedIndex) {
+        let shared = Arc::new(Shared {
+            store: Mutex::new(Store::open(url).unwrap().private()),
+            queued: AtomicUsize::new(0),
+            applied: Arc::new(AtomicU64::new(0)),
+            answered: Arc::new(AtomicU64::new(0)),
+            inline: true,
+            prepared: Mutex::new(Prepared::None),
+            uncommitted: Mutex::new(None),
+            defer_commits: AtomicBool::new(false),
+            prepare_paused_until: Mutex::new(None),
+            stall: Default::default(),
+            stopping: AtomicBool::new(false),
+            given_up: AtomicBool::new(false),
+            name: "node1".into(),
+        });
+        let index = AppliedIndex {
+            shared: shared.clone(),
+            applied: shared.applied.clone(),
+            answered: shared.answered.clone(),
+            stall: shared.stall.clone(),
+        };
+        (shared, index)
+    }
+
+    #[test]
+    fn an_answered_entry_left_open_is_committed_by_the_first_reader_that_waits_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = dir.path().join("node.db").to_string_lossy().into_owned();
+        let (shared, index) = shared_on(&url);
+        let mut reader = Store::open(&url).unwrap();
+        let (item, _) = item(1, &create("answered"));
+        let commands = commands_of(std::slice::from_ref(&item)).unwrap();
+        lock(&shared.store).apply_open(&commands).unwrap();
+        shared.answered.store(1, Ordering::Release);
+        *lock(&shared.uncommitted) = Some(item);
+        assert!(titles_in(&mut reader).is_empty(), "not visible before its commit");
+        assert_eq!(index.settled(), 1, "the reader committed it");
+        assert_eq!(titles_in(&mut reader), ["answered"]);
+        assert!(lock(&shared.uncommitted).is_none());
+        assert_eq!(lock(&shared.store).last_applied().unwrap().index, 1);
     }
 
     fn title(result: WriteResult) -> String {
@@ -942,11 +1061,48 @@ mod tests {
         let (committed, mut rx) = item(1, &create("ahead"));
         applier.apply(vec![committed], true);
         assert_eq!(title(rx.try_recv().expect("answered before apply() returned")), "ahead");
-        assert_eq!(applier.applied(), 1);
         assert_eq!(applier.applied_index().settled(), 1);
         assert_eq!(titles_in(&mut reader), ["ahead"]);
         assert!(applier.can_prepare());
         applier.stop();
+    }
+
+    #[test]
+    fn a_write_run_ahead_and_answered_is_committed_by_the_preparing_thread_without_a_reader() {
+        let (_dir, _, applier, mut reader) = own_file_applier();
+        for i in 1..=3 {
+            let title = format!("w{i}");
+            applier.prepare(unwaited(i, 1, &title));
+            wait_prepared(&applier, |p| matches!(p, Prepared::Ready { .. }));
+            let (committed, mut rx) = item(i, &create(&title));
+            applier.apply(vec![committed], true);
+            assert_eq!(self::title(rx.try_recv().expect("answered before apply() returned")), title);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while applier.applied() < 3 {
+            assert!(Instant::now() < deadline, "the last write was never committed");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(titles_in(&mut reader), ["w1", "w2", "w3"]);
+        applier.stop();
+    }
+
+    #[test]
+    fn an_answered_write_is_kept_when_the_node_stops_leading_and_the_next_entry_applies_after_it() {
+        let (_dir, url, applier, _) = own_file_applier();
+        applier.prepare(unwaited(1, 1, "answered"));
+        wait_prepared(&applier, |p| matches!(p, Prepared::Ready { .. }));
+        let (committed, mut rx) = item(1, &create("answered"));
+        applier.apply(vec![committed], true);
+        assert_eq!(title(rx.try_recv().unwrap()), "answered");
+        applier.abandon_prepared();
+        let (next, mut rx) = item(2, &create("next"));
+        applier.apply(vec![next], true);
+        assert_eq!(title(answer(&mut rx).unwrap()), "next");
+        applier.stop();
+        let mut reopened = Store::open(&url).unwrap();
+        assert_eq!(titles_in(&mut reopened), ["answered", "next"]);
+        assert_eq!(reopened.last_applied().unwrap().index, 2);
     }
 
     #[test]
