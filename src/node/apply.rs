@@ -642,9 +642,12 @@ fn set_policy(policy: libc::c_int) -> bool {
 }
 
 /// Commits the answered entry's open transaction, if there is one, at normal priority (the
-/// preparing thread is `idle` otherwise): readers wait for it while this thread holds the store.
+/// preparing thread is `idle` otherwise): readers and the Raft thread may wait for the store
+/// or for `uncommitted` while this thread holds them, so it takes neither at idle priority.
 fn commit_answered_now(shared: &Shared, idle: bool) {
-    if lock(&shared.uncommitted).is_none() {
+    // Answered but not applied: an entry may be left open (`answered` is raised before the
+    // entry is left in `uncommitted`, `applied` after its commit).
+    if shared.applied.load(Ordering::Acquire) >= shared.answered.load(Ordering::Acquire) {
         return;
     }
     if idle {
