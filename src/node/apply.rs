@@ -126,9 +126,6 @@ enum Prepared {
 #[derive(Clone)]
 pub struct AppliedIndex {
     shared: Arc<Shared>,
-    applied: Arc<AtomicU64>,
-    answered: Arc<AtomicU64>,
-    stall: Arc<Mutex<Option<ApplyStall>>>,
 }
 
 /// A committed entry the database keeps failing to apply: the applier tries it again every
@@ -151,7 +148,7 @@ const SETTLE_LIMIT: Duration = Duration::from_millis(100);
 impl AppliedIndex {
     /// The entry the applier cannot apply, while it cannot.
     pub fn stall(&self) -> Option<ApplyStall> {
-        lock(&self.stall).clone()
+        lock(&self.shared.stall).clone()
     }
 
     /// Everything up to this index is in the database; a read that starts now sees at least
@@ -160,8 +157,8 @@ impl AppliedIndex {
     /// preparing thread), and a read that comes in meanwhile waits here for that commit (tens of
     /// microseconds), making it itself when the database is free.
     pub fn settled(&self) -> u64 {
-        let answered = self.answered.load(Ordering::Acquire);
-        let mut applied = self.applied.load(Ordering::Acquire);
+        let answered = self.shared.answered.load(Ordering::Acquire);
+        let mut applied = self.shared.applied.load(Ordering::Acquire);
         if applied >= answered {
             return applied;
         }
@@ -171,7 +168,7 @@ impl AppliedIndex {
                 self.shared.commit_answered(&mut store);
             }
             std::thread::yield_now();
-            applied = self.applied.load(Ordering::Acquire);
+            applied = self.shared.applied.load(Ordering::Acquire);
         }
         applied
     }
@@ -193,9 +190,9 @@ struct Shared {
     /// Work sent to the thread and not finished yet. Only the driver sends, so when it reads
     /// zero, everything it handed over is applied and the thread does not touch the store.
     queued: AtomicUsize,
-    applied: Arc<AtomicU64>,
+    applied: AtomicU64,
     /// The highest index whose writer was answered before its transaction committed.
-    answered: Arc<AtomicU64>,
+    answered: AtomicU64,
     /// Whether the driver may apply: only to a node's own file, where no other node's lock
     /// can hold a write (and the Raft loop with it) for long.
     inline: bool,
@@ -214,7 +211,7 @@ struct Shared {
     /// No entry is run ahead before then (see [`PREPARE_PAUSE`]).
     prepare_paused_until: Mutex<Option<Instant>>,
     /// Set while a batch keeps failing (see [`AppliedIndex::stall`]).
-    stall: Arc<Mutex<Option<ApplyStall>>>,
+    stall: Mutex<Option<ApplyStall>>,
     /// Set when the node stops: a batch that fails then is not tried again.
     stopping: AtomicBool,
     /// Set, under the store's lock, once a batch was left unapplied on stopping: nothing after
@@ -311,13 +308,13 @@ impl Applier {
             inline: store.is_own_file(),
             store: Mutex::new(store),
             queued: AtomicUsize::new(0),
-            applied: Arc::new(AtomicU64::new(applied)),
-            answered: Arc::new(AtomicU64::new(0)),
+            applied: AtomicU64::new(applied),
+            answered: AtomicU64::new(0),
             prepared: Mutex::new(Prepared::None),
             uncommitted: Mutex::new(None),
             defer_commits: AtomicBool::new(false),
             prepare_paused_until: Mutex::new(None),
-            stall: Arc::new(Mutex::new(None)),
+            stall: Mutex::new(None),
             stopping: AtomicBool::new(false),
             given_up: AtomicBool::new(false),
             name,
@@ -462,12 +459,7 @@ impl Applier {
                 let answers = std::iter::once(item.waiter.take()).zip(outcomes);
                 if let (true, Some((tx, _))) = (self.shared.defer_commits.load(Ordering::Acquire), &self.preparer) {
                     // The client is answered now; the commit waits for an idle core.
-                    self.shared.answered.fetch_max(index, Ordering::AcqRel);
-                    for (waiter, outcome) in answers {
-                        if let Some(waiter) = waiter {
-                            let _ = waiter.send(WriteResult::Done(outcome));
-                        }
-                    }
+                    answer(&self.shared, index, answers);
                     *lock(&self.shared.uncommitted) = Some(item);
                     drop(store);
                     let _ = tx.send(PrepareWork::Commit);
@@ -525,12 +517,7 @@ impl Applier {
     /// The applied index as it moves, for readers on other threads: it is stored after the
     /// transaction that applied it has committed.
     pub fn applied_index(&self) -> AppliedIndex {
-        AppliedIndex {
-            shared: self.shared.clone(),
-            applied: self.shared.applied.clone(),
-            answered: self.shared.answered.clone(),
-            stall: self.shared.stall.clone(),
-        }
+        AppliedIndex { shared: self.shared.clone() }
     }
 
     /// Lets the applier finish what is queued, then stops it.
@@ -757,18 +744,28 @@ fn answer_and_commit(
     last: u64,
     answers: impl IntoIterator<Item = (Option<oneshot::Sender<WriteResult>>, ApplyOutcome)>,
 ) -> Result<(), super::store::StoreError> {
-    shared.answered.fetch_max(last, Ordering::AcqRel);
-    for (waiter, outcome) in answers {
-        if let Some(waiter) = waiter {
-            let _ = waiter.send(WriteResult::Done(outcome));
-        }
-    }
+    answer(shared, last, answers);
     if let Err(e) = store.commit_open() {
         let _ = store.rollback_open();
         return Err(e);
     }
     shared.applied.fetch_max(last, Ordering::AcqRel);
     Ok(())
+}
+
+/// Answers the waiters of entries up to `last` with their outcomes, `answered` raised first:
+/// a read arriving before their transaction commits waits for it ([`AppliedIndex::settled`]).
+fn answer(
+    shared: &Shared,
+    last: u64,
+    answers: impl IntoIterator<Item = (Option<oneshot::Sender<WriteResult>>, ApplyOutcome)>,
+) {
+    shared.answered.fetch_max(last, Ordering::AcqRel);
+    for (waiter, outcome) in answers {
+        if let Some(waiter) = waiter {
+            let _ = waiter.send(WriteResult::Done(outcome));
+        }
+    }
 }
 
 /// The store (or the prepared entry), also after a panic elsewhere while it was held (its
@@ -919,8 +916,8 @@ mod tests {
         let shared = Arc::new(Shared {
             store: Mutex::new(Store::open(url).unwrap().private()),
             queued: AtomicUsize::new(0),
-            applied: Arc::new(AtomicU64::new(0)),
-            answered: Arc::new(AtomicU64::new(0)),
+            applied: AtomicU64::new(0),
+            answered: AtomicU64::new(0),
             inline: true,
             prepared: Mutex::new(Prepared::None),
             uncommitted: Mutex::new(None),
@@ -931,12 +928,7 @@ mod tests {
             given_up: AtomicBool::new(false),
             name: "node1".into(),
         });
-        let index = AppliedIndex {
-            shared: shared.clone(),
-            applied: shared.applied.clone(),
-            answered: shared.answered.clone(),
-            stall: shared.stall.clone(),
-        };
+        let index = AppliedIndex { shared: shared.clone() };
         (shared, index)
     }
 
