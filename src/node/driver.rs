@@ -385,6 +385,21 @@ impl Driver {
             Ok(decoded) => decoded,
             Err(e) => return self.dropped(from, &e),
         };
+        if !request.is_control() {
+            // Node traffic counts only from the address of the member it names.
+            let named = msg.sender_name.as_deref().and_then(proto::parse_node_name);
+            match named {
+                Some(id) if id != self.raft.id() && self.transport.is_from(id, from) => {}
+                Some(id) if self.cluster.ids().any(|m| m == id) && id != self.raft.id() => {
+                    return self.dropped(from, &format!("{request} names node{id}, which is not at this address"));
+                }
+                _ => {
+                    let sender = msg.sender_name.as_deref().unwrap_or("nobody");
+                    let sender: String = sender.chars().take(32).collect();
+                    return self.dropped(from, &format!("{request} names {sender:?}, not another member"));
+                }
+            }
+        }
         if request == Request::Fragment {
             return self.handle_fragment(&msg, from);
         }
@@ -501,7 +516,7 @@ impl Driver {
     }
 
     fn reply(&mut self, to: SocketAddr, msg: &Message) {
-        self.transport.send_to(to, &msg.encode());
+        self.transport.send_reply(to, &msg.encode());
     }
 
     fn leader_info(&self) -> Message {

@@ -13,7 +13,7 @@
 //! ordinary datagrams (heartbeats, votes, replies) go out at once, ahead of the queue.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
@@ -43,6 +43,8 @@ const MAX_QUEUED: usize = 64 * 1024 * 1024;
 struct Peer {
     addr: Option<SocketAddr>,
     next_try: Instant,
+    /// When the name was last looked up (None: never).
+    looked_up: Option<Instant>,
 }
 
 /// The node's socket and its peers' addresses.
@@ -55,6 +57,7 @@ pub struct Transport {
     pacer: Pacer,
     queue: VecDeque<(SocketAddr, Vec<u8>)>,
     queued_bytes: usize,
+    replies: ReplyBudget,
 }
 
 /// The socket buffer sizes the kernel granted, in bytes.
@@ -81,6 +84,7 @@ impl Transport {
             pacer: Pacer::new(PACE_BYTES_PER_SEC, PACE_BURST, Instant::now()),
             queue: VecDeque::new(),
             queued_bytes: 0,
+            replies: ReplyBudget::new(),
         })
     }
 
@@ -143,7 +147,22 @@ impl Transport {
         Some(now + self.pacer.wait(now, bytes.len()))
     }
 
-    /// Sends to an address (replies to controllers go to the request's source).
+    /// Sends a reply to a request's source, within that source's [`ReplyBudget`]: UDP
+    /// sources can be forged, and a node must not become an amplifier that answers small
+    /// requests with large replies to whatever address they name. Returns false when the
+    /// reply was held back.
+    pub fn send_reply(&mut self, to: SocketAddr, bytes: &[u8]) -> bool {
+        if !self.replies.take(to.ip(), bytes.len(), Instant::now()) {
+            if self.send_errors.allow() {
+                log::warn!("not answering {to}: it was sent more replies than a source may get per second");
+            }
+            return false;
+        }
+        self.send_to(to, bytes);
+        true
+    }
+
+    /// Sends to an address.
     pub fn send_to(&mut self, addr: SocketAddr, bytes: &[u8]) {
         if let Err(e) = self.socket.try_send_to(bytes, addr) {
             if self.send_errors.allow() {
@@ -152,10 +171,33 @@ impl Transport {
         }
     }
 
+    /// True when a datagram from `from` may be node `id`'s: `from` is the address the
+    /// configuration resolves `id` to. A datagram from another address makes the name be
+    /// looked up again (at most once per [`RESOLVE_RETRY`]), so a peer whose container came
+    /// back with a new address is believed as soon as its name says so, and a flood of
+    /// forged datagrams costs one lookup a second.
+    pub fn is_from(&mut self, id: NodeId, from: SocketAddr) -> bool {
+        if id == 0 || id > self.cluster.nodes {
+            return false;
+        }
+        let from = SocketAddr::new(from.ip().to_canonical(), from.port());
+        if self.peer_addr(id) == Some(from) {
+            return true;
+        }
+        let now = Instant::now();
+        let Some(peer) = self.peers.get_mut(&id) else { return false };
+        if peer.looked_up.is_some_and(|at| now.saturating_duration_since(at) < RESOLVE_RETRY) {
+            return false;
+        }
+        peer.next_try = now;
+        self.peer_addr(id) == Some(from)
+    }
+
     fn peer_addr(&mut self, id: NodeId) -> Option<SocketAddr> {
         let now = Instant::now();
-        let peer = self.peers.entry(id).or_insert(Peer { addr: None, next_try: now });
+        let peer = self.peers.entry(id).or_insert(Peer { addr: None, next_try: now, looked_up: None });
         if now >= peer.next_try {
+            peer.looked_up = Some(now);
             match self.cluster.raft_addr(id) {
                 Ok(addr) => {
                     if peer.addr.is_some_and(|old| old != addr) {
@@ -260,6 +302,56 @@ impl Pacer {
     }
 }
 
+/// How many reply bytes a node sends to control requests: per source address and in all.
+///
+/// A request's source address is whatever the datagram says, so replies are budgeted per
+/// address a node answers, not per requester: a flood of small RETRIEVEs naming a victim's
+/// address gets it at most [`ReplyBudget::PER_SOURCE`] bytes a second from each node, and all
+/// sources together at most [`ReplyBudget::TOTAL`]. A controller or a polling script uses a
+/// small part of that.
+#[derive(Debug)]
+pub struct ReplyBudget {
+    sources: HashMap<IpAddr, Pacer>,
+    total: Option<Pacer>,
+}
+
+impl ReplyBudget {
+    /// Bytes a second (and at once, twice that) one source address may be sent.
+    pub const PER_SOURCE: usize = 1024 * 1024;
+    /// Bytes a second (and at once) all sources together may be sent.
+    pub const TOTAL: usize = 8 * 1024 * 1024;
+    /// Source addresses tracked at once; idle ones are forgotten first.
+    pub const MAX_SOURCES: usize = 1024;
+
+    pub fn new() -> ReplyBudget {
+        ReplyBudget { sources: HashMap::new(), total: None }
+    }
+
+    /// Takes `bytes` of the budgets of `to` and of all sources; false when either is spent.
+    pub fn take(&mut self, to: IpAddr, bytes: usize, now: Instant) -> bool {
+        let to = to.to_canonical();
+        if !self.sources.contains_key(&to) && self.sources.len() >= Self::MAX_SOURCES {
+            // A source whose budget has refilled is no different from a new one.
+            self.sources.retain(|_, p| p.wait(now, 2 * Self::PER_SOURCE) > Duration::ZERO);
+            if self.sources.len() >= Self::MAX_SOURCES {
+                return false;
+            }
+        }
+        let total = self.total.get_or_insert_with(|| Pacer::new(Self::TOTAL, Self::TOTAL, now));
+        let source = self.sources.entry(to).or_insert_with(|| Pacer::new(Self::PER_SOURCE, 2 * Self::PER_SOURCE, now));
+        if source.wait(now, bytes) > Duration::ZERO || total.wait(now, bytes) > Duration::ZERO {
+            return false;
+        }
+        source.take(now, bytes) && total.take(now, bytes)
+    }
+}
+
+impl Default for ReplyBudget {
+    fn default() -> ReplyBudget {
+        ReplyBudget::new()
+    }
+}
+
 /// Lets through at most `per_second` events a second, and says how many it held back.
 pub struct RateLimited {
     per_second: u32,
@@ -319,6 +411,40 @@ mod tests {
         assert!(p.take(t0 + Duration::from_secs(1), 50));
     }
 
+    #[test]
+    fn replies_are_budgeted_per_source_address_and_in_all() {
+        let t0 = Instant::now();
+        let mut budget = ReplyBudget::new();
+        let victim: IpAddr = "127.0.0.9".parse().unwrap();
+        let reply = 60_000;
+        let burst = 2 * ReplyBudget::PER_SOURCE / reply;
+        assert_eq!((0..100).filter(|_| budget.take(victim, reply, t0)).count(), burst);
+        // The same address written as IPv4-mapped IPv6 shares the budget.
+        let mapped: IpAddr = "::ffff:127.0.0.9".parse().unwrap();
+        assert!(!budget.take(mapped, reply, t0));
+        // Another source is still answered; the victim again a second later, at the rate.
+        assert!(budget.take("127.0.0.1".parse().unwrap(), reply, t0));
+        let later = t0 + Duration::from_secs(1);
+        let left_over = 2 * ReplyBudget::PER_SOURCE % reply;
+        let refilled = (ReplyBudget::PER_SOURCE + left_over) / reply;
+        assert_eq!((0..100).filter(|_| budget.take(victim, reply, later)).count(), refilled);
+        // Many sources together get no more than the total.
+        let mut budget = ReplyBudget::new();
+        let sent: usize = (1..=200u8)
+            .map(|i| IpAddr::from([10, 0, 0, i]))
+            .map(|ip| (0..10).filter(|_| budget.take(ip, reply, t0)).count() * reply)
+            .sum();
+        assert!(sent <= ReplyBudget::TOTAL && sent > ReplyBudget::TOTAL - reply, "{sent}");
+        // The sources tracked are bounded; one idle for long enough is forgotten for a new one.
+        let mut budget = ReplyBudget::new();
+        for i in 0..ReplyBudget::MAX_SOURCES as u32 {
+            assert!(budget.take(IpAddr::from(i.to_be_bytes()), 100, t0));
+        }
+        assert!(!budget.take("192.0.2.1".parse().unwrap(), 100, t0), "all sources are busy");
+        assert!(budget.take("192.0.2.1".parse().unwrap(), 100, t0 + Duration::from_secs(1)));
+        assert!(budget.sources.len() <= ReplyBudget::MAX_SOURCES);
+    }
+
     #[tokio::test]
     async fn fragments_wait_their_turn_and_ordinary_datagrams_do_not() {
         let cluster = Cluster { nodes: 2, host: "127.0.0.{id}".into(), raft_port: 0, http_port: 0 };
@@ -326,7 +452,7 @@ mod tests {
         let receiver = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let to = receiver.local_addr().unwrap();
         // Node 2 lives where the receiver is.
-        sender.peers.insert(2, Peer { addr: Some(to), next_try: Instant::now() + REFRESH });
+        sender.peers.insert(2, Peer { addr: Some(to), next_try: Instant::now() + REFRESH, looked_up: None });
         assert!(sender.buffers().receive >= 256 * 1024, "{:?}", sender.buffers());
         // Sends never wait; the socket must be known writable first, as it is once a node runs.
         sender.socket.writable().await.unwrap();

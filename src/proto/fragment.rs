@@ -17,8 +17,10 @@
 //! Only Raft messages between nodes are fragmented; control requests and their replies are
 //! always one datagram. A message whose pieces do not all arrive is lost whole, as a dropped
 //! datagram is, and Raft resends it. [`Reassembler`] holds pieces with bounded memory: a
-//! largest message, a number of messages in progress per sender, a byte budget for all of
-//! them, and a time after which a message missing pieces is given up.
+//! largest message, a number of messages and a byte budget in progress per sender, a byte
+//! budget for all of them, a number of senders, and a time after which a message missing
+//! pieces is given up. A node hands it only fragments that come from the address of the
+//! member they name, so one sender cannot pose as many.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -121,6 +123,11 @@ pub struct Limits {
     pub max_message_bytes: usize,
     /// Messages in progress from one sender; one more gives up the oldest.
     pub max_partial_per_sender: usize,
+    /// Bytes held in messages in progress from one sender; past it that sender's oldest are
+    /// given up, so one sender cannot take the room the others need.
+    pub max_sender_bytes: usize,
+    /// Senders remembered; past it, those with nothing in progress are forgotten.
+    pub max_senders: usize,
     /// Bytes held in messages in progress, all senders together; past it the oldest are
     /// given up.
     pub max_buffered_bytes: usize,
@@ -129,12 +136,15 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// Limits for messages of up to `max_message_bytes`: four in progress per sender, room
-    /// for two of the largest, and two seconds of silence before giving one up.
+    /// Limits for messages of up to `max_message_bytes`: four in progress per sender and
+    /// room for one of the largest, room for two of the largest in all, and two seconds of
+    /// silence before giving one up.
     pub fn for_messages_of(max_message_bytes: usize) -> Limits {
         Limits {
             max_message_bytes,
             max_partial_per_sender: 4,
+            max_sender_bytes: max_message_bytes,
+            max_senders: 64,
             max_buffered_bytes: max_message_bytes.saturating_mul(2),
             stale_after: Duration::from_secs(2),
         }
@@ -185,6 +195,8 @@ struct Partial {
 #[derive(Debug, Default)]
 struct SenderState {
     partial: HashMap<u64, Partial>,
+    /// Bytes held in `partial`.
+    bytes: usize,
     done: VecDeque<u64>,
 }
 
@@ -217,6 +229,9 @@ impl Reassembler {
             .ok_or_else(|| FragmentError::BadKey(msg.key.clone()))?;
         let piece = msg.value.as_str().ok_or(FragmentError::BadValue)?;
         let limits = self.limits;
+        if !self.senders.contains_key(&sender) && self.senders.len() >= limits.max_senders {
+            self.senders.retain(|_, st| !st.partial.is_empty());
+        }
         let state = self.senders.entry(sender).or_default();
         if state.done.contains(&id) {
             return Err(FragmentError::Finished { id });
@@ -246,7 +261,20 @@ impl Reassembler {
             self.finish(sender, id);
             return Err(FragmentError::TooLarge { id, max: limits.max_message_bytes });
         }
-        // Make room among the other messages in progress, oldest first.
+        // Make room among this sender's other messages in progress, then among everyone's,
+        // oldest first.
+        while self.senders.get(&sender).map_or(0, |st| st.bytes) + piece.len() > limits.max_sender_bytes {
+            let oldest = self.senders.get(&sender).and_then(|st| {
+                st.partial.iter().filter(|(&i, _)| i != id).min_by_key(|(_, p)| p.started).map(|(&i, _)| i)
+            });
+            match oldest {
+                Some(i) => self.give_up(sender, i),
+                None => {
+                    self.finish(sender, id);
+                    return Err(FragmentError::TooLarge { id, max: limits.max_sender_bytes });
+                }
+            }
+        }
         while self.buffered + piece.len() > limits.max_buffered_bytes {
             let oldest = self
                 .senders
@@ -267,11 +295,13 @@ impl Reassembler {
         partial.pieces.insert(index, piece.to_string());
         partial.bytes += piece.len();
         partial.last_piece = now;
+        state.bytes += piece.len();
         self.buffered += piece.len();
         if partial.pieces.len() < partial.count {
             return Ok(None);
         }
         let Some(done) = state.partial.remove(&id) else { return Ok(None) };
+        state.bytes -= done.bytes;
         self.buffered -= done.bytes;
         self.finish(sender, id);
         let mut bytes = Vec::with_capacity(done.bytes);
@@ -312,6 +342,11 @@ impl Reassembler {
         self.buffered
     }
 
+    /// Senders remembered (with messages in progress or recently completed).
+    pub fn senders(&self) -> usize {
+        self.senders.len()
+    }
+
     fn give_up(&mut self, sender: u32, id: u64) {
         if self.drop_partial(sender, id) {
             self.given_up += 1;
@@ -331,6 +366,7 @@ impl Reassembler {
     fn drop_partial(&mut self, sender: u32, id: u64) -> bool {
         let Some(state) = self.senders.get_mut(&sender) else { return false };
         let Some(partial) = state.partial.remove(&id) else { return false };
+        state.bytes -= partial.bytes;
         self.buffered -= partial.bytes;
         true
     }
@@ -475,6 +511,8 @@ mod tests {
         let limits = Limits {
             max_message_bytes: 4096,
             max_partial_per_sender: 2,
+            max_sender_bytes: 4096,
+            max_senders: 64,
             max_buffered_bytes: 5000,
             stale_after: Duration::from_secs(2),
         };
@@ -513,6 +551,30 @@ mod tests {
         r.accept(&piece("node1", 30, 0, 2, 2000), now).unwrap();
         assert!(matches!(r.accept(&piece("node1", 30, 1, 2, 2000), now), Err(FragmentError::TooLarge { .. })));
         assert_eq!((r.in_progress(), r.buffered_bytes()), (0, 0));
+        // One sender's messages together stay within its own budget: its oldest make room,
+        // and another sender's message in progress is kept.
+        let mut r = Reassembler::new(Limits { max_sender_bytes: 2500, max_buffered_bytes: 10_000, ..limits });
+        r.accept(&piece("node2", 40, 0, 2, 1000), now).unwrap();
+        r.accept(&piece("node1", 41, 0, 2, 1500), later(1)).unwrap();
+        r.accept(&piece("node1", 42, 0, 2, 1500), later(2)).unwrap();
+        assert_eq!((r.in_progress(), r.buffered_bytes(), r.take_given_up()), (2, 2500, 1));
+        assert!(r.accept(&piece("node2", 40, 1, 2, 1000), later(3)).unwrap().is_some());
+        assert!(r.accept(&piece("node1", 42, 1, 2, 1000), later(3)).unwrap().is_some());
+        assert_eq!((r.in_progress(), r.buffered_bytes()), (0, 0));
+    }
+
+    #[test]
+    fn senders_with_nothing_in_progress_are_forgotten_past_the_limit() {
+        let limits = Limits { max_senders: 3, ..limits() };
+        let mut r = Reassembler::new(limits);
+        let now = Instant::now();
+        r.accept(&piece("node1", 1, 0, 2, 10), now).unwrap();
+        for sender in 2..=40 {
+            let done = r.accept(&piece(&format!("node{sender}"), 1, 0, 1, 10), now).unwrap();
+            assert!(done.is_some());
+            assert!(r.senders() <= 3, "{} senders remembered", r.senders());
+        }
+        assert!(r.accept(&piece("node1", 1, 1, 2, 10), now).unwrap().is_some(), "node1's message was kept");
     }
 
     #[test]

@@ -269,6 +269,12 @@ impl TestCluster {
         }
     }
 
+    /// Node `id`'s process id, while it runs.
+    #[allow(dead_code)]
+    pub fn pid(&self, id: u32) -> Option<u32> {
+        self.children[id as usize - 1].as_ref().map(Child::id)
+    }
+
     pub fn running(&self) -> Vec<u32> {
         (1..=self.nodes).filter(|&id| self.children[id as usize - 1].is_some()).collect()
     }

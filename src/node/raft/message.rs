@@ -5,6 +5,13 @@ use crate::proto::{self, LogEntry, Message, Request};
 /// A node's id: `node3` is 3.
 pub type NodeId = u32;
 
+/// The largest term, index or sequence number a Raft message may carry: 2^53, the largest
+/// integer a JSON number holds exactly (a peer written in JavaScript or Python's `json`
+/// with floats cannot say more). No honest cluster gets near it: a term a second for
+/// 285 million years. A message with a larger one is malformed and refused before the core
+/// sees it, so no datagram can push a node's term to where `term + 1` overflows.
+pub const MAX_WIRE_NUMBER: u64 = 1 << 53;
+
 /// A message from one node to another.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Msg {
@@ -52,6 +59,8 @@ pub enum WireError {
     NotRaft(Request),
     #[error("{request} lacks field {field}")]
     Missing { request: Request, field: &'static str },
+    #[error("{request} field {field} is {value}, over the largest a cluster can reach (2^53)")]
+    OutOfRange { request: Request, field: &'static str, value: u64 },
 }
 
 impl Msg {
@@ -121,24 +130,34 @@ impl Msg {
             .as_deref()
             .and_then(proto::parse_node_name)
             .ok_or_else(|| WireError::BadSender(m.sender_name.clone()))?;
-        let need = |v: Option<u64>, field: &'static str| v.ok_or(WireError::Missing { request, field });
+        let need = |v: Option<u64>, field: &'static str| match v {
+            None => Err(WireError::Missing { request, field }),
+            Some(value) => in_range(request, field, value),
+        };
+        let optional = |v: Option<u64>, field: &'static str| v.map_or(Ok(0), |value| in_range(request, field, value));
         let term = need(m.term, "term")?;
         let msg = match request {
             Request::AppendRpc => Msg::Append {
                 term,
                 prev_log_index: need(m.prev_log_index, "prev_log_index")?,
                 prev_log_term: need(m.prev_log_term, "prev_log_term")?,
-                entries: m.entries.take().unwrap_or_default(),
-                leader_commit: m.leader_commit.unwrap_or(0),
-                read_seq: m.read_seq.unwrap_or(0),
+                entries: {
+                    let entries = m.entries.take().unwrap_or_default();
+                    if let Some(e) = entries.iter().find(|e| e.term > MAX_WIRE_NUMBER) {
+                        return Err(WireError::OutOfRange { request, field: "entries[].Term", value: e.term });
+                    }
+                    entries
+                },
+                leader_commit: optional(m.leader_commit, "leader_commit")?,
+                read_seq: optional(m.read_seq, "read_seq")?,
             },
             Request::AppendReply => Msg::AppendReply {
                 term,
                 success: m.success.unwrap_or(false),
-                match_index: m.match_index.unwrap_or(0),
-                conflict_index: m.conflict_index.unwrap_or(0),
-                conflict_term: m.conflict_term,
-                read_seq: m.read_seq.unwrap_or(0),
+                match_index: optional(m.match_index, "match_index")?,
+                conflict_index: optional(m.conflict_index, "conflict_index")?,
+                conflict_term: m.conflict_term.map(|t| in_range(request, "conflict_term", t)).transpose()?,
+                read_seq: optional(m.read_seq, "read_seq")?,
             },
             Request::VoteRequest => Msg::Vote {
                 term,
@@ -157,6 +176,13 @@ impl Msg {
         };
         Ok((from, msg))
     }
+}
+
+fn in_range(request: Request, field: &'static str, value: u64) -> Result<u64, WireError> {
+    if value > MAX_WIRE_NUMBER {
+        return Err(WireError::OutOfRange { request, field, value });
+    }
+    Ok(value)
 }
 
 #[cfg(test)]
@@ -231,5 +257,62 @@ mod tests {
         assert!(Msg::from_wire(m, Request::VoteAck).is_err());
         let m = Message::new("node1", Request::Timeout, Some(1));
         assert!(matches!(Msg::from_wire(m, Request::Timeout), Err(WireError::NotRaft(_))));
+    }
+
+    #[test]
+    fn numbers_beyond_two_to_the_53_are_refused() {
+        let ok = Msg::Append {
+            term: MAX_WIRE_NUMBER,
+            prev_log_index: MAX_WIRE_NUMBER,
+            prev_log_term: 1,
+            entries: vec![LogEntry::noop(MAX_WIRE_NUMBER)],
+            leader_commit: 2,
+            read_seq: 3,
+        };
+        let wire = ok.to_wire(2);
+        assert_eq!(Msg::from_wire(wire.clone(), Request::AppendRpc), Ok((2, ok)), "2^53 itself is fine");
+        let over = MAX_WIRE_NUMBER + 1;
+        type Change = Box<dyn Fn(&mut Message)>;
+        let cases: Vec<(&str, Change)> = vec![
+            ("term", Box::new(move |m| m.term = Some(over))),
+            ("prev_log_index", Box::new(move |m| m.prev_log_index = Some(over))),
+            ("prev_log_term", Box::new(move |m| m.prev_log_term = Some(u64::MAX))),
+            ("leader_commit", Box::new(move |m| m.leader_commit = Some(over))),
+            ("read_seq", Box::new(move |m| m.read_seq = Some(over))),
+            ("entries[].Term", Box::new(move |m| m.entries = Some(vec![LogEntry::noop(over)]))),
+        ];
+        for (field, change) in cases {
+            let mut m = wire.clone();
+            change(&mut m);
+            match Msg::from_wire(m, Request::AppendRpc) {
+                Err(WireError::OutOfRange { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+        let reply = Msg::AppendReply {
+            term: 1,
+            success: false,
+            match_index: 0,
+            conflict_index: 1,
+            conflict_term: Some(1),
+            read_seq: 0,
+        };
+        for field in ["match_index", "conflict_index", "conflict_term"] {
+            let mut m = reply.to_wire(3);
+            match field {
+                "match_index" => m.match_index = Some(u64::MAX),
+                "conflict_index" => m.conflict_index = Some(u64::MAX),
+                _ => m.conflict_term = Some(u64::MAX),
+            }
+            assert!(matches!(Msg::from_wire(m, Request::AppendReply), Err(WireError::OutOfRange { .. })), "{field}");
+        }
+        for request in [Request::VoteRequest, Request::PreVoteRequest] {
+            let mut m = Message::new("node1", request, Some(1));
+            m.last_log_index = Some(over);
+            m.last_log_term = Some(1);
+            assert!(matches!(Msg::from_wire(m, request), Err(WireError::OutOfRange { .. })), "{request}");
+        }
+        let m = Message::new("node1", Request::VoteAck, Some(u64::MAX));
+        assert!(matches!(Msg::from_wire(m, Request::VoteAck), Err(WireError::OutOfRange { .. })));
     }
 }

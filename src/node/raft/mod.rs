@@ -81,7 +81,7 @@ mod role;
 use std::collections::{BTreeMap, BTreeSet};
 
 pub use self::log::{encoded_size, Log};
-pub use self::message::{Msg, NodeId, WireError};
+pub use self::message::{Msg, NodeId, WireError, MAX_WIRE_NUMBER};
 pub use self::rng::Rng;
 pub use self::role::{InvalidTransition, Role};
 pub use crate::proto::{EntryValue, LogEntry};
@@ -440,6 +440,11 @@ impl Raft {
             ::log::debug!("{} ignores {:?} from unknown node {from}", self.name(), msg.request());
             return;
         }
+        if msg.term() > MAX_WIRE_NUMBER {
+            // The wire refuses such terms; adopting one would leave no term to campaign in.
+            ::log::debug!("{} ignores {:?} of term {} from node{from}", self.name(), msg.request(), msg.term());
+            return;
+        }
         match msg {
             Msg::PreVote { term, last_log_index, last_log_term } => {
                 self.on_prevote(now, from, term, last_log_index, last_log_term)
@@ -654,6 +659,10 @@ impl Raft {
     }
 
     fn campaign(&mut self, now: Micros, force: bool) {
+        if self.term >= MAX_WIRE_NUMBER {
+            ::log::error!("{} is at term {}, the largest there is: it cannot campaign", self.name(), self.term);
+            return;
+        }
         if !self.set_role(Role::Candidate) {
             return;
         }

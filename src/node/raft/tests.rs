@@ -609,3 +609,30 @@ fn without_thrift_new_entries_go_to_every_follower() {
         assert_eq!(entries_to(&ready, p), [2]);
     }
 }
+
+#[test]
+fn a_term_beyond_the_wire_limit_changes_nothing() {
+    let mut leader = elect(3);
+    leader.take_ready();
+    let heartbeat = |term| Msg::Append {
+        term,
+        prev_log_index: 0,
+        prev_log_term: 0,
+        entries: Vec::new(),
+        leader_commit: 0,
+        read_seq: 0,
+    };
+    for term in [MAX_WIRE_NUMBER + 1, u64::MAX] {
+        leader.step(0, 2, heartbeat(term));
+        leader.step(0, 3, Msg::Vote { term, last_log_index: 9, last_log_term: term, force: true });
+        leader.step(0, 3, append_reply(term, false, 0, 0));
+        assert_eq!((leader.role(), leader.term()), (Role::Leader, 1), "term {term}");
+        assert!(!leader.has_ready() || leader.take_ready().hard_state.is_none(), "nothing to persist");
+    }
+    // A node already at the limit (an older version took such a term) does not overflow: it
+    // cannot campaign, and says so.
+    let hard = HardState { term: MAX_WIRE_NUMBER, voted_for: None };
+    let mut stuck = Raft::new(Config::new(1, vec![2, 3]), hard, Vec::new(), 0, 7);
+    stuck.timeout_now(0);
+    assert_eq!((stuck.role(), stuck.term()), (Role::Follower, MAX_WIRE_NUMBER));
+}
