@@ -24,6 +24,10 @@
 //! - `value`: any JSON, kept as sent. The string `"NULL"` stays a string, since a STORE's
 //!   value is data; the requests that take no value (LEADER_INFO, TIMEOUT, …) never read it.
 //!
+//! Request names are matched case-insensitively (`"timeout"`, `"Leader_Info"`). Control
+//! requests are recognised by their request alone, whatever their `sender_name` (`Controller`,
+//! `controller` or anything else).
+//!
 //! [`client`] is the sending side of the control requests, shared by the controller, the
 //! cluster runner and tests; [`fragment`] carries node messages larger than one datagram.
 
@@ -38,7 +42,8 @@ use serde_json::Value;
 /// travels as [`fragment`]s.
 pub const MAX_DATAGRAM: usize = 60 * 1024;
 
-/// The `sender_name` of control requests.
+/// The `sender_name` of control requests. Nodes do not check it: a control request is known
+/// by its request, so `controller` in any case (or any other name) is taken as well.
 pub const CONTROLLER: &str = "Controller";
 
 /// The largest term a message may carry, 2^53: the largest whole number that every JSON reader
@@ -294,9 +299,11 @@ impl Request {
         }
     }
 
-    /// Parses a wire name; names are matched exactly, as the course protocol spells them.
+    /// Parses a wire name. Names are matched case-insensitively and without surrounding
+    /// whitespace: `"timeout"` and `"Leader_Info"` are TIMEOUT and LEADER_INFO.
     pub fn parse(s: &str) -> Option<Request> {
-        Request::ALL.into_iter().find(|r| r.as_str() == s)
+        let s = s.trim();
+        Request::ALL.into_iter().find(|r| r.as_str().eq_ignore_ascii_case(s))
     }
 
     /// True for the requests a controller sends.
@@ -691,6 +698,38 @@ mod tests {
             let raw = format!(r#"{{"request":"STORE","key":"k","value":{value}}}"#);
             let (msg, _) = Message::decode(raw.as_bytes()).unwrap();
             assert_eq!(msg.value, serde_json::from_str::<Value>(value).unwrap(), "{raw}");
+        }
+    }
+
+    #[test]
+    fn request_names_match_in_any_case() {
+        let cases: &[(&str, Option<Request>)] = &[
+            ("TIMEOUT", Some(Request::Timeout)),
+            ("timeout", Some(Request::Timeout)),
+            ("Leader_Info", Some(Request::LeaderInfo)),
+            (" store ", Some(Request::Store)),
+            ("retrieve", Some(Request::Retrieve)),
+            ("Convert_Follower", Some(Request::ConvertFollower)),
+            ("append_rpc", Some(Request::AppendRpc)),
+            ("LEADER-INFO", None),
+            ("LEADERINFO", None),
+            ("TIMEOUTS", None),
+            ("TIME OUT", None),
+            ("", None),
+        ];
+        for &(name, want) in cases {
+            assert_eq!(Request::parse(name), want, "{name:?}");
+        }
+        for request in Request::ALL {
+            assert_eq!(Request::parse(&request.as_str().to_ascii_lowercase()), Some(request));
+        }
+        // A course controller's lower-case request from "controller" is a control request.
+        for sender in ["Controller", "controller", "CONTROLLER"] {
+            let raw = format!(r#"{{"sender_name":"{sender}","request":"leader_info","term":"NULL","key":"NULL"}}"#);
+            let (msg, request) = Message::decode(raw.as_bytes()).unwrap();
+            assert!(request.is_control() && request == Request::LeaderInfo, "{raw}");
+            assert_eq!((msg.term, msg.key.as_deref()), (None, None), "{raw}");
+            assert_eq!(msg.request_kind(), Some(Request::LeaderInfo));
         }
     }
 
