@@ -121,6 +121,96 @@ print(data.decode("utf-8"))
     assert!(reply["term"].as_u64().is_some(), "{reply}");
 }
 
+/// A course-style Python controller that fills the fields loosely: `term` as the string
+/// "NULL", a number, a numeric string or a float, `key` as a number or "NULL", request names
+/// in lower or mixed case, `sender_name` "controller". Prints one JSON object of the replies.
+const LOOSE_CONTROLLER: &str = r#"
+import json, socket, sys, time
+port, follower, old_term = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.bind(("127.0.0.1", 0))
+
+def send(node, msg):
+    sock.sendto(json.dumps(msg).encode("utf-8"), ("127.0.0.%d" % node, port))
+
+def ask(node, msg, request, timeout):
+    # The first reply whose request is `request`, or None after `timeout` seconds.
+    send(node, msg)
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        sock.settimeout(left)
+        try:
+            data, _ = sock.recvfrom(65535)
+        except socket.timeout:
+            return None
+        reply = json.loads(data.decode("utf-8"))
+        if reply.get("request") == request:
+            return reply
+
+def control(request, term, key=None, value=None):
+    return {"sender_name": "controller", "request": request, "term": term, "key": key, "value": value}
+
+out = {}
+send(follower, control("timeout", "NULL", "NULL", "NULL"))
+# Poll until the follower names itself leader in a newer term.
+deadline = time.monotonic() + 10
+while True:
+    info = ask(follower, control("leader_info", 0), "LEADER_INFO", 0.5)
+    if info and info.get("value") == "node%d" % follower and info.get("term", 0) > old_term:
+        break
+    if time.monotonic() > deadline:
+        sys.exit("node%d did not become leader: last LEADER_INFO %r" % (follower, info))
+    time.sleep(0.02)
+out["leader_info"] = info
+term = info["term"]
+terms = ["NULL", "null", "None", "", term, str(term), float(term), "high", -1]
+out["leader_info_forms"] = [ask(follower, control("Leader_Info", t), "LEADER_INFO", 2) for t in terms]
+out["store"] = ask(follower, control("store", str(term), 7, "NULL"), "STORE", 5)
+retrieve = {"sender_name": "CONTROLLER", "request": "Retrieve", "term": float(term)}
+out["retrieve"] = ask(follower, retrieve, "RETRIEVE", 2)
+print(json.dumps(out))
+"#;
+
+#[test]
+fn a_loose_python_controller_is_understood() {
+    let cluster = TestCluster::start(5, 0, &[]);
+    let (leader, term) = cluster.wait_for_leader(ELECTION);
+    let follower = (1..=5).find(|&id| id != leader).unwrap();
+    let args = [cluster.raft_port.to_string(), follower.to_string(), term.to_string()];
+    let out =
+        Command::new("python3").args(["-c", LOOSE_CONTROLLER]).args(&args).output().expect("python3 is installed");
+    let text = ok(out);
+    let replies: Value = serde_json::from_str(text.trim()).expect("the script prints JSON");
+
+    // TIMEOUT with "NULL" fields made the follower leader; a LEADER_INFO with a number term saw it.
+    let name = format!("node{follower}");
+    let info = &replies["leader_info"];
+    assert_eq!((&info["key"], &info["value"]), (&Value::from("LEADER"), &Value::from(name.as_str())), "{info}");
+    // LEADER_INFO is answered whatever the term, numbers and strings alike.
+    let forms = replies["leader_info_forms"].as_array().expect("a list");
+    assert_eq!(forms.len(), 9);
+    for reply in forms {
+        assert_eq!(reply["request"], "LEADER_INFO", "{replies}");
+        assert_eq!(reply["key"], "LEADER", "{reply}");
+        assert!(reply["term"].as_u64().is_some_and(|t| t > term), "{reply}");
+    }
+    // STORE with the key 7 committed as the key "7"; the value "NULL" is data, kept as sent.
+    let store = &replies["store"];
+    assert_eq!(store["request"], "STORE", "{replies}");
+    assert_eq!(store["success"], true, "{store}");
+    assert_eq!((&store["key"], &store["value"]), (&Value::from("7"), &Value::from("NULL")), "{store}");
+    let retrieve = &replies["retrieve"];
+    assert!(matches!(retrieve["key"].as_str(), Some("COMMITED_LOGS" | "COMMITTED_LOGS")), "{replies}");
+    let entries: Vec<&Value> =
+        retrieve["value"].as_array().expect("a list of entries").iter().filter(|e| e["Key"] == "7").collect();
+    assert_eq!(entries.len(), 1, "{retrieve}");
+    assert_eq!(entries[0]["Value"], "NULL", "{retrieve}");
+    assert!(entries[0]["Term"].as_u64().is_some_and(|t| t > term), "{retrieve}");
+}
+
 #[test]
 fn timeout_elects_the_follower_and_convert_follower_forces_a_new_election() {
     let cluster = TestCluster::start(5, 0, &[]);

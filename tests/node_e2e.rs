@@ -195,7 +195,13 @@ fn garbage_datagrams_change_nothing() {
             .to_vec(),
         br#"{"sender_name":"node99","request":"VOTE_REQUEST","term":99,"last_log_index":0,"last_log_term":0}"#.to_vec(),
         br#"{"sender_name":"node2","request":"APPEND_RPC","term":1e400}"#.to_vec(),
-        br#"{"sender_name":"Controller","request":"STORE","term":null,"key":7,"value":null}"#.to_vec(),
+        // Control requests read `term` and `key` leniently (a key 7 is "7"), but not everything.
+        br#"{"sender_name":"Controller","request":"STORE","term":null,"key":"\ud800","value":null}"#.to_vec(),
+        br#"{"sender_name":"Controller","request":"STORE","key":"k","entries":"x"}"#.to_vec(),
+        // A Raft message's term must be a whole number up to 2^53; any other reads as none, and a
+        // Raft message without a term is refused (these also come from the wrong address).
+        br#"{"sender_name":"node2","request":"VOTE_ACK","term":"NULL"}"#.to_vec(),
+        br#"{"sender_name":"node2","request":"VOTE_ACK","term":9007199254740993}"#.to_vec(),
         format!(r#"{{"sender_name":"Controller","request":"STORE","key":"k","value":"{}"}}"#, "x".repeat(70_000))
             .into_bytes(),
         vec![b'{'; 65_000],
@@ -228,6 +234,9 @@ fn garbage_datagrams_change_nothing() {
     assert!(cluster.log_text(leader).contains("dropped datagram"));
     // The nodes still work: a STORE commits.
     assert_eq!(cluster.store(leader, "after", json!("junk")).and_then(|r| r.success), Some(true));
+    // …and it is the only entry: no junk datagram was taken for a STORE.
+    let keys: Vec<Option<String>> = cluster.retrieve(leader).unwrap_or_default().into_iter().map(|e| e.key).collect();
+    assert_eq!(keys, [Some("after".to_string())]);
     let _ = &mut cluster;
 }
 

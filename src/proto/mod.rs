@@ -9,6 +9,25 @@
 //! this product understands. Decoding never panics: anything that is not such an object, is
 //! larger than [`MAX_DATAGRAM`], or has a field of the wrong type is a [`DecodeError`].
 //!
+//! Course controllers fill the base fields in many ways, so three of them are read liberally
+//! (SPEC §7: control requests accept `term`, `key` and `value` of any JSON type):
+//! - `term`: a whole number from 0 to [`MAX_TERM`], given as a JSON number (`3`, `3.0`) or as a
+//!   string of decimal digits (`"3"`, `" 3 "`), is that term. Anything else (null, missing,
+//!   `"NULL"`, `"None"`, `""`, negative or fractional numbers, numbers over [`MAX_TERM`] such as
+//!   `1e400`, other strings, booleans, arrays, objects) reads as no term (`None`), never as an
+//!   error. Raft stays strict all the same: a Raft message without a term is refused
+//!   (`Msg::from_wire`), so a Raft message whose term is not such a number is dropped.
+//! - `key`: a string is the key as sent, except the string `"NULL"` (any case), which some
+//!   controllers write for an unused field and which reads as no key, like null or a missing
+//!   field. Any other JSON (a number, a boolean, an array, an object) is a key spelled as its
+//!   JSON text: `7` is the key `"7"`.
+//! - `value`: any JSON, kept as sent. The string `"NULL"` stays a string, since a STORE's
+//!   value is data; the requests that take no value (LEADER_INFO, TIMEOUT, …) never read it.
+//!
+//! Request names are matched case-insensitively (`"timeout"`, `"Leader_Info"`). Control
+//! requests are recognised by their request alone, whatever their `sender_name` (`Controller`,
+//! `controller` or anything else).
+//!
 //! [`client`] is the sending side of the control requests, shared by the controller, the
 //! cluster runner and tests; [`fragment`] carries node messages larger than one datagram.
 
@@ -23,8 +42,13 @@ use serde_json::Value;
 /// travels as [`fragment`]s.
 pub const MAX_DATAGRAM: usize = 60 * 1024;
 
-/// The `sender_name` of control requests.
+/// The `sender_name` of control requests. Nodes do not check it: a control request is known
+/// by its request, so `controller` in any case (or any other name) is taken as well.
 pub const CONTROLLER: &str = "Controller";
+
+/// The largest term a message may carry, 2^53: the largest whole number that every JSON reader
+/// holds exactly (SPEC §7). A larger term on the wire reads as no term.
+pub const MAX_TERM: u64 = 1 << 53;
 
 /// One datagram, as it travels.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -33,11 +57,16 @@ pub struct Message {
     pub sender_name: Option<String>,
     /// The request kind, e.g. `APPEND_RPC`; see [`Request`].
     pub request: Option<String>,
-    /// The sender's current term (`null` from controllers).
+    /// The sender's current term (`null` from controllers). Read leniently (see the module
+    /// documentation): anything that is not a whole number up to [`MAX_TERM`] reads as `None`.
+    #[serde(default, deserialize_with = "lenient::term")]
     pub term: Option<u64>,
-    /// Request key: the STORE key, `LEADER` in LEADER_INFO replies, `COMMITED_LOGS` in RETRIEVE replies.
+    /// Request key: the STORE key, `LEADER` in LEADER_INFO replies, `COMMITED_LOGS` in RETRIEVE
+    /// replies. Read leniently (see the module documentation): `"NULL"` (any case) reads as
+    /// `None`, a number as its JSON text.
+    #[serde(default, deserialize_with = "lenient::key")]
     pub key: Option<String>,
-    /// Request value: any JSON.
+    /// Request value: any JSON, kept as sent (the string `"NULL"` too: a STORE's value is data).
     #[serde(default)]
     pub value: Value,
 
@@ -270,9 +299,11 @@ impl Request {
         }
     }
 
-    /// Parses a wire name; names are matched exactly, as the course protocol spells them.
+    /// Parses a wire name. Names are matched case-insensitively and without surrounding
+    /// whitespace: `"timeout"` and `"Leader_Info"` are TIMEOUT and LEADER_INFO.
     pub fn parse(s: &str) -> Option<Request> {
-        Request::ALL.into_iter().find(|r| r.as_str() == s)
+        let s = s.trim();
+        Request::ALL.into_iter().find(|r| r.as_str().eq_ignore_ascii_case(s))
     }
 
     /// True for the requests a controller sends.
@@ -368,6 +399,78 @@ impl Message {
     }
 }
 
+/// Lenient readers of the base fields `term` and `key` (see the module documentation).
+///
+/// Both read the field's JSON text first: serde_json refuses a number that does not fit an
+/// `f64` (`1e400`) while parsing it, so only the text lets such a term read as no term
+/// instead of making the whole datagram an error.
+mod lenient {
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer};
+    use serde_json::value::RawValue;
+
+    use super::MAX_TERM;
+
+    /// `term`: see [`term_of`].
+    pub fn term<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
+        let raw = Box::<RawValue>::deserialize(deserializer)?;
+        Ok(term_of(raw.get()))
+    }
+
+    /// `key`: see [`key_of`].
+    pub fn key<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+        let raw = Box::<RawValue>::deserialize(deserializer)?;
+        key_of(raw.get()).map_err(D::Error::custom)
+    }
+
+    /// The term a field's JSON text gives: a whole number from 0 to [`MAX_TERM`], written as a
+    /// JSON number or as a string of decimal digits; `None` for anything else.
+    pub(super) fn term_of(json: &str) -> Option<u64> {
+        let json = json.trim();
+        let term = match json.as_bytes().first()? {
+            b'"' => {
+                let text: String = serde_json::from_str(json).ok()?;
+                let digits = text.trim();
+                if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                    return None;
+                }
+                // All digits: the only failure left is a number beyond u64.
+                digits.parse::<u64>().ok()?
+            }
+            b'-' | b'0'..=b'9' => match json.parse::<u64>() {
+                Ok(term) => term,
+                Err(_) => {
+                    // A fraction, an exponent, a minus sign or beyond u64: a term only if it
+                    // is a whole number in range (`3.0`, `3e2`, `-0`). 1e400 parses to
+                    // infinity and is refused here.
+                    let float: f64 = json.parse().ok()?;
+                    let whole = (0.0..=MAX_TERM as f64).contains(&float) && float.fract() == 0.0;
+                    whole.then_some(float as u64)?
+                }
+            },
+            // null, true, false, arrays, objects.
+            _ => return None,
+        };
+        (term <= MAX_TERM).then_some(term)
+    }
+
+    /// The key a field's JSON text gives: null and the string `"NULL"` (any case) are no key,
+    /// another string is the key as sent, any other JSON is a key spelled as its JSON text.
+    /// Only a string serde_json cannot read (a lone surrogate escape) is an error.
+    pub(super) fn key_of(json: &str) -> Result<Option<String>, serde_json::Error> {
+        let json = json.trim();
+        Ok(match json.as_bytes().first() {
+            None => None,
+            Some(b'"') => {
+                let key: String = serde_json::from_str(json)?;
+                (!key.eq_ignore_ascii_case("null")).then_some(key)
+            }
+            Some(_) if json == "null" => None,
+            Some(_) => Some(json.to_string()),
+        })
+    }
+}
+
 /// Parses a node name (`node3`, `Node3`, `NODE3`) into its id. Names are case-insensitive.
 pub fn parse_node_name(name: &str) -> Option<u32> {
     let lower = name.trim().to_ascii_lowercase();
@@ -442,12 +545,192 @@ mod tests {
         assert!(matches!(Message::decode(b"\xff\xfe"), Err(DecodeError::Json(_))));
         assert!(matches!(Message::decode(b"[1,2]"), Err(DecodeError::Json(_))));
         assert!(matches!(Message::decode(br#"{"request":5}"#), Err(DecodeError::Json(_))));
-        assert!(matches!(Message::decode(br#"{"term":"x","request":"TIMEOUT"}"#), Err(DecodeError::Json(_))));
-        assert!(matches!(Message::decode(br#"{"term":-1,"request":"TIMEOUT"}"#), Err(DecodeError::Json(_))));
+        assert!(matches!(Message::decode(br#"{"request":"STORE","key":"\ud800"}"#), Err(DecodeError::Json(_))));
+        assert!(matches!(Message::decode(br#"{"request":"STORE","sender_name":7}"#), Err(DecodeError::Json(_))));
+        assert!(matches!(Message::decode(br#"{"request":"STORE","entries":"x"}"#), Err(DecodeError::Json(_))));
+        assert!(matches!(Message::decode(br#"{"request":"STORE","term":[1,}"#), Err(DecodeError::Json(_))));
+        // A term that is not a whole number is no term, not an error (see `lenient_terms`).
+        let (msg, _) = Message::decode(br#"{"term":"x","request":"TIMEOUT"}"#).unwrap();
+        assert_eq!(msg.term, None);
+        let (msg, _) = Message::decode(br#"{"term":-1,"request":"TIMEOUT"}"#).unwrap();
+        assert_eq!(msg.term, None);
         assert!(matches!(Message::decode(br#"{"key":null}"#), Err(DecodeError::MissingRequest)));
         assert!(matches!(Message::decode(br#"{"request":"HELLO"}"#), Err(DecodeError::UnknownRequest(_))));
         let huge = vec![b' '; MAX_DATAGRAM + 1];
         assert!(matches!(Message::decode(&huge), Err(DecodeError::TooLarge(..))));
+    }
+
+    /// `{"term": <term>}` on a TIMEOUT from a controller, and on a VOTE_ACK from node2: the
+    /// control request decodes with the lenient term; the Raft message is taken only with a term.
+    fn check_term(term: Option<&str>, want: Option<u64>) {
+        let field = term.map_or(String::new(), |t| format!(r#","term":{t}"#));
+        let control = format!(r#"{{"sender_name":"Controller","request":"TIMEOUT"{field}}}"#);
+        let (msg, request) = Message::decode(control.as_bytes()).unwrap_or_else(|e| panic!("{control}: {e}"));
+        assert_eq!((request, msg.term), (Request::Timeout, want), "{control}");
+        // The same through serde_json::Value, as the controller reads replies.
+        if let Ok(value) = serde_json::from_str::<Value>(&control) {
+            let msg: Message = serde_json::from_value(value).unwrap_or_else(|e| panic!("{control}: {e}"));
+            assert_eq!(msg.term, want, "{control} through a Value");
+        }
+        let raft = format!(r#"{{"sender_name":"node2","request":"VOTE_ACK"{field}}}"#);
+        let (msg, request) = Message::decode(raft.as_bytes()).unwrap_or_else(|e| panic!("{raft}: {e}"));
+        let taken = crate::node::raft::Msg::from_wire(msg, request).map(|(_, m)| m.term());
+        assert_eq!(taken.ok(), want, "{raft}");
+    }
+
+    #[test]
+    fn lenient_terms() {
+        let max = MAX_TERM.to_string();
+        let accepted: &[(&str, u64)] = &[
+            ("3", 3),
+            ("0", 0),
+            ("3.0", 3),
+            ("3e2", 300),
+            ("300E-2", 3),
+            ("-0", 0),
+            (&max, MAX_TERM),
+            ("9007199254740992.0", MAX_TERM),
+            (r#""3""#, 3),
+            (r#"" 3 ""#, 3),
+            (r#""\t12\n""#, 12),
+            (r#""007""#, 7),
+            (r#""\u0033""#, 3),
+            (r#""9007199254740992""#, MAX_TERM),
+        ];
+        for &(term, want) in accepted {
+            check_term(Some(term), Some(want));
+        }
+        let refused = [
+            "null",
+            r#""NULL""#,
+            r#""null""#,
+            r#""Null""#,
+            r#"" NULL ""#,
+            r#""None""#,
+            r#""none""#,
+            r#""""#,
+            r#""  ""#,
+            "-1",
+            "-3.0",
+            "3.5",
+            "0.1",
+            r#""3.5""#,
+            r#""3.0""#,
+            r#""-3""#,
+            r#""+3""#,
+            r#""3x""#,
+            r#""3 4""#,
+            r#""high""#,
+            r#""٣""#,
+            "true",
+            "false",
+            "[]",
+            "[3]",
+            "{}",
+            r#"{"term":3}"#,
+            "9007199254740993",
+            r#""9007199254740993""#,
+            "9007199254740994.0",
+            "1e20",
+            "18446744073709551615",
+            "18446744073709551616",
+            r#""18446744073709551616""#,
+            "123456789012345678901234567890",
+            "1e400",
+            "-1e400",
+        ];
+        for term in refused {
+            check_term(Some(term), None);
+        }
+        check_term(None, None);
+    }
+
+    #[test]
+    fn lenient_keys() {
+        let cases: &[(&str, Option<&str>)] = &[
+            (r#""k""#, Some("k")),
+            (r#""""#, Some("")),
+            (r#""None""#, Some("None")),
+            (r#"" NULL ""#, Some(" NULL ")),
+            (r#""NULLS""#, Some("NULLS")),
+            (r#""ключ""#, Some("ключ")),
+            ("null", None),
+            (r#""NULL""#, None),
+            (r#""null""#, None),
+            (r#""Null""#, None),
+            (r#""\u004eULL""#, None),
+            ("7", Some("7")),
+            ("-1", Some("-1")),
+            ("7.5", Some("7.5")),
+            ("1e400", Some("1e400")),
+            ("18446744073709551616", Some("18446744073709551616")),
+            ("true", Some("true")),
+            ("false", Some("false")),
+            ("[1,2]", Some("[1,2]")),
+            (r#"{"a":1}"#, Some(r#"{"a":1}"#)),
+        ];
+        for &(key, want) in cases {
+            let raw = format!(r#"{{"sender_name":"Controller","request":"STORE","key":{key},"value":"v"}}"#);
+            let (msg, request) = Message::decode(raw.as_bytes()).unwrap_or_else(|e| panic!("{raw}: {e}"));
+            assert_eq!((request, msg.key.as_deref()), (Request::Store, want), "{raw}");
+            // The same through serde_json::Value where it keeps the key's text (it holds
+            // 18446744073709551616 as a float, and cannot hold 1e400).
+            let value = serde_json::from_str::<Value>(&raw)
+                .ok()
+                .filter(|v| serde_json::to_string(&v["key"]).is_ok_and(|text| text == key));
+            if let Some(value) = value {
+                let msg: Message = serde_json::from_value(value).unwrap_or_else(|e| panic!("{raw}: {e}"));
+                assert_eq!(msg.key.as_deref(), want, "{raw} through a Value");
+            }
+        }
+        let (msg, _) = Message::decode(br#"{"request":"STORE"}"#).unwrap();
+        assert_eq!(msg.key, None, "missing");
+        // A string serde_json cannot read stays an error.
+        assert!(matches!(Message::decode(br#"{"request":"STORE","key":"\ud800"}"#), Err(DecodeError::Json(_))));
+        // A key read leniently encodes as the string it became.
+        let (msg, _) = Message::decode(br#"{"request":"STORE","key":7}"#).unwrap();
+        assert_eq!(serde_json::from_slice::<Value>(&msg.encode()).unwrap()["key"], "7");
+    }
+
+    #[test]
+    fn values_are_kept_as_sent() {
+        for value in [r#""NULL""#, r#""null""#, "null", "7", r#"{"a":[1,"NULL"]}"#] {
+            let raw = format!(r#"{{"request":"STORE","key":"k","value":{value}}}"#);
+            let (msg, _) = Message::decode(raw.as_bytes()).unwrap();
+            assert_eq!(msg.value, serde_json::from_str::<Value>(value).unwrap(), "{raw}");
+        }
+    }
+
+    #[test]
+    fn request_names_match_in_any_case() {
+        let cases: &[(&str, Option<Request>)] = &[
+            ("TIMEOUT", Some(Request::Timeout)),
+            ("timeout", Some(Request::Timeout)),
+            ("Leader_Info", Some(Request::LeaderInfo)),
+            (" store ", Some(Request::Store)),
+            ("retrieve", Some(Request::Retrieve)),
+            ("Convert_Follower", Some(Request::ConvertFollower)),
+            ("append_rpc", Some(Request::AppendRpc)),
+            ("LEADER-INFO", None),
+            ("LEADERINFO", None),
+            ("TIMEOUTS", None),
+            ("TIME OUT", None),
+            ("", None),
+        ];
+        for &(name, want) in cases {
+            assert_eq!(Request::parse(name), want, "{name:?}");
+        }
+        for request in Request::ALL {
+            assert_eq!(Request::parse(&request.as_str().to_ascii_lowercase()), Some(request));
+        }
+        // A course controller's lower-case request from "controller" is a control request.
+        for sender in ["Controller", "controller", "CONTROLLER"] {
+            let raw = format!(r#"{{"sender_name":"{sender}","request":"leader_info","term":"NULL","key":"NULL"}}"#);
+            let (msg, request) = Message::decode(raw.as_bytes()).unwrap();
+            assert!(request.is_control() && request == Request::LeaderInfo, "{raw}");
+            assert_eq!((msg.term, msg.key.as_deref()), (None, None), "{raw}");
+            assert_eq!(msg.request_kind(), Some(Request::LeaderInfo));
+        }
     }
 
     #[test]
