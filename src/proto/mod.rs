@@ -11,9 +11,9 @@
 //!
 //! Course controllers fill the base fields in many ways, so three of them are read liberally
 //! (SPEC §7: control requests accept `term`, `key` and `value` of any JSON type):
-//! - `term`: a whole number from 0 to [`MAX_TERM`], given as a JSON number (`3`, `3.0`) or as a
+//! - `term`: a whole number from 0 to [`MAX_WIRE_NUMBER`], given as a JSON number (`3`, `3.0`) or as a
 //!   string of decimal digits (`"3"`, `" 3 "`), is that term. Anything else (null, missing,
-//!   `"NULL"`, `"None"`, `""`, negative or fractional numbers, numbers over [`MAX_TERM`] such as
+//!   `"NULL"`, `"None"`, `""`, negative or fractional numbers, numbers over [`MAX_WIRE_NUMBER`] such as
 //!   `1e400`, other strings, booleans, arrays, objects) reads as no term (`None`), never as an
 //!   error. Raft stays strict all the same: a Raft message without a term is refused
 //!   (`Msg::from_wire`), so a Raft message whose term is not such a number is dropped.
@@ -46,9 +46,13 @@ pub const MAX_DATAGRAM: usize = 60 * 1024;
 /// by its request, so `controller` in any case (or any other name) is taken as well.
 pub const CONTROLLER: &str = "Controller";
 
-/// The largest term a message may carry, 2^53: the largest whole number that every JSON reader
-/// holds exactly (SPEC §7). A larger term on the wire reads as no term.
-pub const MAX_TERM: u64 = 1 << 53;
+/// The largest term, index or sequence number a message may carry: 2^53, the largest
+/// integer a JSON number holds exactly (a peer written in JavaScript, or Python's `json` with
+/// floats, cannot say more; SPEC §7). No honest cluster gets near it: a term a second for 285
+/// million years. A larger `term` reads as no term, and a Raft message with a larger number
+/// anywhere is refused (`Msg::from_wire`), so no datagram can push a node's term to where
+/// `term + 1` overflows.
+pub const MAX_WIRE_NUMBER: u64 = 1 << 53;
 
 /// One datagram, as it travels.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -58,7 +62,7 @@ pub struct Message {
     /// The request kind, e.g. `APPEND_RPC`; see [`Request`].
     pub request: Option<String>,
     /// The sender's current term (`null` from controllers). Read leniently (see the module
-    /// documentation): anything that is not a whole number up to [`MAX_TERM`] reads as `None`.
+    /// documentation): anything that is not a whole number up to [`MAX_WIRE_NUMBER`] reads as `None`.
     #[serde(default, deserialize_with = "lenient::term")]
     pub term: Option<u64>,
     /// Request key: the STORE key, `LEADER` in LEADER_INFO replies, `COMMITED_LOGS` in RETRIEVE
@@ -409,7 +413,7 @@ mod lenient {
     use serde::{Deserialize, Deserializer};
     use serde_json::value::RawValue;
 
-    use super::MAX_TERM;
+    use super::MAX_WIRE_NUMBER;
 
     /// `term`: see [`term_of`].
     pub fn term<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
@@ -423,7 +427,7 @@ mod lenient {
         key_of(raw.get()).map_err(D::Error::custom)
     }
 
-    /// The term a field's JSON text gives: a whole number from 0 to [`MAX_TERM`], written as a
+    /// The term a field's JSON text gives: a whole number from 0 to [`MAX_WIRE_NUMBER`], written as a
     /// JSON number or as a string of decimal digits; `None` for anything else.
     pub(super) fn term_of(json: &str) -> Option<u64> {
         let json = json.trim();
@@ -444,14 +448,14 @@ mod lenient {
                     // is a whole number in range (`3.0`, `3e2`, `-0`). 1e400 parses to
                     // infinity and is refused here.
                     let float: f64 = json.parse().ok()?;
-                    let whole = (0.0..=MAX_TERM as f64).contains(&float) && float.fract() == 0.0;
+                    let whole = (0.0..=MAX_WIRE_NUMBER as f64).contains(&float) && float.fract() == 0.0;
                     whole.then_some(float as u64)?
                 }
             },
             // null, true, false, arrays, objects.
             _ => return None,
         };
-        (term <= MAX_TERM).then_some(term)
+        (term <= MAX_WIRE_NUMBER).then_some(term)
     }
 
     /// The key a field's JSON text gives: null and the string `"NULL"` (any case) are no key,
@@ -580,7 +584,7 @@ mod tests {
 
     #[test]
     fn lenient_terms() {
-        let max = MAX_TERM.to_string();
+        let max = MAX_WIRE_NUMBER.to_string();
         let accepted: &[(&str, u64)] = &[
             ("3", 3),
             ("0", 0),
@@ -588,14 +592,14 @@ mod tests {
             ("3e2", 300),
             ("300E-2", 3),
             ("-0", 0),
-            (&max, MAX_TERM),
-            ("9007199254740992.0", MAX_TERM),
+            (&max, MAX_WIRE_NUMBER),
+            ("9007199254740992.0", MAX_WIRE_NUMBER),
             (r#""3""#, 3),
             (r#"" 3 ""#, 3),
             (r#""\t12\n""#, 12),
             (r#""007""#, 7),
             (r#""\u0033""#, 3),
-            (r#""9007199254740992""#, MAX_TERM),
+            (r#""9007199254740992""#, MAX_WIRE_NUMBER),
         ];
         for &(term, want) in accepted {
             check_term(Some(term), Some(want));

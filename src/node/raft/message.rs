@@ -1,16 +1,10 @@
 //! Messages between Raft nodes, and their mapping onto the course's wire format.
 
+pub use crate::proto::MAX_WIRE_NUMBER;
 use crate::proto::{self, LogEntry, Message, Request};
 
 /// A node's id: `node3` is 3.
 pub type NodeId = u32;
-
-/// The largest term, index or sequence number a Raft message may carry: 2^53, the largest
-/// integer a JSON number holds exactly (a peer written in JavaScript or Python's `json`
-/// with floats cannot say more). No honest cluster gets near it: a term a second for
-/// 285 million years. A message with a larger one is malformed and refused before the core
-/// sees it, so no datagram can push a node's term to where `term + 1` overflows.
-pub const MAX_WIRE_NUMBER: u64 = 1 << 53;
 
 /// A message from one node to another.
 #[derive(Debug, Clone, PartialEq)]
