@@ -59,6 +59,8 @@ pub struct ClusterFile {
     pub raft_port: Option<u16>,
     /// HTTP port on every node.
     pub http_port: Option<u16>,
+    /// File holding the cluster secret (secure mode); see [`ClusterArgs::cluster_secret_file`].
+    pub secret_file: Option<PathBuf>,
 }
 
 /// `[raft]`: timing and protocol options.
@@ -90,6 +92,9 @@ pub struct NodeFile {
     pub console_token: Option<String>,
     /// The largest file `POST /api/upload/file` accepts, in bytes.
     pub max_upload_bytes: Option<usize>,
+    /// Secure mode: addresses or networks (`10.0.0.0/24`) whose unsigned control requests are
+    /// taken, e.g. a course controller's; none by default.
+    pub control_allow: Option<Vec<String>>,
 }
 
 /// `[controller]`: options of `labctl controller`.
@@ -249,6 +254,37 @@ pub struct ClusterArgs {
     /// HTTP port of every node [default: 8000]
     #[arg(long, env = "LABCTL_HTTP_PORT", global = true)]
     pub http_port: Option<u16>,
+    /// File holding the cluster secret, at least 16 bytes: with it every datagram is signed and
+    /// checked (secure mode). Or set LABCTL_CLUSTER_SECRET to the secret itself. [default: none,
+    /// open mode]
+    #[arg(long, env = "LABCTL_CLUSTER_SECRET_FILE", global = true, value_name = "PATH")]
+    pub cluster_secret_file: Option<PathBuf>,
+}
+
+/// The environment variable that may hold the cluster secret itself (never a flag: a command
+/// line is visible to every user of the machine).
+pub const CLUSTER_SECRET_ENV: &str = "LABCTL_CLUSTER_SECRET";
+
+/// The key datagrams are signed with, from the cluster secret: the file of
+/// `--cluster-secret-file` (flag, `LABCTL_CLUSTER_SECRET_FILE`, or `[cluster] secret_file`), or
+/// `LABCTL_CLUSTER_SECRET`. None: open mode.
+pub fn cluster_key(args: &ClusterArgs, file: &ClusterFile) -> Result<Option<crate::proto::auth::Key>, ConfigError> {
+    let from_env = std::env::var_os(CLUSTER_SECRET_ENV).filter(|v| !v.is_empty());
+    let path = args.cluster_secret_file.clone().or_else(|| file.secret_file.clone());
+    let secret = match (path, from_env) {
+        (Some(path), Some(_)) => {
+            return Err(ConfigError::Invalid(format!(
+                "the cluster secret is given twice, in {} and in {CLUSTER_SECRET_ENV}: give one",
+                path.display()
+            )))
+        }
+        (Some(path), None) => std::fs::read(&path).map_err(|e| {
+            ConfigError::Invalid(format!("cannot read the cluster secret file {}: {e}", path.display()))
+        })?,
+        (None, Some(value)) => value.into_encoded_bytes(),
+        (None, None) => return Ok(None),
+    };
+    crate::proto::auth::Key::derive(&secret).map(Some).map_err(|e| ConfigError::Invalid(e.to_string()))
 }
 
 /// The resolved cluster layout.

@@ -114,3 +114,61 @@ fn cluster_starts_reports_its_leader_and_stops_on_sigint() {
         assert!(log().contains(&format!("node{id} stopped")), "{}", log());
     }
 }
+
+#[test]
+fn a_secure_cluster_makes_its_secret_and_answers_only_signed_requests() {
+    let raft_port = common::free_port(3);
+    let dir = std::env::temp_dir().join(format!("labctl-secure-cluster-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let child = Command::new(BIN)
+        .args(["cluster", "--nodes", "3", "--secure"])
+        .arg(format!("--raft-port={raft_port}"))
+        .arg(format!("--http-port={}", common::free_port(3)))
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .env_remove("LABCTL_CONFIG")
+        .env_remove("LABCTL_CLUSTER_SECRET")
+        .env_remove("LABCTL_CLUSTER_SECRET_FILE")
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(dir.join("cluster.log")).unwrap())
+        .spawn()
+        .expect("spawn labctl cluster");
+    let mut cluster = Supervisor { child, dir: dir.clone() };
+    let mut stdout = BufReader::new(cluster.child.stdout.take().unwrap());
+    let mut up = String::new();
+    stdout.read_line(&mut up).unwrap();
+    assert!(up.starts_with("cluster of 3 nodes up; "), "{up:?}");
+    let secret = dir.join("data").join("cluster.secret");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&secret).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "the secret is readable by its owner only");
+    assert!(std::fs::read_to_string(&secret).unwrap().trim().len() >= 32);
+    let controller = |secret_file: Option<&std::path::Path>| {
+        let mut command = Command::new(BIN);
+        command
+            .args(["controller", "status", "--nodes", "3", "--timeout-ms", "500"])
+            .arg(format!("--raft-port={raft_port}"))
+            .env_remove("LABCTL_CONFIG")
+            .env_remove("LABCTL_CLUSTER_SECRET")
+            .env_remove("LABCTL_CLUSTER_SECRET_FILE");
+        if let Some(path) = secret_file {
+            command.env("LABCTL_CLUSTER_SECRET_FILE", path);
+        }
+        command.output().unwrap()
+    };
+    let signed = controller(Some(&secret));
+    assert!(signed.status.success(), "{}", String::from_utf8_lossy(&signed.stderr));
+    let unsigned = controller(None);
+    assert!(!unsigned.status.success());
+    let stderr = String::from_utf8_lossy(&unsigned.stderr);
+    assert!(stderr.contains("give the controller its secret"), "{stderr}");
+    // Ctrl-C: the supervisor stops its nodes with signed SHUTDOWNs.
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(cluster.child.id() as libc::pid_t, libc::SIGINT) };
+    let status = poll("the cluster to stop", Duration::from_secs(15), || cluster.child.try_wait().ok().flatten());
+    assert!(status.success(), "{status}");
+    let log = std::fs::read_to_string(dir.join("cluster.log")).unwrap();
+    assert!(log.contains("stopped (SHUTDOWN)"), "the nodes were not stopped by SHUTDOWN:\n{log}");
+}

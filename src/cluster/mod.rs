@@ -51,6 +51,11 @@ pub struct Args {
     /// stopped and the command fails if none is elected by then
     #[arg(long, default_value_t = 15_000)]
     pub ready_timeout_ms: u64,
+    /// Secure mode without a secret of your own: make a random cluster secret in
+    /// <data-dir>/cluster.secret (kept for the next start, readable only by you) and give it to
+    /// every node. A secret given by --cluster-secret-file or LABCTL_CLUSTER_SECRET is used as it is.
+    #[arg(long)]
+    pub secure: bool,
     #[command(flatten)]
     pub cluster: ClusterArgs,
     #[command(flatten)]
@@ -74,6 +79,22 @@ pub enum ClusterError {
     NoLeader(u64),
     #[error("every node has exited")]
     AllExited,
+    #[error("cannot make the cluster secret file {path}")]
+    Secret { path: PathBuf, source: std::io::Error },
+}
+
+/// Writes 32 random bytes, hex-encoded, to `path` unless it exists, readable only by its owner.
+fn write_secret(path: &Path) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut random = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut random)?;
+    let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+        Ok(mut file) => file.write_all(format!("{hex}\n").as_bytes()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Runs `labctl cluster` until Ctrl-C or SIGTERM.
@@ -83,8 +104,25 @@ pub fn run(args: Args, file: &FileConfig, config_path: Option<&Path>) -> anyhow:
     let data_dir = args.data_dir.clone().or_else(|| file.node.data_dir.clone()).unwrap_or(DEFAULT_DATA_DIR.into());
     std::fs::create_dir_all(&data_dir).map_err(|source| ClusterError::DataDir { path: data_dir.clone(), source })?;
     let exe = std::env::current_exe().map_err(ClusterError::Exe)?;
+    let mut secret_file = args.cluster.cluster_secret_file.clone().or_else(|| file.cluster.secret_file.clone());
+    let mut key = crate::config::cluster_key(&args.cluster, &file.cluster)?;
+    if args.secure && key.is_none() {
+        let path = data_dir.join("cluster.secret");
+        write_secret(&path).map_err(|source| ClusterError::Secret { path: path.clone(), source })?;
+        let secret = std::fs::read(&path).map_err(|source| ClusterError::Secret { path: path.clone(), source })?;
+        key = Some(crate::proto::auth::Key::derive(&secret).map_err(|e| ConfigError::Invalid(e.to_string()))?);
+        eprintln!(
+            "secure mode: the cluster secret is in {}; give it to the controller with \
+             LABCTL_CLUSTER_SECRET_FILE={}",
+            path.display(),
+            path.display()
+        );
+        secret_file = Some(path);
+    }
+    let signing = key.map(|key| std::sync::Arc::new(client::Signing::new(key)));
     let supervisor = Supervisor {
-        launch: Launch { exe, config: config_path.map(Path::to_path_buf), cluster, timing, data_dir },
+        launch: Launch { exe, config: config_path.map(Path::to_path_buf), cluster, timing, data_dir, secret_file },
+        signing,
         restart: args.restart,
         ready_timeout: Duration::from_millis(args.ready_timeout_ms),
     };
@@ -103,6 +141,9 @@ struct Launch {
     cluster: Cluster,
     timing: RaftTiming,
     data_dir: PathBuf,
+    /// The cluster secret's file, handed to every node (a secret in the environment is
+    /// inherited instead).
+    secret_file: Option<PathBuf>,
 }
 
 impl Launch {
@@ -125,6 +166,9 @@ impl Launch {
             format!("--http-port={}", c.http_port),
         ]);
         args.extend(self.timing.to_args());
+        if let Some(path) = &self.secret_file {
+            args.push(format!("--cluster-secret-file={}", path.display()));
+        }
         args
     }
 
@@ -177,6 +221,7 @@ struct Member {
 
 struct Supervisor {
     launch: Launch,
+    signing: Option<std::sync::Arc<client::Signing>>,
     restart: bool,
     ready_timeout: Duration,
 }
@@ -190,7 +235,7 @@ impl Supervisor {
             match self.launch.spawn(id) {
                 Ok(child) => members.push(Member { id, child: Some(child), restart_at: None }),
                 Err(e) => {
-                    stop_all(&self.launch.cluster, &mut members).await;
+                    stop_all(&self.launch.cluster, self.signing.as_deref(), &mut members).await;
                     return Err(e);
                 }
             }
@@ -205,24 +250,24 @@ impl Supervisor {
                 _ = terminate.recv() => break,
                 _ = tick.tick() => {
                     if let Err(e) = self.check_members(&mut members) {
-                        stop_all(&self.launch.cluster, &mut members).await;
+                        stop_all(&self.launch.cluster, self.signing.as_deref(), &mut members).await;
                         return Err(e);
                     }
                     if leader_known {
                         continue;
                     }
-                    if let Some((leader, term)) = poll_leader(self.launch.cluster.clone()).await {
+                    if let Some((leader, term)) = poll_leader(self.launch.cluster.clone(), self.signing.clone()).await {
                         println!("cluster of {nodes} nodes up; {leader} is LEADER for term {term}");
                         leader_known = true;
                     } else if Instant::now() >= ready_deadline {
-                        stop_all(&self.launch.cluster, &mut members).await;
+                        stop_all(&self.launch.cluster, self.signing.as_deref(), &mut members).await;
                         return Err(ClusterError::NoLeader(self.ready_timeout.as_millis() as u64));
                     }
                 }
             }
         }
         log::info!("stopping the cluster");
-        stop_all(&self.launch.cluster, &mut members).await;
+        stop_all(&self.launch.cluster, self.signing.as_deref(), &mut members).await;
         println!("cluster stopped");
         Ok(())
     }
@@ -262,10 +307,11 @@ impl Supervisor {
 }
 
 /// Asks every member LEADER_INFO; the leader and term a majority names, if any.
-async fn poll_leader(cluster: Cluster) -> Option<(String, u64)> {
+async fn poll_leader(cluster: Cluster, signing: Option<std::sync::Arc<client::Signing>>) -> Option<(String, u64)> {
     let found = tokio::task::spawn_blocking(move || {
         let targets: Vec<_> = cluster.ids().filter_map(|id| cluster.raft_addr(id).ok().map(|a| (id, a))).collect();
-        let replies = client::exchange_all(&targets, &client::control_message(Request::LeaderInfo), Some(POLL_WAIT));
+        let message = client::control_message(Request::LeaderInfo);
+        let replies = client::exchange_all(signing.as_deref(), &targets, &message, Some(POLL_WAIT));
         let infos: Vec<_> = replies
             .into_iter()
             .map(|(_, result)| match result {
@@ -284,12 +330,12 @@ async fn poll_leader(cluster: Cluster) -> Option<(String, u64)> {
 
 /// Sends SHUTDOWN to every running member and waits for them; SIGTERM, then SIGKILL, for
 /// those that do not exit in time.
-async fn stop_all(cluster: &Cluster, members: &mut [Member]) {
+async fn stop_all(cluster: &Cluster, signing: Option<&client::Signing>, members: &mut [Member]) {
     let shutdown = client::control_message(Request::Shutdown);
     for member in members.iter().filter(|m| m.child.is_some()) {
         match cluster.raft_addr(member.id) {
             Ok(addr) => {
-                if let Err(e) = client::exchange(addr, &shutdown, None) {
+                if let Err(e) = client::exchange_with(signing, member.id, addr, &shutdown, None) {
                     log::warn!("cannot send SHUTDOWN to {}: {}", node_name(member.id), with_causes(&e));
                 }
             }
@@ -368,6 +414,7 @@ mod tests {
             cluster: Cluster { nodes: 3, raft_port: 16_000, ..Cluster::default() },
             timing: RaftTiming::default(),
             data_dir: "data".into(),
+            secret_file: None,
         };
         let args = launch.node_args(2);
         assert_eq!(args[0], "--config=config/labctl.toml");
@@ -395,6 +442,7 @@ mod tests {
             cluster: Cluster::default(),
             timing: RaftTiming::default(),
             data_dir: "/tmp/x".into(),
+            secret_file: Some("/tmp/x/cluster.secret".into()),
         };
         let argv = std::iter::once("labctl".to_string()).chain(launch.node_args(4));
         let cli = crate::cli::Cli::try_parse_from(argv).unwrap();
@@ -402,6 +450,7 @@ mod tests {
         assert_eq!(node.id, 4);
         assert_eq!(node.cluster.nodes, Some(5));
         assert_eq!(node.raft.heartbeat_ms, Some(50));
+        assert_eq!(node.cluster.cluster_secret_file, Some("/tmp/x/cluster.secret".into()));
     }
 
     #[test]

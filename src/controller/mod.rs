@@ -23,7 +23,9 @@ pub const DEFAULT_TIMEOUT_MS: u64 = 1000;
 /// Options of `labctl controller`.
 #[derive(Debug, Clone, clap::Args)]
 #[command(after_help = "Node names are node1 … nodeN, case-insensitive (Node1 is node1). \
-Node N is reached at the host pattern with {id}=N (127.0.0.N locally) on the Raft UDP port.")]
+Node N is reached at the host pattern with {id}=N (127.0.0.N locally) on the Raft UDP port. \
+With a cluster secret (LABCTL_CLUSTER_SECRET_FILE or LABCTL_CLUSTER_SECRET), requests are signed \
+and only signed replies are read.")]
 pub struct Args {
     #[command(subcommand)]
     pub action: Action,
@@ -117,8 +119,8 @@ pub enum ControllerError {
     Client(#[from] ClientError),
     #[error("{name} is not a member of this cluster of {nodes} nodes (node1 … node{nodes}); set --nodes")]
     NotMember { name: String, nodes: u32 },
-    #[error("no reply from {names} within {ms} ms")]
-    NoReply { names: String, ms: u128 },
+    #[error("no reply from {names} within {ms} ms{hint}")]
+    NoReply { names: String, ms: u128, hint: &'static str },
     #[error("no leader is known: {0}")]
     NoLeader(String),
     #[error("{node} is not the leader and {}; try again once a leader is elected",
@@ -132,7 +134,8 @@ pub enum ControllerError {
 pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
     let cluster = crate::config::Cluster::resolve(&args.cluster, &file.cluster)?;
     let wait = Duration::from_millis(args.timeout_ms.or(file.controller.timeout_ms).unwrap_or(DEFAULT_TIMEOUT_MS));
-    let controller = Controller { cluster, wait, json: args.json };
+    let signing = crate::config::cluster_key(&args.cluster, &file.cluster)?.map(client::Signing::new);
+    let controller = Controller { cluster, wait, json: args.json, signing };
     controller.execute(&args.action)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -141,6 +144,8 @@ struct Controller {
     cluster: crate::config::Cluster,
     wait: Duration,
     json: bool,
+    /// Secure mode: requests are signed, and only signed replies are read.
+    signing: Option<client::Signing>,
 }
 
 impl Controller {
@@ -175,13 +180,20 @@ impl Controller {
 
     fn no_reply(&self, ids: &[u32]) -> ControllerError {
         let names: Vec<String> = ids.iter().map(|&id| node_name(id)).collect();
-        ControllerError::NoReply { names: names.join(", "), ms: self.wait.as_millis() }
+        // A cluster in secure mode drops unsigned requests without a word.
+        let hint = if self.signing.is_none() {
+            " (a cluster in secure mode answers only signed requests: give the controller its secret \
+             with LABCTL_CLUSTER_SECRET_FILE)"
+        } else {
+            ""
+        };
+        ControllerError::NoReply { names: names.join(", "), ms: self.wait.as_millis(), hint }
     }
 
     fn send_only(&self, request: Request, ids: &[u32]) -> Result<(), ControllerError> {
         let msg = client::control_message(request);
         for (id, addr) in self.targets(ids)? {
-            client::exchange(addr, &msg, None)?;
+            client::exchange_with(self.signing.as_ref(), id, addr, &msg, None)?;
             println!("{}", format_sent(request, id, self.json));
         }
         Ok(())
@@ -190,7 +202,7 @@ impl Controller {
     /// Asks `ids` LEADER_INFO at once; `None` for a node that did not answer.
     fn ask_leader_info(&self, ids: &[u32]) -> Result<Vec<(u32, Option<Answer>)>, ControllerError> {
         let msg = client::control_message(Request::LeaderInfo);
-        client::exchange_all(&self.targets(ids)?, &msg, Some(self.wait))
+        client::exchange_all(self.signing.as_ref(), &self.targets(ids)?, &msg, Some(self.wait))
             .into_iter()
             .map(|(id, result)| Ok((id, result?)))
             .collect()
@@ -252,7 +264,9 @@ impl Controller {
         };
         let mut followed = false;
         loop {
-            let Some(answer) = client::exchange(self.addr(node)?, msg, Some(self.wait))? else {
+            let Some(answer) =
+                client::exchange_with(self.signing.as_ref(), node, self.addr(node)?, msg, Some(self.wait))?
+            else {
                 return Err(self.no_reply(&[node]));
             };
             let Reply::LeaderInfo(info) = &answer.reply else { return Ok((node, answer)) };
@@ -454,7 +468,7 @@ mod tests {
     #[test]
     fn a_node_outside_the_cluster_is_refused() {
         let cluster = crate::config::Cluster { nodes: 3, ..Default::default() };
-        let c = Controller { cluster, wait: Duration::from_millis(10), json: false };
+        let c = Controller { cluster, wait: Duration::from_millis(10), json: false, signing: None };
         let err = c.targets(&[4]).unwrap_err();
         assert!(err.to_string().contains("node4 is not a member"), "{err}");
     }

@@ -22,12 +22,14 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::apply::{Applier, ApplyItem, WriteResult, BARRIER_KEY, COMMAND_KEY};
+use super::guard::Guard;
 use super::handshake::Handshake;
 use super::http::{Batching, NodeStatus, PeerStatus};
 use super::raft::{EntryValue, Event, LogEntry, Msg, NodeId, ProposeError, Raft, Role};
 use super::storage::{Storage, StorageError};
 use super::transport::{RateLimited, Transport, RECV_BUFFER};
 use crate::config::Cluster;
+use crate::proto::auth;
 use crate::proto::fragment::{Fragmenter, Limits, Reassembler};
 use crate::proto::{self, Message, Request, KEY_COMMITED_LOGS, KEY_LEADER, MAX_DATAGRAM};
 
@@ -58,6 +60,8 @@ pub enum Stopped {
 struct PendingStore {
     term: u64,
     reply_to: SocketAddr,
+    /// The request was signed: so is the reply.
+    signed: bool,
     key: String,
     value: Value,
     deadline: Instant,
@@ -122,6 +126,8 @@ pub struct Driver {
     names: BTreeMap<NodeId, (Arc<str>, Arc<str>)>,
     fragmenter: Fragmenter,
     reassembler: Reassembler,
+    /// Secure mode: what the node takes, by the cluster secret.
+    guard: Option<Guard>,
 }
 
 impl Driver {
@@ -195,9 +201,16 @@ impl Driver {
             names,
             fragmenter,
             reassembler: Reassembler::new(Limits::for_messages_of(largest)),
+            guard: None,
         };
         driver.publish();
         driver
+    }
+
+    /// Secure mode: datagrams leave signed, and only those `guard` admits are taken.
+    pub fn secure(&mut self, guard: Guard) {
+        self.transport.sign_with(guard.key().clone());
+        self.guard = Some(guard);
     }
 
     /// The node's state as it changes, for the HTTP server.
@@ -381,9 +394,15 @@ impl Driver {
     }
 
     fn handle_datagram(&mut self, bytes: &[u8], from: SocketAddr) {
-        let (msg, request) = match Message::decode(bytes) {
-            Ok(decoded) => decoded,
-            Err(e) => return self.dropped(from, &e),
+        let (msg, request, signed) = match &mut self.guard {
+            Some(guard) => match guard.admit(bytes, from, auth::clock_micros()) {
+                Ok(admitted) => (admitted.msg, admitted.request, admitted.signed),
+                Err(e) => return self.dropped(from, &e),
+            },
+            None => match Message::decode(bytes) {
+                Ok((msg, request)) => (msg, request, false),
+                Err(e) => return self.dropped(from, &e),
+            },
         };
         if !request.is_control() {
             // Node traffic counts only from the address of the member it names.
@@ -403,7 +422,7 @@ impl Driver {
         if request == Request::Fragment {
             return self.handle_fragment(&msg, from);
         }
-        self.handle_message(msg, request, from);
+        self.handle_message(msg, request, from, signed);
     }
 
     /// A piece of a larger message; once it is complete, the message is handled like a
@@ -421,7 +440,7 @@ impl Driver {
                     && !matches!(request, Request::Fragment | Request::Accept | Request::Credentials);
                 let same_sender = msg.sender_name.as_deref().and_then(proto::parse_node_name) == Some(done.sender);
                 if raft && same_sender {
-                    self.handle_message(msg, request, from);
+                    self.handle_message(msg, request, from, false);
                 } else {
                     self.dropped(
                         from,
@@ -433,12 +452,14 @@ impl Driver {
         }
     }
 
-    fn handle_message(&mut self, msg: Message, request: Request, from: SocketAddr) {
+    /// A message that passed the door (see [`Driver::handle_datagram`]); `signed` says whether
+    /// a reply to it is signed.
+    fn handle_message(&mut self, msg: Message, request: Request, from: SocketAddr, signed: bool) {
         if request.is_control() {
-            return self.handle_control(&msg, request, from);
+            return self.handle_control(&msg, request, from, signed);
         }
         if matches!(request, Request::Accept | Request::Credentials) {
-            return self.handle_handshake(&msg, request, from);
+            return self.handle_handshake(&msg, request);
         }
         match Msg::from_wire(msg, request) {
             Ok((peer, raft_msg)) => {
@@ -468,7 +489,9 @@ impl Driver {
         }
     }
 
-    fn handle_handshake(&mut self, msg: &Message, request: Request, from: SocketAddr) {
+    fn handle_handshake(&mut self, msg: &Message, request: Request) {
+        // The door let it in: it names a member and comes from that member's address.
+        let Some(peer) = msg.sender_name.as_deref().and_then(proto::parse_node_name) else { return };
         let reply = match request {
             Request::Accept => self.handshake.on_accept(msg.term),
             _ => {
@@ -477,7 +500,7 @@ impl Driver {
             }
         };
         if let Some(reply) = reply {
-            self.reply(from, &reply);
+            self.transport.send_to_node(peer, &reply.encode());
         }
     }
 
@@ -487,7 +510,7 @@ impl Driver {
         }
     }
 
-    fn handle_control(&mut self, msg: &Message, request: Request, from: SocketAddr) {
+    fn handle_control(&mut self, msg: &Message, request: Request, from: SocketAddr, signed: bool) {
         let now = self.now();
         match request {
             Request::ConvertFollower => {
@@ -502,21 +525,22 @@ impl Driver {
                 log::info!("{}: SHUTDOWN from {from}", self.name);
                 self.stop = Some(Stopped::Shutdown);
             }
-            Request::LeaderInfo => self.reply_leader_info(from),
-            Request::Store => self.store(msg, from),
+            Request::LeaderInfo => self.reply_leader_info(from, signed),
+            Request::Store => self.store(msg, from, signed),
             Request::Retrieve => {
                 if self.raft.role() == Role::Leader {
-                    self.reply_retrieve(from);
+                    self.reply_retrieve(from, signed);
                 } else {
-                    self.reply_leader_info(from);
+                    self.reply_leader_info(from, signed);
                 }
             }
             _ => unreachable!("is_control() covers the control requests"),
         }
     }
 
-    fn reply(&mut self, to: SocketAddr, msg: &Message) {
-        self.transport.send_reply(to, &msg.encode());
+    /// Answers a control request at its source address; signed when the request was.
+    fn reply(&mut self, to: SocketAddr, msg: &Message, signed: bool) {
+        self.transport.send_reply(to, &msg.encode(), signed);
     }
 
     fn leader_info(&self) -> Message {
@@ -526,9 +550,9 @@ impl Driver {
         reply
     }
 
-    fn reply_leader_info(&mut self, to: SocketAddr) {
+    fn reply_leader_info(&mut self, to: SocketAddr, signed: bool) {
         let reply = self.leader_info();
-        self.reply(to, &reply);
+        self.reply(to, &reply, signed);
     }
 
     fn store_reply(&self, key: Option<String>, value: Value, success: bool) -> Message {
@@ -539,36 +563,37 @@ impl Driver {
         reply
     }
 
-    fn store(&mut self, msg: &Message, from: SocketAddr) {
+    fn store(&mut self, msg: &Message, from: SocketAddr, signed: bool) {
         if self.raft.role() != Role::Leader {
-            return self.reply_leader_info(from);
+            return self.reply_leader_info(from, signed);
         }
         let Some(key) = msg.key.clone() else {
             let reply = self.store_reply(None, Value::String("STORE needs a key".into()), false);
-            return self.reply(from, &reply);
+            return self.reply(from, &reply, signed);
         };
         match self.raft.propose(Some(key.clone()), &msg.value) {
             Ok(index) => {
                 let pending = PendingStore {
                     term: self.raft.term(),
                     reply_to: from,
+                    signed,
                     key,
                     value: msg.value.clone(),
                     deadline: Instant::now() + STORE_DEADLINE,
                 };
                 self.stores.insert(index, pending);
             }
-            Err(ProposeError::NotLeader { .. }) => self.reply_leader_info(from),
+            Err(ProposeError::NotLeader { .. }) => self.reply_leader_info(from, signed),
             Err(e @ ProposeError::TooLarge { .. }) => {
                 let reply = self.store_reply(Some(key), Value::String(e.to_string()), false);
-                self.reply(from, &reply);
+                self.reply(from, &reply, signed);
             }
         }
     }
 
     /// The committed log, without the leaders' no-ops and read barriers, newest entries first
     /// when it does not fit one datagram.
-    fn reply_retrieve(&mut self, to: SocketAddr) {
+    fn reply_retrieve(&mut self, to: SocketAddr, signed: bool) {
         let committed = self.raft.log().slice(1, self.raft.commit_index());
         let user: Vec<&LogEntry> =
             committed.iter().filter(|e| !e.is_noop() && e.key.as_deref() != Some(BARRIER_KEY)).collect();
@@ -585,7 +610,7 @@ impl Driver {
             );
         }
         reply.value = serde_json::to_value(&shown).unwrap_or(Value::Null);
-        self.reply(to, &reply);
+        self.reply(to, &reply, signed);
     }
 
     /// Persist, then send, then apply: the order that makes votes and acknowledgements durable.
@@ -679,7 +704,8 @@ impl Driver {
             }
             if !encoded.as_ref().is_some_and(|(last, _)| *last == msg) {
                 let bytes = msg.to_wire(self.raft.id()).encode();
-                let datagrams = if bytes.len() > MAX_DATAGRAM {
+                // Room for the MAC of secure mode, so both modes cut messages alike.
+                let datagrams = if bytes.len() > MAX_DATAGRAM - auth::SEAL_ROOM {
                     self.fragmenter.split(Some(msg.term()), &bytes)
                 } else {
                     vec![bytes]
@@ -733,7 +759,7 @@ impl Driver {
                 let ok = p.term == term;
                 let value = if ok { p.value } else { Value::String("lost leadership before commit".into()) };
                 let reply = self.store_reply(Some(p.key), value, ok);
-                self.reply(p.reply_to, &reply);
+                self.reply(p.reply_to, &reply, p.signed);
             }
         }
         // A leader with no other write in flight has nothing to do until its client is
@@ -806,7 +832,7 @@ impl Driver {
         for index in expired {
             if let Some(p) = self.stores.remove(&index) {
                 let reply = self.store_reply(Some(p.key), Value::String("not committed in time".into()), false);
-                self.reply(p.reply_to, &reply);
+                self.reply(p.reply_to, &reply, p.signed);
             }
         }
     }

@@ -8,6 +8,7 @@ pub mod api;
 pub mod apply;
 pub mod console;
 pub mod driver;
+pub mod guard;
 pub mod handshake;
 pub mod http;
 pub mod listings;
@@ -59,6 +60,11 @@ pub struct Args {
     /// The largest file POST /api/upload/file accepts, in bytes [default: 8388608]
     #[arg(long, env = "LABCTL_MAX_UPLOAD_BYTES")]
     pub max_upload_bytes: Option<usize>,
+    /// With a cluster secret: addresses or networks, comma-separated (127.0.0.9,10.0.0.0/24),
+    /// whose unsigned control requests are still taken, e.g. a course controller's [default:
+    /// none; without a secret every address may send them]
+    #[arg(long, env = "LABCTL_CONTROL_ALLOW", value_name = "ADDRS")]
+    pub control_allow: Option<String>,
     #[command(flatten)]
     pub cluster: ClusterArgs,
     #[command(flatten)]
@@ -93,6 +99,15 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
         anyhow::bail!("max_upload_bytes must be positive");
     }
     let http_bind = crate::config::resolve(&bind_host, cluster.http_port)?;
+    let key = crate::config::cluster_key(&args.cluster, &file.cluster)?;
+    let allow_text = args.control_allow.clone().or_else(|| file.node.control_allow.as_ref().map(|l| l.join(",")));
+    let allow = guard::AllowList::parse(allow_text.as_deref().unwrap_or(""))
+        .map_err(|e| anyhow::anyhow!("control_allow: {e}"))?;
+    if key.is_none() && !allow.is_empty() {
+        anyhow::bail!(
+            "control_allow ({allow}) needs a cluster secret: without one every address may send control requests"
+        );
+    }
 
     let given_url = args.database_url.clone().or_else(|| file.node.database_url.clone());
     if let Some(url) = given_url.as_deref().filter(|url| store::is_sqlite_in_memory(url)) {
@@ -163,6 +178,21 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("cannot bind UDP {bind} for {name}"))?;
         let transport_addr = transport.local_addr()?;
         log::info!("{name}: Raft and control on udp://{transport_addr}");
+        match (&key, allow.is_empty()) {
+            (None, _) => log::warn!(
+                "{name}: open mode (no cluster secret): datagrams are not signed, and any process that reaches \
+                 udp://{transport_addr} may send control requests (SHUTDOWN, STORE, TIMEOUT…); node messages \
+                 count only from their member's address. Set LABCTL_CLUSTER_SECRET_FILE for secure mode"
+            ),
+            (Some(_), true) => log::info!(
+                "{name}: secure mode: every datagram is signed with the cluster secret; unsigned control \
+                 requests are dropped"
+            ),
+            (Some(_), false) => log::info!(
+                "{name}: secure mode: every datagram is signed with the cluster secret; unsigned control \
+                 requests are taken only from {allow}"
+            ),
+        }
         let peers: Vec<NodeId> = cluster.ids().filter(|&i| i != args.id).collect();
         let config = raft::Config {
             heartbeat: timing.heartbeat_ms * 1000,
@@ -177,7 +207,10 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
         let raft = Raft::new(config, recovered.hard_state, recovered.entries, 0, entropy_seed());
         let (proposals_tx, proposals) = tokio::sync::mpsc::channel(4096);
         let applied = applier.applied_index();
-        let driver = Driver::new(raft, storage, transport, origin, cluster.clone(), proposals, applier);
+        let mut driver = Driver::new(raft, storage, transport, origin, cluster.clone(), proposals, applier);
+        if let Some(key) = key.clone() {
+            driver.secure(guard::Guard::new(key, args.id, cluster.nodes, allow));
+        }
         let api = actix_web::web::Data::new(api::Api {
             proposals: proposals_tx,
             status: driver.subscribe(),
@@ -188,7 +221,10 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
             max_upload: max_upload_bytes,
         });
         let console_token = args.console_token.clone().or_else(|| file.node.console_token.clone());
-        let console = console::Console::new(name.clone(), console_token, transport_addr, cluster.clone());
+        let mut console = console::Console::new(name.clone(), console_token, transport_addr, cluster.clone());
+        if let Some(key) = key {
+            console = console.sign_with(key);
+        }
         let control = if console.token_required() { "need the console token" } else { "are open (no console_token)" };
         let http = http::Server::start(http_bind, driver.subscribe(), api, actix_web::web::Data::new(console))
             .with_context(|| format!("cannot serve HTTP on {http_bind} for {name}"))?;

@@ -21,6 +21,7 @@ use tokio::net::UdpSocket;
 
 use super::raft::NodeId;
 use crate::config::Cluster;
+use crate::proto::auth::{self, Key, Sequence};
 
 const RESOLVE_RETRY: Duration = Duration::from_secs(1);
 /// A resolved name is looked up again this often: a restarted container may get a new address.
@@ -58,6 +59,8 @@ pub struct Transport {
     queue: VecDeque<(SocketAddr, Vec<u8>)>,
     queued_bytes: usize,
     replies: ReplyBudget,
+    /// Secure mode: every datagram leaves signed for its receiver.
+    signing: Option<(Key, Sequence)>,
 }
 
 /// The socket buffer sizes the kernel granted, in bytes.
@@ -85,7 +88,21 @@ impl Transport {
             queue: VecDeque::new(),
             queued_bytes: 0,
             replies: ReplyBudget::new(),
+            signing: None,
         })
+    }
+
+    /// Signs every datagram from now on with `key` (secure mode).
+    pub fn sign_with(&mut self, key: Key) {
+        self.signing = Some((key, Sequence::new()));
+    }
+
+    /// `bytes` signed for `to`, in secure mode.
+    fn sealed<'a>(&mut self, bytes: &'a [u8], to: &str) -> std::borrow::Cow<'a, [u8]> {
+        match &mut self.signing {
+            Some((key, seq)) => auth::seal(key, bytes, to, seq.take()).into(),
+            None => bytes.into(),
+        }
     }
 
     /// The socket buffers the kernel granted.
@@ -110,7 +127,8 @@ impl Transport {
     /// Sends to node `id`; a full socket buffer or an unresolvable peer drops the datagram.
     pub fn send_to_node(&mut self, id: NodeId, bytes: &[u8]) {
         if let Some(addr) = self.peer_addr(id) {
-            self.send_to(addr, bytes);
+            let bytes = self.sealed(bytes, &crate::proto::node_name(id)).into_owned();
+            self.send_to(addr, &bytes);
         }
     }
 
@@ -126,7 +144,13 @@ impl Transport {
             return;
         }
         self.queued_bytes += bytes;
-        self.queue.extend(datagrams.iter().map(|d| (addr, d.clone())));
+        let to = crate::proto::node_name(id);
+        for datagram in datagrams {
+            let sealed = self.sealed(datagram, &to).into_owned();
+            // Counted as queued: the same on the way out.
+            self.queued_bytes += sealed.len() - datagram.len();
+            self.queue.push_back((addr, sealed));
+        }
     }
 
     /// Sends the queued fragments the pace allows by `now`.
@@ -151,14 +175,17 @@ impl Transport {
     /// sources can be forged, and a node must not become an amplifier that answers small
     /// requests with large replies to whatever address they name. Returns false when the
     /// reply was held back.
-    pub fn send_reply(&mut self, to: SocketAddr, bytes: &[u8]) -> bool {
+    /// A reply to a signed request is signed (for `Controller`); one to an unsigned request is
+    /// not, as the controller that sent it expects.
+    pub fn send_reply(&mut self, to: SocketAddr, bytes: &[u8], signed: bool) -> bool {
+        let bytes = if signed { self.sealed(bytes, crate::proto::CONTROLLER) } else { bytes.into() };
         if !self.replies.take(to.ip(), bytes.len(), Instant::now()) {
             if self.send_errors.allow() {
                 log::warn!("not answering {to}: it was sent more replies than a source may get per second");
             }
             return false;
         }
-        self.send_to(to, bytes);
+        self.send_to(to, &bytes);
         true
     }
 

@@ -4,6 +4,9 @@
 //! Every exchange binds its own ephemeral socket, so a reply is known to answer that request;
 //! it is matched on `request` and `key` (SPEC §3), anything else arriving there is ignored.
 //! Replies are read leniently: both spellings of `COMMITED_LOGS`, a missing `success`.
+//!
+//! With a cluster key ([`Signing`]), requests are signed for the node they go to and only
+//! replies signed for `Controller` are taken (see [`super::auth`]).
 
 use std::collections::BTreeMap;
 use std::io;
@@ -12,8 +15,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use super::auth::{self, Key, Sequence};
 use super::{
-    parse_node_name, LogEntry, Message, Request, CONTROLLER, KEY_COMMITED_LOGS, KEY_COMMITTED_LOGS, KEY_LEADER,
+    node_name, parse_node_name, LogEntry, Message, Request, CONTROLLER, KEY_COMMITED_LOGS, KEY_COMMITTED_LOGS,
+    KEY_LEADER,
 };
 
 /// Receive buffer: the largest UDP payload, so an oversized reply is still read whole.
@@ -103,15 +108,71 @@ pub fn match_reply(sent: &Message, msg: &Message) -> Option<Reply> {
     }
 }
 
-/// Sends `msg` to `addr`; with `wait`, waits that long for a matching reply.
-/// `Ok(None)`: no reply was asked for, or none came in time.
+/// How a client signs its requests in secure mode: the cluster key, and sequence numbers
+/// that only grow (shared by every request of the process).
+#[derive(Debug)]
+pub struct Signing {
+    key: Key,
+    seq: std::sync::Mutex<Sequence>,
+}
+
+impl Signing {
+    pub fn new(key: Key) -> Signing {
+        Signing { key, seq: std::sync::Mutex::new(Sequence::new()) }
+    }
+
+    /// `msg` signed for node `to`.
+    pub fn seal(&self, msg: &Message, to: u32) -> Vec<u8> {
+        let seq = self.seq.lock().map_or_else(|poisoned| poisoned.into_inner().take(), |mut s| s.take());
+        auth::seal(&self.key, &msg.encode(), &node_name(to), seq)
+    }
+
+    /// Whether a reply is signed for a controller.
+    fn admits(&self, datagram: &[u8]) -> Result<(), auth::AuthError> {
+        let sealed = auth::open(&self.key, datagram)?;
+        if !sealed.to.eq_ignore_ascii_case(CONTROLLER) {
+            return Err(auth::AuthError::NotForMe(sealed.to.to_string()));
+        }
+        Ok(())
+    }
+}
+
+/// Sends `msg` to node `to` at `addr`, signed when `signing` is given; with `wait`, waits that
+/// long for a matching reply. `Ok(None)`: no reply was asked for, or none came in time.
+pub fn exchange_with(
+    signing: Option<&Signing>,
+    to: u32,
+    addr: SocketAddr,
+    msg: &Message,
+    wait: Option<Duration>,
+) -> Result<Option<Answer>, ClientError> {
+    let bytes = match signing {
+        Some(signing) => signing.seal(msg, to),
+        None => msg.encode(),
+    };
+    exchange_bytes(signing, addr, &bytes, msg, wait)
+}
+
+/// Sends `msg` unsigned to `addr` (open mode, or a controller on an allowed address); with
+/// `wait`, waits that long for a matching reply. `Ok(None)`: no reply was asked for, or none
+/// came in time.
 pub fn exchange(addr: SocketAddr, msg: &Message, wait: Option<Duration>) -> Result<Option<Answer>, ClientError> {
+    exchange_bytes(None, addr, &msg.encode(), msg, wait)
+}
+
+fn exchange_bytes(
+    signing: Option<&Signing>,
+    addr: SocketAddr,
+    bytes: &[u8],
+    msg: &Message,
+    wait: Option<Duration>,
+) -> Result<Option<Answer>, ClientError> {
     let local: SocketAddr = match addr {
         SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
         SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
     };
     let socket = UdpSocket::bind(local).map_err(ClientError::Bind)?;
-    socket.send_to(&msg.encode(), addr).map_err(|source| ClientError::Send { addr, source })?;
+    socket.send_to(bytes, addr).map_err(|source| ClientError::Send { addr, source })?;
     let Some(wait) = wait else { return Ok(None) };
     let deadline = Instant::now() + wait;
     let mut buf = vec![0u8; RECV_BUFFER];
@@ -129,6 +190,10 @@ pub fn exchange(addr: SocketAddr, msg: &Message, wait: Option<Duration>) -> Resu
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(source) => return Err(ClientError::Receive { addr, source }),
         };
+        if let Some(Err(e)) = signing.map(|s| s.admits(&buf[..len])) {
+            log::debug!("ignoring a datagram from {from} with {e}");
+            continue;
+        }
         let Ok(raw) = serde_json::from_slice::<Value>(&buf[..len]) else {
             log::debug!("ignoring a datagram from {from} that is not JSON");
             continue;
@@ -144,15 +209,19 @@ pub fn exchange(addr: SocketAddr, msg: &Message, wait: Option<Duration>) -> Resu
     }
 }
 
-/// [`exchange`] with every target at once; the results come back in the order of `targets`.
-pub fn exchange_all<T: Copy + Send>(
-    targets: &[(T, SocketAddr)],
+/// [`exchange_with`] with every node of `targets` (id, address) at once; the results come back
+/// in the order of `targets`.
+pub fn exchange_all(
+    signing: Option<&Signing>,
+    targets: &[(u32, SocketAddr)],
     msg: &Message,
     wait: Option<Duration>,
-) -> Vec<(T, Result<Option<Answer>, ClientError>)> {
+) -> Vec<(u32, Result<Option<Answer>, ClientError>)> {
     std::thread::scope(|scope| {
-        let handles: Vec<_> =
-            targets.iter().map(|&(tag, addr)| (tag, scope.spawn(move || exchange(addr, msg, wait)))).collect();
+        let handles: Vec<_> = targets
+            .iter()
+            .map(|&(id, addr)| (id, scope.spawn(move || exchange_with(signing, id, addr, msg, wait))))
+            .collect();
         handles
             .into_iter()
             .map(|(tag, handle)| {

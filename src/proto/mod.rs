@@ -31,6 +31,7 @@
 //! [`client`] is the sending side of the control requests, shared by the controller, the
 //! cluster runner and tests; [`fragment`] carries node messages larger than one datagram.
 
+pub mod auth;
 pub mod client;
 pub mod fragment;
 

@@ -7,7 +7,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
 use super::Console;
-use crate::proto::client::{control_message, exchange};
+use crate::proto::client::{control_message, exchange_with};
 use crate::proto::Request;
 
 pub(super) fn configure(cfg: &mut web::ServiceConfig) {
@@ -54,7 +54,8 @@ async fn control(console: web::Data<Console>, req: HttpRequest, name: web::Path<
     }
     let from = req.peer_addr().map_or_else(|| "an unknown address".to_string(), |a| a.to_string());
     log::info!("{}: {request} from the console at {from}", console.name);
-    match exchange(console.control_addr, &control_message(request), None) {
+    let me = crate::proto::parse_node_name(&console.name).unwrap_or(0);
+    match exchange_with(console.signing.as_ref(), me, console.control_addr, &control_message(request), None) {
         Ok(_) => HttpResponse::Accepted().json(json!({ "node": console.name, "request": request.as_str() })),
         Err(e) => {
             log::warn!("{}: cannot send {request} to its own socket {}: {e}", console.name, console.control_addr);

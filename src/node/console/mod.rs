@@ -48,6 +48,8 @@ pub struct Console {
     control_addr: SocketAddr,
     cluster: Cluster,
     relay: relay::Relay,
+    /// Secure mode: the control requests the buttons send are signed.
+    signing: Option<crate::proto::client::Signing>,
 }
 
 impl Console {
@@ -55,7 +57,20 @@ impl Console {
     /// unspecified address, as in a container, is reached over loopback).
     pub fn new(name: String, token: Option<String>, raft_bound: SocketAddr, cluster: Cluster) -> Console {
         let token = token.filter(|t| !t.is_empty());
-        Console { name, token, control_addr: control::reachable(raft_bound), cluster, relay: relay::Relay::new() }
+        Console {
+            name,
+            token,
+            control_addr: control::reachable(raft_bound),
+            cluster,
+            relay: relay::Relay::new(),
+            signing: None,
+        }
+    }
+
+    /// Signs the control requests with the cluster key (secure mode).
+    pub fn sign_with(mut self, key: crate::proto::auth::Key) -> Console {
+        self.signing = Some(crate::proto::client::Signing::new(key));
+        self
     }
 
     /// True when the control endpoints need a token.
