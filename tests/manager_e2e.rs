@@ -29,26 +29,49 @@ fn manager_for(name: &str, amqp_url: &str, queue: &TestQueue, http_port: u16, ex
 
 #[test]
 fn the_http_service_tracks_the_leader_and_the_manager_survives_a_dead_broker() {
+    let cluster = TestCluster::start(3, 0, &[]);
+    let (leader, term) = cluster.wait_for_leader(Duration::from_secs(10));
+    let follower = if leader == 1 { 2 } else { 1 };
     // Nothing listens on this port: the consumer keeps failing and retrying.
     let dead = format!("amqp://guest:guest@127.0.0.1:{}/%2f", rabbit::free_tcp_port());
-    let mut manager = ManagerProcess::start("http", &[], &[("LABCTL_AMQP_URL", &dead)]);
+    let port = cluster.raft_port.to_string();
+    let mut manager =
+        ManagerProcess::start("http", &["--nodes", "3", "--http-port", &port], &[("LABCTL_AMQP_URL", &dead)]);
     let post = |body: &str| http_call(manager.addr, "POST", "/leader", &[("Content-Type", "application/json")], body);
+    let announcement = |id: u32, term: u64| {
+        json!({"name": format!("node{id}"), "term": term, "http": cluster.http_addr(id).to_string()}).to_string()
+    };
 
     let reply = http_call(manager.addr, "GET", "/leader", &[], "").unwrap();
     assert_eq!(reply.json()["leader"], Value::Null);
 
-    let reply = post(r#"{"name":"node3","term":5,"http":"127.0.0.3:8000"}"#).unwrap();
-    assert_eq!(reply.status, 200);
+    // The leader's own announcement, which it confirms on its /status.
+    let reply = post(&announcement(leader, term)).unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(reply.json()["accepted"], true);
     // An older term is answered with what is known, and changes nothing.
-    let reply = post(r#"{"name":"node1","term":4,"http":"127.0.0.1:8000"}"#).unwrap();
+    let reply = post(&announcement(follower, term - 1)).unwrap();
     assert_eq!(reply.status, 200);
     assert_eq!(reply.json()["accepted"], false);
-    assert_eq!(reply.json()["leader"]["name"], "node3");
-    let reply = post(r#"{"name":"node2","term":6,"http":"127.0.0.2:8000"}"#).unwrap();
-    assert_eq!(reply.json()["accepted"], true);
+    assert_eq!(reply.json()["leader"]["name"], format!("node{leader}"));
+    // A follower does not confirm a newer term in its own name: refused, nothing learned.
+    let reply = post(&announcement(follower, term + 1_000_000)).unwrap();
+    assert_eq!(reply.status, 409, "{}", reply.body);
+    assert!(reply.json()["error"].as_str().unwrap().contains(&format!("names node{leader} in term {term}")));
+    // Strangers, and members somewhere else: refused.
+    for stranger in [
+        json!({"name": "node9", "term": term + 1, "http": "127.0.0.9:8000"}),
+        json!({"name": format!("node{leader}"), "term": term + 1, "http": "127.0.0.9:8000"}),
+    ] {
+        let reply = post(&stranger.to_string()).unwrap();
+        assert_eq!(reply.status, 403, "{stranger}: {}", reply.body);
+    }
     let reply = http_call(manager.addr, "GET", "/leader", &[], "").unwrap();
-    assert_eq!(reply.json()["leader"], json!({"name": "node2", "term": 6, "http": "127.0.0.2:8000"}));
+    assert_eq!(
+        reply.json()["leader"],
+        json!({"name": format!("node{leader}"), "term": term, "http": cluster.http_addr(leader).to_string()})
+    );
+    assert_eq!(reply.json()["term"], term, "no refused announcement raised the term");
 
     for bad in ["not json", r#"{"name":"node1"}"#, r#"{"name":"","term":1,"http":"x:1"}"#] {
         let reply = post(bad).unwrap();
@@ -196,4 +219,39 @@ fn an_item_the_cluster_refuses_goes_to_the_dead_letter_queue() {
     }
     assert_eq!(manager.counter("stored"), 20);
     assert_eq!(rabbit::queue_len(&url, &queue.name), Some(0));
+}
+
+/// In secure mode the manager takes only announcements signed with the cluster secret: the
+/// leader's own, and nobody's unsigned one.
+#[test]
+fn with_a_cluster_secret_only_signed_announcements_count() {
+    let secret = "the secret the nodes and the manager share";
+    let key = labctl::proto::auth::Key::derive(secret.as_bytes()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("cluster.secret");
+    std::fs::write(&secret_file, secret).unwrap();
+    let secret_path = secret_file.to_str().unwrap();
+    let dead = format!("amqp://guest:guest@127.0.0.1:{}/%2f", rabbit::free_tcp_port());
+    let port = common::free_port(3);
+    let manager = ManagerProcess::start(
+        "secure",
+        &["--nodes", "3", "--http-port", &port.to_string()],
+        &[("LABCTL_AMQP_URL", &dead), ("LABCTL_CLUSTER_SECRET_FILE", secret_path)],
+    );
+    // A forged announcement before the real one: refused.
+    let forged = json!({"name": "node2", "term": 7, "http": format!("127.0.0.2:{port}")}).to_string();
+    let reply = http_call(manager.addr, "POST", "/leader", &[("Content-Type", "application/json")], &forged).unwrap();
+    assert_eq!(reply.status, 401, "{}", reply.body);
+    let flag = format!("--cluster-secret-file={secret_path}");
+    let cluster = TestCluster::start_signing(3, port, &[&flag, "--manager-url", &manager.url()], Some(key));
+    let (leader, term) = cluster.wait_for_leader(Duration::from_secs(10));
+    let known = poll("the manager to learn the leader", Duration::from_secs(10), || {
+        let reply = http_call(manager.addr, "GET", "/leader", &[], "")?;
+        let known = reply.json()["leader"].clone();
+        (known["name"] == format!("node{leader}") && known["term"] == term).then_some(known)
+    });
+    assert_eq!(known["http"], cluster.http_addr(leader).to_string());
+    let log = manager.log_text();
+    assert!(log.contains("secure mode") && log.contains("from its announcement"), "{log}");
+    assert!(log.contains("refused a leader announcement from 127.0.0.1"), "{log}");
 }

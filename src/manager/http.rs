@@ -2,7 +2,11 @@
 //!
 //! - `POST /leader` `{"name","term","http"}`: the leader after each election it wins. An
 //!   announcement of a lower term than the known one is ignored, yet answered `200` with what is
-//!   known (`"accepted": false`), so the old leader stops retrying.
+//!   known (`"accepted": false`), so the old leader stops retrying. Only a configured member at
+//!   its configured address is taken (`403` otherwise). With a cluster secret the announcement
+//!   must be signed ([`auth::SIGNATURE_HEADER`], `401` otherwise); without one, the member itself
+//!   must confirm it on its `/status` (`409` otherwise), so that nobody else can make the manager
+//!   believe in a leader, or in a term so high that the real leader's would be ignored.
 //! - `GET /leader`: the known leader, or `null`.
 //! - `GET /healthz`: the process is up.
 //! - `GET /status`: the leader, RabbitMQ and FTP settings, and the counters of [`Stats`].
@@ -13,13 +17,18 @@ use std::sync::Arc;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use serde_json::json;
 
-use super::leader::{Leader, LeaderBook};
+use super::leader::{Leader, LeaderBook, LeaderClient};
 use super::{redact_url, Settings, Stats};
+use crate::proto::auth::{self, Key};
 
 /// What the handlers read.
 #[derive(Clone)]
 pub struct Status {
     pub book: Arc<LeaderBook>,
+    /// Asks a member's `/status` to confirm an unsigned announcement.
+    pub client: Arc<LeaderClient>,
+    /// Secure mode: announcements must be signed with the cluster key.
+    pub key: Option<Key>,
     pub stats: Arc<Stats>,
     pub settings: Settings,
 }
@@ -68,10 +77,53 @@ fn not_allowed(allow: &str) -> HttpResponse {
         .json(json!({ "error": format!("this endpoint answers {allow} only") }))
 }
 
-async fn announce(data: web::Data<Status>, body: web::Json<Leader>) -> HttpResponse {
-    let leader = body.into_inner();
+async fn announce(data: web::Data<Status>, req: actix_web::HttpRequest, body: web::Bytes) -> HttpResponse {
+    let error = |status: actix_web::http::StatusCode, message: String| {
+        HttpResponse::build(status).json(json!({ "error": message }))
+    };
+    use actix_web::http::StatusCode;
+    if let Some(key) = &data.key {
+        let header = req.headers().get(auth::SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
+        if let Err(e) = auth::verify_request(key, "POST /leader", header, &body, auth::clock_micros()) {
+            let from = req.peer_addr().map_or_else(|| "?".into(), |a| a.to_string());
+            log::warn!("manager: refused a leader announcement from {from}: {e}");
+            return error(
+                StatusCode::UNAUTHORIZED,
+                format!("announcements must be signed with the cluster secret: {e}"),
+            );
+        }
+    }
+    let leader: Leader = match serde_json::from_slice(&body) {
+        Ok(leader) => leader,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("not an announcement {{name, term, http}}: {e}")),
+    };
     if leader.name.is_empty() || !leader.http.contains(':') {
-        return HttpResponse::BadRequest().json(json!({ "error": "name and http (host:port) are required" }));
+        return error(StatusCode::BAD_REQUEST, "name and http (host:port) are required".into());
+    }
+    if let Some(why) = data.book.refusal(&leader) {
+        log::warn!("manager: refused a leader announcement: {why}");
+        return error(StatusCode::FORBIDDEN, why);
+    }
+    let news = leader.term >= data.book.term() && data.book.current().0.as_ref() != Some(&leader);
+    if data.key.is_none() && news {
+        // Unsigned: believed only when the member itself says so.
+        let (client, http) = (data.client.clone(), leader.http.clone());
+        let named = web::block(move || client.leader_named_by(&http)).await.ok().flatten();
+        let confirmed = named.as_ref().is_some_and(|n| n.name == leader.name && n.term == leader.term);
+        if !confirmed {
+            let said =
+                named.map_or_else(|| "does not answer".into(), |n| format!("names {} in term {}", n.name, n.term));
+            log::warn!(
+                "manager: {} at {} {said}: not taking its announcement of term {}",
+                leader.name,
+                leader.http,
+                leader.term
+            );
+            return error(
+                StatusCode::CONFLICT,
+                format!("{} at {} {said}, not itself in term {}", leader.name, leader.http, leader.term),
+            );
+        }
     }
     let (accepted, known) = data.book.announce(leader, "its announcement");
     HttpResponse::Ok().json(json!({ "accepted": accepted, "leader": known, "term": data.book.term() }))

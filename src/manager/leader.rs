@@ -5,6 +5,9 @@
 //! nothing is known — asking every node's `/status`. A request to a leader that fails (no answer,
 //! `503`) makes the book forget that leader, so the next attempt asks the nodes again.
 //!
+//! Whatever the source, the book takes only a configured member at that member's configured
+//! HTTP address: the manager never sends data anywhere else, whoever claims to lead.
+//!
 //! [`LeaderClient::post`] sends one write until the cluster gives a final answer: a 2xx, or a 4xx
 //! that no retry can change. Everything else (no leader, a dead leader, `5xx`, `408`, `429`,
 //! timeouts) is retried with backoff, with the same `Idempotency-Key`, so a write the old leader
@@ -67,6 +70,8 @@ impl Book {
 /// The manager's knowledge of the leader, shared by every thread.
 #[derive(Debug, Default)]
 pub struct LeaderBook {
+    /// `host:port` of every member's HTTP API, node1 first.
+    members: Vec<String>,
     book: Mutex<Book>,
     /// Held while asking the nodes, so that many workers without a leader ask once.
     discovering: Mutex<()>,
@@ -77,9 +82,39 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl LeaderBook {
+    /// A book that takes only these members (`host:port` of each one's HTTP API, node1 first).
+    pub fn new(members: Vec<String>) -> LeaderBook {
+        LeaderBook { members, ..LeaderBook::default() }
+    }
+
+    /// The configured HTTP address of member `name` (`node3`), if it is one.
+    pub fn member(&self, name: &str) -> Option<&str> {
+        let id = crate::proto::parse_node_name(name)?;
+        self.members.get(id as usize - 1).map(String::as_str)
+    }
+
+    /// Why `leader` cannot be taken, if it cannot: it is not a member, it is not where the
+    /// configuration puts that member, or its term is beyond any a cluster reaches.
+    pub fn refusal(&self, leader: &Leader) -> Option<String> {
+        let Some(http) = self.member(&leader.name) else {
+            return Some(format!("{:?} is not a member of this cluster ({} nodes)", leader.name, self.members.len()));
+        };
+        if http != leader.http {
+            return Some(format!("{} lives at {http}, not at {:?}", leader.name, leader.http));
+        }
+        if leader.term > crate::proto::MAX_WIRE_NUMBER {
+            return Some(format!("term {} is beyond any a cluster reaches", leader.term));
+        }
+        None
+    }
+
     /// Records `leader` unless a higher term is known; returns whether it was taken, and the
-    /// leader known afterwards.
+    /// leader known afterwards. A leader [`LeaderBook::refusal`] refuses is not taken.
     pub fn announce(&self, leader: Leader, source: &str) -> (bool, Option<Leader>) {
+        if let Some(why) = self.refusal(&leader) {
+            log::warn!("manager: ignored a leader from {source}: {why}");
+            return (false, self.current().0);
+        }
         let mut book = lock(&self.book);
         if leader.term < book.term {
             log::info!(
@@ -97,14 +132,17 @@ impl LeaderBook {
         (true, book.leader.clone())
     }
 
-    /// A follower redirected a write to `http`, naming the leader `name`.
-    pub fn redirected(&self, name: Option<&str>, http: &str) {
+    /// A follower redirected a write to `http`; false (and nothing learned) when that is not a
+    /// member's address. The member is named by the configuration, whatever the redirect says.
+    pub fn redirected(&self, http: &str) -> bool {
+        let Some(id) = self.members.iter().position(|m| m == http) else { return false };
         let mut book = lock(&self.book);
         if book.leader.as_ref().is_some_and(|l| l.http == http) {
-            return;
+            return true;
         }
-        let leader = Leader { name: name.unwrap_or(http).to_string(), term: book.term, http: http.to_string() };
+        let leader = Leader { name: crate::proto::node_name(id as u32 + 1), term: book.term, http: http.to_string() };
         book.set(leader, "a redirect");
+        true
     }
 
     /// Forgets the leader if it is still the one of `version`.
@@ -148,7 +186,6 @@ pub enum Delivered {
 enum Attempt {
     Final(Delivered),
     Redirect {
-        name: Option<String>,
         http: String,
     },
     /// Try again after a pause; the reason is logged.
@@ -226,13 +263,15 @@ impl LeaderClient {
             };
             match attempt {
                 Attempt::Final(delivered) => return delivered,
-                Attempt::Redirect { name, http } if hops < MAX_HOPS => {
+                Attempt::Redirect { http } if !self.book.redirected(&http) => {
+                    self.book.forget(version);
+                    self.warn(&format!("{what}: redirected to {http}, which is no member's address: not followed"));
+                }
+                Attempt::Redirect { .. } if hops < MAX_HOPS => {
                     hops += 1;
-                    self.book.redirected(name.as_deref(), &http);
                     continue;
                 }
-                Attempt::Redirect { name, http } => {
-                    self.book.redirected(name.as_deref(), &http);
+                Attempt::Redirect { .. } => {
                     self.warn(&format!("{what}: redirected {hops} times in a row; waiting"));
                 }
                 Attempt::Retry { reason, leader_failed } => {
@@ -261,13 +300,12 @@ impl LeaderClient {
         let status = response.status().as_u16();
         let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
         let location = header("location");
-        let leader_name = header("x-raft-leader");
         // Read the whole answer so that the connection can serve the next request.
         let text = response.body_mut().read_to_string().unwrap_or_default();
         match status {
             200..=299 => Attempt::Final(Delivered::Accepted { status, body: text }),
             301 | 302 | 303 | 307 | 308 => match location.as_deref().and_then(http_authority) {
-                Some(target) => Attempt::Redirect { name: leader_name, http: target },
+                Some(target) => Attempt::Redirect { http: target },
                 None => Attempt::Retry {
                     reason: format!("{url} redirected to {location:?}, not an http:// URL"),
                     leader_failed: true,
@@ -298,8 +336,8 @@ impl LeaderClient {
         }
     }
 
-    /// The leader node `node` names in its `/status`, if any.
-    fn leader_named_by(&self, node: &str) -> Option<Leader> {
+    /// The leader node `node` (`host:port`) names in its `/status`, if any.
+    pub fn leader_named_by(&self, node: &str) -> Option<Leader> {
         let mut response = self.status_agent.get(&format!("http://{node}/status")).call().ok()?;
         if response.status().as_u16() != 200 {
             return None;
@@ -349,9 +387,13 @@ mod tests {
         Leader { name: name.into(), term, http: format!("{name}:8000") }
     }
 
+    fn book() -> LeaderBook {
+        LeaderBook::new((1..=5).map(|id| format!("node{id}:8000")).collect())
+    }
+
     #[test]
     fn a_lower_term_is_ignored_and_a_higher_one_taken() {
-        let book = LeaderBook::default();
+        let book = book();
         assert_eq!(book.announce(leader("node2", 3), "test"), (true, Some(leader("node2", 3))));
         assert_eq!(book.announce(leader("node1", 2), "test"), (false, Some(leader("node2", 3))));
         assert_eq!(book.announce(leader("node4", 5), "test"), (true, Some(leader("node4", 5))));
@@ -360,18 +402,39 @@ mod tests {
 
     #[test]
     fn forgetting_takes_only_the_leader_that_failed() {
-        let book = LeaderBook::default();
+        let book = book();
         book.announce(leader("node2", 3), "test");
         let (_, old) = book.current();
-        book.redirected(Some("node5"), "node5:8000");
+        assert!(book.redirected("node5:8000"));
         book.forget(old);
         assert_eq!(book.current().0.map(|l| l.name), Some("node5".to_string()), "a newer leader stays");
         let (_, now) = book.current();
         book.forget(now);
         assert_eq!(book.current().0, None);
         // A redirect keeps the known term: an announcement of that term still counts.
-        book.redirected(None, "node1:8000");
-        assert_eq!(book.current().0, Some(Leader { name: "node1:8000".into(), term: 3, http: "node1:8000".into() }));
+        assert!(book.redirected("node1:8000"));
+        assert_eq!(book.current().0, Some(Leader { name: "node1".into(), term: 3, http: "node1:8000".into() }));
+    }
+
+    #[test]
+    fn only_members_at_their_own_addresses_are_taken() {
+        let book = book();
+        book.announce(leader("node2", 3), "test");
+        for stranger in [
+            leader("node6", 9),
+            leader("manager", 9),
+            Leader { name: "node3".into(), term: 9, http: "attacker:8000".into() },
+            Leader { name: "node3".into(), term: crate::proto::MAX_WIRE_NUMBER + 1, http: "node3:8000".into() },
+        ] {
+            assert!(book.refusal(&stranger).is_some(), "{stranger:?}");
+            assert_eq!(book.announce(stranger, "test"), (false, Some(leader("node2", 3))));
+        }
+        assert_eq!(book.term(), 3, "a refused announcement raises no term");
+        assert!(!book.redirected("attacker:8000"), "a redirect elsewhere is not followed");
+        assert!(!book.redirected("node6:8000"));
+        assert_eq!(book.current().0, Some(leader("node2", 3)));
+        assert_eq!(book.member("Node4"), Some("node4:8000"));
+        assert_eq!(book.member("node0"), None);
     }
 
     #[test]

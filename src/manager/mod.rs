@@ -262,7 +262,8 @@ impl Stats {
 pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
     let settings = Settings::resolve(&args, file, std::env::var(FTP_PASSWORD_ENV).ok())?;
     let stats = Arc::new(Stats::default());
-    let book = Arc::new(leader::LeaderBook::default());
+    let book = Arc::new(leader::LeaderBook::new(settings.nodes.clone()));
+    let key = crate::config::cluster_key(&args.cluster, &file.cluster)?;
     // Closing this channel (dropping the sender) tells every thread to stop.
     let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
     let client = Arc::new(leader::LeaderClient::new(
@@ -272,7 +273,13 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
         stats.clone(),
         stop_rx.clone(),
     ));
-    let status = http::Status { book, stats: stats.clone(), settings: settings.clone() };
+    match &key {
+        Some(_) => log::info!("manager: secure mode: leader announcements must be signed with the cluster secret"),
+        None => log::info!(
+            "manager: open mode (no cluster secret): a leader announcement counts once the member confirms it"
+        ),
+    }
+    let status = http::Status { book, client: client.clone(), key, stats: stats.clone(), settings: settings.clone() };
 
     actix_web::rt::System::new().block_on(async move {
         let (server, addr) =

@@ -9,13 +9,17 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use super::http::NodeStatus;
+use crate::proto::auth::{self, Key};
 
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const MAX_RETRY: Duration = Duration::from_secs(5);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Announces every leadership of this node until `status` closes.
-pub async fn run(manager_url: String, mut status: watch::Receiver<Arc<NodeStatus>>) {
+///
+/// With the cluster `key` (secure mode) each announcement is signed
+/// ([`crate::proto::auth::SIGNATURE_HEADER`]): the manager takes only signed ones.
+pub async fn run(manager_url: String, mut status: watch::Receiver<Arc<NodeStatus>>, key: Option<Key>) {
     let url = format!("{}/leader", manager_url.trim_end_matches('/'));
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(REQUEST_TIMEOUT))
@@ -39,8 +43,17 @@ pub async fn run(manager_url: String, mut status: watch::Receiver<Arc<NodeStatus
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let (client, target, payload) = (agent.clone(), url.clone(), body.clone());
-            let answer = tokio::task::spawn_blocking(move || client.post(&target).send_json(&payload)).await;
+            let (client, target, payload) = (agent.clone(), url.clone(), body.to_string());
+            let signature =
+                key.as_ref().map(|k| auth::sign_request(k, "POST /leader", auth::clock_micros(), payload.as_bytes()));
+            let answer = tokio::task::spawn_blocking(move || {
+                let mut request = client.post(&target).header("Content-Type", "application/json");
+                if let Some(signature) = signature {
+                    request = request.header(auth::SIGNATURE_HEADER, signature);
+                }
+                request.send(payload.as_bytes())
+            })
+            .await;
             match answer {
                 Ok(Ok(response)) if response.status().is_success() => {
                     log::info!("{}: told the manager at {url} it leads term {}", lead.name, lead.term);

@@ -221,6 +221,7 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
             max_upload: max_upload_bytes,
         });
         let console_token = args.console_token.clone().or_else(|| file.node.console_token.clone());
+        let announce_key = key.clone();
         let mut console = console::Console::new(name.clone(), console_token, transport_addr, cluster.clone());
         if let Some(key) = key {
             console = console.sign_with(key);
@@ -230,7 +231,7 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("cannot serve HTTP on {http_bind} for {name}"))?;
         log::info!("{name}: HTTP on http://{}, web console at / (control buttons {control})", http.local_addr());
         let manager_url = args.manager_url.clone().or_else(|| file.node.manager_url.clone());
-        let announcer = manager_url.map(|url| tokio::spawn(announce::run(url, driver.subscribe())));
+        let announcer = manager_url.map(|url| tokio::spawn(announce::run(url, driver.subscribe(), announce_key)));
         let mailer = notifier.map(|n| tokio::spawn(n.watch_elections(driver.subscribe())));
         let stopped = driver.run(stop_signal()).await;
         if let Some(task) = announcer {
