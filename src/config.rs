@@ -261,6 +261,26 @@ pub struct ClusterArgs {
     pub cluster_secret_file: Option<PathBuf>,
 }
 
+/// A secret from the environment: the variable `name` itself, or the file named by
+/// `<name>_FILE` (the Docker secrets convention; one last line break is not part of the
+/// secret). Giving both is an error, and so is a file that cannot be read.
+pub fn secret_env(name: &str) -> Result<Option<String>, ConfigError> {
+    let file_var = format!("{name}_FILE");
+    let value = std::env::var(name).ok().filter(|v| !v.is_empty());
+    let path = std::env::var_os(&file_var).filter(|v| !v.is_empty()).map(PathBuf::from);
+    match (value, path) {
+        (Some(_), Some(_)) => Err(ConfigError::Invalid(format!("{name} and {file_var} are both set: give one"))),
+        (Some(value), None) => Ok(Some(value)),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| ConfigError::Invalid(format!("cannot read {file_var} ({}): {e}", path.display())))?;
+            let text = text.strip_suffix('\n').map_or(text.as_str(), |t| t.strip_suffix('\r').unwrap_or(t));
+            Ok(Some(text.to_string()))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
 /// The environment variable that may hold the cluster secret itself (never a flag: a command
 /// line is visible to every user of the machine).
 pub const CLUSTER_SECRET_ENV: &str = "LABCTL_CLUSTER_SECRET";
@@ -469,6 +489,29 @@ impl RaftTiming {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_comes_from_its_variable_or_the_file_its_file_variable_names() {
+        // Names of this test's own, so that no other test sees them change.
+        let name = "LABCTL_TEST_SECRET_ENV";
+        let file_var = format!("{name}_FILE");
+        assert_eq!(secret_env(name).unwrap(), None);
+        std::env::set_var(name, "in the variable");
+        assert_eq!(secret_env(name).unwrap().as_deref(), Some("in the variable"));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, "in the file\r\n").unwrap();
+        std::env::set_var(&file_var, &path);
+        let both = secret_env(name).unwrap_err().to_string();
+        assert!(both.contains("both set"), "{both}");
+        std::env::remove_var(name);
+        assert_eq!(secret_env(name).unwrap().as_deref(), Some("in the file"), "one last line break is dropped");
+        std::env::set_var(&file_var, dir.path().join("missing"));
+        let missing = secret_env(name).unwrap_err().to_string();
+        assert!(missing.contains("cannot read") && missing.contains("missing"), "{missing}");
+        assert!(!missing.contains("in the file"));
+        std::env::remove_var(&file_var);
+    }
 
     #[test]
     fn flag_beats_file_beats_default() {

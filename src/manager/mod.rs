@@ -31,7 +31,8 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{Cluster, ClusterArgs, ConfigError, FileConfig, ManagerFile};
 
-/// The environment variable holding the FTP password (never a flag).
+/// The environment variable holding the FTP password (never a flag); `…_FILE` names a file
+/// holding it instead.
 pub const FTP_PASSWORD_ENV: &str = "LABCTL_FTP_PASSWORD";
 
 /// Options of `labctl manager`.
@@ -260,7 +261,7 @@ impl Stats {
 
 /// Runs the manager until SIGINT or SIGTERM.
 pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
-    let settings = Settings::resolve(&args, file, std::env::var(FTP_PASSWORD_ENV).ok())?;
+    let settings = Settings::resolve(&args, file, crate::config::secret_env(FTP_PASSWORD_ENV)?)?;
     let stats = Arc::new(Stats::default());
     let book = Arc::new(leader::LeaderBook::new(settings.nodes.clone()));
     let key = crate::config::cluster_key(&args.cluster, &file.cluster)?;

@@ -234,7 +234,11 @@ impl Settings {
                 invalid("--upload-ftp needs an FTP user: --ftp-user, LABCTL_FTP_USER or [scrape] ftp_user".into())
             })?;
             let password = ftp_password_env.or_else(|| file.ftp_password.clone()).ok_or_else(|| {
-                invalid("--upload-ftp needs the FTP password: LABCTL_FTP_PASSWORD or [scrape] ftp_password".into())
+                invalid(
+                    "--upload-ftp needs the FTP password: LABCTL_FTP_PASSWORD, LABCTL_FTP_PASSWORD_FILE or [scrape] \
+                     ftp_password"
+                        .into(),
+                )
             })?;
             let path = pick(&args.ftp_path, &file.ftp_path).unwrap_or_else(|| DEFAULT_FTP_PATH.to_string());
             if path.is_empty() || path.ends_with('/') {
@@ -296,7 +300,8 @@ fn selector_texts(args: &SelectorArgs, file: &SelectorsFile) -> SelectorTexts {
 
 /// Runs `labctl scrape`.
 pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
-    let settings = Settings::resolve(&args, &file.scrape, std::env::var("LABCTL_FTP_PASSWORD").ok())?;
+    let password = crate::config::secret_env("LABCTL_FTP_PASSWORD")?;
+    let settings = Settings::resolve(&args, &file.scrape, password)?;
     let started = chrono::Utc::now();
     log::info!(
         "scraping up to {} pages from {} ({} ms between requests)",
