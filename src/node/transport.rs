@@ -56,7 +56,9 @@ pub struct Transport {
     send_errors: RateLimited,
     buffers: SocketBuffers,
     pacer: Pacer,
-    queue: VecDeque<(SocketAddr, Vec<u8>)>,
+    /// Fragments waiting to leave: where to, for which node, and the unsigned bytes (signed as
+    /// they leave, so that sequence numbers follow the order datagrams leave in).
+    queue: VecDeque<(SocketAddr, NodeId, Vec<u8>)>,
     queued_bytes: usize,
     replies: ReplyBudget,
     /// Secure mode: every datagram leaves signed for its receiver.
@@ -144,30 +146,27 @@ impl Transport {
             return;
         }
         self.queued_bytes += bytes;
-        let to = crate::proto::node_name(id);
-        for datagram in datagrams {
-            let sealed = self.sealed(datagram, &to).into_owned();
-            // Counted as queued: the same on the way out.
-            self.queued_bytes += sealed.len() - datagram.len();
-            self.queue.push_back((addr, sealed));
-        }
+        self.queue.extend(datagrams.iter().map(|d| (addr, id, d.clone())));
     }
 
     /// Sends the queued fragments the pace allows by `now`.
     pub fn flush_paced(&mut self, now: Instant) {
-        while let Some((_, bytes)) = self.queue.front() {
+        while let Some((_, _, bytes)) = self.queue.front() {
             if !self.pacer.take(now, bytes.len()) {
                 break;
             }
-            let Some((addr, bytes)) = self.queue.pop_front() else { break };
+            let Some((addr, id, bytes)) = self.queue.pop_front() else { break };
             self.queued_bytes -= bytes.len();
+            // Signed now, not when queued: a heartbeat that went ahead of the queue must not
+            // leave the fragments' sequence numbers too far behind for the receiver's window.
+            let bytes = self.sealed(&bytes, &crate::proto::node_name(id)).into_owned();
             self.send_to(addr, &bytes);
         }
     }
 
     /// When [`Transport::flush_paced`] can send the next queued fragment, if any waits.
     pub fn next_paced(&self, now: Instant) -> Option<Instant> {
-        let (_, bytes) = self.queue.front()?;
+        let (_, _, bytes) = self.queue.front()?;
         Some(now + self.pacer.wait(now, bytes.len()))
     }
 
@@ -506,5 +505,41 @@ mod tests {
         let expected = (200 * 50_000 - PACE_BURST) as f64 / PACE_BYTES_PER_SEC as f64;
         let took = (t - now).as_secs_f64();
         assert!((took - expected).abs() < 0.002, "took {took}s, expected {expected}s");
+    }
+
+    #[tokio::test]
+    async fn signed_datagrams_leave_in_the_order_of_their_sequence_numbers() {
+        let cluster = Cluster { nodes: 2, host: "127.0.0.{id}".into(), raft_port: 0, http_port: 0 };
+        let mut sender = Transport::bind("127.0.0.1:0".parse().unwrap(), cluster.clone()).await.unwrap();
+        let receiver = Transport::bind("127.0.0.1:0".parse().unwrap(), cluster).await.unwrap();
+        let key = Key::derive(b"a cluster secret for this test").unwrap();
+        sender.sign_with(key.clone());
+        let to = receiver.local_addr().unwrap();
+        sender.peers.insert(2, Peer { addr: Some(to), next_try: Instant::now() + REFRESH, looked_up: None });
+        sender.socket.writable().await.unwrap();
+        // More fragments than one burst, then a heartbeat that goes ahead of those still queued.
+        let fragments: Vec<Vec<u8>> =
+            (0..120u8).map(|i| format!("{{\"i\":{i},\"x\":\"{}\"}}", "x".repeat(50_000)).into_bytes()).collect();
+        sender.send_paced(2, &fragments);
+        let now = Instant::now();
+        sender.flush_paced(now);
+        sender.send_to_node(2, br#"{"request":"APPEND_RPC"}"#);
+        let mut t = now;
+        while let Some(next) = sender.next_paced(t) {
+            t = next;
+            sender.flush_paced(t);
+        }
+        let mut buf = vec![0u8; RECV_BUFFER];
+        let mut seqs = Vec::new();
+        while seqs.len() < 121 {
+            let got = tokio::time::timeout(Duration::from_secs(5), receiver.recv(&mut buf)).await;
+            let (n, _) = got.expect("every datagram within 5 s").unwrap();
+            let sealed = auth::open(&key, &buf[..n]).expect("signed for node2");
+            assert_eq!(sealed.to, "node2");
+            seqs.push(sealed.seq);
+        }
+        let mut window = auth::ReplayWindow::default();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "sequence numbers in the order of arrival: {seqs:?}");
+        assert!(seqs.iter().all(|&seq| window.take(seq)), "the receiver's window takes every one");
     }
 }
