@@ -45,6 +45,8 @@ pub struct FileConfig {
     pub smtp: SmtpFile,
     #[serde(default)]
     pub notify: NotifyFile,
+    #[serde(default)]
+    pub tls: crate::tls::TlsFile,
 }
 
 /// `[cluster]`: who the members are and where they live.
@@ -59,6 +61,8 @@ pub struct ClusterFile {
     pub raft_port: Option<u16>,
     /// HTTP port on every node.
     pub http_port: Option<u16>,
+    /// The nodes serve HTTPS (each with `[tls]` cert and key): clients reach them with https://.
+    pub https: Option<bool>,
 }
 
 /// `[raft]`: timing and protocol options.
@@ -249,6 +253,25 @@ pub struct ClusterArgs {
     /// HTTP port of every node [default: 8000]
     #[arg(long, env = "LABCTL_HTTP_PORT", global = true)]
     pub http_port: Option<u16>,
+    /// The nodes serve HTTPS: reach them with https:// (a node serves it when given --tls-cert and --tls-key) [default: false]
+    #[arg(long, env = "LABCTL_HTTPS", global = true, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub https: Option<bool>,
+}
+
+impl ClusterArgs {
+    /// Whether the nodes serve HTTPS, by flag, environment or file (`[cluster] https`); None: not said.
+    pub fn https(&self, file: &ClusterFile) -> Option<bool> {
+        self.https.or(file.https)
+    }
+
+    /// `https` or `http`: how clients reach the nodes.
+    pub fn scheme(&self, file: &ClusterFile) -> &'static str {
+        if self.https(file) == Some(true) {
+            "https"
+        } else {
+            "http"
+        }
+    }
 }
 
 /// The resolved cluster layout.

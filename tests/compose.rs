@@ -103,6 +103,7 @@ fn cluster_of(service: &Value) -> Cluster {
         host: env(service, "LABCTL_HOST").map(str::to_string),
         raft_port: number("LABCTL_RAFT_PORT").map(|p: u64| p as u16),
         http_port: number("LABCTL_HTTP_PORT").map(|p: u64| p as u16),
+        https: None,
     };
     Cluster::resolve(&args, &file.cluster).expect("a valid cluster layout")
 }

@@ -75,6 +75,9 @@ pub struct Args {
     /// Where the nodes are: the manager asks their /status when it does not know the leader
     #[command(flatten)]
     pub cluster: ClusterArgs,
+    /// The manager serves HTTPS with --tls-cert and --tls-key, and verifies https nodes with --tls-ca
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
 }
 
 /// The resolved options.
@@ -84,6 +87,10 @@ pub struct Settings {
     pub consumer: consumer::ConsumerSettings,
     /// `host:port` of every node's HTTP API.
     pub nodes: Vec<String>,
+    /// `https` or `http`: how the nodes are reached.
+    pub node_scheme: &'static str,
+    /// The manager's own certificate, and the CA file nodes are verified against.
+    pub tls: crate::tls::TlsSettings,
     /// None: FTP sync is off.
     pub ftp: Option<ftp::FtpSettings>,
 }
@@ -127,6 +134,8 @@ impl Settings {
         }
         let cluster = Cluster::resolve(&args.cluster, &file.cluster)?;
         let nodes = cluster.ids().map(|id| cluster.http_addr(id)).collect();
+        let node_scheme = args.cluster.scheme(&file.cluster);
+        let tls = crate::tls::TlsSettings::resolve(&args.tls, &file.tls)?;
 
         let interval_text =
             args.ftp_interval.clone().or_else(|| m.ftp_interval.clone()).unwrap_or_else(|| "30s".into());
@@ -149,6 +158,8 @@ impl Settings {
             listen,
             consumer: consumer::ConsumerSettings { amqp_url, queue, dead_letter_queue, prefetch, concurrency },
             nodes,
+            node_scheme,
+            tls,
             ftp,
         })
     }
@@ -261,6 +272,9 @@ impl Stats {
 /// Runs the manager until SIGINT or SIGTERM.
 pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
     let settings = Settings::resolve(&args, file, std::env::var(FTP_PASSWORD_ENV).ok())?;
+    // Every TLS file is read now: a bad one stops the manager at start.
+    let server_tls = settings.tls.server_config()?;
+    let client_tls = settings.tls.client()?;
     let stats = Arc::new(Stats::default());
     let book = Arc::new(leader::LeaderBook::default());
     // Closing this channel (dropping the sender) tells every thread to stop.
@@ -268,6 +282,8 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
     let client = Arc::new(leader::LeaderClient::new(
         book.clone(),
         settings.nodes.clone(),
+        settings.node_scheme,
+        &client_tls,
         settings.consumer.concurrency,
         stats.clone(),
         stop_rx.clone(),
@@ -275,10 +291,17 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
     let status = http::Status { book, stats: stats.clone(), settings: settings.clone() };
 
     actix_web::rt::System::new().block_on(async move {
-        let (server, addr) =
-            http::bind(settings.listen, status).with_context(|| format!("cannot serve HTTP on {}", settings.listen))?;
-        log::info!("manager: HTTP on http://{addr}");
-        log::info!("manager: nodes {}", settings.nodes.join(", "));
+        let scheme = if server_tls.is_some() { "https" } else { "http" };
+        let (server, addr) = http::bind(settings.listen, server_tls, status)
+            .with_context(|| format!("cannot serve {scheme} on {}", settings.listen))?;
+        log::info!("manager: HTTP on {scheme}://{addr}");
+        log::info!(
+            "manager: nodes {}",
+            settings.nodes.iter().map(|n| format!("{}://{n}", settings.node_scheme)).collect::<Vec<_>>().join(", ")
+        );
+        if settings.node_scheme == "https" || settings.tls.ca.is_some() {
+            log::info!("manager: https:// nodes are verified against {}", client_tls.trusted());
+        }
         let consumer = consumer::start(settings.consumer.clone(), client.clone(), stats.clone(), stop_rx.clone())?;
         let ftp = match settings.ftp.clone() {
             Some(f) => Some(ftp::start(f, client.clone(), stats.clone(), stop_rx.clone())?),

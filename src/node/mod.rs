@@ -34,6 +34,7 @@ use self::store::Store;
 use self::transport::Transport;
 use crate::config::{Cluster, ClusterArgs, FileConfig, RaftArgs, RaftTiming};
 use crate::proto;
+use crate::tls::{TlsArgs, TlsSettings};
 
 /// Options of `labctl node`.
 #[derive(Debug, Clone, clap::Args)]
@@ -59,6 +60,8 @@ pub struct Args {
     /// The largest file POST /api/upload/file accepts, in bytes [default: 8388608]
     #[arg(long, env = "LABCTL_MAX_UPLOAD_BYTES")]
     pub max_upload_bytes: Option<usize>,
+    #[command(flatten)]
+    pub tls: TlsArgs,
     #[command(flatten)]
     pub cluster: ClusterArgs,
     #[command(flatten)]
@@ -93,6 +96,20 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
         anyhow::bail!("max_upload_bytes must be positive");
     }
     let http_bind = crate::config::resolve(&bind_host, cluster.http_port)?;
+    // Every TLS file is read now, so that a bad one stops the node before it joins the cluster.
+    let tls = TlsSettings::resolve(&args.tls, &file.tls)?;
+    let server_tls = tls.server_config()?;
+    let client_tls = tls.client()?;
+    // The cluster serves one scheme: a node with a certificate expects its peers to have one.
+    let scheme = match (server_tls.is_some(), args.cluster.https(&file.cluster)) {
+        (true, Some(false)) => anyhow::bail!("https is off for the cluster, but this node was given a TLS certificate"),
+        (false, Some(true)) => anyhow::bail!(
+            "https is on for the cluster, but this node has no certificate: give --tls-cert and --tls-key \
+             (LABCTL_TLS_CERT and LABCTL_TLS_KEY, or [tls] cert and key)"
+        ),
+        (true, _) => "https",
+        (false, _) => "http",
+    };
 
     let given_url = args.database_url.clone().or_else(|| file.node.database_url.clone());
     if let Some(url) = given_url.as_deref().filter(|url| store::is_sqlite_in_memory(url)) {
@@ -186,15 +203,21 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
             listings: Default::default(),
             notify: notifier.clone(),
             max_upload: max_upload_bytes,
+            scheme,
         });
         let console_token = args.console_token.clone().or_else(|| file.node.console_token.clone());
-        let console = console::Console::new(name.clone(), console_token, transport_addr, cluster.clone());
+        let console =
+            console::Console::new(name.clone(), console_token, transport_addr, cluster.clone(), scheme, &client_tls);
         let control = if console.token_required() { "need the console token" } else { "are open (no console_token)" };
-        let http = http::Server::start(http_bind, driver.subscribe(), api, actix_web::web::Data::new(console))
-            .with_context(|| format!("cannot serve HTTP on {http_bind} for {name}"))?;
-        log::info!("{name}: HTTP on http://{}, web console at / (control buttons {control})", http.local_addr());
+        let http =
+            http::Server::start(http_bind, server_tls, driver.subscribe(), api, actix_web::web::Data::new(console))
+                .with_context(|| format!("cannot serve {scheme} on {http_bind} for {name}"))?;
+        log::info!("{name}: HTTP on {scheme}://{}, web console at / (control buttons {control})", http.local_addr());
+        if tls.ca.is_some() || scheme == "https" {
+            log::info!("{name}: https:// servers (peers, the manager) are verified against {}", client_tls.trusted());
+        }
         let manager_url = args.manager_url.clone().or_else(|| file.node.manager_url.clone());
-        let announcer = manager_url.map(|url| tokio::spawn(announce::run(url, driver.subscribe())));
+        let announcer = manager_url.map(|url| tokio::spawn(announce::run(url, client_tls.clone(), driver.subscribe())));
         let mailer = notifier.map(|n| tokio::spawn(n.watch_elections(driver.subscribe())));
         let stopped = driver.run(stop_signal()).await;
         if let Some(task) = announcer {
