@@ -162,10 +162,14 @@ impl ClientTls {
     }
 }
 
-/// Whether a failed request failed because the server's certificate was refused (or TLS
-/// otherwise failed): worth a log line of its own, since retrying cannot fix it.
+/// Whether a failed request failed in TLS, a refused certificate above all: worth a log line
+/// of its own, since retrying cannot fix it. ureq hands rustls's error back inside an I/O error.
 pub fn is_tls_error(e: &ureq::Error) -> bool {
-    matches!(e, ureq::Error::Rustls(_) | ureq::Error::Tls(_))
+    match e {
+        ureq::Error::Rustls(_) | ureq::Error::Tls(_) => true,
+        ureq::Error::Io(io) => io.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()),
+        _ => false,
+    }
 }
 
 /// rustls with ring, the provider lettre, ureq and suppaftp already use.
