@@ -129,6 +129,8 @@ pub struct ManagerFile {
     pub ftp_path: Option<String>,
     /// Time between two downloads, e.g. `30s`, `500ms`, `2m`.
     pub ftp_interval: Option<String>,
+    /// Explicit FTPS (AUTH TLS), the server verified against `[tls] ca`.
+    pub ftp_tls: Option<bool>,
 }
 
 /// `[scrape]`: options of `labctl scrape` (see `config/scrape.toml`).
@@ -170,6 +172,8 @@ pub struct ScrapeFile {
     pub ftp_password: Option<String>,
     /// Remote path of the processed file, relative to the FTP user's home.
     pub ftp_path: Option<String>,
+    /// Explicit FTPS (AUTH TLS), the server verified against `[tls] ca`.
+    pub ftp_tls: Option<bool>,
     #[serde(default)]
     pub selectors: SelectorsFile,
 }

@@ -132,6 +132,36 @@ impl TlsSettings {
     }
 }
 
+impl TlsSettings {
+    /// The rustls client for explicit FTPS (suppaftp), verifying the server against the CA
+    /// file, or Mozilla's roots built into labctl.
+    pub fn ftp_client(&self) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+        let mut roots = rustls::RootCertStore::empty();
+        match &self.ca {
+            Some(path) => {
+                for cert in read_certificates(path, "CA file")? {
+                    roots.add(cert).map_err(|e| TlsError::Bad {
+                        what: "CA file",
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    })?;
+                }
+            }
+            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        }
+        let config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Bad {
+                what: "CA file",
+                path: self.ca.clone().unwrap_or_default(),
+                reason: e.to_string(),
+            })?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Arc::new(config))
+    }
+}
+
 /// How ureq agents verify https:// servers.
 #[derive(Debug, Clone)]
 pub struct ClientTls {

@@ -304,3 +304,72 @@ fn the_health_probe_verifies_the_node_against_the_ca() {
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success() && stderr.contains("UnknownIssuer"), "{stderr}");
 }
+
+/// Runs `labctl scrape ARGS` with only `env` as configuration: its exit status and output.
+fn scrape(args: &[&str], env: &[(&str, String)]) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = std::process::Command::new(common::BIN);
+    command.arg("scrape").args(["--delay-ms", "0", "--out", "out.json"]).args(args).current_dir(dir.path());
+    for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("LABCTL_")) {
+        command.env_remove(name);
+    }
+    let out = command.envs(env.iter().map(|(k, v)| (k, v))).output().expect("run labctl scrape");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr))
+}
+
+#[test]
+fn the_scraper_uploads_and_the_manager_downloads_over_explicit_ftps_verified_against_the_ca() {
+    let pki = Pki::new();
+    let ca = pki.ca("ca");
+    let rogue_ca = pki.ca("rogue-ca");
+    let ftp_cert = pki.issue(&ca, "ftp", &["127.0.0.1"]);
+    let Some(server) = common::ftp::start_ftp_with(Some((ftp_cert.cert.clone(), ftp_cert.key.clone()))) else {
+        return;
+    };
+    let site = common::site::Site::books();
+    let env = vec![
+        ("LABCTL_FTP_HOST", "127.0.0.1".to_string()),
+        ("LABCTL_FTP_PORT", server.port.to_string()),
+        ("LABCTL_FTP_USER", server.user.clone()),
+        ("LABCTL_FTP_PASSWORD", server.password.clone()),
+        ("LABCTL_FTP_INTERVAL", "300ms".to_string()),
+    ];
+    let listing = site.url("/catalogue/page-1.html");
+    let uploaded = server.root.join("processed_products.json");
+
+    // The server requires TLS: a plain session is refused, an FTPS one trusting another CA too.
+    let (ok, output) = scrape(&["--url", &listing, "--pages", "1", "--upload-ftp"], &env);
+    assert!(!ok && !uploaded.exists(), "a plain upload to a TLS-only server: {output}");
+    let rogue = format!("--tls-ca={}", rogue_ca.pem.display());
+    let (ok, output) = scrape(&["--url", &listing, "--pages", "1", "--upload-ftp", "--ftp-tls", &rogue], &env);
+    assert!(!ok, "{output}");
+    assert!(output.contains("securing the session (AUTH TLS)") && output.contains("UnknownIssuer"), "{output}");
+    assert!(!uploaded.exists());
+    let trusted = format!("--tls-ca={}", ca.pem.display());
+    let (ok, output) = scrape(&["--url", &listing, "--upload-ftp", "--ftp-tls", &trusted], &env);
+    assert!(ok, "{output}");
+    assert!(uploaded.exists());
+
+    // The manager downloads it over FTPS and sends it to the leader; one trusting another CA
+    // logs why and sends nothing.
+    let cluster = start(1, &[]);
+    cluster.wait_for_leader(WAIT);
+    let port = cluster.raft_port.to_string();
+    let mut manager_env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let dead = format!("amqp://guest:guest@127.0.0.1:{}/%2f", rabbit::free_tcp_port());
+    manager_env.push(("LABCTL_AMQP_URL", &dead));
+    let refusing =
+        ManagerProcess::start("ftps-rogue", &["--nodes", "1", "--http-port", &port, "--ftp-tls", &rogue], &manager_env);
+    refusing.wait_for_log("cannot secure the session with 127.0.0.1 (AUTH TLS)", WAIT);
+    assert!(refusing.log_text().contains("UnknownIssuer"), "{}", refusing.log_text());
+    assert_eq!(refusing.counter("uploads"), 0);
+    drop(refusing);
+    assert_eq!(common::manager::product_count(cluster.http_addr(1)), Some(0));
+    let manager =
+        ManagerProcess::start("ftps", &["--nodes", "1", "--http-port", &port, "--ftp-tls", &trusted], &manager_env);
+    poll("the file's nine books on the node", WAIT, || {
+        common::manager::product_count(cluster.http_addr(1)).filter(|&n| n == 9)
+    });
+    assert_eq!(manager.counter("uploads"), 1);
+    assert!(manager.log_text().contains("over ftps (explicit, AUTH TLS)"));
+}

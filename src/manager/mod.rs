@@ -72,6 +72,9 @@ pub struct Args {
     /// Time between two downloads of the processed file: 30s, 500ms, 2m [default: 30s]
     #[arg(long, env = "LABCTL_FTP_INTERVAL")]
     pub ftp_interval: Option<String>,
+    /// Explicit FTPS (AUTH TLS) to the FTP server, verified against --tls-ca [default: false]
+    #[arg(long, env = "LABCTL_FTP_TLS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub ftp_tls: Option<bool>,
     /// Where the nodes are: the manager asks their /status when it does not know the leader
     #[command(flatten)]
     pub cluster: ClusterArgs,
@@ -153,6 +156,7 @@ impl Settings {
                 .or_else(|| m.ftp_path.clone())
                 .unwrap_or_else(|| "processed_products.json".into()),
             interval,
+            tls: args.ftp_tls.or(m.ftp_tls).unwrap_or(false),
         });
         Ok(Settings {
             listen,
@@ -304,7 +308,10 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
         }
         let consumer = consumer::start(settings.consumer.clone(), client.clone(), stats.clone(), stop_rx.clone())?;
         let ftp = match settings.ftp.clone() {
-            Some(f) => Some(ftp::start(f, client.clone(), stats.clone(), stop_rx.clone())?),
+            Some(f) => {
+                let tls = if f.tls { Some(settings.tls.ftp_client()?) } else { None };
+                Some(ftp::start(f, tls, client.clone(), stats.clone(), stop_rx.clone())?)
+            }
             None => {
                 log::info!("manager: FTP sync is off (no ftp_host configured)");
                 None
