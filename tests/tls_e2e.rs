@@ -270,6 +270,23 @@ fn a_missing_or_bad_pem_file_stops_node_manager_and_probe_at_start_naming_it() {
             assert!(!stderr.contains(body), "a key's contents were printed: {stderr}");
         }
     }
+    // A node told the cluster serves https, without a certificate of its own; and the reverse.
+    let node = |args: &[String]| {
+        std::process::Command::new(common::BIN)
+            .args(["node", "--id", "1", "--nodes", "1", "--raft-port=0", "--http-port=0"])
+            .args(args)
+            .env_remove("LABCTL_CONFIG")
+            .env("LABCTL_DATA_DIR", &data)
+            .output()
+            .unwrap()
+    };
+    let out = node(&["--https".to_string()]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("this node has no certificate"));
+    let mut args = good.args();
+    args.push("--https=false".into());
+    let out = node(&args);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("https is off for the cluster"));
+
     // The probe, with a CA file that holds no certificate.
     let out = std::process::Command::new(common::BIN)
         .args(["health", "https://127.0.0.1:1/healthz", &format!("--tls-ca={}", show(&junk))])
