@@ -45,6 +45,8 @@ pub struct FileConfig {
     pub smtp: SmtpFile,
     #[serde(default)]
     pub notify: NotifyFile,
+    #[serde(default)]
+    pub tls: crate::tls::TlsFile,
 }
 
 /// `[cluster]`: who the members are and where they live.
@@ -61,6 +63,8 @@ pub struct ClusterFile {
     pub http_port: Option<u16>,
     /// File holding the cluster secret (secure mode); see [`ClusterArgs::cluster_secret_file`].
     pub secret_file: Option<PathBuf>,
+    /// The nodes serve HTTPS (each with `[tls]` cert and key): clients reach them with https://.
+    pub https: Option<bool>,
 }
 
 /// `[raft]`: timing and protocol options.
@@ -130,6 +134,8 @@ pub struct ManagerFile {
     pub ftp_path: Option<String>,
     /// Time between two downloads, e.g. `30s`, `500ms`, `2m`.
     pub ftp_interval: Option<String>,
+    /// Explicit FTPS (AUTH TLS), the server verified against `[tls] ca`.
+    pub ftp_tls: Option<bool>,
 }
 
 /// `[scrape]`: options of `labctl scrape` (see `config/scrape.toml`).
@@ -171,6 +177,8 @@ pub struct ScrapeFile {
     pub ftp_password: Option<String>,
     /// Remote path of the processed file, relative to the FTP user's home.
     pub ftp_path: Option<String>,
+    /// Explicit FTPS (AUTH TLS), the server verified against `[tls] ca`.
+    pub ftp_tls: Option<bool>,
     #[serde(default)]
     pub selectors: SelectorsFile,
 }
@@ -259,6 +267,25 @@ pub struct ClusterArgs {
     /// open mode]
     #[arg(long, env = "LABCTL_CLUSTER_SECRET_FILE", global = true, value_name = "PATH")]
     pub cluster_secret_file: Option<PathBuf>,
+    /// The nodes serve HTTPS: reach them with https:// (a node serves it when given --tls-cert and --tls-key) [default: false]
+    #[arg(long, env = "LABCTL_HTTPS", global = true, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub https: Option<bool>,
+}
+
+impl ClusterArgs {
+    /// Whether the nodes serve HTTPS, by flag, environment or file (`[cluster] https`); None: not said.
+    pub fn https(&self, file: &ClusterFile) -> Option<bool> {
+        self.https.or(file.https)
+    }
+
+    /// `https` or `http`: how clients reach the nodes.
+    pub fn scheme(&self, file: &ClusterFile) -> &'static str {
+        if self.https(file) == Some(true) {
+            "https"
+        } else {
+            "http"
+        }
+    }
 }
 
 /// A secret from the environment: the variable `name` itself, or the file named by

@@ -3,6 +3,7 @@
 //! The container health probe: the Debian slim image has no curl or wget, so the image's
 //! `HEALTHCHECK` asks labctl itself for the node's `/healthz`.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -28,6 +29,9 @@ pub struct Args {
     /// How long to wait for the answer, in milliseconds
     #[arg(long, default_value_t = DEFAULT_TIMEOUT_MS)]
     pub timeout_ms: u64,
+    /// PEM file of the CA certificates an https:// URL's server must chain to [default: Mozilla's roots built into labctl (webpki-roots)]
+    #[arg(long, env = "LABCTL_TLS_CA", value_name = "PATH")]
+    pub tls_ca: Option<PathBuf>,
 }
 
 /// Errors of a probe; each makes `labctl health` exit 1.
@@ -41,19 +45,30 @@ pub enum HealthError {
 
 /// Runs `labctl health`: prints the status and body of a healthy answer.
 pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
+    // This machine's node: https when the node has a certificate (`LABCTL_TLS_CERT` or `[tls]
+    // cert`, as the node itself reads them) or the cluster is said to serve https.
+    let https = std::env::var_os("LABCTL_TLS_CERT").is_some_and(|v| !v.is_empty())
+        || file.tls.cert.is_some()
+        || std::env::var("LABCTL_HTTPS").ok().map_or(file.cluster.https, |v| v.parse().ok()) == Some(true);
     let url = args.url.clone().unwrap_or_else(|| {
         let port = args.http_port.or(file.cluster.http_port).unwrap_or(crate::config::Cluster::default().http_port);
-        format!("http://127.0.0.1:{port}/healthz")
+        let scheme = if https { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{port}/healthz")
     });
-    let (status, body) = probe(&url, Duration::from_millis(args.timeout_ms))?;
+    let tls = crate::tls::TlsSettings { identity: None, ca: args.tls_ca.clone().or_else(|| file.tls.ca.clone()) };
+    let (status, body) = probe(&url, Duration::from_millis(args.timeout_ms), &tls.client()?)?;
     println!("{status} {body}");
     Ok(ExitCode::SUCCESS)
 }
 
 /// GETs `url`: the status and (shortened) body of a 2xx answer, or why there was none.
-pub fn probe(url: &str, timeout: Duration) -> Result<(u16, String), HealthError> {
-    let agent: ureq::Agent =
-        ureq::Agent::config_builder().timeout_global(Some(timeout)).http_status_as_error(false).build().new_agent();
+pub fn probe(url: &str, timeout: Duration, tls: &crate::tls::ClientTls) -> Result<(u16, String), HealthError> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .tls_config(tls.config())
+        .build()
+        .new_agent();
     let unreachable = |e: ureq::Error| HealthError::Unreachable { url: url.to_string(), reason: e.to_string() };
     let mut response = agent.get(url).call().map_err(unreachable)?;
     let status = response.status().as_u16();

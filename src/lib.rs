@@ -11,6 +11,7 @@
 //! - [`health`]: GETs a URL and exits 0 on 2xx: the container health probe.
 //! - [`scrape`]: scrapes a shop's listings into the processed file, the queue and FTP.
 //! - [`smtp`]: `labctl smtp send`, the e-mail client nodes also use for notifications.
+//! - [`tls`]: HTTPS for nodes and manager, and how their HTTP clients verify servers.
 
 pub mod cli;
 pub mod cluster;
@@ -22,3 +23,4 @@ pub mod node;
 pub mod proto;
 pub mod scrape;
 pub mod smtp;
+pub mod tls;

@@ -104,6 +104,7 @@ fn cluster_of(service: &Value) -> Cluster {
         raft_port: number("LABCTL_RAFT_PORT").map(|p: u64| p as u16),
         http_port: number("LABCTL_HTTP_PORT").map(|p: u64| p as u16),
         cluster_secret_file: env(service, "LABCTL_CLUSTER_SECRET_FILE").map(Into::into),
+        https: None,
     };
     Cluster::resolve(&args, &file.cluster).expect("a valid cluster layout")
 }

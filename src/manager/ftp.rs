@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::Context;
 use crossbeam_channel::Receiver;
 use suppaftp::types::FileType;
-use suppaftp::{FtpError, FtpStream};
+use suppaftp::{FtpError, FtpStream, ImplFtpStream, RustlsConnector, RustlsFtpStream, TlsStream};
 
 use super::leader::{Delivered, LeaderClient};
 use super::{pause, sha256_hex, Stats};
@@ -36,6 +36,8 @@ pub struct FtpSettings {
     /// Path of the file on the server, relative to the user's home or absolute.
     pub path: String,
     pub interval: Duration,
+    /// Explicit FTPS (AUTH TLS).
+    pub tls: bool,
 }
 
 impl fmt::Debug for FtpSettings {
@@ -47,6 +49,7 @@ impl fmt::Debug for FtpSettings {
             .field("password", &"***")
             .field("path", &self.path)
             .field("interval", &self.interval)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -54,17 +57,19 @@ impl fmt::Debug for FtpSettings {
 /// Starts the sync thread; it runs until `stop` closes.
 pub fn start(
     settings: FtpSettings,
+    tls: Option<Arc<rustls::ClientConfig>>,
     client: Arc<LeaderClient>,
     stats: Arc<Stats>,
     stop: Receiver<()>,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new().name("ftp-sync".into()).spawn(move || {
         let FtpSettings { host, port, user, path, interval, .. } = &settings;
-        log::info!("manager: FTP sync of ftp://{user}@{host}:{port}/{path} every {interval:?}");
+        let scheme = if tls.is_some() { "ftps (explicit, AUTH TLS)" } else { "ftp" };
+        log::info!("manager: FTP sync of {user}@{host}:{port}/{path} over {scheme} every {interval:?}");
         // The hash of the last file the leader answered for.
         let mut last: Option<String> = None;
         loop {
-            match download(&settings) {
+            match download(&settings, tls.as_ref()) {
                 Ok(bytes) => {
                     let hash = sha256_hex(&bytes);
                     if last.as_deref() == Some(hash.as_str()) {
@@ -107,14 +112,30 @@ pub fn start(
     })
 }
 
-/// Logs in, downloads the file in binary passive mode, and logs out.
-pub fn download(settings: &FtpSettings) -> anyhow::Result<Vec<u8>> {
+/// Logs in, downloads the file in binary passive mode, and logs out. With `tls` (explicit
+/// FTPS) the session is secured with AUTH TLS before the login, and the server's certificate
+/// verified with it.
+pub fn download(settings: &FtpSettings, tls: Option<&Arc<rustls::ClientConfig>>) -> anyhow::Result<Vec<u8>> {
     let addr = crate::config::resolve(&settings.host, settings.port)?;
     let control =
         TcpStream::connect_timeout(&addr, FTP_TIMEOUT).with_context(|| format!("cannot connect to {addr}"))?;
     control.set_read_timeout(Some(FTP_TIMEOUT))?;
     control.set_write_timeout(Some(FTP_TIMEOUT))?;
-    let ftp = FtpStream::connect_with_stream(control).map_err(said).context("no FTP greeting")?;
+    match tls {
+        None => fetch(FtpStream::connect_with_stream(control).map_err(said).context("no FTP greeting")?, settings),
+        Some(config) => {
+            let ftp = RustlsFtpStream::connect_with_stream(control).map_err(said).context("no FTP greeting")?;
+            let ftp = ftp
+                .into_secure(RustlsConnector::from(config.clone()), &settings.host)
+                .map_err(said)
+                .with_context(|| format!("cannot secure the session with {} (AUTH TLS)", settings.host))?;
+            fetch(ftp, settings)
+        }
+    }
+}
+
+/// The login and download of [`download`], on a plain or a secured session.
+fn fetch<T: TlsStream>(ftp: ImplFtpStream<T>, settings: &FtpSettings) -> anyhow::Result<Vec<u8>> {
     let mut ftp = ftp.passive_stream_builder(|data_addr| {
         let stream = TcpStream::connect_timeout(&data_addr, FTP_TIMEOUT).map_err(FtpError::ConnectionError)?;
         stream.set_read_timeout(Some(FTP_TIMEOUT)).map_err(FtpError::ConnectionError)?;
@@ -211,6 +232,7 @@ mod tests {
             password: "secret".into(),
             path: "p".into(),
             interval: Duration::from_secs(30),
+            tls: false,
         };
         assert!(!format!("{s:?}").contains("secret"));
     }

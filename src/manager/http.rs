@@ -35,9 +35,17 @@ pub struct Status {
 
 /// Binds `listen`: the server and the address it got. The server runs when awaited and stops on
 /// SIGINT or SIGTERM.
-pub fn bind(listen: SocketAddr, status: Status) -> std::io::Result<(actix_web::dev::Server, SocketAddr)> {
+pub fn bind(
+    listen: SocketAddr,
+    tls: Option<rustls::ServerConfig>,
+    status: Status,
+) -> std::io::Result<(actix_web::dev::Server, SocketAddr)> {
     let data = web::Data::new(status);
-    let server = HttpServer::new(move || app(data.clone())).workers(1).shutdown_timeout(2).bind(listen)?;
+    let server = HttpServer::new(move || app(data.clone())).workers(1).shutdown_timeout(2);
+    let server = match tls {
+        Some(tls) => server.bind_rustls_0_23(listen, tls)?,
+        None => server.bind(listen)?,
+    };
     let addr = server.addrs().first().copied().unwrap_or(listen);
     Ok((server.run(), addr))
 }

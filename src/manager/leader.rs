@@ -200,6 +200,8 @@ pub struct LeaderClient {
     book: Arc<LeaderBook>,
     /// `host:port` of every node's HTTP API.
     nodes: Vec<String>,
+    /// `https` or `http`: how the nodes are reached. A redirect to another scheme is not followed.
+    scheme: &'static str,
     agent: ureq::Agent,
     status_agent: ureq::Agent,
     stats: Arc<Stats>,
@@ -213,6 +215,8 @@ impl LeaderClient {
     pub fn new(
         book: Arc<LeaderBook>,
         nodes: Vec<String>,
+        scheme: &'static str,
+        tls: &crate::tls::ClientTls,
         connections: usize,
         stats: Arc<Stats>,
         stop: Receiver<()>,
@@ -225,12 +229,14 @@ impl LeaderClient {
                 .max_redirects(0)
                 .max_idle_connections(connections * 2 + 8)
                 .max_idle_connections_per_host(connections + 2)
+                .tls_config(tls.config())
                 .build()
                 .new_agent()
         };
         LeaderClient {
             book,
             nodes,
+            scheme,
             agent: agent(REQUEST_TIMEOUT),
             status_agent: agent(STATUS_TIMEOUT),
             stats,
@@ -291,10 +297,17 @@ impl LeaderClient {
     }
 
     fn attempt(&self, http: &str, path: &str, content_type: &str, body: &[u8], key: &str) -> Attempt {
-        let url = format!("http://{http}{path}");
+        let url = format!("{}://{http}{path}", self.scheme);
         let sent = self.agent.post(&url).header("Idempotency-Key", key).header("Content-Type", content_type).send(body);
         let mut response = match sent {
             Ok(r) => r,
+            Err(e) if crate::tls::is_tls_error(&e) => {
+                let reason = format!(
+                    "{url}: TLS refused: {e} (the node's certificate must chain to the CA file given with --tls-ca \
+                     and name the node's host)"
+                );
+                return Attempt::Retry { reason, leader_failed: true };
+            }
             Err(e) => return Attempt::Retry { reason: format!("{url}: {e}"), leader_failed: true },
         };
         let status = response.status().as_u16();
@@ -304,10 +317,10 @@ impl LeaderClient {
         let text = response.body_mut().read_to_string().unwrap_or_default();
         match status {
             200..=299 => Attempt::Final(Delivered::Accepted { status, body: text }),
-            301 | 302 | 303 | 307 | 308 => match location.as_deref().and_then(http_authority) {
+            301 | 302 | 303 | 307 | 308 => match location.as_deref().and_then(|l| authority(l, self.scheme)) {
                 Some(target) => Attempt::Redirect { http: target },
                 None => Attempt::Retry {
-                    reason: format!("{url} redirected to {location:?}, not an http:// URL"),
+                    reason: format!("{url} redirected to {location:?}, not an {}:// URL", self.scheme),
                     leader_failed: true,
                 },
             },
@@ -338,7 +351,16 @@ impl LeaderClient {
 
     /// The leader node `node` (`host:port`) names in its `/status`, if any.
     pub fn leader_named_by(&self, node: &str) -> Option<Leader> {
-        let mut response = self.status_agent.get(&format!("http://{node}/status")).call().ok()?;
+        let url = format!("{}://{node}/status", self.scheme);
+        let mut response = match self.status_agent.get(&url).call() {
+            Ok(response) => response,
+            Err(e) => {
+                if crate::tls::is_tls_error(&e) {
+                    self.warn(&format!("{url}: TLS refused: {e}"));
+                }
+                return None;
+            }
+        };
         if response.status().as_u16() != 200 {
             return None;
         }
@@ -372,9 +394,9 @@ pub fn retryable(status: u16) -> bool {
     matches!(status, 408 | 425 | 429) || status >= 500
 }
 
-/// `host:port` of an `http://host:port/...` URL.
-fn http_authority(url: &str) -> Option<String> {
-    let rest = url.strip_prefix("http://")?;
+/// `host:port` of a `<scheme>://host:port/...` URL; None for any other scheme.
+fn authority(url: &str, scheme: &str) -> Option<String> {
+    let rest = url.strip_prefix(scheme)?.strip_prefix("://")?;
     let authority = rest.split(['/', '?', '#']).next()?;
     (!authority.is_empty()).then(|| authority.to_string())
 }
@@ -441,9 +463,13 @@ mod tests {
     fn statuses_and_locations() {
         assert!(retryable(503) && retryable(500) && retryable(429) && retryable(408));
         assert!(!retryable(400) && !retryable(404) && !retryable(409) && !retryable(413) && !retryable(422));
+        let http_authority = |url| authority(url, "http");
         assert_eq!(http_authority("http://127.0.0.3:8000/api/products").as_deref(), Some("127.0.0.3:8000"));
         assert_eq!(http_authority("http://node2:8000").as_deref(), Some("node2:8000"));
         assert_eq!(http_authority("https://node2/api"), None);
         assert_eq!(http_authority("/api/products"), None);
+        // With https nodes, a redirect to plain http is not followed.
+        assert_eq!(authority("https://node2:8000/api", "https").as_deref(), Some("node2:8000"));
+        assert_eq!(authority("http://node2:8000/api", "https"), None);
     }
 }

@@ -73,9 +73,15 @@ pub struct Args {
     /// Time between two downloads of the processed file: 30s, 500ms, 2m [default: 30s]
     #[arg(long, env = "LABCTL_FTP_INTERVAL")]
     pub ftp_interval: Option<String>,
+    /// Explicit FTPS (AUTH TLS) to the FTP server, verified against --tls-ca [default: false]
+    #[arg(long, env = "LABCTL_FTP_TLS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub ftp_tls: Option<bool>,
     /// Where the nodes are: the manager asks their /status when it does not know the leader
     #[command(flatten)]
     pub cluster: ClusterArgs,
+    /// The manager serves HTTPS with --tls-cert and --tls-key, and verifies https nodes with --tls-ca
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
 }
 
 /// The resolved options.
@@ -85,6 +91,10 @@ pub struct Settings {
     pub consumer: consumer::ConsumerSettings,
     /// `host:port` of every node's HTTP API.
     pub nodes: Vec<String>,
+    /// `https` or `http`: how the nodes are reached.
+    pub node_scheme: &'static str,
+    /// The manager's own certificate, and the CA file nodes are verified against.
+    pub tls: crate::tls::TlsSettings,
     /// None: FTP sync is off.
     pub ftp: Option<ftp::FtpSettings>,
 }
@@ -128,6 +138,8 @@ impl Settings {
         }
         let cluster = Cluster::resolve(&args.cluster, &file.cluster)?;
         let nodes = cluster.ids().map(|id| cluster.http_addr(id)).collect();
+        let node_scheme = args.cluster.scheme(&file.cluster);
+        let tls = crate::tls::TlsSettings::resolve(&args.tls, &file.tls)?;
 
         let interval_text =
             args.ftp_interval.clone().or_else(|| m.ftp_interval.clone()).unwrap_or_else(|| "30s".into());
@@ -145,11 +157,14 @@ impl Settings {
                 .or_else(|| m.ftp_path.clone())
                 .unwrap_or_else(|| "processed_products.json".into()),
             interval,
+            tls: args.ftp_tls.or(m.ftp_tls).unwrap_or(false),
         });
         Ok(Settings {
             listen,
             consumer: consumer::ConsumerSettings { amqp_url, queue, dead_letter_queue, prefetch, concurrency },
             nodes,
+            node_scheme,
+            tls,
             ftp,
         })
     }
@@ -262,6 +277,9 @@ impl Stats {
 /// Runs the manager until SIGINT or SIGTERM.
 pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
     let settings = Settings::resolve(&args, file, crate::config::secret_env(FTP_PASSWORD_ENV)?)?;
+    // Every TLS file is read now: a bad one stops the manager at start.
+    let server_tls = settings.tls.server_config()?;
+    let client_tls = settings.tls.client()?;
     let stats = Arc::new(Stats::default());
     let book = Arc::new(leader::LeaderBook::new(settings.nodes.clone()));
     let key = crate::config::cluster_key(&args.cluster, &file.cluster)?;
@@ -270,6 +288,8 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
     let client = Arc::new(leader::LeaderClient::new(
         book.clone(),
         settings.nodes.clone(),
+        settings.node_scheme,
+        &client_tls,
         settings.consumer.concurrency,
         stats.clone(),
         stop_rx.clone(),
@@ -283,13 +303,23 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
     let status = http::Status { book, client: client.clone(), key, stats: stats.clone(), settings: settings.clone() };
 
     actix_web::rt::System::new().block_on(async move {
-        let (server, addr) =
-            http::bind(settings.listen, status).with_context(|| format!("cannot serve HTTP on {}", settings.listen))?;
-        log::info!("manager: HTTP on http://{addr}");
-        log::info!("manager: nodes {}", settings.nodes.join(", "));
+        let scheme = if server_tls.is_some() { "https" } else { "http" };
+        let (server, addr) = http::bind(settings.listen, server_tls, status)
+            .with_context(|| format!("cannot serve {scheme} on {}", settings.listen))?;
+        log::info!("manager: HTTP on {scheme}://{addr}");
+        log::info!(
+            "manager: nodes {}",
+            settings.nodes.iter().map(|n| format!("{}://{n}", settings.node_scheme)).collect::<Vec<_>>().join(", ")
+        );
+        if settings.node_scheme == "https" || settings.tls.ca.is_some() {
+            log::info!("manager: https:// nodes are verified against {}", client_tls.trusted());
+        }
         let consumer = consumer::start(settings.consumer.clone(), client.clone(), stats.clone(), stop_rx.clone())?;
         let ftp = match settings.ftp.clone() {
-            Some(f) => Some(ftp::start(f, client.clone(), stats.clone(), stop_rx.clone())?),
+            Some(f) => {
+                let tls = if f.tls { Some(settings.tls.ftp_client()?) } else { None };
+                Some(ftp::start(f, tls, client.clone(), stats.clone(), stop_rx.clone())?)
+            }
             None => {
                 log::info!("manager: FTP sync is off (no ftp_host configured)");
                 None

@@ -15,15 +15,22 @@ const FIRST_RETRY: Duration = Duration::from_millis(100);
 const MAX_RETRY: Duration = Duration::from_secs(5);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Announces every leadership of this node until `status` closes.
+/// Announces every leadership of this node until `status` closes. An https manager is
+/// verified with `tls`.
 ///
 /// With the cluster `key` (secure mode) each announcement is signed
 /// ([`crate::proto::auth::SIGNATURE_HEADER`]): the manager takes only signed ones.
-pub async fn run(manager_url: String, mut status: watch::Receiver<Arc<NodeStatus>>, key: Option<Key>) {
+pub async fn run(
+    manager_url: String,
+    tls: crate::tls::ClientTls,
+    mut status: watch::Receiver<Arc<NodeStatus>>,
+    key: Option<Key>,
+) {
     let url = format!("{}/leader", manager_url.trim_end_matches('/'));
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(REQUEST_TIMEOUT))
         .http_status_as_error(false)
+        .tls_config(tls.config())
         .build()
         .new_agent();
     let mut announced: Option<u64> = None;
@@ -66,6 +73,15 @@ pub async fn run(manager_url: String, mut status: watch::Receiver<Arc<NodeStatus
                             "{}: manager at {url} answered {} (attempt {attempt})",
                             lead.name,
                             response.status()
+                        );
+                    }
+                }
+                Ok(Err(e)) if crate::tls::is_tls_error(&e) => {
+                    if attempt == 1 || attempt.is_multiple_of(10) {
+                        log::warn!(
+                            "{}: refused the manager at {url}: {e} (attempt {attempt}; its certificate must chain \
+                             to the CA given with --tls-ca and name its host)",
+                            lead.name
                         );
                     }
                 }

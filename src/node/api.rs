@@ -64,6 +64,8 @@ pub struct Api {
     pub notify: Option<super::notify::Notifier>,
     /// The largest file `POST /api/upload/file` accepts, in bytes.
     pub max_upload: usize,
+    /// `https` when the nodes serve TLS, else `http`: the scheme of redirects to the leader.
+    pub scheme: &'static str,
 }
 
 /// Registers the routes.
@@ -148,7 +150,7 @@ fn error(status: u16, message: impl Into<String>) -> HttpResponse {
 async fn write(api: &Api, req: &HttpRequest, op: Op) -> HttpResponse {
     let status = api.status.borrow().clone();
     if status.role != "LEADER" {
-        return not_leader(&status, req);
+        return not_leader(&status, req, api.scheme);
     }
     let assignment = super::notify::Assignment::before(api.notify.as_ref(), &op).await;
     let mut command = Command::new(Utc::now(), op);
@@ -168,7 +170,7 @@ async fn write(api: &Api, req: &HttpRequest, op: Op) -> HttpResponse {
     match replicate(api, Some(value)).await {
         Ok(result) => {
             assignment.after(&result, &status);
-            write_result(result, &status, req)
+            write_result(result, &status, req, api.scheme)
         }
         Err(response) => response,
     }
@@ -203,15 +205,15 @@ async fn consistency_gate(api: &Api, req: &HttpRequest, consistency: Option<&str
 async fn strong_read(api: &Api, req: &HttpRequest) -> Result<(), HttpResponse> {
     let status = api.status.borrow().clone();
     if status.role != "LEADER" {
-        return Err(not_leader(&status, req));
+        return Err(not_leader(&status, req, api.scheme));
     }
     match replicate(api, None).await? {
         WriteResult::Readable => Ok(()),
-        other => Err(write_result(other, &status, req)),
+        other => Err(write_result(other, &status, req, api.scheme)),
     }
 }
 
-fn write_result(result: WriteResult, status: &NodeStatus, req: &HttpRequest) -> HttpResponse {
+fn write_result(result: WriteResult, status: &NodeStatus, req: &HttpRequest, scheme: &str) -> HttpResponse {
     match result {
         WriteResult::Done(ApplyOutcome::Applied { status, reply }) => {
             let code = actix_web::http::StatusCode::from_u16(status).unwrap_or(actix_web::http::StatusCode::OK);
@@ -232,7 +234,7 @@ fn write_result(result: WriteResult, status: &NodeStatus, req: &HttpRequest) -> 
         WriteResult::Done(ApplyOutcome::AlreadyApplied) | WriteResult::Readable => {
             HttpResponse::Ok().json(json!({ "applied": true }))
         }
-        WriteResult::NotLeader { .. } => not_leader(status, req),
+        WriteResult::NotLeader { .. } => not_leader(status, req, scheme),
         WriteResult::LostLeadership => unavailable("leadership changed before the request completed; retry"),
         WriteResult::TooLarge(message) => error(413, message),
         WriteResult::Timeout => unavailable("the write was not committed in time; retry"),
@@ -261,14 +263,15 @@ fn reply_body(reply: &Reply) -> Vec<u8> {
 }
 
 /// 307 to the same URL on the leader, or 503 while no leader is known.
-fn not_leader(status: &NodeStatus, req: &HttpRequest) -> HttpResponse {
+fn not_leader(status: &NodeStatus, req: &HttpRequest, scheme: &str) -> HttpResponse {
     match (&status.leader, &status.leader_http) {
         (Some(leader), Some(http)) if leader != &status.name => {
             let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            let leader_url = format!("{scheme}://{http}");
             HttpResponse::TemporaryRedirect()
-                .insert_header((header::LOCATION, format!("http://{http}{path}")))
+                .insert_header((header::LOCATION, format!("{leader_url}{path}")))
                 .insert_header((LEADER_HEADER, &**leader))
-                .json(json!({ "error": "not the leader", "leader": leader, "leader_http": http }))
+                .json(json!({ "error": "not the leader", "leader": leader, "leader_http": http, "leader_url": leader_url }))
         }
         _ => unavailable("no leader is known; retry"),
     }
@@ -337,7 +340,7 @@ async fn upload_file(api: web::Data<Api>, req: HttpRequest, payload: web::Payloa
     };
     let status = api.status.borrow().clone();
     if status.role != "LEADER" {
-        return not_leader(&status, &req);
+        return not_leader(&status, &req, api.scheme);
     }
     let items = match web::block(move || parse_upload(&file)).await {
         Ok(Ok(items)) => items,

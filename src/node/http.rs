@@ -86,6 +86,8 @@ pub struct NodeStatus {
 /// Shared by the handlers.
 struct State {
     status: watch::Receiver<Arc<NodeStatus>>,
+    /// `https` when the nodes serve TLS: the scheme of the URLs in `/status`.
+    scheme: &'static str,
     started: Instant,
     /// Responses by HTTP status code.
     responses: ResponseCounts,
@@ -99,22 +101,29 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds `bind` and serves on a thread of its own. Fails at once if `bind` is taken.
+    /// Binds `bind` and serves on a thread of its own, HTTPS when given a TLS configuration.
+    /// Fails at once if `bind` is taken.
     pub fn start(
         bind: SocketAddr,
+        tls: Option<rustls::ServerConfig>,
         status: watch::Receiver<Arc<NodeStatus>>,
         api: web::Data<super::api::Api>,
         console: web::Data<super::console::Console>,
     ) -> std::io::Result<Server> {
-        let state = web::Data::new(State { status, started: Instant::now(), responses: ResponseCounts::default() });
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let state =
+            web::Data::new(State { status, scheme, started: Instant::now(), responses: ResponseCounts::default() });
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new().name("http".into()).spawn(move || {
             actix_web::rt::System::new().block_on(async move {
                 let server = HttpServer::new(move || app(state.clone(), api.clone(), console.clone()))
                     .workers(2)
                     .disable_signals()
-                    .shutdown_timeout(2)
-                    .bind(bind);
+                    .shutdown_timeout(2);
+                let server = match tls {
+                    Some(tls) => server.bind_rustls_0_23(bind, tls),
+                    None => server.bind(bind),
+                };
                 let server = match server {
                     Ok(server) => server,
                     Err(e) => {
@@ -348,7 +357,24 @@ async fn readyz(state: web::Data<State>, api: web::Data<super::api::Api>) -> Htt
 
 async fn status(state: web::Data<State>) -> HttpResponse {
     let status = state.status.borrow().clone();
-    HttpResponse::Ok().json(&*status)
+    HttpResponse::Ok().json(with_urls(&status, state.scheme))
+}
+
+/// The snapshot as `/status` shows it: each `host:port` (`leader_http`, a peer's `http`) also
+/// as a URL with the cluster's scheme (`leader_url`, `url`), so that a client sees whether the
+/// nodes speak https.
+fn with_urls(status: &NodeStatus, scheme: &str) -> serde_json::Value {
+    // A struct of strings, numbers and maps of strings: it always serializes.
+    let mut body = serde_json::to_value(status).unwrap_or_default();
+    body["scheme"] = json!(scheme);
+    body["leader_url"] = json!(status.leader_http.as_ref().map(|http| format!("{scheme}://{http}")));
+    if let Some(peers) = body["peers"].as_array_mut() {
+        for peer in peers {
+            let url = peer["http"].as_str().map(|http| format!("{scheme}://{http}"));
+            peer["url"] = json!(url);
+        }
+    }
+    body
 }
 
 async fn heartbeat(state: web::Data<State>) -> HttpResponse {
@@ -450,6 +476,34 @@ mod tests {
         }
         let expected: BTreeMap<u16, u64> = [(200, 2), (307, 1), (404, 1), (599, 1)].into();
         assert_eq!(counts.snapshot(), expected);
+    }
+
+    #[test]
+    fn status_urls_carry_the_scheme() {
+        let s = NodeStatus {
+            name: "node1".into(),
+            role: "FOLLOWER",
+            term: 2,
+            leader: Some("node2".into()),
+            leader_http: Some("127.0.0.2:8000".into()),
+            commit_index: 0,
+            applied_index: 0,
+            last_log_index: 0,
+            peers: vec![PeerStatus { name: "node2".into(), http: "127.0.0.2:8000".into(), match_index: None }],
+            elections: 0,
+            leader_changes: 1,
+            batching: Batching::default(),
+            accepted_by: Default::default(),
+            leader_credentials: None,
+        };
+        let body = with_urls(&s, "https");
+        assert_eq!(body["scheme"], "https");
+        assert_eq!(body["leader_http"], "127.0.0.2:8000");
+        assert_eq!(body["leader_url"], "https://127.0.0.2:8000");
+        assert_eq!(body["peers"][0]["url"], "https://127.0.0.2:8000");
+        let plain = with_urls(&NodeStatus { leader: None, leader_http: None, ..s }, "http");
+        assert_eq!(plain["leader_url"], serde_json::Value::Null);
+        assert_eq!(plain["peers"][0]["url"], "http://127.0.0.2:8000");
     }
 
     #[test]

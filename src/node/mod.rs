@@ -35,6 +35,7 @@ use self::store::Store;
 use self::transport::Transport;
 use crate::config::{Cluster, ClusterArgs, FileConfig, RaftArgs, RaftTiming};
 use crate::proto;
+use crate::tls::{TlsArgs, TlsSettings};
 
 /// Options of `labctl node`.
 #[derive(Debug, Clone, clap::Args)]
@@ -65,6 +66,8 @@ pub struct Args {
     /// none; without a secret every address may send them]
     #[arg(long, env = "LABCTL_CONTROL_ALLOW", value_name = "ADDRS")]
     pub control_allow: Option<String>,
+    #[command(flatten)]
+    pub tls: TlsArgs,
     #[command(flatten)]
     pub cluster: ClusterArgs,
     #[command(flatten)]
@@ -108,6 +111,20 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
             "control_allow ({allow}) needs a cluster secret: without one every address may send control requests"
         );
     }
+    // Every TLS file is read now, so that a bad one stops the node before it joins the cluster.
+    let tls = TlsSettings::resolve(&args.tls, &file.tls)?;
+    let server_tls = tls.server_config()?;
+    let client_tls = tls.client()?;
+    // The cluster serves one scheme: a node with a certificate expects its peers to have one.
+    let scheme = match (server_tls.is_some(), args.cluster.https(&file.cluster)) {
+        (true, Some(false)) => anyhow::bail!("https is off for the cluster, but this node was given a TLS certificate"),
+        (false, Some(true)) => anyhow::bail!(
+            "https is on for the cluster, but this node has no certificate: give --tls-cert and --tls-key \
+             (LABCTL_TLS_CERT and LABCTL_TLS_KEY, or [tls] cert and key)"
+        ),
+        (true, _) => "https",
+        (false, _) => "http",
+    };
 
     let given_url = args.database_url.clone().or_else(|| file.node.database_url.clone());
     if let Some(url) = given_url.as_deref().filter(|url| store::is_sqlite_in_memory(url)) {
@@ -219,19 +236,26 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
             listings: Default::default(),
             notify: notifier.clone(),
             max_upload: max_upload_bytes,
+            scheme,
         });
         let console_token = args.console_token.clone().or_else(|| file.node.console_token.clone());
         let announce_key = key.clone();
-        let mut console = console::Console::new(name.clone(), console_token, transport_addr, cluster.clone());
+        let mut console =
+            console::Console::new(name.clone(), console_token, transport_addr, cluster.clone(), scheme, &client_tls);
         if let Some(key) = key {
             console = console.sign_with(key);
         }
         let control = if console.token_required() { "need the console token" } else { "are open (no console_token)" };
-        let http = http::Server::start(http_bind, driver.subscribe(), api, actix_web::web::Data::new(console))
-            .with_context(|| format!("cannot serve HTTP on {http_bind} for {name}"))?;
-        log::info!("{name}: HTTP on http://{}, web console at / (control buttons {control})", http.local_addr());
+        let http =
+            http::Server::start(http_bind, server_tls, driver.subscribe(), api, actix_web::web::Data::new(console))
+                .with_context(|| format!("cannot serve {scheme} on {http_bind} for {name}"))?;
+        log::info!("{name}: HTTP on {scheme}://{}, web console at / (control buttons {control})", http.local_addr());
+        if tls.ca.is_some() || scheme == "https" {
+            log::info!("{name}: https:// servers (peers, the manager) are verified against {}", client_tls.trusted());
+        }
         let manager_url = args.manager_url.clone().or_else(|| file.node.manager_url.clone());
-        let announcer = manager_url.map(|url| tokio::spawn(announce::run(url, driver.subscribe(), announce_key)));
+        let announcer = manager_url
+            .map(|url| tokio::spawn(announce::run(url, client_tls.clone(), driver.subscribe(), announce_key)));
         let mailer = notifier.map(|n| tokio::spawn(n.watch_elections(driver.subscribe())));
         let stopped = driver.run(stop_signal()).await;
         if let Some(task) = announcer {

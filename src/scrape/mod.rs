@@ -120,6 +120,12 @@ pub struct Args {
     /// Remote path of the processed file, relative to the FTP user's home [default: processed_products.json]
     #[arg(long, env = "LABCTL_FTP_PATH")]
     pub ftp_path: Option<String>,
+    /// Explicit FTPS (AUTH TLS) for --upload-ftp, the server verified against --tls-ca [default: false]
+    #[arg(long, env = "LABCTL_FTP_TLS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub ftp_tls: Option<bool>,
+    /// PEM file of the CA certificates the FTPS server must chain to [default: Mozilla's roots built into labctl (webpki-roots)]
+    #[arg(long, env = "LABCTL_TLS_CA", value_name = "PATH")]
+    pub tls_ca: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub selectors: SelectorArgs,
 }
@@ -251,6 +257,7 @@ impl Settings {
                 password,
                 path,
                 timeout: polite.timeout,
+                tls: None,
             })
         } else {
             None
@@ -301,7 +308,12 @@ fn selector_texts(args: &SelectorArgs, file: &SelectorsFile) -> SelectorTexts {
 /// Runs `labctl scrape`.
 pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
     let password = crate::config::secret_env("LABCTL_FTP_PASSWORD")?;
-    let settings = Settings::resolve(&args, &file.scrape, password)?;
+    let mut settings = Settings::resolve(&args, &file.scrape, password)?;
+    if let Some(target) = settings.ftp.as_mut().filter(|_| args.ftp_tls.or(file.scrape.ftp_tls) == Some(true)) {
+        // Read now, so that a bad CA file stops the scraper before it scrapes.
+        let tls = crate::tls::TlsSettings { identity: None, ca: args.tls_ca.clone().or_else(|| file.tls.ca.clone()) };
+        target.tls = Some(tls.ftp_client()?);
+    }
     let started = chrono::Utc::now();
     log::info!(
         "scraping up to {} pages from {} ({} ms between requests)",

@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use suppaftp::types::FileType;
-use suppaftp::{FtpError, FtpStream, Mode};
+use suppaftp::{FtpError, FtpStream, ImplFtpStream, Mode, RustlsConnector, RustlsFtpStream, TlsStream};
 
 /// Where to upload.
 #[derive(Clone)]
@@ -21,6 +21,8 @@ pub struct FtpTarget {
     /// Remote path, relative to the user's home.
     pub path: String,
     pub timeout: Duration,
+    /// Explicit FTPS (AUTH TLS) with this client, which verifies the server.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl std::fmt::Debug for FtpTarget {
@@ -31,6 +33,7 @@ impl std::fmt::Debug for FtpTarget {
             .field("user", &self.user)
             .field("password", &"***")
             .field("path", &self.path)
+            .field("tls", &self.tls.is_some())
             .finish()
     }
 }
@@ -61,15 +64,39 @@ pub fn upload(bytes: &[u8], target: &FtpTarget) -> Result<u64, UploadError> {
     };
     let addr =
         crate::config::resolve(&target.host, target.port).map_err(|e| fail("resolving the host")(e.to_string()))?;
+    match &target.tls {
+        None => {
+            let ftp =
+                FtpStream::connect_timeout(addr, target.timeout).map_err(|e| fail("connecting")(e.to_string()))?;
+            send(ftp, bytes, target, &fail)
+        }
+        Some(config) => {
+            let ftp = RustlsFtpStream::connect_timeout(addr, target.timeout)
+                .map_err(|e| fail("connecting")(e.to_string()))?;
+            // The handshake reads too: it may not wait forever.
+            ftp.get_ref().set_read_timeout(Some(target.timeout)).map_err(|e| fail("connecting")(e.to_string()))?;
+            let ftp = ftp
+                .into_secure(RustlsConnector::from(config.clone()), &target.host)
+                .map_err(|e| fail("securing the session (AUTH TLS)")(e.to_string()))?;
+            send(ftp, bytes, target, &fail)
+        }
+    }
+}
+
+/// The login and upload of [`upload`], on a plain or a secured session.
+fn send<T: TlsStream, F: Fn(String) -> UploadError>(
+    ftp: ImplFtpStream<T>,
+    bytes: &[u8],
+    target: &FtpTarget,
+    fail: &impl Fn(&'static str) -> F,
+) -> Result<u64, UploadError> {
     let timeout = target.timeout;
-    let mut ftp = FtpStream::connect_timeout(addr, timeout)
-        .map_err(|e| fail("connecting")(e.to_string()))?
-        .passive_stream_builder(move |data_addr| {
-            let stream = TcpStream::connect_timeout(&data_addr, timeout).map_err(FtpError::ConnectionError)?;
-            stream.set_read_timeout(Some(timeout)).map_err(FtpError::ConnectionError)?;
-            stream.set_write_timeout(Some(timeout)).map_err(FtpError::ConnectionError)?;
-            Ok(stream)
-        });
+    let mut ftp = ftp.passive_stream_builder(move |data_addr| {
+        let stream = TcpStream::connect_timeout(&data_addr, timeout).map_err(FtpError::ConnectionError)?;
+        stream.set_read_timeout(Some(timeout)).map_err(FtpError::ConnectionError)?;
+        stream.set_write_timeout(Some(timeout)).map_err(FtpError::ConnectionError)?;
+        Ok(stream)
+    });
     ftp.get_ref().set_read_timeout(Some(timeout)).map_err(|e| fail("connecting")(e.to_string()))?;
     ftp.set_mode(Mode::Passive);
     ftp.login(target.user.as_str(), target.password.as_str()).map_err(|e| fail("logging in")(e.to_string()))?;

@@ -37,6 +37,8 @@ pub struct FtpServer {
     dir: tempfile::TempDir,
     /// The puredb file of the virtual user.
     pdb: PathBuf,
+    /// Certificate and key: the server then requires TLS (explicit FTPS) on every session.
+    tls: Option<(PathBuf, PathBuf)>,
     /// None while stopped.
     child: Option<Child>,
 }
@@ -106,6 +108,10 @@ impl FtpServer {
             .args(["--chrooteveryone", "--noanonymous", "--dontresolve", "--ipv4only"])
             // Let the virtual user own files whatever uid it maps to, and log to our file only.
             .args(["--minuid", "1", "--syslogfacility", "none"])
+            // --tls=3: AUTH TLS required for the login and for every data connection.
+            .args(self.tls.iter().flat_map(|(cert, key)| {
+                ["--tls=3".to_string(), format!("--certfile={},{}", cert.display(), key.display())]
+            }))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)
@@ -136,6 +142,11 @@ impl Drop for FtpServer {
 /// Starts a private pure-ftpd and waits until it greets. None (with a loud `SKIPPED` on stderr)
 /// when pure-ftpd is not installed; under `CI=true` a missing pure-ftpd is a failure.
 pub fn start_ftp() -> Option<FtpServer> {
+    start_ftp_with(None)
+}
+
+/// [`start_ftp`]; with `tls` (certificate and key files), a server that requires explicit FTPS.
+pub fn start_ftp_with(tls: Option<(PathBuf, PathBuf)>) -> Option<FtpServer> {
     if !Path::new(PURE_FTPD).exists() || Command::new(PURE_PW).arg("--help").output().is_err() {
         let msg = format!("pure-ftpd is not installed ({PURE_FTPD}, {PURE_PW}); install it with scripts/test-env");
         if std::env::var("CI").as_deref() == Ok("true") {
@@ -151,7 +162,7 @@ pub fn start_ftp() -> Option<FtpServer> {
     // SAFETY: prctl(2) with an integer argument; it only changes who adopts our orphans.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
     for _ in 0..5 {
-        if let Some(server) = try_start() {
+        if let Some(server) = try_start(tls.clone()) {
             return Some(server);
         }
     }
@@ -159,7 +170,7 @@ pub fn start_ftp() -> Option<FtpServer> {
 }
 
 /// One attempt: fails (None) when another process took the chosen ports meanwhile.
-fn try_start() -> Option<FtpServer> {
+fn try_start(tls: Option<(PathBuf, PathBuf)>) -> Option<FtpServer> {
     let dir = tempfile::Builder::new().prefix("labctl-ftp-").tempdir().expect("create FTP temp dir");
     let root = dir.path().join("root");
     std::fs::create_dir(&root).expect("create FTP root");
@@ -188,7 +199,7 @@ fn try_start() -> Option<FtpServer> {
 
     let port = free_tcp_port();
     let passive = free_port_range(PASSIVE_PORTS);
-    let mut server = FtpServer { port, user, password, root, passive, dir, pdb, child: None };
+    let mut server = FtpServer { port, user, password, root, passive, dir, pdb, tls, child: None };
     match server.launch() {
         Ok(()) => Some(server),
         Err(why) => {

@@ -22,8 +22,20 @@ impl ManagerProcess {
     /// Starts `labctl manager --listen 127.0.0.1:<free port> <args>` with `env`, logging to
     /// `<dir>/manager.log`, and waits until `/healthz` answers.
     pub fn start(name: &str, args: &[&str], env: &[(&str, &str)]) -> ManagerProcess {
-        let port = free_tcp_port();
+        ManagerProcess::start_at(name, free_tcp_port(), args, env, None)
+    }
+
+    /// [`ManagerProcess::start`] on `port`; with `https_ca`, the manager serves HTTPS with a
+    /// certificate of that CA, and `/healthz` is asked over https.
+    pub fn start_at(
+        name: &str,
+        port: u16,
+        args: &[&str],
+        env: &[(&str, &str)],
+        https_ca: Option<&std::path::Path>,
+    ) -> ManagerProcess {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let https = https_ca.map(super::tls::client);
         let dir = std::env::temp_dir().join(format!("labctl-manager-{name}-{port}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -51,7 +63,13 @@ impl ManagerProcess {
             if let Some(Ok(Some(status))) = manager.child.as_mut().map(|c| c.try_wait()) {
                 panic!("the manager exited at start ({status}):\n{}", manager.log_text());
             }
-            http_call(addr, "GET", "/healthz", &[], "").filter(|r| r.status == 200)
+            match &https {
+                Some(agent) => super::tls::call(agent, "GET", &format!("https://{addr}/healthz"), None)
+                    .ok()
+                    .filter(|r| r.status == 200)
+                    .map(drop),
+                None => http_call(addr, "GET", "/healthz", &[], "").filter(|r| r.status == 200).map(drop),
+            }
         });
         manager
     }

@@ -13,6 +13,7 @@ pub mod rabbit;
 pub mod server_db;
 pub mod site;
 pub mod smtp;
+pub mod tls;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};

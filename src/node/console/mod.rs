@@ -54,15 +54,23 @@ pub struct Console {
 
 impl Console {
     /// The console of node `name`, whose Raft/control socket is bound to `raft_bound` (an
-    /// unspecified address, as in a container, is reached over loopback).
-    pub fn new(name: String, token: Option<String>, raft_bound: SocketAddr, cluster: Cluster) -> Console {
+    /// unspecified address, as in a container, is reached over loopback). The relay reaches the
+    /// other members with `scheme`, verifying https ones with `tls`.
+    pub fn new(
+        name: String,
+        token: Option<String>,
+        raft_bound: SocketAddr,
+        cluster: Cluster,
+        scheme: &'static str,
+        tls: &crate::tls::ClientTls,
+    ) -> Console {
         let token = token.filter(|t| !t.is_empty());
         Console {
             name,
             token,
             control_addr: control::reachable(raft_bound),
             cluster,
-            relay: relay::Relay::new(),
+            relay: relay::Relay::new(scheme, tls),
             signing: None,
         }
     }

@@ -27,23 +27,40 @@ const REQUEST_HEADERS: [&str; 4] = ["content-type", "accept", "authorization", I
 /// Answer headers passed back (Location is rewritten, see [`relay`]).
 const ANSWER_HEADERS: [&str; 5] = ["content-type", "retry-after", "allow", "www-authenticate", LEADER_HEADER];
 
+/// How often a refused certificate is logged at most (the console polls every node twice a second).
+const TLS_WARN_EVERY: Duration = Duration::from_secs(10);
+
 /// HTTP clients for relayed requests, one per timeout.
 pub(super) struct Relay {
     state: ureq::Agent,
     api: ureq::Agent,
+    /// `http` or `https`: how the members are reached.
+    scheme: &'static str,
+    /// When a TLS failure was last logged.
+    tls_warned: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Relay {
-    pub(super) fn new() -> Relay {
+    pub(super) fn new(scheme: &'static str, tls: &crate::tls::ClientTls) -> Relay {
         let agent = |timeout| {
             ureq::Agent::config_builder()
                 .timeout_global(Some(timeout))
                 .http_status_as_error(false)
                 .max_redirects(0)
+                .tls_config(tls.config())
                 .build()
                 .new_agent()
         };
-        Relay { state: agent(STATE_TIMEOUT), api: agent(API_TIMEOUT) }
+        Relay { state: agent(STATE_TIMEOUT), api: agent(API_TIMEOUT), scheme, tls_warned: Default::default() }
+    }
+
+    /// Logs a TLS failure (a refused certificate) at most once per [`TLS_WARN_EVERY`].
+    fn warn_tls(&self, console: &str, url: &str, e: &ureq::Error) {
+        let mut last = self.tls_warned.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if last.is_none_or(|at| at.elapsed() >= TLS_WARN_EVERY) {
+            log::warn!("{console}: console relay refused {url}: {e}");
+            *last = Some(std::time::Instant::now());
+        }
     }
 }
 
@@ -95,7 +112,7 @@ async fn relay(console: web::Data<Console>, req: HttpRequest, body: web::Bytes) 
     }
     let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
     let target = console.cluster.http_addr(id);
-    let url = format!("http://{target}/{path}{query}");
+    let url = format!("{}://{target}/{path}{query}", console.relay.scheme);
     let mut request = ureq::http::Request::builder().method(method.as_str()).uri(&url);
     for name in REQUEST_HEADERS {
         if let Some(value) = req.headers().get(name) {
@@ -118,7 +135,12 @@ async fn relay(console: web::Data<Console>, req: HttpRequest, body: web::Bytes) 
         Ok(Err(ureq::Error::Timeout(_))) => {
             return error(StatusCode::GATEWAY_TIMEOUT, format!("{node} ({target}) did not answer in time"))
         }
-        Ok(Err(e)) => return error(StatusCode::BAD_GATEWAY, format!("{node} ({target}) did not answer: {e}")),
+        Ok(Err(e)) => {
+            if crate::tls::is_tls_error(&e) {
+                console.relay.warn_tls(&console.name, &url, &e);
+            }
+            return error(StatusCode::BAD_GATEWAY, format!("{node} ({target}) did not answer: {e}"));
+        }
         Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "the relay was cancelled".into()),
     };
     let status = StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
