@@ -90,6 +90,13 @@ pub struct NodeFile {
     pub console_token: Option<String>,
     /// The largest file `POST /api/upload/file` accepts, in bytes.
     pub max_upload_bytes: Option<usize>,
+    /// Require accounts on the HTTP API and the console; off by default.
+    pub auth: Option<bool>,
+    /// How long a login's token is valid (`30s`, `15m`, `12h`); 12 hours by default.
+    pub token_ttl: Option<String>,
+    /// Name of the first admin account; `admin` by default. Its password never goes here: it
+    /// comes from `LABCTL_ADMIN_PASSWORD` or `LABCTL_ADMIN_PASSWORD_FILE`.
+    pub admin_name: Option<String>,
 }
 
 /// `[controller]`: options of `labctl controller`.
