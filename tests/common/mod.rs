@@ -158,6 +158,7 @@ pub struct TestCluster {
     pub raft_port: u16,
     pub dir: PathBuf,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
     children: Vec<Option<Child>>,
 }
 
@@ -165,6 +166,11 @@ impl TestCluster {
     /// Starts `nodes` nodes on 127.0.0.1..=N with the given Raft port (0: a free one), and
     /// waits until each answers.
     pub fn start(nodes: u32, raft_port: u16, extra: &[&str]) -> TestCluster {
+        TestCluster::start_with_env(nodes, raft_port, extra, &[])
+    }
+
+    /// [`TestCluster::start`], with environment variables for every node.
+    pub fn start_with_env(nodes: u32, raft_port: u16, extra: &[&str], env: &[(&str, &str)]) -> TestCluster {
         let raft_port = if raft_port == 0 { free_port(nodes) } else { raft_port };
         let dir = std::env::temp_dir().join(format!("labctl-test-{raft_port}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -174,6 +180,7 @@ impl TestCluster {
             raft_port,
             dir,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             children: (0..nodes).map(|_| None).collect(),
         };
         for id in 1..=nodes {
@@ -217,6 +224,7 @@ impl TestCluster {
             .args(&self.extra)
             .env("RUST_LOG", "info")
             .env_remove("LABCTL_CONFIG")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .current_dir(&self.dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
