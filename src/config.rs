@@ -132,6 +132,9 @@ pub struct ManagerFile {
     pub ftp_path: Option<String>,
     /// Time between two downloads, e.g. `30s`, `500ms`, `2m`.
     pub ftp_interval: Option<String>,
+    /// The account the manager writes to the nodes as, when they require accounts (`--auth`);
+    /// its password comes from `LABCTL_MANAGER_PASSWORD` or `LABCTL_MANAGER_PASSWORD_FILE`.
+    pub user: Option<String>,
 }
 
 /// `[scrape]`: options of `labctl scrape` (see `config/scrape.toml`).

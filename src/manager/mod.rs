@@ -34,6 +34,11 @@ use crate::config::{Cluster, ClusterArgs, ConfigError, FileConfig, ManagerFile};
 /// The environment variable holding the FTP password (never a flag).
 pub const FTP_PASSWORD_ENV: &str = "LABCTL_FTP_PASSWORD";
 
+/// The environment variable holding the password of the manager's account on the nodes.
+pub const PASSWORD_ENV: &str = "LABCTL_MANAGER_PASSWORD";
+/// The environment variable naming a file that holds it (Docker secrets).
+pub const PASSWORD_FILE_ENV: &str = "LABCTL_MANAGER_PASSWORD_FILE";
+
 /// Options of `labctl manager`.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct Args {
@@ -72,6 +77,9 @@ pub struct Args {
     /// Time between two downloads of the processed file: 30s, 500ms, 2m [default: 30s]
     #[arg(long, env = "LABCTL_FTP_INTERVAL")]
     pub ftp_interval: Option<String>,
+    /// Account the manager writes to the nodes as, when they require accounts (--auth); its password comes from LABCTL_MANAGER_PASSWORD or LABCTL_MANAGER_PASSWORD_FILE, never a flag [default: none]
+    #[arg(long, env = "LABCTL_MANAGER_USER")]
+    pub user: Option<String>,
     /// Where the nodes are: the manager asks their /status when it does not know the leader
     #[command(flatten)]
     pub cluster: ClusterArgs,
@@ -258,6 +266,32 @@ impl Stats {
     }
 }
 
+/// The `Authorization` the manager sends the nodes: HTTP Basic with its account, when one is
+/// configured. The password comes from the environment or a file, never from a flag or the
+/// config file, and is never logged.
+fn node_credentials(args: &Args, file: &FileConfig) -> anyhow::Result<Option<String>> {
+    let Some(user) = args.user.clone().or_else(|| file.manager.user.clone()).filter(|u| !u.is_empty()) else {
+        return Ok(None);
+    };
+    let password = match std::env::var_os(PASSWORD_ENV).filter(|p| !p.is_empty()) {
+        Some(p) => p.into_string().map_err(|_| anyhow::anyhow!("{PASSWORD_ENV} is not UTF-8"))?,
+        None => {
+            let path = std::env::var_os(PASSWORD_FILE_ENV).filter(|p| !p.is_empty()).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "the manager's user {user:?} needs a password: set {PASSWORD_ENV} or {PASSWORD_FILE_ENV}"
+                )
+            })?;
+            let path = std::path::PathBuf::from(path);
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("{PASSWORD_FILE_ENV}: cannot read {}", path.display()))?;
+            text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text).to_string()
+        }
+    };
+    use base64ct::Encoding;
+    log::info!("manager: writing to the nodes as {user:?}");
+    Ok(Some(format!("Basic {}", base64ct::Base64::encode_string(format!("{user}:{password}").as_bytes()))))
+}
+
 /// Runs the manager until SIGINT or SIGTERM.
 pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
     let settings = Settings::resolve(&args, file, std::env::var(FTP_PASSWORD_ENV).ok())?;
@@ -265,13 +299,16 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
     let book = Arc::new(leader::LeaderBook::default());
     // Closing this channel (dropping the sender) tells every thread to stop.
     let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
-    let client = Arc::new(leader::LeaderClient::new(
-        book.clone(),
-        settings.nodes.clone(),
-        settings.consumer.concurrency,
-        stats.clone(),
-        stop_rx.clone(),
-    ));
+    let client = Arc::new(
+        leader::LeaderClient::new(
+            book.clone(),
+            settings.nodes.clone(),
+            settings.consumer.concurrency,
+            stats.clone(),
+            stop_rx.clone(),
+        )
+        .with_authorization(node_credentials(&args, file)?),
+    );
     let status = http::Status { book, stats: stats.clone(), settings: settings.clone() };
 
     actix_web::rt::System::new().block_on(async move {
