@@ -109,7 +109,7 @@ pub fn need(method: &Method, path: &str) -> Need {
         let relayed = rest.split_once('/').map_or("", |(_, p)| p);
         return need(method, &format!("/{relayed}"));
     }
-    let under = |prefix: &str| path == prefix || path.starts_with(&format!("{prefix}/"));
+    let under = |prefix: &str| path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
     match path {
         "/healthz" | "/readyz" | "/status" | "/heartbeat" | "/metrics" | "/api/login" | "/api/control" => Need::Open,
         "/api/logout" | "/api/me" => Need::Account,
