@@ -99,6 +99,13 @@ pub struct NodeFile {
     /// Secure mode: addresses or networks (`10.0.0.0/24`) whose unsigned control requests are
     /// taken, e.g. a course controller's; none by default.
     pub control_allow: Option<Vec<String>>,
+    /// Require accounts on the HTTP API and the console; off by default.
+    pub auth: Option<bool>,
+    /// How long a login's token is valid (`30s`, `15m`, `12h`); 12 hours by default.
+    pub token_ttl: Option<String>,
+    /// Name of the first admin account; `admin` by default. Its password never goes here: it
+    /// comes from `LABCTL_ADMIN_PASSWORD` or `LABCTL_ADMIN_PASSWORD_FILE`.
+    pub admin_name: Option<String>,
 }
 
 /// `[controller]`: options of `labctl controller`.
@@ -136,6 +143,9 @@ pub struct ManagerFile {
     pub ftp_interval: Option<String>,
     /// Explicit FTPS (AUTH TLS), the server verified against `[tls] ca`.
     pub ftp_tls: Option<bool>,
+    /// The account the manager writes to the nodes as, when they require accounts (`--auth`);
+    /// its password comes from `LABCTL_MANAGER_PASSWORD` or `LABCTL_MANAGER_PASSWORD_FILE`.
+    pub user: Option<String>,
 }
 
 /// `[scrape]`: options of `labctl scrape` (see `config/scrape.toml`).

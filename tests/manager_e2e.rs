@@ -243,7 +243,7 @@ fn with_a_cluster_secret_only_signed_announcements_count() {
     let reply = http_call(manager.addr, "POST", "/leader", &[("Content-Type", "application/json")], &forged).unwrap();
     assert_eq!(reply.status, 401, "{}", reply.body);
     let flag = format!("--cluster-secret-file={secret_path}");
-    let cluster = TestCluster::start_signing(3, port, &[&flag, "--manager-url", &manager.url()], Some(key));
+    let cluster = TestCluster::start_signing(3, port, &[&flag, "--manager-url", &manager.url()], &[], Some(key));
     let (leader, term) = cluster.wait_for_leader(Duration::from_secs(10));
     let known = poll("the manager to learn the leader", Duration::from_secs(10), || {
         let reply = http_call(manager.addr, "GET", "/leader", &[], "")?;
@@ -254,4 +254,54 @@ fn with_a_cluster_secret_only_signed_announcements_count() {
     let log = manager.log_text();
     assert!(log.contains("secure mode") && log.contains("from its announcement"), "{log}");
     assert!(log.contains("refused a leader announcement from 127.0.0.1"), "{log}");
+}
+
+/// With `--auth` on the nodes, the manager writes as its own account (Basic, its password from
+/// a file): refused credentials hold the items back (no dead letters), the right ones store
+/// each item once.
+#[test]
+fn with_accounts_required_the_manager_writes_as_its_own_account() {
+    let Some(url) = rabbit::shared_broker() else { return };
+    let queue = TestQueue::new(&url, "auth");
+    rabbit::publish(&url, &queue.name, &rabbit::products("auth", 0..20));
+    let secrets = tempfile::tempdir().unwrap();
+    let password_file = secrets.path().join("manager_password");
+    std::fs::write(&password_file, "pipeline-pass-1\n").unwrap();
+    let password_file = password_file.to_string_lossy().into_owned();
+    let admin_password = "admin-pass-for-manager";
+    let admin = format!("Basic {}", {
+        use base64ct::Encoding;
+        base64ct::Base64::encode_string(format!("admin:{admin_password}").as_bytes())
+    });
+    let port = common::free_port(3);
+    let cluster = TestCluster::start_with_env(3, port, &["--auth"], &[("LABCTL_ADMIN_PASSWORD", admin_password)]);
+    let (leader, _) = cluster.wait_for_leader(Duration::from_secs(10));
+    let leader = cluster.http_addr(leader);
+    let json = [("Content-Type", "application/json"), ("Authorization", admin.as_str())];
+    let account = r#"{"name":"pipeline","password":"pipeline-pass-1","role":"member"}"#;
+    poll("the admin to create the manager's account", Duration::from_secs(10), || {
+        (http_call(leader, "POST", "/api/accounts", &json, account)?.status == 201).then_some(())
+    });
+    let port = port.to_string();
+    let args = ["--queue", &queue.name, "--nodes", "3", "--http-port", &port, "--user", "pipeline"];
+
+    let mut refused = ManagerProcess::start(
+        "auth-wrong",
+        &args,
+        &[("LABCTL_AMQP_URL", &url), ("LABCTL_MANAGER_PASSWORD", "not-the-password")],
+    );
+    refused.wait_for_log("refused the manager's credentials (401)", Duration::from_secs(15));
+    assert_eq!(refused.counter("dead_lettered"), 0, "a refused account is no reason to drop items");
+    assert!(refused.terminate().success());
+
+    let manager = ManagerProcess::start(
+        "auth",
+        &args,
+        &[("LABCTL_AMQP_URL", &url), ("LABCTL_MANAGER_PASSWORD_FILE", &password_file)],
+    );
+    poll("the manager to store 20 items", Duration::from_secs(20), || (manager.counter("stored") == 20).then_some(()));
+    assert_eq!(manager.counter("dead_lettered"), 0);
+    let listed = http_call(leader, "GET", "/api/products?limit=100", &json, "").unwrap();
+    assert_eq!(listed.json()["pagination"]["total"], 20, "{}", listed.body);
+    assert!(!manager.log_text().contains("pipeline-pass-1"), "the manager logs no password");
 }

@@ -29,7 +29,7 @@ fn start(nodes: u32) -> Secure {
     let mut secret = tempfile::NamedTempFile::new().unwrap();
     std::io::Write::write_all(&mut secret, SECRET.as_bytes()).unwrap();
     let flag = format!("--cluster-secret-file={}", secret.path().display());
-    let cluster = TestCluster::start_signing(nodes, 0, &[&flag, "--control-allow=127.0.0.9"], Some(key()));
+    let cluster = TestCluster::start_signing(nodes, 0, &[&flag, "--control-allow=127.0.0.9"], &[], Some(key()));
     Secure { cluster, secret }
 }
 

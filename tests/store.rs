@@ -14,8 +14,8 @@ use std::sync::{Arc, Barrier};
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use labctl::node::store::pool::ReadPool;
 use labctl::node::store::{
-    Applied, ApplyOutcome, Command, Op, PageRequest, Priority, ProductInput, ProductQuery, Reply, Status, Store,
-    StoreError, TaskInput, TaskQuery, UserInput,
+    AccountInput, Applied, ApplyOutcome, Command, Op, PageRequest, Priority, ProductInput, ProductQuery, Reply, Role,
+    Status, Store, StoreError, TaskInput, TaskQuery, UserInput,
 };
 
 fn at(secs: i64) -> DateTime<Utc> {
@@ -801,6 +801,111 @@ fn writes_no_backend_could_store_are_refused_and_the_log_goes_on(b: Backend) {
 }
 
 /// Runs each listed test once per backend of the build, each in a module named after it.
+/// A password hash as the leader proposes it (the store checks its form, not its content).
+fn hash_of(salt: &str) -> String {
+    format!("$argon2id$v=19$m=19456,t=2,p=1${salt}$aGFzaGhhc2hoYXNo")
+}
+
+fn account(name: &str, role: Role, salt: &str) -> AccountInput {
+    AccountInput { name: name.into(), role, password_hash: hash_of(salt) }
+}
+
+fn token_hash(n: u8) -> String {
+    format!("{n:02x}").repeat(32)
+}
+
+fn accounts_and_sessions_through_commands(b: Backend) {
+    let (_dir, _path, mut s) = open_temp(b);
+    let epoch = s.access_epoch();
+    let before = epoch.current();
+    let ops = [
+        Op::BootstrapAdmin { account: account("root", Role::Admin, "c2FsdDE") },
+        Op::BootstrapAdmin { account: account("other", Role::Admin, "c2FsdDI") },
+        Op::CreateAccount { account: account("ann", Role::Member, "c2FsdDM") },
+        Op::CreateAccount { account: account("ann", Role::Viewer, "c2FsdDQ") },
+        Op::CreateAccount { account: account("bad name", Role::Viewer, "c2FsdDQ") },
+        Op::CreateAccount {
+            account: AccountInput { name: "eve".into(), role: Role::Viewer, password_hash: "hunter22".into() },
+        },
+        Op::Login { token_hash: token_hash(1), account: "ann".into(), expires_at: at(100) },
+        Op::Login { token_hash: token_hash(2), account: "nobody".into(), expires_at: at(100) },
+        Op::UpdateAccount { name: "root".into(), role: Some(Role::Member), password_hash: None },
+        Op::DeleteAccount { name: "root".into() },
+    ];
+    let outcomes = apply_all(&mut s, &ops);
+    assert!(epoch.current() > before, "applying account entries moves the access epoch");
+    assert!(
+        matches!(&outcomes[0], ApplyOutcome::Applied { status: 201, reply: Reply::Account(a) } if a.role == "admin")
+    );
+    assert_eq!(rejected_status(&outcomes[1]), 409, "an admin exists: the bootstrap does nothing");
+    assert!(matches!(&outcomes[2], ApplyOutcome::Applied { status: 201, .. }));
+    assert_eq!(rejected_status(&outcomes[3]), 409, "the name is taken");
+    assert_eq!(rejected_status(&outcomes[4]), 422);
+    assert_eq!(rejected_status(&outcomes[5]), 422, "a password in clear is never stored");
+    assert!(
+        matches!(&outcomes[6], ApplyOutcome::Applied { status: 201, reply: Reply::Session { account, role, .. } } if account == "ann" && role == "member")
+    );
+    assert_eq!(rejected_status(&outcomes[7]), 401);
+    assert_eq!(rejected_status(&outcomes[8]), 409, "the last admin keeps the role");
+    assert_eq!(rejected_status(&outcomes[9]), 409, "the last admin stays");
+
+    let (session, role) = s.session(&token_hash(1)).unwrap().expect("ann's session");
+    assert_eq!((session.account.as_str(), role.as_str()), ("ann", "member"));
+    assert_eq!(session.expires_at, "2026-09-21T14:15:00.000000Z");
+    assert!(s.session(&token_hash(2)).unwrap().is_none());
+    assert!(s.has_admin().unwrap());
+
+    let mut next = 11;
+    let mut apply = |s: &mut Store, secs: i64, op: Op| {
+        next += 1;
+        s.apply(next - 1, 1, &Command::new(at(secs), op)).unwrap()
+    };
+    // A new role shows in the session at once; a new password replaces the hash.
+    let changed = apply(
+        &mut s,
+        20,
+        Op::UpdateAccount { name: "ann".into(), role: Some(Role::Viewer), password_hash: Some(hash_of("c2FsdDU")) },
+    );
+    assert!(matches!(changed, ApplyOutcome::Applied { status: 200, .. }), "{changed:?}");
+    assert_eq!(s.session(&token_hash(1)).unwrap().unwrap().1, "viewer");
+    assert_eq!(s.account("ann").unwrap().unwrap().password_hash, hash_of("c2FsdDU"));
+    // A login after ann's session expired deletes it.
+    apply(&mut s, 200, Op::Login { token_hash: token_hash(3), account: "root".into(), expires_at: at(300) });
+    assert!(s.session(&token_hash(1)).unwrap().is_none(), "expired sessions are pruned");
+    apply(&mut s, 201, Op::Login { token_hash: token_hash(4), account: "ann".into(), expires_at: at(300) });
+    assert_eq!(
+        apply(&mut s, 202, Op::Logout { token_hash: token_hash(3) }),
+        ApplyOutcome::Applied { status: 200, reply: Reply::LoggedOut }
+    );
+    assert!(s.session(&token_hash(3)).unwrap().is_none());
+    // Deleting an account ends its sessions.
+    assert!(matches!(
+        apply(&mut s, 203, Op::DeleteAccount { name: "ann".into() }),
+        ApplyOutcome::Applied { status: 200, .. }
+    ));
+    assert!(s.session(&token_hash(4)).unwrap().is_none());
+    assert!(s.account("ann").unwrap().is_none());
+    // A second admin may be demoted, then the first is no longer the last.
+    apply(&mut s, 204, Op::CreateAccount { account: account("bob", Role::Admin, "c2FsdDY") });
+    assert!(matches!(apply(&mut s, 205, Op::DeleteAccount { name: "root".into() }), ApplyOutcome::Applied { .. }));
+    assert_eq!(rejected_status(&apply(&mut s, 206, Op::DeleteAccount { name: "bob".into() })), 409);
+
+    // A retried account write with the same key, hashed again with a new salt, is the same request.
+    let create = |salt: &str| {
+        Command::new(at(207), Op::CreateAccount { account: account("cy", Role::Viewer, salt) }).with_key("acct-cy")
+    };
+    let first = s.apply(next, 1, &create("c2FsdDc")).unwrap();
+    assert_eq!(s.apply(next + 1, 1, &create("c2FsdDg")).unwrap(), first);
+
+    let listed = s.list_accounts(PageRequest::default()).unwrap();
+    assert_eq!(listed.data.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(), ["bob", "cy"]);
+    let text = serde_json::to_string(&listed).unwrap();
+    assert!(!text.contains("argon2"), "a listing shows no hash: {text}");
+    let dump = s.dump().unwrap();
+    assert_eq!(dump.accounts.len(), 2);
+    assert!(dump.sessions.iter().all(|s| s.token_hash.len() == 64));
+}
+
 macro_rules! per_backend {
     ($($test:ident),* $(,)?) => {
         mod sqlite {
@@ -818,6 +923,7 @@ macro_rules! per_backend {
 }
 
 per_backend!(
+    accounts_and_sessions_through_commands,
     products_crud_through_commands,
     invalid_products_are_rejected_with_422,
     product_listing_paginates_and_filters_by_price,

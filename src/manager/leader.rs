@@ -208,6 +208,8 @@ pub struct LeaderClient {
     stop: Receiver<()>,
     /// When the last warning about a failed request was logged, and how many were skipped since.
     warned: Mutex<(Option<Instant>, u64)>,
+    /// The `Authorization` sent with every request, when the nodes require an account.
+    authorization: Option<String>,
 }
 
 impl LeaderClient {
@@ -242,7 +244,14 @@ impl LeaderClient {
             stats,
             stop,
             warned: Mutex::new((None, 0)),
+            authorization: None,
         }
+    }
+
+    /// Sends `authorization` (`Basic …`), when given, with every write.
+    pub fn with_authorization(mut self, authorization: Option<String>) -> LeaderClient {
+        self.authorization = authorization;
+        self
     }
 
     pub fn book(&self) -> &LeaderBook {
@@ -298,7 +307,11 @@ impl LeaderClient {
 
     fn attempt(&self, http: &str, path: &str, content_type: &str, body: &[u8], key: &str) -> Attempt {
         let url = format!("{}://{http}{path}", self.scheme);
-        let sent = self.agent.post(&url).header("Idempotency-Key", key).header("Content-Type", content_type).send(body);
+        let mut request = self.agent.post(&url).header("Idempotency-Key", key).header("Content-Type", content_type);
+        if let Some(authorization) = &self.authorization {
+            request = request.header("Authorization", authorization);
+        }
+        let sent = request.send(body);
         let mut response = match sent {
             Ok(r) => r,
             Err(e) if crate::tls::is_tls_error(&e) => {
@@ -323,6 +336,16 @@ impl LeaderClient {
                     reason: format!("{url} redirected to {location:?}, not an {}:// URL", self.scheme),
                     leader_failed: true,
                 },
+            },
+            // The manager's own account is refused: no item can be stored until the operator
+            // fixes it, so nothing is dead-lettered meanwhile.
+            401 | 403 => Attempt::Retry {
+                reason: format!(
+                    "{url} refused the manager's credentials ({status}): set LABCTL_MANAGER_USER and \
+                     LABCTL_MANAGER_PASSWORD to an account of role member (admin for uploads); {}",
+                    text.trim()
+                ),
+                leader_failed: false,
             },
             _ if retryable(status) => Attempt::Retry {
                 reason: format!("{url} answered {status}: {}", text.trim()),

@@ -35,6 +35,11 @@ use crate::config::{Cluster, ClusterArgs, ConfigError, FileConfig, ManagerFile};
 /// holding it instead.
 pub const FTP_PASSWORD_ENV: &str = "LABCTL_FTP_PASSWORD";
 
+/// The environment variable holding the password of the manager's account on the nodes.
+pub const PASSWORD_ENV: &str = "LABCTL_MANAGER_PASSWORD";
+/// The environment variable naming a file that holds it (Docker secrets).
+pub const PASSWORD_FILE_ENV: &str = "LABCTL_MANAGER_PASSWORD_FILE";
+
 /// Options of `labctl manager`.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct Args {
@@ -76,6 +81,9 @@ pub struct Args {
     /// Explicit FTPS (AUTH TLS) to the FTP server, verified against --tls-ca [default: false]
     #[arg(long, env = "LABCTL_FTP_TLS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub ftp_tls: Option<bool>,
+    /// Account the manager writes to the nodes as, when they require accounts (--auth); its password comes from LABCTL_MANAGER_PASSWORD or LABCTL_MANAGER_PASSWORD_FILE, never a flag [default: none]
+    #[arg(long, env = "LABCTL_MANAGER_USER")]
+    pub user: Option<String>,
     /// Where the nodes are: the manager asks their /status when it does not know the leader
     #[command(flatten)]
     pub cluster: ClusterArgs,
@@ -274,6 +282,32 @@ impl Stats {
     }
 }
 
+/// The `Authorization` the manager sends the nodes: HTTP Basic with its account, when one is
+/// configured. The password comes from the environment or a file, never from a flag or the
+/// config file, and is never logged.
+fn node_credentials(args: &Args, file: &FileConfig) -> anyhow::Result<Option<String>> {
+    let Some(user) = args.user.clone().or_else(|| file.manager.user.clone()).filter(|u| !u.is_empty()) else {
+        return Ok(None);
+    };
+    let password = match std::env::var_os(PASSWORD_ENV).filter(|p| !p.is_empty()) {
+        Some(p) => p.into_string().map_err(|_| anyhow::anyhow!("{PASSWORD_ENV} is not UTF-8"))?,
+        None => {
+            let path = std::env::var_os(PASSWORD_FILE_ENV).filter(|p| !p.is_empty()).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "the manager's user {user:?} needs a password: set {PASSWORD_ENV} or {PASSWORD_FILE_ENV}"
+                )
+            })?;
+            let path = std::path::PathBuf::from(path);
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("{PASSWORD_FILE_ENV}: cannot read {}", path.display()))?;
+            text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text).to_string()
+        }
+    };
+    use base64ct::Encoding;
+    log::info!("manager: writing to the nodes as {user:?}");
+    Ok(Some(format!("Basic {}", base64ct::Base64::encode_string(format!("{user}:{password}").as_bytes()))))
+}
+
 /// Runs the manager until SIGINT or SIGTERM.
 pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
     let settings = Settings::resolve(&args, file, crate::config::secret_env(FTP_PASSWORD_ENV)?)?;
@@ -285,15 +319,18 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
     let key = crate::config::cluster_key(&args.cluster, &file.cluster)?;
     // Closing this channel (dropping the sender) tells every thread to stop.
     let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
-    let client = Arc::new(leader::LeaderClient::new(
-        book.clone(),
-        settings.nodes.clone(),
-        settings.node_scheme,
-        &client_tls,
-        settings.consumer.concurrency,
-        stats.clone(),
-        stop_rx.clone(),
-    ));
+    let client = Arc::new(
+        leader::LeaderClient::new(
+            book.clone(),
+            settings.nodes.clone(),
+            settings.node_scheme,
+            &client_tls,
+            settings.consumer.concurrency,
+            stats.clone(),
+            stop_rx.clone(),
+        )
+        .with_authorization(node_credentials(&args, file)?),
+    );
     match &key {
         Some(_) => log::info!("manager: secure mode: leader announcements must be signed with the cluster secret"),
         None => log::info!(

@@ -66,6 +66,8 @@ pub struct Api {
     pub max_upload: usize,
     /// `https` when the nodes serve TLS, else `http`: the scheme of redirects to the leader.
     pub scheme: &'static str,
+    /// Accounts and sessions, when authentication is on.
+    pub auth: super::auth::Auth,
 }
 
 /// Registers the routes.
@@ -146,15 +148,47 @@ fn error(status: u16, message: impl Into<String>) -> HttpResponse {
 
 // ---- writes ----
 
+/// The `307` to the leader (or `503`) when this node does not lead; None when it does.
+pub(super) fn unless_leader(api: &Api, req: &HttpRequest) -> Option<HttpResponse> {
+    let status = api.status.borrow().clone();
+    (status.role != "LEADER").then(|| not_leader(&status, req, api.scheme))
+}
+
+/// [`write`], for the writes of [`super::auth`] that may carry an `Idempotency-Key`.
+pub(super) async fn write_keyed(api: &Api, req: &HttpRequest, op: Op) -> HttpResponse {
+    write(api, req, op).await
+}
+
+/// [`write`] without the request's `Idempotency-Key`: for a login or logout, whose answer (a
+/// new token) a repeated key could not give again.
+pub(super) async fn write_unkeyed(api: &Api, req: &HttpRequest, op: Op) -> HttpResponse {
+    write_with(api, req, op, false).await
+}
+
+/// Proposes `op` for the node itself (no client): its outcome, or None when it was not applied
+/// (no longer leading, timed out).
+pub(super) async fn propose(api: &Api, op: Op) -> Option<ApplyOutcome> {
+    let value = EntryValue::to_json(&Command::new(Utc::now(), op)).ok()?;
+    match replicate(api, Some(value)).await {
+        Ok(WriteResult::Done(outcome)) => Some(outcome),
+        _ => None,
+    }
+}
+
 /// Sends `op` through Raft and answers with its outcome.
 async fn write(api: &Api, req: &HttpRequest, op: Op) -> HttpResponse {
+    write_with(api, req, op, true).await
+}
+
+/// [`write`]; `keyed`: whether the request's `Idempotency-Key` goes with it.
+async fn write_with(api: &Api, req: &HttpRequest, op: Op, keyed: bool) -> HttpResponse {
     let status = api.status.borrow().clone();
     if status.role != "LEADER" {
         return not_leader(&status, req, api.scheme);
     }
     let assignment = super::notify::Assignment::before(api.notify.as_ref(), &op).await;
     let mut command = Command::new(Utc::now(), op);
-    if let Some(key) = req.headers().get(IDEMPOTENCY_KEY) {
+    if let Some(key) = req.headers().get(IDEMPOTENCY_KEY).filter(|_| keyed) {
         let Ok(key) = key.to_str() else {
             return error(400, "Idempotency-Key must be visible ASCII");
         };
@@ -220,13 +254,14 @@ fn write_result(result: WriteResult, status: &NodeStatus, req: &HttpRequest, sch
             let mut response = HttpResponse::build(code);
             // A new object is named where it can be read.
             let created = match &reply {
-                Reply::Product(p) => Some(("products", p.id)),
-                Reply::User(u) => Some(("users", u.id)),
-                Reply::Task(t) => Some(("tasks", t.id)),
-                Reply::Deleted { .. } | Reply::Imported { .. } => None,
+                Reply::Product(p) => Some(format!("/api/products/{}", p.id)),
+                Reply::User(u) => Some(format!("/api/users/{}", u.id)),
+                Reply::Task(t) => Some(format!("/api/tasks/{}", t.id)),
+                Reply::Account(a) => Some(format!("/api/accounts/{}", a.name)),
+                Reply::Deleted { .. } | Reply::Imported { .. } | Reply::Session { .. } | Reply::LoggedOut => None,
             };
-            if let (201, Some((what, id))) = (status, created) {
-                response.insert_header((header::LOCATION, format!("/api/{what}/{id}")));
+            if let (201, Some(location)) = (status, created) {
+                response.insert_header((header::LOCATION, location));
             }
             response.content_type("application/json").body(reply_body(&reply))
         }
@@ -257,6 +292,11 @@ fn reply_body(reply: &Reply) -> Vec<u8> {
         Reply::Task(t) => serde_json::to_vec(t),
         Reply::Deleted { id } => serde_json::to_vec(&json!({ "id": id })),
         Reply::Imported { imported, ids } => serde_json::to_vec(&json!({ "imported": imported, "ids": ids })),
+        Reply::Account(a) => serde_json::to_vec(a),
+        Reply::Session { account, role, expires_at } => {
+            serde_json::to_vec(&json!({ "name": account, "role": role, "expires_at": expires_at }))
+        }
+        Reply::LoggedOut => serde_json::to_vec(&json!({ "logged_out": true })),
     };
     // Plain structs of strings and numbers: serializing them cannot fail.
     body.unwrap_or_else(|_| b"{}".to_vec())

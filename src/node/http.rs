@@ -179,9 +179,13 @@ fn app(
         .app_data(state)
         .app_data(api)
         .app_data(console)
+        // The innermost first: authorization runs after HEAD became GET, and its 401 and 403
+        // are counted.
+        .wrap(middleware::from_fn(super::auth::authorize))
         .wrap(middleware::from_fn(count_responses))
         .wrap(middleware::from_fn(head_as_get))
         .wrap(middleware::from_fn(body_deadline))
+        .configure(super::auth::configure)
         .configure(super::api::configure)
         .configure(super::console::configure)
         .service(web::resource("/healthz").get(healthz).default_service(web::to(method_not_allowed)))

@@ -6,6 +6,7 @@
 pub mod announce;
 pub mod api;
 pub mod apply;
+pub mod auth;
 pub mod console;
 pub mod driver;
 pub mod guard;
@@ -68,10 +69,28 @@ pub struct Args {
     pub control_allow: Option<String>,
     #[command(flatten)]
     pub tls: TlsArgs,
+    /// Require accounts on the HTTP API and the console: on or off (--auth alone: on). The first admin's password comes from LABCTL_ADMIN_PASSWORD or LABCTL_ADMIN_PASSWORD_FILE, else the leader makes one and prints it once [default: off]
+    #[arg(long, env = "LABCTL_AUTH", num_args = 0..=1, default_missing_value = "on", value_parser = parse_switch)]
+    pub auth: Option<bool>,
+    /// How long a login's token is valid: 30s, 15m, 12h, or seconds [default: 12h]
+    #[arg(long, env = "LABCTL_TOKEN_TTL")]
+    pub token_ttl: Option<String>,
+    /// Name of the first admin account, made when authentication is on and no admin exists [default: admin]
+    #[arg(long, env = "LABCTL_ADMIN_NAME")]
+    pub admin_name: Option<String>,
     #[command(flatten)]
     pub cluster: ClusterArgs,
     #[command(flatten)]
     pub raft: RaftArgs,
+}
+
+/// `on`/`off` (also `true`/`false`, `yes`/`no`, `1`/`0`).
+fn parse_switch(text: &str) -> Result<bool, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" | "1" => Ok(true),
+        "off" | "false" | "no" | "0" => Ok(false),
+        other => Err(format!("{other:?} is neither on nor off")),
+    }
 }
 
 /// Database connections for HTTP reads at most (opened as reads need them).
@@ -125,6 +144,21 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
         (true, _) => "https",
         (false, _) => "http",
     };
+    let auth_on = args.auth.or(file.node.auth).unwrap_or(false);
+    let token_ttl = match args.token_ttl.as_deref().or(file.node.token_ttl.as_deref()) {
+        Some(text) => crate::manager::parse_duration(text)
+            .filter(|d| !d.is_zero() && *d <= std::time::Duration::from_secs(366 * 24 * 3600))
+            .ok_or_else(|| {
+                anyhow::anyhow!("token_ttl {text:?} is not a duration from 1 ms to a year (30s, 15m, 12h)")
+            })?,
+        None => auth::DEFAULT_TOKEN_TTL,
+    };
+    let admin_name = args.admin_name.clone().or_else(|| file.node.admin_name.clone()).unwrap_or_else(|| "admin".into());
+    if let Err(e) = store::check_account_name(&admin_name) {
+        anyhow::bail!("admin_name {admin_name:?}: {e}");
+    }
+    // Read (and checked) at start, so that a missing file stops the node at once.
+    let admin_password = if auth_on { Some(auth::AdminPassword::from_env()?) } else { None };
 
     let given_url = args.database_url.clone().or_else(|| file.node.database_url.clone());
     if let Some(url) = given_url.as_deref().filter(|url| store::is_sqlite_in_memory(url)) {
@@ -185,6 +219,7 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
     let reads = ReadPool::open(&open_url, READ_CONNECTIONS)
         .with_context(|| format!("cannot open read connections to the database of {name}"))?;
     log::info!("{name}: database {database_url}");
+    let access_epoch = write_store.access_epoch();
     let applier = Applier::start(write_store, own_file, name.clone())?;
     let notifier = notify::Notifier::start(file, &name, &open_url)?;
 
@@ -237,15 +272,40 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
             notify: notifier.clone(),
             max_upload: max_upload_bytes,
             scheme,
+            auth: auth::Auth::new(auth_on, token_ttl, access_epoch),
         });
         let console_token = args.console_token.clone().or_else(|| file.node.console_token.clone());
+        if auth_on && console_token.is_some() {
+            log::warn!("{name}: console_token is ignored with authentication on: the control buttons need an admin");
+        }
         let announce_key = key.clone();
-        let mut console =
-            console::Console::new(name.clone(), console_token, transport_addr, cluster.clone(), scheme, &client_tls);
+        let mut console = console::Console::new(
+            name.clone(),
+            console_token,
+            transport_addr,
+            cluster.clone(),
+            scheme,
+            &client_tls,
+            auth_on,
+        );
         if let Some(key) = key {
             console = console.sign_with(key);
         }
-        let control = if console.token_required() { "need the console token" } else { "are open (no console_token)" };
+        let control = if auth_on {
+            "need an admin"
+        } else if console.token_required() {
+            "need the console token"
+        } else {
+            "are open (no console_token)"
+        };
+        if auth_on {
+            log::info!("{name}: authentication is on: accounts and roles on the HTTP API (tokens live {token_ttl:?})");
+        } else {
+            log::info!(
+                "{name}: authentication is off: every HTTP request is allowed (start with --auth to require accounts)"
+            );
+        }
+        let admin = admin_password.map(|password| tokio::spawn(auth::ensure_admin(api.clone(), admin_name, password)));
         let http =
             http::Server::start(http_bind, server_tls, driver.subscribe(), api, actix_web::web::Data::new(console))
                 .with_context(|| format!("cannot serve {scheme} on {http_bind} for {name}"))?;
@@ -259,6 +319,9 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
         let mailer = notifier.map(|n| tokio::spawn(n.watch_elections(driver.subscribe())));
         let stopped = driver.run(stop_signal()).await;
         if let Some(task) = announcer {
+            task.abort();
+        }
+        if let Some(task) = admin {
             task.abort();
         }
         if let Some(task) = mailer {

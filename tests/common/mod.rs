@@ -159,6 +159,7 @@ pub struct TestCluster {
     pub raft_port: u16,
     pub dir: PathBuf,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
     children: Vec<Option<Child>>,
     /// Secure mode: the harness signs its control requests with this cluster key.
     signing: Option<labctl::proto::client::Signing>,
@@ -168,16 +169,23 @@ impl TestCluster {
     /// Starts `nodes` nodes on 127.0.0.1..=N with the given Raft port (0: a free one), and
     /// waits until each answers.
     pub fn start(nodes: u32, raft_port: u16, extra: &[&str]) -> TestCluster {
-        TestCluster::start_signing(nodes, raft_port, extra, None)
+        TestCluster::start_signing(nodes, raft_port, extra, &[], None)
     }
 
-    /// [`TestCluster::start`] in secure mode: `extra` gives the nodes the secret, and the
-    /// harness signs its control requests with `key`.
+    /// [`TestCluster::start`], with environment variables for every node.
+    #[allow(dead_code)]
+    pub fn start_with_env(nodes: u32, raft_port: u16, extra: &[&str], env: &[(&str, &str)]) -> TestCluster {
+        TestCluster::start_signing(nodes, raft_port, extra, env, None)
+    }
+
+    /// [`TestCluster::start_with_env`] in secure mode: `extra` gives the nodes the secret, and
+    /// the harness signs its control requests with `key`.
     #[allow(dead_code)]
     pub fn start_signing(
         nodes: u32,
         raft_port: u16,
         extra: &[&str],
+        env: &[(&str, &str)],
         key: Option<labctl::proto::auth::Key>,
     ) -> TestCluster {
         let raft_port = if raft_port == 0 { free_port(nodes) } else { raft_port };
@@ -189,6 +197,7 @@ impl TestCluster {
             raft_port,
             dir,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             children: (0..nodes).map(|_| None).collect(),
             signing: key.map(labctl::proto::client::Signing::new),
         };
@@ -233,6 +242,7 @@ impl TestCluster {
             .args(&self.extra)
             .env("RUST_LOG", "info")
             .env_remove("LABCTL_CONFIG")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .current_dir(&self.dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))

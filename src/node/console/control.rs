@@ -39,6 +39,7 @@ async fn describe(console: web::Data<Console>) -> HttpResponse {
         "node": console.name,
         "requests": ["timeout", "convert-follower"],
         "token_required": console.token_required(),
+        "auth": console.auth,
     }))
 }
 

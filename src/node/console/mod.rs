@@ -44,6 +44,9 @@ pub struct Console {
     name: String,
     /// The bearer token the control endpoints require; None: they are open.
     token: Option<String>,
+    /// Whether accounts are required (`--auth`): then the control endpoints need an admin,
+    /// checked by [`crate::node::auth`], and the token is not asked for.
+    auth: bool,
     /// Where the node's own Raft/control socket receives datagrams.
     control_addr: SocketAddr,
     cluster: Cluster,
@@ -55,7 +58,8 @@ pub struct Console {
 impl Console {
     /// The console of node `name`, whose Raft/control socket is bound to `raft_bound` (an
     /// unspecified address, as in a container, is reached over loopback). The relay reaches the
-    /// other members with `scheme`, verifying https ones with `tls`.
+    /// other members with `scheme`, verifying https ones with `tls`. With `auth` on, the
+    /// control buttons need an admin and `token` is not used.
     pub fn new(
         name: String,
         token: Option<String>,
@@ -63,11 +67,13 @@ impl Console {
         cluster: Cluster,
         scheme: &'static str,
         tls: &crate::tls::ClientTls,
+        auth: bool,
     ) -> Console {
-        let token = token.filter(|t| !t.is_empty());
+        let token = token.filter(|t| !t.is_empty() && !auth);
         Console {
             name,
             token,
+            auth,
             control_addr: control::reachable(raft_bound),
             cluster,
             relay: relay::Relay::new(scheme, tls),

@@ -7,7 +7,7 @@
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::models::{Product, Task, User};
+use super::models::{AccountView, Product, Task, User};
 
 /// Longest accepted `Idempotency-Key`.
 pub const MAX_IDEMPOTENCY_KEY: usize = 255;
@@ -73,6 +73,144 @@ pub enum Op {
     DeleteTask {
         id: i64,
     },
+    /// A new account; the leader hashed its password before proposing, so that the log and
+    /// the database hold only the hash.
+    CreateAccount {
+        account: AccountInput,
+    },
+    /// A new role or password (hashed) for an account; what is absent is kept. The last admin
+    /// is never demoted.
+    UpdateAccount {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        role: Option<Role>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        password_hash: Option<String>,
+    },
+    /// The account and its sessions; never the last admin.
+    DeleteAccount {
+        name: String,
+    },
+    /// The first admin, from the configuration: created only while no admin exists, so that
+    /// every leader may propose it and only the first one counts.
+    BootstrapAdmin {
+        account: AccountInput,
+    },
+    /// A session of `account` until `expires_at`, known by the SHA-256 of its token; expired
+    /// sessions are deleted with it.
+    Login {
+        token_hash: String,
+        account: String,
+        expires_at: DateTime<Utc>,
+    },
+    /// Ends the session of a token (by its hash).
+    Logout {
+        token_hash: String,
+    },
+}
+
+impl Op {
+    /// Whether applying the operation changes who may do what (accounts, sessions): the
+    /// authentication caches are invalidated around it.
+    pub fn changes_access(&self) -> bool {
+        matches!(
+            self,
+            Op::CreateAccount { .. }
+                | Op::UpdateAccount { .. }
+                | Op::DeleteAccount { .. }
+                | Op::BootstrapAdmin { .. }
+                | Op::Login { .. }
+                | Op::Logout { .. }
+        )
+    }
+}
+
+/// What a role may do; each may do what the ones before it may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Reads.
+    Viewer,
+    /// Reads, and writes of tasks and products.
+    Member,
+    /// Everything: accounts, task users, uploads, the console's control buttons.
+    Admin,
+}
+
+impl Role {
+    pub const ALL: [Role; 3] = [Role::Viewer, Role::Member, Role::Admin];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Member => "member",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Role, String> {
+        Role::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| format!("unknown role {s:?}: viewer, member or admin"))
+    }
+}
+
+/// An account as a log entry carries it: the password only as its argon2id hash.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountInput {
+    pub name: String,
+    pub role: Role,
+    pub password_hash: String,
+}
+
+impl std::fmt::Debug for AccountInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccountInput").field("name", &self.name).field("role", &self.role).finish_non_exhaustive()
+    }
+}
+
+/// Longest account name.
+pub const MAX_ACCOUNT_NAME: usize = 64;
+
+/// Checks an account name: 1 to 64 letters, digits, `.`, `_`, `-` or `@`. Names are
+/// compared as given (the clients send them back as they were created).
+pub fn check_account_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_ACCOUNT_NAME {
+        return Err(format!("an account name is 1 to {MAX_ACCOUNT_NAME} characters"));
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@')) {
+        return Err("an account name holds only letters, digits, '.', '_', '-' and '@'".into());
+    }
+    Ok(())
+}
+
+/// A password hash as the log carries it: an argon2id PHC string, never anything else (a
+/// password in clear, say).
+pub(super) fn check_password_hash(hash: &str) -> Result<(), Rejection> {
+    if !hash.starts_with("$argon2id$") || hash.len() > 255 || hash.contains(char::is_control) {
+        return Err(Rejection::invalid("a password is stored only as an argon2id hash"));
+    }
+    Ok(())
+}
+
+/// A token hash: SHA-256 in hex.
+pub(super) fn check_token_hash(hash: &str) -> Result<(), Rejection> {
+    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Rejection::invalid("a session is known by the SHA-256 of its token"));
+    }
+    Ok(())
+}
+
+impl AccountInput {
+    pub(super) fn validate(&self) -> Result<(), Rejection> {
+        check_account_name(&self.name).map_err(Rejection::invalid)?;
+        check_password_hash(&self.password_hash)
+    }
 }
 
 /// A product as the scraper produces it or a client sends it.
@@ -212,6 +350,14 @@ pub enum Reply {
         imported: usize,
         ids: [i64; 2],
     },
+    Account(Box<AccountView>),
+    /// A login: whose, and until when (the token itself is never in the log).
+    Session {
+        account: String,
+        role: String,
+        expires_at: String,
+    },
+    LoggedOut,
 }
 
 /// A refused write, before it becomes [`ApplyOutcome::Rejected`].
@@ -225,11 +371,17 @@ impl Rejection {
     pub fn not_found(what: &str, id: i64) -> Rejection {
         Rejection { status: 404, error: format!("{what} {id} does not exist") }
     }
+    pub fn not_found_named(what: &str, name: &str) -> Rejection {
+        Rejection { status: 404, error: format!("{what} {name:?} does not exist") }
+    }
     pub fn conflict(error: impl Into<String>) -> Rejection {
         Rejection { status: 409, error: error.into() }
     }
     pub fn invalid(error: impl Into<String>) -> Rejection {
         Rejection { status: 422, error: error.into() }
+    }
+    pub fn unauthorized(error: impl Into<String>) -> Rejection {
+        Rejection { status: 401, error: error.into() }
     }
 }
 
@@ -263,7 +415,7 @@ fn check_characters(field: &str, value: &str) -> Result<(), Rejection> {
 }
 
 /// Dates and times are stored as text of fixed width, so their years have four digits.
-fn check_year(field: &str, year: i32) -> Result<(), Rejection> {
+pub(super) fn check_year(field: &str, year: i32) -> Result<(), Rejection> {
     if !(0..=9999).contains(&year) {
         return Err(Rejection::invalid(format!("{field} must be in the years 0000 to 9999")));
     }
@@ -377,7 +529,7 @@ impl TaskInput {
 /// The text form of a timestamp in the database (`2026-11-30T08:15:00.250000Z`): fixed width,
 /// so text order is time order. RFC 3339 with microseconds is that form, written without
 /// interpreting a format string on every row.
-pub(super) fn timestamp_text(at: &DateTime<Utc>) -> String {
+pub fn timestamp_text(at: &DateTime<Utc>) -> String {
     at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 

@@ -39,21 +39,22 @@ pub mod own_file;
 pub mod pool;
 mod schema;
 
-use chrono::NaiveDate;
+use chrono::{Datelike, NaiveDate};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
-use self::command::{timestamp_text, Rejection};
+use self::command::Rejection;
 pub use self::command::{
-    ApplyOutcome, Command, Op, Priority, ProductInput, Reply, Status, TaskInput, UserInput, MAX_IDEMPOTENCY_KEY,
+    check_account_name, timestamp_text, AccountInput, ApplyOutcome, Command, Op, Priority, ProductInput, Reply, Role,
+    Status, TaskInput, UserInput, MAX_IDEMPOTENCY_KEY,
 };
 pub use self::models::{
-    Applied, Dump, IdempotencyRecord, Meta, Page, PageRequest, Pagination, Product, ProductQuery, Task, TaskQuery,
-    TaskStats, User, DEFAULT_LIMIT, MAX_LIMIT,
+    Account, AccountView, Applied, Dump, IdempotencyRecord, Meta, Page, PageRequest, Pagination, Product, ProductQuery,
+    Session, Task, TaskQuery, TaskStats, User, DEFAULT_LIMIT, MAX_LIMIT,
 };
-use self::schema::{apply_outcomes, idempotency_keys, meta, products, tasks, users};
+use self::schema::{accounts, apply_outcomes, idempotency_keys, meta, products, sessions, tasks, users};
 
 /// Outcomes of this many most recent log entries are kept (see [`Store::outcome_of`]).
 pub const OUTCOMES_KEPT: u64 = 10_000;
@@ -184,6 +185,31 @@ pub struct Store {
     /// Whether the outcome of each applied entry is kept for other nodes (see
     /// [`Store::private`]).
     keep_outcomes: bool,
+    /// Moved around every transaction that changes accounts or sessions.
+    access: AccessEpoch,
+}
+
+/// A counter that moves before and after every transaction applying an entry that changes
+/// accounts or sessions ([`Op::changes_access`]): the authentication caches of the HTTP
+/// handlers keep an answer only while it has not moved since they read the database. Moving
+/// it on both sides covers a read that runs while such a transaction is open (it reads the old
+/// rows, and the counter moves again at the commit or rollback).
+#[derive(Debug, Clone, Default)]
+pub struct AccessEpoch {
+    counter: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Set while a transaction left open ([`Store::apply_open`]) changes access.
+    open: bool,
+}
+
+impl AccessEpoch {
+    /// The counter's value now.
+    pub fn current(&self) -> u64 {
+        self.counter.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn bump(&self) {
+        self.counter.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -220,6 +246,7 @@ impl Store {
             return Ok(Store {
                 conn: DbConnection::Postgres(diesel::PgConnection::establish(url)?),
                 keep_outcomes: true,
+                access: AccessEpoch::default(),
             });
         }
         #[cfg(feature = "mysql")]
@@ -228,7 +255,7 @@ impl Store {
             // READ COMMITTED: after waiting for the meta row lock, an applier reads what the node
             // before it committed, whatever it read earlier in the transaction.
             conn.batch_execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")?;
-            return Ok(Store { conn: DbConnection::Mysql(conn), keep_outcomes: true });
+            return Ok(Store { conn: DbConnection::Mysql(conn), keep_outcomes: true, access: AccessEpoch::default() });
         }
         let sqlite_path = if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
             path
@@ -248,7 +275,7 @@ impl Store {
             use_wal(&mut conn)?;
             conn.batch_execute("PRAGMA synchronous = NORMAL; PRAGMA mmap_size = 268435456;")?;
         }
-        Ok(Store { conn: DbConnection::Sqlite(conn), keep_outcomes: true })
+        Ok(Store { conn: DbConnection::Sqlite(conn), keep_outcomes: true, access: AccessEpoch::default() })
     }
 
     /// Marks the database as this node's alone: no other node applies entries to it, so no
@@ -258,6 +285,12 @@ impl Store {
     pub fn private(mut self) -> Store {
         self.keep_outcomes = false;
         self
+    }
+
+    /// The counter this store moves around changes of accounts and sessions, to share with
+    /// the caches that read them elsewhere.
+    pub fn access_epoch(&self) -> AccessEpoch {
+        AccessEpoch { counter: self.access.counter.clone(), open: false }
     }
 
     /// Stops flushing a SQLite file at commits and checkpoints (`synchronous = OFF`): for a
@@ -368,7 +401,15 @@ impl Store {
     /// row is locked and read once, and written once at the end.
     pub fn apply_batch(&mut self, entries: &[(u64, u64, Command)]) -> Result<Vec<ApplyOutcome>, StoreError> {
         let keep = self.keep_outcomes;
-        self.conn.transaction(|c| apply_in_transaction(c, entries, keep))
+        let access = entries.iter().any(|(_, _, cmd)| cmd.op.changes_access());
+        if access {
+            self.access.bump();
+        }
+        let applied = self.conn.transaction(|c| apply_in_transaction(c, entries, keep));
+        if access {
+            self.access.bump();
+        }
+        applied
     }
 
     /// Applies entries as [`Store::apply_batch`] does but leaves the transaction open: what
@@ -378,6 +419,10 @@ impl Store {
     pub fn apply_open(&mut self, entries: &[(u64, u64, Command)]) -> Result<Vec<ApplyOutcome>, StoreError> {
         use diesel::connection::{Connection, TransactionManager};
         <DbConnection as Connection>::TransactionManager::begin_transaction(&mut self.conn)?;
+        if entries.iter().any(|(_, _, cmd)| cmd.op.changes_access()) {
+            self.access.bump();
+            self.access.open = true;
+        }
         let keep = self.keep_outcomes;
         let applied = apply_in_transaction(&mut self.conn, entries, keep);
         if applied.is_err() {
@@ -389,15 +434,21 @@ impl Store {
     /// Commits the transaction left open by [`Store::apply_open`].
     pub fn commit_open(&mut self) -> Result<(), StoreError> {
         use diesel::connection::{Connection, TransactionManager};
-        <DbConnection as Connection>::TransactionManager::commit_transaction(&mut self.conn)?;
-        Ok(())
+        let committed = <DbConnection as Connection>::TransactionManager::commit_transaction(&mut self.conn);
+        if committed.is_ok() && std::mem::take(&mut self.access.open) {
+            self.access.bump();
+        }
+        Ok(committed?)
     }
 
     /// Undoes the transaction left open by [`Store::apply_open`].
     pub fn rollback_open(&mut self) -> Result<(), StoreError> {
         use diesel::connection::{Connection, TransactionManager};
-        <DbConnection as Connection>::TransactionManager::rollback_transaction(&mut self.conn)?;
-        Ok(())
+        let rolled_back = <DbConnection as Connection>::TransactionManager::rollback_transaction(&mut self.conn);
+        if std::mem::take(&mut self.access.open) {
+            self.access.bump();
+        }
+        Ok(rolled_back?)
     }
 
     /// Records a log entry that carries no command (e.g. a leader's no-op) as applied.
@@ -551,7 +602,44 @@ impl Store {
                 .select(IdempotencyRecord::as_select())
                 .order(idempotency_keys::idem_key)
                 .load(c)?,
+            accounts: accounts::table.select(Account::as_select()).order(accounts::name).load(c)?,
+            sessions: sessions::table.select(Session::as_select()).order(sessions::token_hash).load(c)?,
         })
+    }
+
+    /// The account called `name`.
+    pub fn account(&mut self, name: &str) -> Result<Option<Account>, StoreError> {
+        Ok(on_backend!(&mut self.conn, |c| accounts::table
+            .find(name)
+            .select(Account::as_select())
+            .first(c)
+            .optional())?)
+    }
+
+    /// Accounts by name, without their password hashes.
+    pub fn list_accounts(&mut self, page: PageRequest) -> Result<Page<AccountView>, StoreError> {
+        let (offset, limit) = page.bounded();
+        let c = &mut self.conn;
+        let total: i64 = accounts::table.count().get_result(c)?;
+        let rows: Vec<Account> =
+            accounts::table.select(Account::as_select()).order(accounts::name).offset(offset).limit(limit).load(c)?;
+        Ok(Page::new(rows.iter().map(Account::view).collect(), total, offset, limit))
+    }
+
+    /// Whether any account is an admin.
+    pub fn has_admin(&mut self) -> Result<bool, StoreError> {
+        Ok(admins(&mut self.conn)? > 0)
+    }
+
+    /// The session of the token whose SHA-256 (hex) is `token_hash`, with its account's role
+    /// now; expired sessions are returned too (their expiry is the caller's to check).
+    pub fn session(&mut self, token_hash: &str) -> Result<Option<(Session, String)>, StoreError> {
+        Ok(on_backend!(&mut self.conn, |c| sessions::table
+            .inner_join(accounts::table.on(accounts::name.eq(sessions::account)))
+            .filter(sessions::token_hash.eq(token_hash))
+            .select((Session::as_select(), accounts::role))
+            .first(c)
+            .optional())?)
     }
 }
 
@@ -786,8 +874,17 @@ fn decide(c: &mut DbConnection, index: i64, cmd: &Command, m: &mut Meta) -> Resu
 
 /// SHA-256 (hex) of `op` as it is written in log entries: the same on every node and for
 /// every retry of one request (an upload's multipart framing is not in it, only its rows).
+///
+/// A password hash is left out: its salt is new for every request, so that a retried
+/// account write would never match its first. Such a key stands for the account and role.
 fn fingerprint_of(op: &Op) -> Result<String, StoreError> {
-    Ok(crate::manager::sha256_hex(&serde_json::to_vec(op)?))
+    let mut op = op.clone();
+    match &mut op {
+        Op::CreateAccount { account } | Op::BootstrapAdmin { account } => account.password_hash.clear(),
+        Op::UpdateAccount { password_hash: Some(hash), .. } => hash.clear(),
+        _ => {}
+    }
+    Ok(crate::manager::sha256_hex(&serde_json::to_vec(&op)?))
 }
 
 /// Whether `op` must run in a savepoint to leave nothing behind when it is refused: all but
@@ -987,7 +1084,92 @@ fn run_op(c: &mut DbConnection, cmd: &Command, m: &mut Meta) -> Result<(u16, Rep
             0 => Err(Rejection::not_found("task", *id).into()),
             _ => Ok((200, Reply::Deleted { id: *id })),
         },
+        Op::CreateAccount { account } => {
+            account.validate()?;
+            if find_account(c, &account.name)?.is_some() {
+                return Err(Rejection::conflict(format!("account {:?} exists", account.name)).into());
+            }
+            Ok((201, Reply::Account(Box::new(insert_account(c, account, now)?))))
+        }
+        Op::BootstrapAdmin { account } => {
+            account.validate()?;
+            if account.role != Role::Admin {
+                return Err(Rejection::invalid("the first account is an admin").into());
+            }
+            if admins(c)? > 0 {
+                return Err(Rejection::conflict("an admin exists already").into());
+            }
+            // An account of that name with another role becomes the admin.
+            diesel::delete(accounts::table.find(&account.name)).execute(c)?;
+            Ok((201, Reply::Account(Box::new(insert_account(c, account, now)?))))
+        }
+        Op::UpdateAccount { name, role, password_hash } => {
+            let mut row = find_account(c, name)?.ok_or_else(|| Rejection::not_found_named("account", name))?;
+            if let Some(hash) = password_hash {
+                command::check_password_hash(hash)?;
+                row.password_hash = hash.clone();
+            }
+            if let Some(role) = role {
+                if row.role == Role::Admin.as_str() && *role != Role::Admin && admins(c)? <= 1 {
+                    return Err(Rejection::conflict(format!("{name} is the last admin")).into());
+                }
+                row.role = role.as_str().to_string();
+            }
+            row.updated_at = now;
+            diesel::update(accounts::table.find(name)).set(&row).execute(c)?;
+            Ok((200, Reply::Account(Box::new(row.view()))))
+        }
+        Op::DeleteAccount { name } => {
+            let row = find_account(c, name)?.ok_or_else(|| Rejection::not_found_named("account", name))?;
+            if row.role == Role::Admin.as_str() && admins(c)? <= 1 {
+                return Err(Rejection::conflict(format!("{name} is the last admin")).into());
+            }
+            diesel::delete(sessions::table.filter(sessions::account.eq(name))).execute(c)?;
+            diesel::delete(accounts::table.find(name)).execute(c)?;
+            Ok((200, Reply::Account(Box::new(row.view()))))
+        }
+        Op::Login { token_hash, account, expires_at } => {
+            command::check_token_hash(token_hash)?;
+            command::check_year("expires_at", expires_at.year())?;
+            // Expired sessions go, by the leader's clock in the entry: the same rows everywhere.
+            diesel::delete(sessions::table.filter(sessions::expires_at.lt(&now))).execute(c)?;
+            // The account may have gone between the password check and this entry.
+            let row = find_account(c, account)?
+                .ok_or_else(|| Rejection::unauthorized(format!("account {account:?} does not exist")))?;
+            let session = Session {
+                token_hash: token_hash.clone(),
+                account: account.clone(),
+                expires_at: timestamp_text(expires_at),
+                created_at: now,
+            };
+            diesel::insert_into(sessions::table).values(&session).execute(c)?;
+            Ok((201, Reply::Session { account: row.name, role: row.role, expires_at: session.expires_at }))
+        }
+        Op::Logout { token_hash } => {
+            diesel::delete(sessions::table.find(token_hash)).execute(c)?;
+            Ok((200, Reply::LoggedOut))
+        }
     }
+}
+
+fn find_account(c: &mut DbConnection, name: &str) -> Result<Option<Account>, DieselError> {
+    accounts::table.find(name).select(Account::as_select()).first(c).optional()
+}
+
+fn admins(c: &mut DbConnection) -> Result<i64, DieselError> {
+    accounts::table.filter(accounts::role.eq(Role::Admin.as_str())).count().get_result(c)
+}
+
+fn insert_account(c: &mut DbConnection, account: &AccountInput, now: String) -> Result<AccountView, DieselError> {
+    let row = Account {
+        name: account.name.clone(),
+        role: account.role.as_str().to_string(),
+        password_hash: account.password_hash.clone(),
+        created_at: now.clone(),
+        updated_at: now,
+    };
+    diesel::insert_into(accounts::table).values(&row).execute(c)?;
+    Ok(row.view())
 }
 
 #[cfg(test)]

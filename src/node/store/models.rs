@@ -6,7 +6,7 @@ use diesel::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::command::{Priority, Status};
-use super::schema::{idempotency_keys, meta, products, tasks, users};
+use super::schema::{accounts, idempotency_keys, meta, products, sessions, tasks, users};
 
 /// Default page size of a listing.
 pub const DEFAULT_LIMIT: u64 = 20;
@@ -54,6 +54,56 @@ pub struct Task {
     pub assignee: Option<i64>,
     pub created_at: String,
     pub updated_at: String,
+}
+
+/// Someone who may log in (see [`crate::node::auth`]). The password is kept only as its
+/// argon2id hash (a PHC string); [`AccountView`] is what is shown of it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Queryable, Selectable, Insertable, AsChangeset)]
+#[diesel(table_name = accounts)]
+pub struct Account {
+    pub name: String,
+    /// `viewer`, `member` or `admin`.
+    pub role: String,
+    pub password_hash: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl std::fmt::Debug for Account {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Account").field("name", &self.name).field("role", &self.role).finish_non_exhaustive()
+    }
+}
+
+impl Account {
+    pub fn view(&self) -> AccountView {
+        AccountView {
+            name: self.name.clone(),
+            role: self.role.clone(),
+            created_at: self.created_at.clone(),
+            updated_at: self.updated_at.clone(),
+        }
+    }
+}
+
+/// An account as the API shows it: without its password hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountView {
+    pub name: String,
+    pub role: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// A login: the SHA-256 (hex) of its bearer token, never the token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Queryable, Selectable, Insertable)]
+#[diesel(table_name = sessions)]
+pub struct Session {
+    pub token_hash: String,
+    pub account: String,
+    /// UTC, the fixed-width text of every timestamp here.
+    pub expires_at: String,
+    pub created_at: String,
 }
 
 /// The bookkeeping row: what was applied last and the next id of each table.
@@ -175,4 +225,6 @@ pub struct Dump {
     pub users: Vec<User>,
     pub tasks: Vec<Task>,
     pub idempotency: Vec<IdempotencyRecord>,
+    pub accounts: Vec<Account>,
+    pub sessions: Vec<Session>,
 }

@@ -69,5 +69,33 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    accounts (name) {
+        name -> Text,
+        role -> Text,
+        password_hash -> Text,
+        created_at -> Text,
+        updated_at -> Text,
+    }
+}
+
+diesel::table! {
+    sessions (token_hash) {
+        token_hash -> Text,
+        account -> Text,
+        expires_at -> Text,
+        created_at -> Text,
+    }
+}
+
 diesel::joinable!(tasks -> users (assignee));
-diesel::allow_tables_to_appear_in_same_query!(meta, idempotency_keys, products, users, tasks, apply_outcomes);
+diesel::allow_tables_to_appear_in_same_query!(
+    meta,
+    idempotency_keys,
+    products,
+    users,
+    tasks,
+    apply_outcomes,
+    accounts,
+    sessions
+);

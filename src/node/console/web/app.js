@@ -16,6 +16,8 @@ const WRITE_PATIENCE_MS = 20000;
 const CATCH_UP_MS = 3000;
 const MAX_EVENTS = 40;
 const TOKEN_KEY = 'labctl-console-token';
+/** The bearer token of this tab's login, when the nodes require accounts (--auth). */
+const SESSION_KEY = 'labctl-console-session';
 
 const STATUS_NAMES = { todo: 'To do', in_progress: 'In progress', done: 'Done' };
 const PRIORITY_NAMES = { high: 'High', medium: 'Medium', low: 'Low' };
@@ -39,6 +41,9 @@ const state = {
   seen: new Map(),
   events: [],
   tokenRequired: false,
+  /** Whether the nodes require accounts, and who is logged in: { name, role } or null. */
+  auth: false,
+  me: null,
   view: 'cluster',
   tasks: { offset: 0, limit: 20, key: '', page: null, loading: false },
   users: [],
@@ -152,16 +157,33 @@ function nodeUrl(name, path) {
   return name === state.self ? path : `/console/nodes/${encodeURIComponent(name)}${path}`;
 }
 
+/** `headers` with this tab's login token, when there is one. */
+function withLogin(headers) {
+  const token = sessionStorage.getItem(SESSION_KEY);
+  return token ? { ...headers, Authorization: `Bearer ${token}` } : headers;
+}
+
+/** A 401 while logged in: the token expired or was ended; ask for the login again. */
+function loggedOut(res) {
+  if (res.status === 401 && state.auth && sessionStorage.getItem(SESSION_KEY)) {
+    sessionStorage.removeItem(SESSION_KEY);
+    setMe(null);
+  }
+}
+
 /** GET from the serving node's own API. */
 async function get(path) {
   let res;
   try {
-    res = await fetch(path, { cache: 'no-store', headers: { Accept: 'application/json' } });
+    res = await fetch(path, { cache: 'no-store', headers: withLogin({ Accept: 'application/json' }) });
   } catch (e) {
     throw new ApiError(0, `${state.self || 'The node'} did not answer (${e.message})`);
   }
   const body = await readBody(res);
-  if (!res.ok) throw new ApiError(res.status, errorText(res, body), state.self);
+  if (!res.ok) {
+    loggedOut(res);
+    throw new ApiError(res.status, errorText(res, body), state.self);
+  }
   return body;
 }
 
@@ -192,7 +214,7 @@ async function write(method, path, payload) {
       res = await fetch(`/console/nodes/${encodeURIComponent(target)}${path}`, {
         method,
         cache: 'no-store',
-        headers: { 'Content-Type': 'application/json', Accept: 'application/json', 'Idempotency-Key': key },
+        headers: withLogin({ 'Content-Type': 'application/json', Accept: 'application/json', 'Idempotency-Key': key }),
         body: payload === undefined ? undefined : JSON.stringify(payload),
       });
     } catch (e) {
@@ -216,6 +238,7 @@ async function write(method, path, payload) {
       await sleep(Math.min(Math.max(retryAfter * 1000, 200), 1000));
       continue;
     }
+    loggedOut(res);
     throw new ApiError(res.status, errorText(res, body), node);
   }
 }
@@ -325,7 +348,7 @@ function buildCard(name) {
       'button',
       {
         type: 'button',
-        class: 'control',
+        class: 'control needs-admin',
         dataset: { focus: `${request}-${name}` },
         onclick: (e) => sendControl(name, request, wire, e.currentTarget),
       },
@@ -422,9 +445,10 @@ function renderEvents() {
 
 async function sendControl(name, request, wire, button) {
   clearError();
-  const headers = { Accept: 'application/json' };
+  let headers = { Accept: 'application/json' };
   const token = $('console-token').value.trim();
-  if (token) headers.Authorization = `Bearer ${token}`;
+  if (state.auth) headers = withLogin(headers);
+  else if (token) headers.Authorization = `Bearer ${token}`;
   button.disabled = true;
   try {
     let res;
@@ -436,7 +460,10 @@ async function sendControl(name, request, wire, button) {
     const body = await readBody(res);
     if (!res.ok) {
       const err = new ApiError(res.status, errorText(res, body), name);
-      if (res.status === 401) {
+      if (res.status === 401 && state.auth) {
+        loggedOut(res);
+        err.message += '. Log in (top of the page) as an admin.';
+      } else if (res.status === 401) {
         $('token-box').hidden = false;
         err.message += '. Enter the console token above the nodes.';
       }
@@ -596,10 +623,10 @@ function taskItem(t, today) {
       'div',
       { class: 'actions' },
       (TRANSITIONS[t.status] || []).map(([status, label]) =>
-        button(label, `status-${status}`, () => changeStatus(t, status), 'primary-outline'),
+        button(label, `status-${status}`, () => changeStatus(t, status), 'primary-outline needs-member'),
       ),
-      button('Edit', 'edit', () => startEdit(t)),
-      button('Delete', 'delete', () => deleteTask(t), 'danger'),
+      button('Edit', 'edit', () => startEdit(t), 'needs-member'),
+      button('Delete', 'delete', () => deleteTask(t), 'danger needs-member'),
     ),
   );
 }
@@ -713,7 +740,7 @@ function renderUsers() {
             'button',
             {
               type: 'button',
-              class: 'danger small',
+              class: 'danger small needs-admin',
               dataset: { focus: `delete-user-${u.id}` },
               onclick: () => deleteUser(u),
             },
@@ -889,6 +916,8 @@ function wire() {
   });
   $('products-prev').addEventListener('click', () => productPage(-1));
   $('products-next').addEventListener('click', () => productPage(1));
+  $('login-form').addEventListener('submit', logIn);
+  $('logout').addEventListener('click', logOut);
   const token = $('console-token');
   token.value = sessionStorage.getItem(TOKEN_KEY) || '';
   token.addEventListener('input', () => sessionStorage.setItem(TOKEN_KEY, token.value));
@@ -903,12 +932,74 @@ function wire() {
   }, 250);
 }
 
+/** Shows who is logged in (or the login form) and hides what their role may not do. */
+function setMe(me) {
+  state.me = me;
+  $('account').hidden = !state.auth;
+  $('login-form').hidden = !state.auth || Boolean(me);
+  $('logged-in').hidden = !state.auth || !me;
+  $('who').textContent = me ? `Logged in as ${me.name} (${me.role})` : '';
+  // Open mode: everything is allowed, as for an admin.
+  document.body.dataset.role = !state.auth ? 'admin' : me ? me.role : 'none';
+}
+
+/** Asks the serving node who this tab is. */
+async function whoAmI() {
+  try {
+    const me = await get('/api/me');
+    state.auth = Boolean(me.auth);
+    setMe(me.auth ? { name: me.name, role: me.role } : null);
+  } catch (e) {
+    if (e.status !== 401) throw e;
+    state.auth = true;
+    setMe(null);
+  }
+}
+
+/** Logs in at the leader (a follower's 307 is followed through the relay). */
+async function logIn(event) {
+  event.preventDefault();
+  clearError();
+  const payload = { name: $('login-name').value.trim(), password: $('login-password').value };
+  const target = currentLeader() || state.self;
+  try {
+    const res = await fetch(`/console/nodes/${encodeURIComponent(target)}/api/login`, {
+      method: 'POST',
+      cache: 'no-store',
+      headers: { 'Content-Type': 'application/json', Accept: 'application/json' },
+      body: JSON.stringify(payload),
+    });
+    const body = await readBody(res);
+    if (!res.ok) throw new ApiError(res.status, errorText(res, body), res.headers.get('X-Labctl-Node') || target);
+    sessionStorage.setItem(SESSION_KEY, body.token);
+    $('login-password').value = '';
+    setMe({ name: body.name, role: body.role });
+    notice(`Logged in as ${body.name} (${body.role}) until ${clock(new Date(body.expires_at))}.`);
+    route(false);
+  } catch (e) {
+    showError(e);
+  }
+}
+
+async function logOut() {
+  clearError();
+  try {
+    await write('POST', '/api/logout');
+  } catch (e) {
+    showError(e);
+  }
+  sessionStorage.removeItem(SESSION_KEY);
+  setMe(null);
+}
+
 async function start() {
   wire();
   route(false);
+  let own;
+  let control;
   for (;;) {
     try {
-      const [own, control] = await Promise.all([get('/status'), get('/api/control')]);
+      [own, control] = await Promise.all([get('/status'), get('/api/control')]);
       state.self = own.name;
       state.tokenRequired = Boolean(control.token_required);
       state.nodes = [own.name, ...own.peers.map((p) => p.name)].sort((a, b) => nodeNumber(a) - nodeNumber(b));
@@ -919,7 +1010,17 @@ async function start() {
       await sleep(1000);
     }
   }
-  $('token-box').hidden = !state.tokenRequired;
+  state.auth = Boolean(control.auth);
+  for (;;) {
+    try {
+      await whoAmI();
+      break;
+    } catch (e) {
+      $('served-by').textContent = `This node does not answer yet (${e.message}); trying again…`;
+      await sleep(1000);
+    }
+  }
+  $('token-box').hidden = !state.tokenRequired || state.auth;
   route(false);
   for (const name of state.nodes) pollForever(name);
 }
