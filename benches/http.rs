@@ -38,6 +38,12 @@
 //! odd pairs, etcd first in even ones), each pair giving one ratio. A run of the default mode
 //! measures etcd a minute or more after labctl; where the machine's speed drifts between
 //! minutes, as on a shared virtual machine, the two loads of a pair are seconds apart instead.
+//! `--connections C` gives the paired loads C connections instead of 1.
+//!
+//! `--secure` (with `--paired`) runs labctl as it runs where others can reach it: every datagram signed with a
+//! cluster secret, and the HTTP API requiring accounts (`--auth`), every request carrying the
+//! admin's HTTP Basic credentials (checked from the node's cache after the first). etcd runs as
+//! always, without authentication.
 //! `LABCTL_BENCH_SECONDS` and `LABCTL_BENCH_RUNS` set the same as the options.
 
 mod common;
@@ -50,7 +56,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use common::etcd::{self, EtcdCluster};
-use common::labctl::{LabctlCluster, Timing};
+use common::labctl::{LabctlCluster, Security, Timing};
 use common::{wait_for_agreement, Args, Proc, System, TempDir};
 
 const MEMBERS: usize = 5;
@@ -61,6 +67,8 @@ const WRK_TIMEOUT: &str = "5s";
 /// ratios when etcd is not installed here.
 const ETCD_REFERENCE: [(u32, f64); 2] = [(1, 652.0), (64, 4116.0)];
 const GOAL_WRITES: [(u32, f64); 2] = [(1, 3.0), (64, 2.0)];
+/// The goals of issue 20: writes with a cluster secret and accounts on, against etcd.
+const GOAL_SECURE_WRITES: [(u32, f64); 2] = [(1, 2.5), (64, 3.0)];
 const GOAL_LOCAL_READS: f64 = 30_000.0;
 const GOAL_STRONG_READS: f64 = 5_000.0;
 
@@ -144,11 +152,66 @@ struct Options {
     port: u16,
     labctl: bool,
     etcd: bool,
+    /// `--secure`: a cluster secret and accounts on the labctl nodes.
+    security: Option<Security>,
+    /// Connections of the `--paired` loads.
+    paired_connections: u32,
+}
+
+/// The admin's password the `--secure` nodes are started with.
+const BENCH_ADMIN_PASSWORD: &str = "bench-admin-password";
+
+impl Options {
+    /// The nodes' cluster in the chosen mode.
+    fn start_labctl(&self, binary: &Path) -> Result<LabctlCluster, String> {
+        LabctlCluster::start_with(binary.to_path_buf(), MEMBERS, self.port, Timing::DEFAULT, self.security.clone())
+            .map_err(|e| format!("cannot start the nodes: {e}"))
+    }
+
+    /// The headers every labctl request carries: the admin's credentials in `--secure` mode.
+    fn labctl_headers(&self) -> Vec<String> {
+        use base64ct::Encoding;
+        match &self.security {
+            Some(s) => {
+                let basic = base64ct::Base64::encode_string(format!("admin:{}", s.admin_password).as_bytes());
+                vec![format!("Authorization: Basic {basic}")]
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// In `--secure` mode, waits until the leader at `http` knows the admin (the leader makes
+    /// the account through the log once it leads).
+    fn wait_for_admin(&self, http: std::net::SocketAddr) -> Result<(), String> {
+        let Some(header) = self.labctl_headers().pop() else { return Ok(()) };
+        let value = header.trim_start_matches("Authorization: ").to_string();
+        let deadline = Instant::now() + STABLE_DEADLINE;
+        loop {
+            let answer = agent().get(&format!("http://{http}/api/me")).header("Authorization", &value).call();
+            if answer.is_ok_and(|r| r.status().as_u16() == 200) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("the admin account was not there within {STABLE_DEADLINE:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 fn main() {
     let args = Args::from_env();
-    args.check(&["--seconds", "--runs", "--no-etcd", "--only", "--raft-port", "--binary", "--paired"]);
+    args.check(&[
+        "--seconds",
+        "--runs",
+        "--no-etcd",
+        "--only",
+        "--raft-port",
+        "--binary",
+        "--paired",
+        "--connections",
+        "--secure",
+    ]);
     let env_or = |name: &str, default: u64| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
     let only = args.value("--only");
     let opts = Options {
@@ -157,6 +220,11 @@ fn main() {
         port: args.parse("--raft-port", 17655),
         labctl: only.as_deref().is_none_or(|o| o == "labctl"),
         etcd: only.as_deref().is_none_or(|o| o == "etcd") && !args.flag("--no-etcd"),
+        security: args.flag("--secure").then(|| Security {
+            secret: format!("bench-secret-{}-{}", std::process::id(), labctl::proto::auth::clock_micros()),
+            admin_password: BENCH_ADMIN_PASSWORD.into(),
+        }),
+        paired_connections: args.parse("--connections", 1u32).max(1),
     };
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
     unsafe {
@@ -191,8 +259,17 @@ fn main() {
         println!("etcd: {}  ", etcd::version(bin));
     }
     println!("wrk: {}  ", wrk.version());
+    if opts.security.is_some() {
+        println!(
+            "labctl in secure mode: cluster secret (every datagram signed), --auth, HTTP Basic on every request  "
+        );
+    }
     println!("{} s per load, {} runs, load average at the start {}", opts.seconds, opts.runs, common::loadavg());
 
+    if opts.security.is_some() && args.value("--paired").is_none() {
+        eprintln!("--secure measures the writes of --paired: give --paired N");
+        std::process::exit(2);
+    }
     if let Some(pairs) = args.value("--paired") {
         let pairs: usize = pairs.parse().unwrap_or_else(|_| {
             eprintln!("--paired takes a number of pairs, not {pairs:?}");
@@ -202,7 +279,7 @@ fn main() {
             eprintln!("--paired compares with etcd: apt-get install -y etcd-server");
             std::process::exit(2)
         };
-        println!("{} s per load, {pairs} pairs of 1-connection writes", opts.seconds);
+        println!("{} s per load, {pairs} pairs of {}-connection writes", opts.seconds, opts.paired_connections);
         let started = Instant::now();
         if let Err(e) = paired(&wrk, &binary, bin, &opts, pairs.max(1)) {
             eprintln!("paired writes failed: {e}");
@@ -334,11 +411,13 @@ fn run_etcd(wrk: &Wrk, bin: PathBuf, opts: &Options, run: usize) -> Result<Vec<S
 /// one ratio per pair; prints each pair and the medians.
 fn paired(wrk: &Wrk, binary: &Path, etcd_bin: PathBuf, opts: &Options, pairs: usize) -> Result<(), String> {
     let all: Vec<usize> = (0..MEMBERS).collect();
-    let mut labctl = LabctlCluster::start(binary.to_path_buf(), MEMBERS, opts.port, Timing::DEFAULT)
-        .map_err(|e| format!("cannot start the nodes: {e}"))?;
+    let mut labctl = opts.start_labctl(binary)?;
     let leader = wait_for_agreement(&mut labctl, &all, STABLE_DEADLINE)?;
     let leader_http = labctl.http_addr(leader);
     poll_status(leader_http, |s| s["role"] == "LEADER" && s["applied_index"].as_u64() >= s["commit_index"].as_u64())?;
+    opts.wait_for_admin(leader_http)?;
+    let labctl_wrk = wrk.with_headers(opts.labctl_headers());
+    let connections = opts.paired_connections;
     let mut etcd = EtcdCluster::start(etcd_bin, MEMBERS, 150, 30).map_err(|e| format!("cannot start etcd: {e}"))?;
     let etcd_leader = wait_for_agreement(&mut etcd, &all, STABLE_DEADLINE)?;
     eprintln!("   labctl leader node{}, etcd leader member {}", leader + 1, etcd_leader + 1);
@@ -349,8 +428,9 @@ fn paired(wrk: &Wrk, binary: &Path, etcd_bin: PathBuf, opts: &Options, pairs: us
         stopped()?;
         eprintln!("== pair {pair} (load average {})", common::loadavg());
         let prefix = format!("p{pair}");
-        let labctl_load = || wrk.run(&pids(&labctl), 1, opts.seconds, &labctl_url, "labctl_write.lua", &[&prefix]);
-        let etcd_load = || wrk.run(&pids(&etcd), 1, opts.seconds, &etcd_url, "etcd_write.lua", &[&prefix]);
+        let labctl_load =
+            || labctl_wrk.run(&pids(&labctl), connections, opts.seconds, &labctl_url, "labctl_write.lua", &[&prefix]);
+        let etcd_load = || wrk.run(&pids(&etcd), connections, opts.seconds, &etcd_url, "etcd_write.lua", &[&prefix]);
         let (l, e) = if pair % 2 == 1 {
             let l = labctl_load()?;
             (l, etcd_load()?)
@@ -368,7 +448,12 @@ fn paired(wrk: &Wrk, binary: &Path, etcd_bin: PathBuf, opts: &Options, pairs: us
     if rows.is_empty() {
         return Err("no pair without errors".into());
     }
-    let goal = GOAL_WRITES[0].1;
+    let goal = match (opts.security.is_some(), connections) {
+        (true, 1) => GOAL_SECURE_WRITES[0].1,
+        (true, _) => GOAL_SECURE_WRITES[1].1,
+        (false, 1) => GOAL_WRITES[0].1,
+        (false, _) => GOAL_WRITES[1].1,
+    };
     println!("\n| pair | labctl writes/s | etcd writes/s | ratio |\n|---:|---:|---:|---:|");
     for (i, (l, e)) in rows.iter().enumerate() {
         println!("| {} | {l:.0} | {e:.0} | {:.2}× |", i + 1, l / e.max(f64::MIN_POSITIVE));
@@ -415,9 +500,12 @@ fn writes(
 }
 
 /// wrk with the scenario scripts written out to a scratch dir.
+#[derive(Clone)]
 struct Wrk {
     bin: PathBuf,
     dir: PathBuf,
+    /// Sent with every request (`-H`).
+    headers: Vec<String>,
 }
 
 impl Wrk {
@@ -425,7 +513,12 @@ impl Wrk {
         for (name, text) in SCRIPTS {
             std::fs::write(dir.join(name), format!("{COMMON_LUA}\n{text}"))?;
         }
-        Ok(Wrk { bin, dir: dir.to_path_buf() })
+        Ok(Wrk { bin, dir: dir.to_path_buf(), headers: Vec::new() })
+    }
+
+    /// The same wrk, sending `headers` with every request.
+    fn with_headers(&self, headers: Vec<String>) -> Wrk {
+        Wrk { headers, ..self.clone() }
     }
 
     fn version(&self) -> String {
@@ -455,10 +548,11 @@ impl Wrk {
         cmd.arg(format!("-t{threads}"))
             .arg(format!("-c{connections}"))
             .arg(format!("-d{seconds}s"))
-            .arg(format!("--timeout={WRK_TIMEOUT}"))
-            .arg("-s")
-            .arg(self.dir.join(script))
-            .arg(url);
+            .arg(format!("--timeout={WRK_TIMEOUT}"));
+        for header in &self.headers {
+            cmd.arg("-H").arg(header);
+        }
+        cmd.arg("-s").arg(self.dir.join(script)).arg(url);
         if !args.is_empty() {
             cmd.arg("--").args(args);
         }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use labctl::proto::client::Signing;
 use labctl::proto::{Message, Request, CONTROLLER};
 
 use super::{Proc, System, TempDir};
@@ -28,8 +29,19 @@ impl Timing {
     pub const FAST: Timing = Timing { heartbeat: 6, election_min: 12, election_max: 24 };
 }
 
+/// Secure mode and accounts: every datagram signed with a cluster secret, and the HTTP API
+/// requiring accounts, with this first admin's password.
+#[derive(Debug, Clone)]
+pub struct Security {
+    pub secret: String,
+    pub admin_password: String,
+}
+
 pub struct LabctlCluster {
     binary: PathBuf,
+    security: Option<Security>,
+    /// Secure mode: the probes' control requests are signed.
+    signing: Option<Signing>,
     timing: Timing,
     port: u16,
     http_port: u16,
@@ -40,9 +52,31 @@ pub struct LabctlCluster {
 impl LabctlCluster {
     /// Starts `n` nodes on 127.0.0.1..n, Raft on UDP `port`.
     pub fn start(binary: PathBuf, n: usize, port: u16, timing: Timing) -> std::io::Result<LabctlCluster> {
+        LabctlCluster::start_with(binary, n, port, timing, None)
+    }
+
+    /// [`LabctlCluster::start`], in secure mode with accounts when `security` is given.
+    pub fn start_with(
+        binary: PathBuf,
+        n: usize,
+        port: u16,
+        timing: Timing,
+        security: Option<Security>,
+    ) -> std::io::Result<LabctlCluster> {
         let dir = TempDir::new("labctl-bench")?;
+        let signing = match &security {
+            Some(s) => {
+                std::fs::write(dir.path().join("cluster.secret"), &s.secret)?;
+                let key = labctl::proto::auth::Key::derive(s.secret.as_bytes())
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+                Some(Signing::new(key))
+            }
+            None => None,
+        };
         let mut cluster = LabctlCluster {
             binary,
+            security,
+            signing,
             timing,
             port,
             http_port: port.wrapping_add(1000),
@@ -79,11 +113,17 @@ impl LabctlCluster {
     }
 }
 
-fn request(request: Request, key: Option<&str>, value: Option<&str>) -> Vec<u8> {
-    let mut msg = Message::new(CONTROLLER, request, None);
-    msg.key = key.map(str::to_string);
-    msg.value = value.map_or(serde_json::Value::Null, |v| v.into());
-    msg.encode()
+impl LabctlCluster {
+    /// A control request for `member`, signed in secure mode.
+    fn request(&self, member: usize, request: Request, key: Option<&str>, value: Option<&str>) -> Vec<u8> {
+        let mut msg = Message::new(CONTROLLER, request, None);
+        msg.key = key.map(str::to_string);
+        msg.value = value.map_or(serde_json::Value::Null, |v| v.into());
+        match &self.signing {
+            Some(signing) => signing.seal(&msg, member as u32 + 1),
+            None => msg.encode(),
+        }
+    }
 }
 
 /// A socket of its own for one probe, so a late reply to an earlier probe cannot be mistaken
@@ -105,9 +145,8 @@ impl System for LabctlCluster {
     fn leaders(&mut self, members: &[usize], wait: Duration) -> Vec<(usize, Option<usize>)> {
         let mut views = Vec::new();
         let Ok(socket) = probe_socket() else { return views };
-        let datagram = request(Request::LeaderInfo, None, None);
         for &m in members {
-            let _ = socket.send_to(&datagram, self.addr(m));
+            let _ = socket.send_to(&self.request(m, Request::LeaderInfo, None, None), self.addr(m));
         }
         let deadline = Instant::now() + wait;
         let mut buf = vec![0u8; 64 * 1024];
@@ -131,7 +170,8 @@ impl System for LabctlCluster {
     /// only once the entry is committed (SPEC §3).
     fn commit(&mut self, leader: usize, key: &str) -> Result<(), String> {
         let socket = probe_socket().map_err(|e| e.to_string())?;
-        socket.send_to(&request(Request::Store, Some(key), Some("v")), self.addr(leader)).map_err(|e| e.to_string())?;
+        let datagram = self.request(leader, Request::Store, Some(key), Some("v"));
+        socket.send_to(&datagram, self.addr(leader)).map_err(|e| e.to_string())?;
         let deadline = Instant::now() + STORE_WAIT;
         let mut buf = vec![0u8; 64 * 1024];
         loop {
@@ -179,6 +219,11 @@ impl System for LabctlCluster {
             .arg(format!("--heartbeat-ms={}", t.heartbeat))
             .arg(format!("--election-timeout-min-ms={}", t.election_min))
             .arg(format!("--election-timeout-max-ms={}", t.election_max));
+        if let Some(s) = &self.security {
+            cmd.arg(format!("--cluster-secret-file={}", self.dir.path().join("cluster.secret").display()))
+                .arg("--auth")
+                .env("LABCTL_ADMIN_PASSWORD", &s.admin_password);
+        }
         let log = self.dir.path().join(format!("node{}.log", member + 1));
         self.nodes[member] = Some(Proc::spawn(cmd, &log)?);
         Ok(())

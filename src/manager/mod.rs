@@ -342,7 +342,7 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
     actix_web::rt::System::new().block_on(async move {
         let scheme = if server_tls.is_some() { "https" } else { "http" };
         let (server, addr) = http::bind(settings.listen, server_tls, status)
-            .with_context(|| format!("cannot serve {scheme} on {}", settings.listen))?;
+            .with_context(|| format!("cannot serve {} on {}", scheme.to_ascii_uppercase(), settings.listen))?;
         log::info!("manager: HTTP on {scheme}://{addr}");
         log::info!(
             "manager: nodes {}",

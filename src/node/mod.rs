@@ -308,7 +308,7 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
         let admin = admin_password.map(|password| tokio::spawn(auth::ensure_admin(api.clone(), admin_name, password)));
         let http =
             http::Server::start(http_bind, server_tls, driver.subscribe(), api, actix_web::web::Data::new(console))
-                .with_context(|| format!("cannot serve {scheme} on {http_bind} for {name}"))?;
+                .with_context(|| format!("cannot serve {} on {http_bind} for {name}", scheme.to_ascii_uppercase()))?;
         log::info!("{name}: HTTP on {scheme}://{}, web console at / (control buttons {control})", http.local_addr());
         if tls.ca.is_some() || scheme == "https" {
             log::info!("{name}: https:// servers (peers, the manager) are verified against {}", client_tls.trusted());
