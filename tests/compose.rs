@@ -114,13 +114,16 @@ fn the_lab_has_five_nodes_from_one_image_and_every_service() {
     let Some(project) = resolved("the_lab_has_five_nodes_from_one_image_and_every_service", &[], &["tools"]) else {
         return;
     };
-    let expected: BTreeSet<String> =
-        NODES.iter().chain(&["manager", "rabbitmq", "ftp_server", "controller"]).map(|s| s.to_string()).collect();
+    let expected: BTreeSet<String> = NODES
+        .iter()
+        .chain(&["manager", "rabbitmq", "ftp_server", "controller", "secrets"])
+        .map(|s| s.to_string())
+        .collect();
     assert_eq!(names(&project), expected);
     let s = services(&project);
 
     // One image, one build, for the nodes, the manager and the controller.
-    let labctl: Vec<&str> = NODES.iter().copied().chain(["manager", "controller"]).collect();
+    let labctl: Vec<&str> = NODES.iter().copied().chain(["manager", "controller", "secrets"]).collect();
     for name in &labctl {
         assert_eq!(s[*name]["image"], s["node1"]["image"], "{name} runs another image");
         assert_eq!(s[*name]["build"], s["node1"]["build"], "{name} is built otherwise");
@@ -240,15 +243,17 @@ fn health_checks_volumes_and_start_order() {
     let Some(project) = resolved("health_checks_volumes_and_start_order", &[], &["tools"]) else { return };
     let s = services(&project);
     for (name, service) in s {
-        if name == "controller" {
+        // Every service that needs the secrets starts once they are made.
+        for dep in service["depends_on"].as_object().into_iter().flatten() {
+            let wanted = if dep.0 == "secrets" { "service_completed_successfully" } else { "service_healthy" };
+            assert_eq!(dep.1["condition"], wanted, "{name} → {}", dep.0);
+        }
+        if name == "controller" || name == "secrets" {
             assert_eq!(service["healthcheck"]["disable"], true, "a one-shot command has no health");
             continue;
         }
         let test = strings(&service["healthcheck"]["test"]);
         assert!(!test.is_empty() && test[0] != "NONE", "{name} has no health check");
-        for dep in service["depends_on"].as_object().into_iter().flatten() {
-            assert_eq!(dep.1["condition"], "service_healthy", "{name} → {}", dep.0);
-        }
     }
     for name in NODES.iter().chain(&["manager"]) {
         let test = strings(&s[*name]["healthcheck"]["test"]);
@@ -256,7 +261,8 @@ fn health_checks_volumes_and_start_order() {
         assert_eq!(test, ["CMD", "labctl", "health", &format!("http://127.0.0.1:{port}/healthz")], "{name}");
     }
     let deps: BTreeSet<&String> = s["manager"]["depends_on"].as_object().expect("manager depends_on").keys().collect();
-    assert_eq!(deps, [&"ftp_server".to_string(), &"rabbitmq".to_string()].into_iter().collect());
+    let expected = ["ftp_server", "rabbitmq", "secrets"].map(String::from);
+    assert_eq!(deps, expected.iter().collect());
 
     // A named volume per node at /data, the data_dir of config/docker.toml.
     let file = FileConfig::load(Some(&tools::repo_root().join("config/docker.toml"))).unwrap();
@@ -327,4 +333,56 @@ fn shared_db_switches_every_node_to_one_postgres() {
     // The same with the profile named as well.
     let Some(both) = resolved(test, &["docker-compose.yml", SHARED_DB], &["shared-db"]) else { return };
     assert_eq!(both["services"], project["services"]);
+}
+
+/// The lab runs in secure mode with accounts, its secrets made at first start and read from
+/// files of one volume: none is committed, none is on a command line.
+#[test]
+fn the_lab_runs_with_a_cluster_secret_and_accounts_from_files() {
+    let Some(project) = resolved("the_lab_runs_with_a_cluster_secret_and_accounts_from_files", &[], &["tools"]) else {
+        return;
+    };
+    let s = services(&project);
+    let mounted = |name: &str| {
+        let mounts = s[name]["volumes"].as_array().unwrap_or_else(|| panic!("{name}: no volumes"));
+        mounts.iter().find(|m| m["target"] == "/run/labctl").cloned().unwrap_or_else(|| panic!("{name}: no secrets"))
+    };
+    for name in NODES.iter().copied().chain(["manager", "controller"]) {
+        let service = &s[name];
+        assert_eq!(env(service, "LABCTL_CLUSTER_SECRET_FILE"), Some("/run/labctl/cluster.secret"), "{name}");
+        assert_eq!(env(service, "LABCTL_CLUSTER_SECRET"), None, "{name}: the secret itself in the environment");
+        let mount = mounted(name);
+        assert_eq!(
+            (mount["source"].as_str(), mount["read_only"].as_bool()),
+            (Some("lab-secrets"), Some(true)),
+            "{name}"
+        );
+        assert_eq!(service["depends_on"]["secrets"]["condition"], "service_completed_successfully", "{name}");
+    }
+    for name in NODES {
+        assert_eq!(env(&s[name], "LABCTL_AUTH"), Some("on"), "{name}");
+        assert_eq!(env(&s[name], "LABCTL_ADMIN_PASSWORD_FILE"), Some("/run/labctl/admin.password"), "{name}");
+        assert_eq!(env(&s[name], "LABCTL_ADMIN_PASSWORD"), None, "{name}");
+    }
+    assert_eq!(env(&s["manager"], "LABCTL_MANAGER_USER"), Some("admin"));
+    assert_eq!(env(&s["manager"], "LABCTL_MANAGER_PASSWORD_FILE"), Some("/run/labctl/admin.password"));
+    // The secrets service writes the volume (as root, the volume being new), the others read it.
+    let secrets = &s["secrets"];
+    assert_eq!(secrets["user"], "0:0");
+    assert!(!mounted("secrets")["read_only"].as_bool().unwrap_or(false), "the secrets service cannot write the volume");
+    let script = strings(&secrets["command"]).join(" ");
+    for step in
+        ["[ -s cluster.secret ] ||", "[ ! -s admin.password ]", "/dev/urandom", "chown 10001:10001", "chmod 0400"]
+    {
+        assert!(script.contains(step), "the secrets script lacks {step:?}: {script}");
+    }
+    // What the image runs as owns the files: the Dockerfile's labctl user.
+    let dockerfile = std::fs::read_to_string(tools::repo_root().join("Dockerfile")).unwrap();
+    assert!(dockerfile.contains("--uid 10001") && dockerfile.contains("USER 10001:10001"), "the labctl user moved");
+    // Nothing secret in the files the repository holds.
+    let text = std::fs::read_to_string(tools::repo_root().join("docker-compose.yml")).unwrap();
+    assert!(
+        !text.contains("LABCTL_CLUSTER_SECRET:") && !text.contains("LABCTL_ADMIN_PASSWORD:"),
+        "a secret in the file"
+    );
 }

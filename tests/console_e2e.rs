@@ -5,7 +5,7 @@ mod common;
 #[path = "common/tools.rs"]
 mod tools;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -173,6 +173,51 @@ fn browser_tools(test: &str) -> Option<(PathBuf, PathBuf)> {
     Some((chromium, dir))
 }
 
+/// Runs the browser script `script` of `dir` with Node.js and `env`, for at most 240 s; fails
+/// the test unless it exits 0. Its output is shown either way.
+fn run_browser_script(dir: &Path, script: &str, chromium: &Path, shots: &Path, env: &[(&str, String)]) {
+    let mut child = Command::new("node")
+        .arg(script)
+        .current_dir(dir)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env("LABCTL_CONSOLE_SCREENSHOTS", shots)
+        .env("LABCTL_CHROMIUM", chromium)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run node");
+    // Read the output on threads, so a chatty browser cannot fill a pipe and stall.
+    let read = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        pipe.map(|mut s| {
+            std::thread::spawn(move || {
+                let mut text = String::new();
+                let _ = s.read_to_string(&mut text);
+                text
+            })
+        })
+    };
+    let out = read(child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>));
+    let err = read(child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>));
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let exit = loop {
+        if let Some(exit) = child.try_wait().expect("wait for node") {
+            break Some(exit);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stdout = out.and_then(|t| t.join().ok()).unwrap_or_default();
+    let stderr = err.and_then(|t| t.join().ok()).unwrap_or_default();
+    eprintln!("{stdout}{stderr}");
+    let exit = exit.unwrap_or_else(|| panic!("the browser test {script} did not finish in 240 s"));
+    assert!(exit.success(), "the browser test {script} failed ({exit})");
+}
+
 #[test]
 fn the_console_in_chromium_manages_tasks_and_shows_an_election() {
     // Screenshots of an earlier run must not pass for this run's, nor stay when it is skipped.
@@ -224,52 +269,13 @@ fn the_console_in_chromium_manages_tasks_and_shows_an_election() {
     let nodes: Vec<Value> = (1..=3)
         .map(|id| json!({ "name": format!("node{id}"), "url": format!("http://{}", cluster.http_addr(id)) }))
         .collect();
-    let mut child = Command::new("node")
-        .arg("console.test.mjs")
-        .current_dir(&dir)
-        .env("LABCTL_CONSOLE_NODES", Value::Array(nodes).to_string())
-        .env("LABCTL_CONSOLE_LEADER", format!("node{leader}"))
-        .env("LABCTL_CONSOLE_TOKEN", TOKEN)
-        .env("LABCTL_CONSOLE_PRODUCTS", PRODUCTS.to_string())
-        .env("LABCTL_CONSOLE_SCREENSHOTS", &shots)
-        .env("LABCTL_CHROMIUM", &chromium)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run node");
-    // Read the output on threads, so a chatty browser cannot fill a pipe and stall.
-    let out = child.stdout.take().map(|mut s| {
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = std::io::Read::read_to_string(&mut s, &mut text);
-            text
-        })
-    });
-    let err = child.stderr.take().map(|mut s| {
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = std::io::Read::read_to_string(&mut s, &mut text);
-            text
-        })
-    });
-    let deadline = Instant::now() + Duration::from_secs(240);
-    let exit = loop {
-        if let Some(exit) = child.try_wait().expect("wait for node") {
-            break Some(exit);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let stdout = out.and_then(|t| t.join().ok()).unwrap_or_default();
-    let stderr = err.and_then(|t| t.join().ok()).unwrap_or_default();
-    eprintln!("{stdout}{stderr}");
-    let exit = exit.expect("the browser test did not finish in 240 s");
-    assert!(exit.success(), "the browser test failed ({exit})");
+    let env = [
+        ("LABCTL_CONSOLE_NODES", Value::Array(nodes).to_string()),
+        ("LABCTL_CONSOLE_LEADER", format!("node{leader}")),
+        ("LABCTL_CONSOLE_TOKEN", TOKEN.to_string()),
+        ("LABCTL_CONSOLE_PRODUCTS", PRODUCTS.to_string()),
+    ];
+    run_browser_script(&dir, "console.test.mjs", &chromium, &shots, &env);
 
     // What the browser did, as the nodes themselves report it.
     let (new_leader, _) = cluster.wait_for_leader(Duration::from_secs(10));
@@ -298,4 +304,41 @@ fn the_console_in_chromium_manages_tasks_and_shows_an_election() {
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert!(bytes.starts_with(b"\x89PNG"), "{} is not a PNG", path.display());
     }
+}
+
+/// With `--auth`, the console asks for an account, shows who is logged in and hides what the
+/// role may not do (in Chromium, on a follower, through the relay to the leader).
+#[test]
+fn the_console_in_chromium_logs_in_and_shows_what_the_role_may_do() {
+    // A directory of its own: the other browser test clears its own as it starts.
+    let shots = tools::repo_root().join("target/console-login-screenshots");
+    let Some((chromium, dir)) = browser_tools("the_console_in_chromium_logs_in_and_shows_what_the_role_may_do") else {
+        return;
+    };
+    let admin_password = "console-admin-password";
+    let mut extra = vec!["--auth"];
+    extra.extend(STEADY);
+    let cluster = TestCluster::start_with_env(3, 0, &extra, &[("LABCTL_ADMIN_PASSWORD", admin_password)]);
+    let (leader, _) = cluster.wait_for_leader(Duration::from_secs(10));
+    let admin = format!("Basic {}", {
+        use base64ct::Encoding;
+        base64ct::Base64::encode_string(format!("admin:{admin_password}").as_bytes())
+    });
+    let headers = [("Content-Type", "application/json"), ("Authorization", admin.as_str())];
+    let viewer = json!({"name": "reader", "password": "reader-password", "role": "viewer"}).to_string();
+    poll("the admin to make a viewer", Duration::from_secs(10), || {
+        (http_call(cluster.http_addr(leader), "POST", "/api/accounts", &headers, &viewer)?.status == 201).then_some(())
+    });
+    let follower = (1..=3).find(|&id| id != leader).unwrap();
+    // The viewer's account on the follower too, before the browser logs in there.
+    poll("the follower to know the viewer", Duration::from_secs(10), || {
+        let reply = http_call(cluster.http_addr(follower), "GET", "/api/accounts/reader", &headers, "")?;
+        (reply.status == 200).then_some(())
+    });
+    let env = [
+        ("LABCTL_CONSOLE_URL", format!("http://{}", cluster.http_addr(follower))),
+        ("LABCTL_CONSOLE_VIEWER", "reader:reader-password".to_string()),
+        ("LABCTL_CONSOLE_ADMIN", format!("admin:{admin_password}")),
+    ];
+    run_browser_script(&dir, "console_auth.test.mjs", &chromium, &shots, &env);
 }

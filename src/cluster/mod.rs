@@ -56,6 +56,11 @@ pub struct Args {
     /// every node. A secret given by --cluster-secret-file or LABCTL_CLUSTER_SECRET is used as it is.
     #[arg(long)]
     pub secure: bool,
+    /// Require accounts on every node's HTTP API and console (labctl node --auth). The first
+    /// admin's password comes from LABCTL_ADMIN_PASSWORD or LABCTL_ADMIN_PASSWORD_FILE; without
+    /// either, the leader makes one and prints it once, here.
+    #[arg(long)]
+    pub auth: bool,
     #[command(flatten)]
     pub cluster: ClusterArgs,
     #[command(flatten)]
@@ -121,7 +126,15 @@ pub fn run(args: Args, file: &FileConfig, config_path: Option<&Path>) -> anyhow:
     }
     let signing = key.map(|key| std::sync::Arc::new(client::Signing::new(key)));
     let supervisor = Supervisor {
-        launch: Launch { exe, config: config_path.map(Path::to_path_buf), cluster, timing, data_dir, secret_file },
+        launch: Launch {
+            exe,
+            config: config_path.map(Path::to_path_buf),
+            cluster,
+            timing,
+            data_dir,
+            secret_file,
+            auth: args.auth,
+        },
         signing,
         restart: args.restart,
         ready_timeout: Duration::from_millis(args.ready_timeout_ms),
@@ -144,6 +157,8 @@ struct Launch {
     /// The cluster secret's file, handed to every node (a secret in the environment is
     /// inherited instead).
     secret_file: Option<PathBuf>,
+    /// Every node requires accounts.
+    auth: bool,
 }
 
 impl Launch {
@@ -168,6 +183,9 @@ impl Launch {
         args.extend(self.timing.to_args());
         if let Some(path) = &self.secret_file {
             args.push(format!("--cluster-secret-file={}", path.display()));
+        }
+        if self.auth {
+            args.push("--auth".into());
         }
         args
     }
@@ -415,6 +433,7 @@ mod tests {
             timing: RaftTiming::default(),
             data_dir: "data".into(),
             secret_file: None,
+            auth: false,
         };
         let args = launch.node_args(2);
         assert_eq!(args[0], "--config=config/labctl.toml");
@@ -443,6 +462,7 @@ mod tests {
             timing: RaftTiming::default(),
             data_dir: "/tmp/x".into(),
             secret_file: Some("/tmp/x/cluster.secret".into()),
+            auth: true,
         };
         let argv = std::iter::once("labctl".to_string()).chain(launch.node_args(4));
         let cli = crate::cli::Cli::try_parse_from(argv).unwrap();
@@ -451,6 +471,7 @@ mod tests {
         assert_eq!(node.cluster.nodes, Some(5));
         assert_eq!(node.raft.heartbeat_ms, Some(50));
         assert_eq!(node.cluster.cluster_secret_file, Some("/tmp/x/cluster.secret".into()));
+        assert_eq!(node.auth, Some(true));
     }
 
     #[test]

@@ -12,7 +12,7 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { chromium } from 'playwright-core';
+import { launchChromium } from './browser.mjs';
 
 const nodes = JSON.parse(process.env.LABCTL_CONSOLE_NODES);
 const firstLeader = process.env.LABCTL_CONSOLE_LEADER;
@@ -55,20 +55,7 @@ async function until(what, check, timeout = WAIT) {
   }
 }
 
-const browser = await chromium.launch({
-  executablePath,
-  headless: true,
-  args: [
-    '--headless',
-    '--no-sandbox',
-    '--disable-gpu',
-    '--disable-quic',
-    '--no-first-run',
-    '--disable-background-networking',
-    '--disable-component-update',
-    '--disable-sync',
-  ],
-});
+const browser = await launchChromium(executablePath);
 
 const outside = [];
 const pageErrors = [];
