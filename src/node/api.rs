@@ -565,7 +565,10 @@ async fn query_store<T: Send + 'static>(
 ) -> Result<T, HttpResponse> {
     let embedded = api.reads.is_embedded();
     // Writes this node has answered are visible to the read.
-    api.applied.settled();
+    if let Err(e) = api.applied.settled() {
+        log::warn!("read refused: {e}");
+        return Err(unavailable("a write this node answered is not readable yet; retry"));
+    }
     let query = move || {
         let mut store = api.reads.get()?;
         f(&mut store)
@@ -612,7 +615,13 @@ async fn listing<T: serde::Serialize>(
         return response;
     }
     // Read after the check: a strong read's page is kept under an index at least its read index.
-    let applied = api.applied.settled();
+    let applied = match api.applied.settled() {
+        Ok(applied) => applied,
+        Err(e) => {
+            log::warn!("read refused: {e}");
+            return unavailable("a write this node answered is not readable yet; retry");
+        }
+    };
     let json = |body| HttpResponse::Ok().content_type(header::ContentType::json()).body(body);
     if let Some(body) = api.listings.get(&query, applied) {
         return json(body);

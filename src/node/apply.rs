@@ -141,9 +141,20 @@ pub struct ApplyStall {
     pub since: Instant,
 }
 
-/// How long a read waits at most for a write already answered to become visible (see
-/// [`AppliedIndex::settled`]); only a failing database makes it wait that long.
-const SETTLE_LIMIT: Duration = Duration::from_millis(100);
+/// How long a read waits at most for a write already answered to become visible before it is
+/// refused (see [`AppliedIndex::settled`]): the wait is tens of microseconds, longer only
+/// while whoever holds the database is kept off a core.
+const SETTLE_LIMIT: Duration = Duration::from_secs(5);
+/// A read waits no longer than this while the applier reports that the database fails.
+const SETTLE_STALLED: Duration = Duration::from_millis(100);
+
+/// A write this node answered is not in its database yet, and a read would not see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("entry {answered} was answered but only entries up to {applied} are in the database")]
+pub struct Unsettled {
+    pub answered: u64,
+    pub applied: u64,
+}
 
 impl AppliedIndex {
     /// The entry the applier cannot apply, while it cannot.
@@ -156,21 +167,38 @@ impl AppliedIndex {
     /// soon as its transaction has run and commits it right after (or leaves the commit to its
     /// preparing thread), and a read that comes in meanwhile waits here for that commit (tens of
     /// microseconds), making it itself when the database is free.
-    pub fn settled(&self) -> u64 {
+    ///
+    /// The wait ends only when the write is visible: a read never runs without a write its
+    /// client was already answered for, however long a busy machine keeps the committing
+    /// thread waiting. It is refused ([`Unsettled`]) only after [`SETTLE_LIMIT`], or sooner
+    /// while the database fails ([`AppliedIndex::stall`]).
+    pub fn settled(&self) -> Result<u64, Unsettled> {
         let answered = self.shared.answered.load(Ordering::Acquire);
         let mut applied = self.shared.applied.load(Ordering::Acquire);
-        if applied >= answered {
-            return applied;
-        }
-        let deadline = Instant::now() + SETTLE_LIMIT;
-        while applied < answered && Instant::now() < deadline {
+        let started = Instant::now();
+        let mut rounds = 0u32;
+        while applied < answered {
             if let Ok(mut store) = self.shared.store.try_lock() {
                 self.shared.commit_answered(&mut store);
             }
-            std::thread::yield_now();
             applied = self.shared.applied.load(Ordering::Acquire);
+            if applied >= answered {
+                break;
+            }
+            let waited = started.elapsed();
+            if waited >= SETTLE_LIMIT || (waited >= SETTLE_STALLED && self.stall().is_some()) {
+                return Err(Unsettled { answered, applied });
+            }
+            // Yield first (the commit is usually a moment away), then sleep, so that a long
+            // wait leaves the cores to the thread that holds the database.
+            rounds += 1;
+            if rounds < 100 {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(Duration::from_micros(200));
+            }
         }
-        applied
+        Ok(applied)
     }
 }
 
@@ -906,7 +934,7 @@ mod tests {
         let commands = commands_of(std::slice::from_ref(&one)).unwrap();
         answer_then_commit(&mut store, std::slice::from_mut(&mut one), &commands, &shared).unwrap();
         assert_eq!(title(answer.try_recv().unwrap()), "ahead");
-        assert_eq!((index.settled(), reader.dump().unwrap().products.len()), (1, 1), "visible once settled");
+        assert_eq!((index.settled(), reader.dump().unwrap().products.len()), (Ok(1), 1), "visible once settled");
         assert_eq!(store.last_applied().unwrap().index, 1);
     }
 
@@ -944,10 +972,45 @@ mod tests {
         shared.answered.store(1, Ordering::Release);
         *lock(&shared.uncommitted) = Some(item);
         assert!(titles_in(&mut reader).is_empty(), "not visible before its commit");
-        assert_eq!(index.settled(), 1, "the reader committed it");
+        assert_eq!(index.settled(), Ok(1), "the reader committed it");
         assert_eq!(titles_in(&mut reader), ["answered"]);
         assert!(lock(&shared.uncommitted).is_none());
         assert_eq!(lock(&shared.store).last_applied().unwrap().index, 1);
+    }
+
+    /// A reader waits for an answered write however long the database is held elsewhere (a
+    /// thread kept off the cores of a busy machine): it never reads without that write.
+    #[test]
+    fn a_reader_waits_for_an_answered_write_while_the_database_is_held_elsewhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = dir.path().join("node.db").to_string_lossy().into_owned();
+        let (shared, index) = shared_on(&url);
+        let (item, _) = item(1, &create("held"));
+        let commands = commands_of(std::slice::from_ref(&item)).unwrap();
+        lock(&shared.store).apply_open(&commands).unwrap();
+        shared.answered.store(1, Ordering::Release);
+        *lock(&shared.uncommitted) = Some(item);
+        let holder = {
+            let shared = shared.clone();
+            std::thread::spawn(move || {
+                let mut store = lock(&shared.store);
+                // Longer than any wait a read used to give up after.
+                std::thread::sleep(Duration::from_millis(400));
+                shared.commit_answered(&mut store);
+            })
+        };
+        // The holder has the database before the read starts.
+        while shared.store.try_lock().is_ok() {
+            std::thread::yield_now();
+        }
+        let started = Instant::now();
+        assert_eq!(index.settled(), Ok(1));
+        assert!(started.elapsed() >= Duration::from_millis(300), "{:?}", started.elapsed());
+        let mut reader = Store::open(&url).unwrap();
+        assert_eq!(titles_in(&mut reader), ["held"]);
+        holder.join().unwrap();
+        // Nothing answered beyond what is applied: no wait at all.
+        assert_eq!(index.settled(), Ok(1));
     }
 
     fn title(result: WriteResult) -> String {
@@ -1056,7 +1119,7 @@ mod tests {
         let (committed, mut rx) = item(1, &create("ahead"));
         applier.apply(vec![committed], true);
         assert_eq!(title(rx.try_recv().expect("answered before apply() returned")), "ahead");
-        assert_eq!(applier.applied_index().settled(), 1);
+        assert_eq!(applier.applied_index().settled(), Ok(1));
         assert_eq!(titles_in(&mut reader), ["ahead"]);
         assert!(applier.can_prepare());
         applier.stop();

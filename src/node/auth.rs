@@ -347,7 +347,9 @@ async fn until_applied<T: Send + 'static>(
 ) -> Result<Option<T>, Refusal> {
     let deadline = Instant::now() + CATCH_UP;
     loop {
-        let applied = api.applied.settled();
+        // A session or account this node answered for but could not make readable in time is
+        // simply not found: the credential is refused, never taken on faith.
+        let applied = api.applied.settled().unwrap_or_else(|e| e.applied);
         let found = lookup(api, f.clone()).await?;
         if found.is_some() || api.status.borrow().role == "LEADER" {
             return Ok(found);
@@ -357,7 +359,7 @@ async fn until_applied<T: Send + 'static>(
                 return Ok(None);
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
-            if api.applied.settled() > applied {
+            if api.applied.settled().unwrap_or_else(|e| e.applied) > applied {
                 break;
             }
         }

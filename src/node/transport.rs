@@ -100,9 +100,9 @@ impl Transport {
     }
 
     /// `bytes` signed for `to`, in secure mode.
-    fn sealed<'a>(&mut self, bytes: &'a [u8], to: &str) -> std::borrow::Cow<'a, [u8]> {
+    fn sealed<'a>(&mut self, bytes: &'a [u8], to: impl FnOnce() -> String) -> std::borrow::Cow<'a, [u8]> {
         match &mut self.signing {
-            Some((key, seq)) => auth::seal(key, bytes, to, seq.take()).into(),
+            Some((key, seq)) => auth::seal(key, bytes, &to(), seq.take()).into(),
             None => bytes.into(),
         }
     }
@@ -129,7 +129,7 @@ impl Transport {
     /// Sends to node `id`; a full socket buffer or an unresolvable peer drops the datagram.
     pub fn send_to_node(&mut self, id: NodeId, bytes: &[u8]) {
         if let Some(addr) = self.peer_addr(id) {
-            let bytes = self.sealed(bytes, &crate::proto::node_name(id)).into_owned();
+            let bytes = self.sealed(bytes, || crate::proto::node_name(id));
             self.send_to(addr, &bytes);
         }
     }
@@ -159,8 +159,8 @@ impl Transport {
             self.queued_bytes -= bytes.len();
             // Signed now, not when queued: a heartbeat that went ahead of the queue must not
             // leave the fragments' sequence numbers too far behind for the receiver's window.
-            let bytes = self.sealed(&bytes, &crate::proto::node_name(id)).into_owned();
-            self.send_to(addr, &bytes);
+            let sealed = self.sealed(&bytes, || crate::proto::node_name(id));
+            self.send_to(addr, &sealed);
         }
     }
 
@@ -177,7 +177,7 @@ impl Transport {
     /// A reply to a signed request is signed (for `Controller`); one to an unsigned request is
     /// not, as the controller that sent it expects.
     pub fn send_reply(&mut self, to: SocketAddr, bytes: &[u8], signed: bool) -> bool {
-        let bytes = if signed { self.sealed(bytes, crate::proto::CONTROLLER) } else { bytes.into() };
+        let bytes = if signed { self.sealed(bytes, || crate::proto::CONTROLLER.into()) } else { bytes.into() };
         if !self.replies.take(to.ip(), bytes.len(), Instant::now()) {
             if self.send_errors.allow() {
                 log::warn!("not answering {to}: it was sent more replies than a source may get per second");

@@ -478,8 +478,12 @@ mod lenient {
 
 /// Parses a node name (`node3`, `Node3`, `NODE3`) into its id. Names are case-insensitive.
 pub fn parse_node_name(name: &str) -> Option<u32> {
-    let lower = name.trim().to_ascii_lowercase();
-    let digits = lower.strip_prefix("node")?;
+    let name = name.trim();
+    // Every datagram's sender is read with this: no allocation.
+    let (prefix, digits) = name.split_at_checked(4)?;
+    if !prefix.eq_ignore_ascii_case("node") {
+        return None;
+    }
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
