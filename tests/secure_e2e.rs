@@ -110,6 +110,11 @@ fn unsigned_and_replayed_requests_change_nothing() {
     }
     let text = s.cluster.log_text(leader);
     assert!(text.contains("secure mode") && text.contains("taken only from 127.0.0.9/32"), "{text}");
+    // The secret itself is in no log line of any node.
+    for id in 1..=3 {
+        let text = s.cluster.log_text(id);
+        assert!(!text.contains(SECRET.trim()), "node{id} logged the cluster secret");
+    }
     assert!(text.contains("an unsigned STORE from an address that is not allowed"), "{text}");
 }
 
