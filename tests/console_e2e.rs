@@ -60,8 +60,7 @@ fn the_page_and_its_files_come_from_the_node() {
 
 #[test]
 fn control_requests_need_the_token_and_start_an_election() {
-    let token = format!("--console-token={TOKEN}");
-    let cluster = TestCluster::start(3, 0, &[&token, STEADY[0], STEADY[1], STEADY[2]]);
+    let cluster = TestCluster::start_with_env(3, 0, &STEADY, &[("LABCTL_CONSOLE_TOKEN", TOKEN)]);
     let (leader, term) = cluster.wait_for_leader(Duration::from_secs(10));
     let target = (1..=3).find(|&id| id != leader).unwrap();
     let addr = cluster.http_addr(target);
@@ -228,8 +227,12 @@ fn the_console_in_chromium_manages_tasks_and_shows_an_election() {
     let Some((chromium, dir)) = browser_tools("the_console_in_chromium_manages_tasks_and_shows_an_election") else {
         return;
     };
-    let token = format!("--console-token={TOKEN}");
-    let cluster = TestCluster::start(3, 0, &[&token, STEADY[0], STEADY[1], STEADY[2]]);
+    // From a file, as Docker secrets give it.
+    let secrets = tempfile::tempdir().unwrap();
+    let token_file = secrets.path().join("console_token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let token_file = token_file.to_string_lossy().into_owned();
+    let cluster = TestCluster::start_with_env(3, 0, &STEADY, &[("LABCTL_CONSOLE_TOKEN_FILE", &token_file)]);
     let (leader, _) = cluster.wait_for_leader(Duration::from_secs(10));
     poll("every node to know the leader", Duration::from_secs(10), || {
         (1..=3).all(|id| status(&cluster, id).is_some_and(|s| s["leader"] == format!("node{leader}"))).then_some(())

@@ -56,9 +56,6 @@ pub struct Args {
     /// Host to bind instead of this node's own host, e.g. 0.0.0.0 in a container
     #[arg(long, env = "LABCTL_BIND_HOST")]
     pub bind_host: Option<String>,
-    /// Token the web console's control buttons (TIMEOUT, CONVERT_FOLLOWER) must send; better set by env or config file [default: none, the buttons work for anyone]
-    #[arg(long, env = "LABCTL_CONSOLE_TOKEN", hide_env_values = true)]
-    pub console_token: Option<String>,
     /// The largest file POST /api/upload/file accepts, in bytes [default: 8388608]
     #[arg(long, env = "LABCTL_MAX_UPLOAD_BYTES")]
     pub max_upload_bytes: Option<usize>,
@@ -93,6 +90,10 @@ fn parse_switch(text: &str) -> Result<bool, String> {
     }
 }
 
+/// The environment variable with the token of the console's control buttons in open mode
+/// (`…_FILE` names a file holding it instead); `[node] console_token` in the file.
+pub const CONSOLE_TOKEN_ENV: &str = "LABCTL_CONSOLE_TOKEN";
+
 /// Database connections for HTTP reads at most (opened as reads need them).
 const READ_CONNECTIONS: u32 = 8;
 
@@ -122,6 +123,9 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
     }
     let http_bind = crate::config::resolve(&bind_host, cluster.http_port)?;
     let key = crate::config::cluster_key(&args.cluster, &file.cluster)?;
+    // A secret: from the environment or a file, never a flag; read now, so that a missing file
+    // stops the node at start.
+    let console_token = crate::config::secret_env(CONSOLE_TOKEN_ENV)?.or_else(|| file.node.console_token.clone());
     let allow_text = args.control_allow.clone().or_else(|| file.node.control_allow.as_ref().map(|l| l.join(",")));
     let allow = guard::AllowList::parse(allow_text.as_deref().unwrap_or(""))
         .map_err(|e| anyhow::anyhow!("control_allow: {e}"))?;
@@ -274,7 +278,6 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
             scheme,
             auth: auth::Auth::new(auth_on, token_ttl, access_epoch),
         });
-        let console_token = args.console_token.clone().or_else(|| file.node.console_token.clone());
         if auth_on && console_token.is_some() {
             log::warn!("{name}: console_token is ignored with authentication on: the control buttons need an admin");
         }
