@@ -90,11 +90,9 @@ pub enum ClusterError {
 
 /// Writes 32 random bytes, hex-encoded, to `path` unless it exists, readable only by its owner.
 fn write_secret(path: &Path) -> std::io::Result<()> {
-    use std::io::{Read, Write};
+    use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut random = [0u8; 32];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut random)?;
-    let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = crate::proto::auth::random_hex(32)?;
     match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
         Ok(mut file) => file.write_all(format!("{hex}\n").as_bytes()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),

@@ -38,6 +38,7 @@ use sha2::{Digest, Sha256};
 
 use super::api::Api;
 use super::store::{AccessEpoch, AccountInput, Op, Role, Store, StoreError};
+use crate::proto::auth::{hex, random_hex};
 
 /// How long a verified credential or a session is kept in memory before the database is asked
 /// again (an account's change drops it at once; this bounds what a missed change could cost).
@@ -197,10 +198,6 @@ fn sha256(parts: &[&[u8]]) -> [u8; 32] {
         hasher.update(part);
     }
     hasher.finalize().into()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The credential of a request: None without an `Authorization` header.
@@ -408,16 +405,12 @@ pub fn password_matches(password: &str, hash: &str) -> bool {
 
 /// A new bearer token: 256 random bits, in hex.
 pub fn new_token() -> Result<String, String> {
-    let mut bytes = [0u8; 32];
-    getrandom::getrandom(&mut bytes).map_err(|e| format!("no randomness for a token: {e}"))?;
-    Ok(hex(&bytes))
+    random_hex(32).map_err(|e| format!("no randomness for a token: {e}"))
 }
 
 /// A new password for the first admin: 128 random bits, in hex.
 pub fn new_password() -> Result<String, String> {
-    let mut bytes = [0u8; 16];
-    getrandom::getrandom(&mut bytes).map_err(|e| format!("no randomness for a password: {e}"))?;
-    Ok(hex(&bytes))
+    random_hex(16).map_err(|e| format!("no randomness for a password: {e}"))
 }
 
 /// Checks a password before it is hashed.

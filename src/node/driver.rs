@@ -409,7 +409,7 @@ impl Driver {
             let named = msg.sender_name.as_deref().and_then(proto::parse_node_name);
             match named {
                 Some(id) if id != self.raft.id() && self.transport.is_from(id, from) => {}
-                Some(id) if self.cluster.ids().any(|m| m == id) && id != self.raft.id() => {
+                Some(id) if id <= self.cluster.nodes && id != self.raft.id() => {
                     return self.dropped(from, &format!("{request} names node{id}, which is not at this address"));
                 }
                 _ => {

@@ -172,20 +172,18 @@ impl Transport {
 
     /// Sends a reply to a request's source, within that source's [`ReplyBudget`]: UDP
     /// sources can be forged, and a node must not become an amplifier that answers small
-    /// requests with large replies to whatever address they name. Returns false when the
-    /// reply was held back.
+    /// requests with large replies to whatever address they name.
     /// A reply to a signed request is signed (for `Controller`); one to an unsigned request is
     /// not, as the controller that sent it expects.
-    pub fn send_reply(&mut self, to: SocketAddr, bytes: &[u8], signed: bool) -> bool {
+    pub fn send_reply(&mut self, to: SocketAddr, bytes: &[u8], signed: bool) {
         let bytes = if signed { self.sealed(bytes, || crate::proto::CONTROLLER.into()) } else { bytes.into() };
         if !self.replies.take(to.ip(), bytes.len(), Instant::now()) {
             if self.send_errors.allow() {
                 log::warn!("not answering {to}: it was sent more replies than a source may get per second");
             }
-            return false;
+            return;
         }
         self.send_to(to, &bytes);
-        true
     }
 
     /// Sends to an address.

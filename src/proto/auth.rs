@@ -172,6 +172,20 @@ pub fn open<'a>(key: &Key, datagram: &'a [u8]) -> Result<Sealed<'a>, AuthError> 
     Ok(Sealed { to, seq })
 }
 
+/// `bytes` in lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    let mut out = vec![0u8; 2 * bytes.len()];
+    hex_into(bytes, &mut out);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// `bytes` random bytes from the operating system, in hex: secrets, tokens, passwords.
+pub fn random_hex(bytes: usize) -> std::io::Result<String> {
+    let mut random = vec![0u8; bytes];
+    getrandom::getrandom(&mut random).map_err(|e| std::io::Error::other(e.to_string()))?;
+    Ok(hex(&random))
+}
+
 fn rfind(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).rposition(|w| w == needle)
 }
@@ -340,9 +354,7 @@ fn request_mac(key: &Key, what: &str, micros: u64, body: &[u8]) -> HmacSha256 {
 /// `micros`.
 pub fn sign_request(key: &Key, what: &str, micros: u64, body: &[u8]) -> String {
     let tag = request_mac(key, what, micros, body).finalize().into_bytes();
-    let mut hex = vec![0u8; TAG_HEX];
-    hex_into(&tag, &mut hex);
-    format!("{VERSION}.{micros}.{}", String::from_utf8_lossy(&hex))
+    format!("{VERSION}.{micros}.{}", hex(&tag))
 }
 
 /// Checks a [`SIGNATURE_HEADER`] value: the right tag, made within [`FRESHNESS`] of `now_micros`.
