@@ -2,8 +2,9 @@
 //!
 //! Each request goes out from a socket of its own (see [`crate::proto::client`]) and the
 //! replies are awaited until `--timeout-ms`. Output is a table, or with `--json` one JSON
-//! object per reply, exactly as the node sent it. A node that does not answer makes the
-//! command fail after everything that did answer has been printed.
+//! object per reply, exactly as the node sent it. A node that does not answer, or whose name does
+//! not resolve (its container is gone), makes the command fail after everything the other nodes
+//! answered has been printed; the error names each such node and why.
 
 mod table;
 
@@ -69,8 +70,9 @@ pub enum Action {
     },
     /// Ask nodes whom they know as leader (LEADER_INFO) and print NODE, LEADER, TERM
     ///
-    /// LEADER is "none" while a node knows no leader and "no reply" when it did not answer in
-    /// time; the command then fails.
+    /// LEADER is "none" while a node knows no leader, "no reply" when it did not answer in
+    /// time and "unreachable" when its name does not resolve (e.g. its container is gone); the
+    /// command then fails, naming each such node, after printing what the others answered.
     LeaderInfo {
         /// The nodes to ask [default: all members]
         #[arg(value_name = "NODE", value_parser = parse_node)]
@@ -102,6 +104,8 @@ pub enum Action {
     /// Ask every node LEADER_INFO and sum up: who leads, whether the terms agree
     ///
     /// Fails unless every node answers and a majority names the same leader in the same term.
+    /// Nodes that do not answer or cannot be reached are shown as such, with the others'
+    /// answers, and named in the error.
     Status,
 }
 
@@ -121,6 +125,8 @@ pub enum ControllerError {
     NotMember { name: String, nodes: u32 },
     #[error("no reply from {names} within {ms} ms{hint}")]
     NoReply { names: String, ms: u128, hint: &'static str },
+    #[error("{0}")]
+    Unanswered(String),
     #[error("no leader is known: {0}")]
     NoLeader(String),
     #[error("{node} is not the leader and {}; try again once a leader is elected",
@@ -166,6 +172,14 @@ impl Controller {
         ids.iter().map(|&id| Ok((id, self.addr(id)?))).collect()
     }
 
+    /// Checks that every id is a member.
+    fn members(&self, ids: &[u32]) -> Result<(), ControllerError> {
+        match ids.iter().find(|&&id| id > self.cluster.nodes) {
+            Some(&id) => Err(ControllerError::NotMember { name: node_name(id), nodes: self.cluster.nodes }),
+            None => Ok(()),
+        }
+    }
+
     /// One node's UDP address, checking that it is a member.
     fn addr(&self, id: u32) -> Result<SocketAddr, ControllerError> {
         if id > self.cluster.nodes {
@@ -199,25 +213,57 @@ impl Controller {
         Ok(())
     }
 
-    /// Asks `ids` LEADER_INFO at once; `None` for a node that did not answer.
-    fn ask_leader_info(&self, ids: &[u32]) -> Result<Vec<(u32, Option<Answer>)>, ControllerError> {
+    /// Asks `ids` (members) LEADER_INFO at once. A node whose name does not resolve, or to which
+    /// the request cannot be sent, is [`Heard::Unreachable`]: the others are still asked.
+    fn ask_leader_info(&self, ids: &[u32]) -> Result<Vec<(u32, Heard)>, ControllerError> {
+        self.members(ids)?;
         let msg = client::control_message(Request::LeaderInfo);
-        client::exchange_all(self.signing.as_ref(), &self.targets(ids)?, &msg, Some(self.wait))
-            .into_iter()
-            .map(|(id, result)| Ok((id, result?)))
-            .collect()
+        let mut heard: Vec<(u32, Heard)> = Vec::with_capacity(ids.len());
+        let mut targets = Vec::with_capacity(ids.len());
+        for &id in ids {
+            match self.cluster.raft_addr(id) {
+                Ok(addr) => targets.push((id, addr)),
+                Err(e) => heard.push((id, Heard::Unreachable(e.to_string()))),
+            }
+        }
+        for (id, result) in client::exchange_all(self.signing.as_ref(), &targets, &msg, Some(self.wait)) {
+            heard.push((
+                id,
+                match result {
+                    Ok(Some(answer)) => Heard::Answer(answer),
+                    Ok(None) => Heard::Silent,
+                    Err(e) => Heard::Unreachable(e.to_string()),
+                },
+            ));
+        }
+        heard.sort_by_key(|(id, _)| ids.iter().position(|i| i == id));
+        Ok(heard)
+    }
+
+    /// Ok when every node answered; else the error naming the silent and the unreachable ones.
+    fn all_answered(&self, replies: &[(u32, Heard)]) -> Result<(), ControllerError> {
+        let silent: Vec<u32> = replies.iter().filter(|(_, h)| matches!(h, Heard::Silent)).map(|(id, _)| *id).collect();
+        let mut problems: Vec<String> = replies
+            .iter()
+            .filter_map(|(id, h)| match h {
+                Heard::Unreachable(why) => Some(format!("cannot reach {}: {why}", node_name(*id))),
+                _ => None,
+            })
+            .collect();
+        if problems.is_empty() && silent.is_empty() {
+            return Ok(());
+        }
+        if !silent.is_empty() {
+            problems.insert(0, self.no_reply(&silent).to_string());
+        }
+        Err(ControllerError::Unanswered(problems.join("; ")))
     }
 
     fn leader_info(&self, ids: &[u32]) -> Result<(), ControllerError> {
         let ids = if ids.is_empty() { self.all_ids() } else { ids.to_vec() };
         let replies = self.ask_leader_info(&ids)?;
         print!("{}", format_leader_info(&replies, self.json));
-        let silent: Vec<u32> = replies.iter().filter(|(_, a)| a.is_none()).map(|(id, _)| *id).collect();
-        if silent.is_empty() {
-            Ok(())
-        } else {
-            Err(self.no_reply(&silent))
-        }
+        self.all_answered(&replies)
     }
 
     fn status(&self) -> Result<(), ControllerError> {
@@ -229,10 +275,7 @@ impl Controller {
             print!("{}", format_leader_info(&replies, false));
             print!("{}", format_summary(&summary));
         }
-        let silent: Vec<u32> = replies.iter().filter(|(_, a)| a.is_none()).map(|(id, _)| *id).collect();
-        if !silent.is_empty() {
-            return Err(self.no_reply(&silent));
-        }
+        self.all_answered(&replies)?;
         if summary.agreed_leader().is_none() {
             return Err(ControllerError::NoLeader("no majority of nodes names the same leader in one term".into()));
         }
@@ -248,7 +291,10 @@ impl Controller {
                 log::debug!("leader is {} ({} of {} nodes answered)", node_name(id), summary.answered, summary.nodes);
                 Ok(id)
             }
-            None if summary.answered == 0 => Err(self.no_reply(&self.all_ids())),
+            // Nobody answered: say who was silent and who could not be reached.
+            None if summary.answered == 0 => {
+                Err(self.all_answered(&replies).err().unwrap_or_else(|| self.no_reply(&self.all_ids())))
+            }
             None => Err(ControllerError::NoLeader(format!(
                 "none of the {} nodes that answered names a leader",
                 summary.answered
@@ -313,8 +359,27 @@ impl Controller {
     }
 }
 
-fn summarize(replies: &[(u32, Option<Answer>)]) -> LeaderSummary {
-    LeaderSummary::from_replies(replies.iter().map(|(_, answer)| answer.as_ref().and_then(leader_info)))
+/// What one node made of a request.
+enum Heard {
+    /// Its reply.
+    Answer(Answer),
+    /// No reply within the wait.
+    Silent,
+    /// Not asked: its name did not resolve, or the request could not be sent (why).
+    Unreachable(String),
+}
+
+impl Heard {
+    fn answer(&self) -> Option<&Answer> {
+        match self {
+            Heard::Answer(answer) => Some(answer),
+            _ => None,
+        }
+    }
+}
+
+fn summarize(replies: &[(u32, Heard)]) -> LeaderSummary {
+    LeaderSummary::from_replies(replies.iter().map(|(_, heard)| heard.answer().and_then(leader_info)))
 }
 
 fn leader_info(answer: &Answer) -> Option<&LeaderInfo> {
@@ -334,19 +399,20 @@ fn format_sent(request: Request, id: u32, json: bool) -> String {
 }
 
 /// LEADER_INFO replies as a table NODE, LEADER, TERM, or as the raw replies one per line.
-fn format_leader_info(replies: &[(u32, Option<Answer>)], json: bool) -> String {
+fn format_leader_info(replies: &[(u32, Heard)], json: bool) -> String {
     if json {
-        return replies.iter().filter_map(|(_, a)| a.as_ref()).map(|a| format!("{}\n", a.raw)).collect();
+        return replies.iter().filter_map(|(_, h)| h.answer()).map(|a| format!("{}\n", a.raw)).collect();
     }
     let rows: Vec<Vec<String>> = replies
         .iter()
-        .map(|(id, answer)| {
-            let (leader, term) = match answer.as_ref().and_then(leader_info) {
-                Some(info) => (
+        .map(|(id, heard)| {
+            let (leader, term) = match (heard, heard.answer().and_then(leader_info)) {
+                (_, Some(info)) => (
                     info.leader.clone().unwrap_or_else(|| "none".into()),
                     info.term.map_or_else(|| "-".into(), |t| t.to_string()),
                 ),
-                None => ("no reply".into(), "-".into()),
+                (Heard::Unreachable(_), _) => ("unreachable".into(), "-".into()),
+                _ => ("no reply".into(), "-".into()),
             };
             vec![node_name(*id), leader, term]
         })
@@ -382,7 +448,7 @@ fn format_summary(s: &LeaderSummary) -> String {
 }
 
 /// `status --json`: one object with the summary and the raw replies.
-fn status_json(replies: &[(u32, Option<Answer>)], s: &LeaderSummary) -> Value {
+fn status_json(replies: &[(u32, Heard)], s: &LeaderSummary) -> Value {
     let agreed = s.agreed_leader();
     json!({
         "nodes": s.nodes,
@@ -391,8 +457,19 @@ fn status_json(replies: &[(u32, Option<Answer>)], s: &LeaderSummary) -> Value {
         "term": agreed.map(|(_, term)| term),
         "named_by": agreed.and(s.leader.as_ref().map(|(_, _, count)| *count)),
         "terms": s.terms.iter().map(|(term, count)| json!({"term": term, "nodes": count})).collect::<Vec<_>>(),
-        "no_reply": replies.iter().filter(|(_, a)| a.is_none()).map(|(id, _)| node_name(*id)).collect::<Vec<_>>(),
-        "replies": replies.iter().filter_map(|(_, a)| a.as_ref().map(|a| a.raw.clone())).collect::<Vec<_>>(),
+        "no_reply": replies
+            .iter()
+            .filter(|(_, h)| matches!(h, Heard::Silent))
+            .map(|(id, _)| node_name(*id))
+            .collect::<Vec<_>>(),
+        "unreachable": replies
+            .iter()
+            .filter_map(|(id, h)| match h {
+                Heard::Unreachable(why) => Some(json!({"node": node_name(*id), "error": why})),
+                _ => None,
+            })
+            .collect::<Vec<_>>(),
+        "replies": replies.iter().filter_map(|(_, h)| h.answer().map(|a| a.raw.clone())).collect::<Vec<_>>(),
     })
 }
 
@@ -478,17 +555,17 @@ mod tests {
         let replies = vec![
             (
                 1,
-                Some(answer(
+                Heard::Answer(answer(
                     json!({"sender_name":"node1","request":"LEADER_INFO","term":2,"key":"LEADER","value":"node3"}),
                 )),
             ),
             (
                 2,
-                Some(answer(
+                Heard::Answer(answer(
                     json!({"sender_name":"node2","request":"LEADER_INFO","term":1,"key":"LEADER","value":null}),
                 )),
             ),
-            (3, None),
+            (3, Heard::Silent),
         ];
         assert_eq!(
             format_leader_info(&replies, false),
@@ -505,7 +582,7 @@ mod tests {
         let reply = |n: u32, term: u64| {
             (
                 n,
-                Some(answer(
+                Heard::Answer(answer(
                     json!({"sender_name":node_name(n),"request":"LEADER_INFO","term":term,"key":"LEADER","value":"node2"}),
                 )),
             )
@@ -516,7 +593,7 @@ mod tests {
             format_summary(&s),
             "leader: node2 in term 3, named by 3 of 3 nodes\nterms: all 3 answering nodes are in term 3\n"
         );
-        let split = vec![reply(1, 3), reply(2, 4), (3, None)];
+        let split = vec![reply(1, 3), reply(2, 4), (3, Heard::Silent)];
         let s = summarize(&split);
         let text = format_summary(&s);
         assert!(text.contains("none agreed; node2 in term 4 is named by only 1 of 3 nodes"), "{text}");
@@ -524,7 +601,50 @@ mod tests {
         let v = status_json(&split, &s);
         assert_eq!(v["leader"], Value::Null);
         assert_eq!(v["no_reply"], json!(["node3"]));
+        assert_eq!(v["unreachable"], json!([]));
         assert_eq!(v["replies"].as_array().unwrap().len(), 2);
+    }
+
+    /// Members whose names do not resolve (their containers are gone) are named with the
+    /// reason, in the table, the JSON and the error, beside what the others answered.
+    #[test]
+    fn unresolvable_nodes_are_named() {
+        let cluster = crate::config::Cluster { nodes: 2, host: "node{id}.invalid".into(), ..Default::default() };
+        let c = Controller { cluster, wait: Duration::from_millis(200), json: false, signing: None };
+        let replies = c.ask_leader_info(&[2, 1]).unwrap();
+        let ids: Vec<u32> = replies.iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids, [2, 1], "in the order asked");
+        assert!(replies
+            .iter()
+            .all(|(_, h)| matches!(h, Heard::Unreachable(why) if why.starts_with("cannot resolve node"))));
+        let err = c.all_answered(&replies).unwrap_err().to_string();
+        assert!(err.starts_with("cannot reach node2: cannot resolve node2.invalid:5555"), "{err}");
+        assert!(err.contains("; cannot reach node1: cannot resolve node1.invalid:5555"), "{err}");
+
+        let mixed = vec![
+            (
+                1,
+                Heard::Answer(answer(
+                    json!({"sender_name":"node1","request":"LEADER_INFO","term":4,"key":"LEADER","value":"node1"}),
+                )),
+            ),
+            (2, Heard::Silent),
+            (3, Heard::Unreachable("cannot resolve node3:5555: Name or service not known".into())),
+        ];
+        assert_eq!(
+            format_leader_info(&mixed, false),
+            "NODE   LEADER       TERM\nnode1  node1        4\nnode2  no reply     -\nnode3  unreachable  -\n"
+        );
+        let err = c.all_answered(&mixed).unwrap_err().to_string();
+        assert!(err.starts_with("no reply from node2 within 200 ms"), "{err}");
+        assert!(err.ends_with("; cannot reach node3: cannot resolve node3:5555: Name or service not known"), "{err}");
+        let v = status_json(&mixed, &summarize(&mixed));
+        assert_eq!(v["answered"], 1);
+        assert_eq!(v["no_reply"], json!(["node2"]));
+        assert_eq!(
+            v["unreachable"],
+            json!([{"node": "node3", "error": "cannot resolve node3:5555: Name or service not known"}])
+        );
     }
 
     #[test]
