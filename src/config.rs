@@ -88,6 +88,11 @@ pub struct NodeFile {
     pub data_dir: Option<PathBuf>,
     /// Address to bind instead of the node's own host (e.g. `0.0.0.0` in a container).
     pub bind_host: Option<String>,
+    /// Where clients outside the cluster's network reach node N's HTTP API (`{id}` replaced by
+    /// N), e.g. `127.0.0.{id}`; none by default. See `labctl node --help`.
+    pub public_host: Option<String>,
+    /// The HTTP port of the public addresses; the HTTP port by default.
+    pub public_http_port: Option<u16>,
     /// Database URL (a SQLite path, or postgres:// / mysql:// with those features); default `<data_dir>/nodeN/labctl.db`.
     pub database_url: Option<String>,
     /// Manager to tell where the leader is (`POST <url>/leader`); none by default.

@@ -135,6 +135,7 @@ fn the_lab_has_five_nodes_from_one_image_and_every_service() {
     assert_eq!(s["ftp_server"]["image"], "stilliard/pure-ftpd:hardened");
 
     // Distinct ids 1 … 5, each node named and reachable as nodeN, as its own config says.
+    let dot = dot_env();
     let mut ids = BTreeSet::new();
     for (i, name) in NODES.iter().enumerate() {
         let node = &s[*name];
@@ -149,6 +150,11 @@ fn the_lab_has_five_nodes_from_one_image_and_every_service() {
         assert_eq!(cluster.host_of(id), *name, "peers must find {name} by compose DNS");
         assert_eq!((cluster.raft_port, cluster.http_port), (5555, 8000), "SPEC §2 ports inside the network");
         assert_eq!(env(node, "LABCTL_BIND_HOST"), Some("0.0.0.0"));
+        // The host reaches node N where it is published: redirects name those addresses.
+        let published = format!("{}{id}", dot["NODE_IP_PREFIX"]);
+        let public_host = env(node, "LABCTL_PUBLIC_HOST").expect("LABCTL_PUBLIC_HOST").replace("{id}", &id.to_string());
+        assert_eq!(public_host, published);
+        assert_eq!(env(node, "LABCTL_PUBLIC_HTTP_PORT"), Some(dot["NODE_HTTP_PORT"].as_str()));
         assert_eq!(env(node, "LABCTL_DATA_DIR"), Some("/data"));
         assert_eq!(env(node, "LABCTL_MANAGER_URL"), Some("http://manager:8080"));
         assert_eq!(env(node, "LABCTL_DATABASE_URL"), None, "SQLite per node by default");

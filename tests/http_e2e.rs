@@ -160,3 +160,94 @@ fn the_election_handshake_shows_in_status() {
         .collect();
     assert_eq!(prefixes[0], prefixes[1]);
 }
+
+/// Listeners on 127.0.1.1 … 127.0.1.N, one port for all: where the test publishes the nodes.
+fn public_listeners(nodes: u32) -> (u16, Vec<std::net::TcpListener>) {
+    use std::net::TcpListener;
+    for _ in 0..100 {
+        let first = TcpListener::bind("127.0.1.1:0").expect("listen on 127.0.1.1");
+        let port = first.local_addr().unwrap().port();
+        let rest: Vec<_> =
+            (2..=nodes).filter_map(|id| TcpListener::bind(format!("127.0.1.{id}:{port}")).ok()).collect();
+        if rest.len() == nodes as usize - 1 {
+            return (port, std::iter::once(first).chain(rest).collect());
+        }
+    }
+    panic!("no port is free on 127.0.1.1 … 127.0.1.{nodes}");
+}
+
+/// Forwards the connections `listener` takes to `to`, as a container engine's published port
+/// does, until the test ends (the threads end with the test process).
+fn publish(listener: std::net::TcpListener, to: std::net::SocketAddr) {
+    use std::net::{Shutdown, TcpStream};
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(server) = TcpStream::connect(to) else { continue };
+            let (Ok(client_out), Ok(server_out)) = (client.try_clone(), server.try_clone()) else { continue };
+            let pipe = |mut from: TcpStream, mut to: TcpStream| {
+                move || {
+                    let _ = std::io::copy(&mut from, &mut to);
+                    let _ = to.shutdown(Shutdown::Write);
+                }
+            };
+            std::thread::spawn(pipe(client, server_out));
+            std::thread::spawn(pipe(server, client_out));
+        }
+    });
+}
+
+/// With public addresses (`--public-host`, as a compose lab publishes each node's port on the
+/// host), a client that reaches a follower at its public address is redirected to the leader's
+/// public address, and `/status` names the members by theirs; a client inside the cluster's
+/// network, naming the node by its cluster address, gets cluster addresses.
+#[test]
+fn clients_outside_get_public_addresses() {
+    let (public_port, listeners) = public_listeners(3);
+    let public = |id: u32| -> std::net::SocketAddr { format!("127.0.1.{id}:{public_port}").parse().unwrap() };
+    let public_port_text = public_port.to_string();
+    let cluster = TestCluster::start(3, 0, &["--public-host", "127.0.1.{id}", "--public-http-port", &public_port_text]);
+    for (id, listener) in (1..=3).zip(listeners) {
+        publish(listener, cluster.http_addr(id));
+    }
+    let (leader, _) = cluster.wait_for_leader(ELECTION);
+    let follower = (1..=3).find(|&id| id != leader).unwrap();
+    let body = r#"{"title":"published","price":1.5,"currency":"GBP"}"#;
+    let json = [("Content-Type", "application/json")];
+
+    // From outside, through the follower's published port: to the leader's published port.
+    let reply = poll("the follower to know the leader", ELECTION, || {
+        common::http_call(public(follower), "POST", "/api/products", &json, body).filter(|r| r.status == 307)
+    });
+    let location = format!("http://{}/api/products", public(leader));
+    assert_eq!(reply.header("location"), Some(location.as_str()), "{reply:?}");
+    assert_eq!(reply.json()["leader_http"], json!(public(leader).to_string()));
+    // The redirect works for that client: the write lands, and every node has it.
+    let created = common::http_call(public(leader), "POST", "/api/products", &json, body).unwrap();
+    assert_eq!(created.status, 201, "{created:?}");
+    let id = created.json()["id"].as_i64().unwrap();
+    for node in 1..=3 {
+        poll("every node to have the product", ELECTION, || {
+            common::http_call(public(node), "GET", &format!("/api/products/{id}"), &[], "").filter(|r| r.status == 200)
+        });
+    }
+    let (_, status) = http_request_json(public(follower), "/status");
+    assert_eq!(status["leader_http"], json!(public(leader).to_string()), "{status}");
+    assert_eq!(status["leader_url"], json!(format!("http://{}", public(leader))), "{status}");
+    for peer in status["peers"].as_array().unwrap() {
+        let n: u32 = peer["name"].as_str().unwrap().trim_start_matches("node").parse().unwrap();
+        assert_eq!(peer["http"], json!(public(n).to_string()), "{status}");
+    }
+
+    // From inside, by the follower's cluster address: cluster addresses, as without them.
+    let reply = common::http_call(cluster.http_addr(follower), "POST", "/api/products", &json, body).unwrap();
+    assert_eq!(reply.status, 307, "{reply:?}");
+    let location = format!("http://{}/api/products", cluster.http_addr(leader));
+    assert_eq!(reply.header("location"), Some(location.as_str()));
+    let (_, status) = get_json(&cluster, follower, "/status");
+    assert_eq!(status["leader_http"], json!(cluster.http_addr(leader).to_string()), "{status}");
+}
+
+fn http_request_json(addr: std::net::SocketAddr, path: &str) -> (u16, Value) {
+    let (code, body) = http_get(addr, path).unwrap_or_else(|| panic!("no answer from {addr}"));
+    (code, serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path} on {addr} is not JSON ({e}): {body}")))
+}

@@ -24,6 +24,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::advertise::Advertised;
 use super::apply::{AppliedIndex, WriteResult};
 use super::driver::Proposal;
 use super::http::{allow_only, NodeStatus};
@@ -64,8 +65,8 @@ pub struct Api {
     pub notify: Option<super::notify::Notifier>,
     /// The largest file `POST /api/upload/file` accepts, in bytes.
     pub max_upload: usize,
-    /// `https` when the nodes serve TLS, else `http`: the scheme of redirects to the leader.
-    pub scheme: &'static str,
+    /// The addresses handed out to each client (redirects to the leader), with the scheme.
+    pub advertised: super::advertise::Advertised,
     /// Accounts and sessions, when authentication is on.
     pub auth: super::auth::Auth,
 }
@@ -151,7 +152,7 @@ fn error(status: u16, message: impl Into<String>) -> HttpResponse {
 /// The `307` to the leader (or `503`) when this node does not lead; None when it does.
 pub(super) fn unless_leader(api: &Api, req: &HttpRequest) -> Option<HttpResponse> {
     let status = api.status.borrow().clone();
-    (status.role != "LEADER").then(|| not_leader(&status, req, api.scheme))
+    (status.role != "LEADER").then(|| not_leader(&status, req, &api.advertised))
 }
 
 /// [`write`], for the writes of [`super::auth`] that may carry an `Idempotency-Key`.
@@ -184,7 +185,7 @@ async fn write(api: &Api, req: &HttpRequest, op: Op) -> HttpResponse {
 async fn write_with(api: &Api, req: &HttpRequest, op: Op, keyed: bool) -> HttpResponse {
     let status = api.status.borrow().clone();
     if status.role != "LEADER" {
-        return not_leader(&status, req, api.scheme);
+        return not_leader(&status, req, &api.advertised);
     }
     let assignment = super::notify::Assignment::before(api.notify.as_ref(), &op).await;
     let mut command = Command::new(Utc::now(), op);
@@ -204,7 +205,7 @@ async fn write_with(api: &Api, req: &HttpRequest, op: Op, keyed: bool) -> HttpRe
     match replicate(api, Some(value)).await {
         Ok(result) => {
             assignment.after(&result, &status);
-            write_result(result, &status, req, api.scheme)
+            write_result(result, &status, req, &api.advertised)
         }
         Err(response) => response,
     }
@@ -239,15 +240,15 @@ async fn consistency_gate(api: &Api, req: &HttpRequest, consistency: Option<&str
 async fn strong_read(api: &Api, req: &HttpRequest) -> Result<(), HttpResponse> {
     let status = api.status.borrow().clone();
     if status.role != "LEADER" {
-        return Err(not_leader(&status, req, api.scheme));
+        return Err(not_leader(&status, req, &api.advertised));
     }
     match replicate(api, None).await? {
         WriteResult::Readable => Ok(()),
-        other => Err(write_result(other, &status, req, api.scheme)),
+        other => Err(write_result(other, &status, req, &api.advertised)),
     }
 }
 
-fn write_result(result: WriteResult, status: &NodeStatus, req: &HttpRequest, scheme: &str) -> HttpResponse {
+fn write_result(result: WriteResult, status: &NodeStatus, req: &HttpRequest, advertised: &Advertised) -> HttpResponse {
     match result {
         WriteResult::Done(ApplyOutcome::Applied { status, reply }) => {
             let code = actix_web::http::StatusCode::from_u16(status).unwrap_or(actix_web::http::StatusCode::OK);
@@ -269,7 +270,7 @@ fn write_result(result: WriteResult, status: &NodeStatus, req: &HttpRequest, sch
         WriteResult::Done(ApplyOutcome::AlreadyApplied) | WriteResult::Readable => {
             HttpResponse::Ok().json(json!({ "applied": true }))
         }
-        WriteResult::NotLeader { .. } => not_leader(status, req, scheme),
+        WriteResult::NotLeader { .. } => not_leader(status, req, advertised),
         WriteResult::LostLeadership => unavailable("leadership changed before the request completed; retry"),
         WriteResult::TooLarge(message) => error(413, message),
         WriteResult::Timeout => unavailable("the write was not committed in time; retry"),
@@ -302,12 +303,15 @@ fn reply_body(reply: &Reply) -> Vec<u8> {
     body.unwrap_or_else(|_| b"{}".to_vec())
 }
 
-/// 307 to the same URL on the leader, or 503 while no leader is known.
-fn not_leader(status: &NodeStatus, req: &HttpRequest, scheme: &str) -> HttpResponse {
+/// 307 to the same URL on the leader, or 503 while no leader is known. The leader's address is
+/// the one the client can reach (see [`super::advertise`]).
+fn not_leader(status: &NodeStatus, req: &HttpRequest, advertised: &Advertised) -> HttpResponse {
     match (&status.leader, &status.leader_http) {
         (Some(leader), Some(http)) if leader != &status.name => {
             let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-            let leader_url = format!("{scheme}://{http}");
+            let view = advertised.for_request(req);
+            let leader_url = view.url(http);
+            let http = view.http(http);
             HttpResponse::TemporaryRedirect()
                 .insert_header((header::LOCATION, format!("{leader_url}{path}")))
                 .insert_header((LEADER_HEADER, &**leader))
@@ -380,7 +384,7 @@ async fn upload_file(api: web::Data<Api>, req: HttpRequest, payload: web::Payloa
     };
     let status = api.status.borrow().clone();
     if status.role != "LEADER" {
-        return not_leader(&status, &req, api.scheme);
+        return not_leader(&status, &req, &api.advertised);
     }
     let items = match web::block(move || parse_upload(&file)).await {
         Ok(Ok(items)) => items,

@@ -25,7 +25,7 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServerHandle, ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
 use actix_web::middleware::{self, Next};
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use serde::Serialize;
 use serde_json::json;
 use tokio::sync::watch;
@@ -86,8 +86,8 @@ pub struct NodeStatus {
 /// Shared by the handlers.
 struct State {
     status: watch::Receiver<Arc<NodeStatus>>,
-    /// `https` when the nodes serve TLS: the scheme of the URLs in `/status`.
-    scheme: &'static str,
+    /// The addresses `/status` hands out to each client, with the scheme.
+    advertised: super::advertise::Advertised,
     started: Instant,
     /// Responses by HTTP status code.
     responses: ResponseCounts,
@@ -110,9 +110,9 @@ impl Server {
         api: web::Data<super::api::Api>,
         console: web::Data<super::console::Console>,
     ) -> std::io::Result<Server> {
-        let scheme = if tls.is_some() { "https" } else { "http" };
+        let advertised = api.advertised.clone();
         let state =
-            web::Data::new(State { status, scheme, started: Instant::now(), responses: ResponseCounts::default() });
+            web::Data::new(State { status, advertised, started: Instant::now(), responses: ResponseCounts::default() });
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new().name("http".into()).spawn(move || {
             actix_web::rt::System::new().block_on(async move {
@@ -359,23 +359,28 @@ async fn readyz(state: web::Data<State>, api: web::Data<super::api::Api>) -> Htt
     }
 }
 
-async fn status(state: web::Data<State>) -> HttpResponse {
+async fn status(state: web::Data<State>, req: HttpRequest) -> HttpResponse {
     let status = state.status.borrow().clone();
-    HttpResponse::Ok().json(with_urls(&status, state.scheme))
+    HttpResponse::Ok().json(with_urls(&status, state.advertised.for_request(&req)))
 }
 
-/// The snapshot as `/status` shows it: each `host:port` (`leader_http`, a peer's `http`) also
-/// as a URL with the cluster's scheme (`leader_url`, `url`), so that a client sees whether the
-/// nodes speak https.
-fn with_urls(status: &NodeStatus, scheme: &str) -> serde_json::Value {
+/// The snapshot as `/status` shows it to a client: each `host:port` (`leader_http`, a peer's
+/// `http`) as that client reaches it (see [`super::advertise`]), and also as a URL with the
+/// cluster's scheme (`leader_url`, `url`), so that a client sees whether the nodes speak https.
+fn with_urls(status: &NodeStatus, view: super::advertise::View<'_>) -> serde_json::Value {
     // A struct of strings, numbers and maps of strings: it always serializes.
     let mut body = serde_json::to_value(status).unwrap_or_default();
-    body["scheme"] = json!(scheme);
-    body["leader_url"] = json!(status.leader_http.as_ref().map(|http| format!("{scheme}://{http}")));
+    body["scheme"] = json!(view.scheme());
+    body["leader_http"] = json!(status.leader_http.as_deref().map(|http| view.http(http)));
+    body["leader_url"] = json!(status.leader_http.as_deref().map(|http| view.url(http)));
     if let Some(peers) = body["peers"].as_array_mut() {
         for peer in peers {
-            let url = peer["http"].as_str().map(|http| format!("{scheme}://{http}"));
-            peer["url"] = json!(url);
+            if let Some(http) = peer["http"].as_str().map(str::to_string) {
+                peer["http"] = json!(view.http(&http));
+                peer["url"] = json!(view.url(&http));
+            } else {
+                peer["url"] = serde_json::Value::Null;
+            }
         }
     }
     body
@@ -500,14 +505,24 @@ mod tests {
             accepted_by: Default::default(),
             leader_credentials: None,
         };
-        let body = with_urls(&s, "https");
+        let cluster = crate::config::Cluster::default();
+        let https = super::super::advertise::Advertised::cluster_only("https", &cluster, 1);
+        let body = with_urls(&s, https.outside());
         assert_eq!(body["scheme"], "https");
         assert_eq!(body["leader_http"], "127.0.0.2:8000");
         assert_eq!(body["leader_url"], "https://127.0.0.2:8000");
         assert_eq!(body["peers"][0]["url"], "https://127.0.0.2:8000");
-        let plain = with_urls(&NodeStatus { leader: None, leader_http: None, ..s }, "http");
+        let http = super::super::advertise::Advertised::cluster_only("http", &cluster, 1);
+        let plain = with_urls(&NodeStatus { leader: None, leader_http: None, ..s.clone() }, http.outside());
         assert_eq!(plain["leader_url"], serde_json::Value::Null);
         assert_eq!(plain["peers"][0]["url"], "http://127.0.0.2:8000");
+        // With public addresses, a client outside the network is given those.
+        let public = super::super::advertise::Advertised::new("http", &cluster, 1, Some("192.0.2.{id}"), Some(9000));
+        let body = with_urls(&s, public.outside());
+        assert_eq!(body["leader_http"], "192.0.2.2:9000");
+        assert_eq!(body["leader_url"], "http://192.0.2.2:9000");
+        assert_eq!(body["peers"][0]["http"], "192.0.2.2:9000");
+        assert_eq!(body["peers"][0]["url"], "http://192.0.2.2:9000");
     }
 
     #[test]

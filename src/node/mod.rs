@@ -3,6 +3,7 @@
 //! [`raft`] is the consensus core; the other modules are its edges: UDP transport, the
 //! durable log on disk, and the driver loop that feeds the core messages and time.
 
+pub mod advertise;
 pub mod announce;
 pub mod api;
 pub mod apply;
@@ -56,6 +57,15 @@ pub struct Args {
     /// Host to bind instead of this node's own host, e.g. 0.0.0.0 in a container
     #[arg(long, env = "LABCTL_BIND_HOST")]
     pub bind_host: Option<String>,
+    /// Where clients outside the cluster's network reach node N's HTTP API, `{id}` replaced by
+    /// N, e.g. 127.0.0.{id} where a compose lab publishes its ports. Redirects and /status then
+    /// name members by these addresses to every client that did not name this node by its
+    /// cluster address [default: none: the cluster addresses for every client]
+    #[arg(long, env = "LABCTL_PUBLIC_HOST", value_name = "HOST")]
+    pub public_host: Option<String>,
+    /// The HTTP port of the public addresses (see --public-host) [default: the HTTP port]
+    #[arg(long, env = "LABCTL_PUBLIC_HTTP_PORT", value_name = "PORT")]
+    pub public_http_port: Option<u16>,
     /// The largest file POST /api/upload/file accepts, in bytes [default: 8388608]
     #[arg(long, env = "LABCTL_MAX_UPLOAD_BYTES")]
     pub max_upload_bytes: Option<usize>,
@@ -148,6 +158,20 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
         (true, _) => "https",
         (false, _) => "http",
     };
+    let public_host = args.public_host.clone().or_else(|| file.node.public_host.clone());
+    if let Some(pattern) = public_host.as_deref().filter(|p| !p.contains("{id}")) {
+        anyhow::bail!("public_host {pattern:?} must contain {{id}}, like host (e.g. 127.0.0.{{id}})");
+    }
+    let public_http_port = args.public_http_port.or(file.node.public_http_port);
+    let advertised = advertise::Advertised::new(scheme, &cluster, args.id, public_host.as_deref(), public_http_port);
+    if let Some(pattern) = &public_host {
+        log::info!(
+            "{name}: clients outside the cluster's network are given members' public addresses {pattern}:{} \
+             (those naming this node {} are given cluster addresses)",
+            public_http_port.unwrap_or(cluster.http_port),
+            cluster.http_addr(args.id)
+        );
+    }
     let auth_on = args.auth.or(file.node.auth).unwrap_or(false);
     let token_ttl = match args.token_ttl.as_deref().or(file.node.token_ttl.as_deref()) {
         Some(text) => crate::manager::parse_duration(text)
@@ -225,7 +249,7 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
     log::info!("{name}: database {database_url}");
     let access_epoch = write_store.access_epoch();
     let applier = Applier::start(write_store, own_file, name.clone())?;
-    let notifier = notify::Notifier::start(file, &name, &open_url)?;
+    let notifier = notify::Notifier::start(file, &name, &open_url, &advertised)?;
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let stopped = runtime.block_on(async {
@@ -275,7 +299,7 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
             listings: Default::default(),
             notify: notifier.clone(),
             max_upload: max_upload_bytes,
-            scheme,
+            advertised,
             auth: auth::Auth::new(auth_on, token_ttl, access_epoch),
         });
         if auth_on && console_token.is_some() {

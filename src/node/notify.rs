@@ -8,6 +8,7 @@
 //! bounded queue: the Raft loop and the HTTP answers never wait for the mail server. A full
 //! queue or a failed send is logged and the mail dropped.
 
+use super::advertise::Advertised;
 use std::collections::VecDeque;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
@@ -36,8 +37,15 @@ pub const TASKS_ENV: &str = "LABCTL_NOTIFY_TASKS";
 /// Something worth a mail.
 #[derive(Debug)]
 enum Event {
-    Elected { status: Box<NodeStatus> },
-    Assigned { task: Box<Task>, leader_http: Option<String> },
+    /// `leader_url`: the leader's HTTP API as a reader of the mail reaches it.
+    Elected {
+        status: Box<NodeStatus>,
+        leader_url: Option<String>,
+    },
+    Assigned {
+        task: Box<Task>,
+        leader_url: Option<String>,
+    },
 }
 
 /// The handle the node keeps; cheap to clone.
@@ -47,11 +55,18 @@ pub struct Notifier {
     tx: SyncSender<Event>,
     /// A read connection of its own, for assignees' addresses; None when task mails are off.
     store: Option<Arc<Mutex<Store>>>,
+    /// The addresses for links in mails: public ones when configured (see [`super::advertise`]).
+    advertised: Advertised,
 }
 
 impl Notifier {
     /// Starts the mail thread when notifications are configured; Ok(None) when they are not.
-    pub fn start(file: &FileConfig, name: &str, database_url: &str) -> anyhow::Result<Option<Notifier>> {
+    pub fn start(
+        file: &FileConfig,
+        name: &str,
+        database_url: &str,
+        advertised: &Advertised,
+    ) -> anyhow::Result<Option<Notifier>> {
         let to_env = std::env::var(TO_ENV).ok().filter(|t| !t.trim().is_empty());
         let to: Vec<String> = match to_env {
             Some(list) => list.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
@@ -89,7 +104,7 @@ impl Notifier {
         std::thread::Builder::new()
             .name("notify".into())
             .spawn(move || run(rx, mailer, to, thread_store, thread_name))?;
-        Ok(Some(Notifier { name: name.to_string(), tx, store }))
+        Ok(Some(Notifier { name: name.to_string(), tx, store, advertised: advertised.clone() }))
     }
 
     fn push(&self, event: Event) {
@@ -109,7 +124,8 @@ impl Notifier {
             let now = status.borrow_and_update().clone();
             if now.role == "LEADER" && told != Some(now.term) {
                 told = Some(now.term);
-                self.push(Event::Elected { status: Box::new((*now).clone()) });
+                let leader_url = now.leader_http.as_deref().map(|http| self.advertised.outside().url(http));
+                self.push(Event::Elected { status: Box::new((*now).clone()), leader_url });
             }
             if status.changed().await.is_err() {
                 return;
@@ -148,7 +164,7 @@ impl Assignment {
             if task.assignee == Some(assignee) {
                 notifier.push(Event::Assigned {
                     task: task.clone(),
-                    leader_http: status.leader_http.as_deref().map(String::from),
+                    leader_url: status.leader_http.as_deref().map(|http| notifier.advertised.outside().url(http)),
                 });
             }
         }
@@ -161,8 +177,10 @@ fn run(rx: Receiver<Event>, mailer: Mailer, to: Vec<Mailbox>, store: Option<Arc<
     let from = mailer.settings().from.clone().expect("checked at start");
     while let Ok(event) = rx.recv() {
         let (what, message) = match event {
-            Event::Elected { status } => ("election", election_mail(&status, &from, &to)),
-            Event::Assigned { task, leader_http } => {
+            Event::Elected { status, leader_url } => {
+                ("election", election_mail(&status, leader_url.as_deref(), &from, &to))
+            }
+            Event::Assigned { task, leader_url } => {
                 let key = (task.id, task.updated_at.clone());
                 if sent_tasks.contains(&key) {
                     continue;
@@ -180,7 +198,7 @@ fn run(rx: Receiver<Event>, mailer: Mailer, to: Vec<Mailbox>, store: Option<Arc<
                     })
                 });
                 let Some(user) = user else { continue };
-                ("task", task_mail(&task, &user, leader_http.as_deref(), &from))
+                ("task", task_mail(&task, &user, leader_url.as_deref(), &from))
             }
         };
         let message = match message {
@@ -200,7 +218,12 @@ fn run(rx: Receiver<Event>, mailer: Mailer, to: Vec<Mailbox>, store: Option<Arc<
     }
 }
 
-fn election_mail(status: &NodeStatus, from: &Mailbox, to: &[Mailbox]) -> anyhow::Result<Message> {
+fn election_mail(
+    status: &NodeStatus,
+    leader_url: Option<&str>,
+    from: &Mailbox,
+    to: &[Mailbox],
+) -> anyhow::Result<Message> {
     let mut builder = Message::builder()
         .from(from.clone())
         .subject(format!("labctl: {} is the leader (term {})", status.name, status.term))
@@ -214,8 +237,8 @@ fn election_mail(status: &NodeStatus, from: &Mailbox, to: &[Mailbox]) -> anyhow:
         status.term,
         chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
     );
-    if let Some(http) = &status.leader_http {
-        text.push_str(&format!("HTTP API: http://{http}/\n"));
+    if let Some(url) = leader_url {
+        text.push_str(&format!("HTTP API: {url}/\n"));
     }
     let peers: Vec<&str> = status.peers.iter().map(|p| &*p.name).collect();
     text.push_str(&format!("Other members: {}\n", peers.join(", ")));
@@ -225,7 +248,7 @@ fn election_mail(status: &NodeStatus, from: &Mailbox, to: &[Mailbox]) -> anyhow:
 fn task_mail(
     task: &Task,
     user: &super::store::User,
-    leader_http: Option<&str>,
+    leader_url: Option<&str>,
     from: &Mailbox,
 ) -> anyhow::Result<Message> {
     let to = Mailbox::new(Some(user.name.clone()), user.email.parse()?);
@@ -244,8 +267,8 @@ fn task_mail(
     if let Some(description) = task.description.as_deref().filter(|d| !d.trim().is_empty()) {
         text.push_str(&format!("\n{description}\n"));
     }
-    if let Some(http) = leader_http {
-        text.push_str(&format!("\nhttp://{http}/api/tasks/{}\n", task.id));
+    if let Some(url) = leader_url {
+        text.push_str(&format!("\n{url}/api/tasks/{}\n", task.id));
     }
     Ok(builder.singlepart(SinglePart::plain(text))?)
 }
