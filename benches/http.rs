@@ -38,7 +38,9 @@
 //! odd pairs, etcd first in even ones), each pair giving one ratio. A run of the default mode
 //! measures etcd a minute or more after labctl; where the machine's speed drifts between
 //! minutes, as on a shared virtual machine, the two loads of a pair are seconds apart instead.
-//! `--connections C` gives the paired loads C connections instead of 1.
+//! `--connections C` gives the paired loads C connections instead of 1. Each pair loads the
+//! leaders of the moment: when an election moved one, the pair after it goes to the new leader
+//! (a pair during which it moved has errors and is left out).
 //!
 //! `--secure` (with `--paired`) runs labctl as it runs where others can reach it: every datagram signed with a
 //! cluster secret, and the HTTP API requiring accounts (`--auth`), every request carrying the
@@ -421,12 +423,28 @@ fn paired(wrk: &Wrk, binary: &Path, etcd_bin: PathBuf, opts: &Options, pairs: us
     let mut etcd = EtcdCluster::start(etcd_bin, MEMBERS, 150, 30).map_err(|e| format!("cannot start etcd: {e}"))?;
     let etcd_leader = wait_for_agreement(&mut etcd, &all, STABLE_DEADLINE)?;
     eprintln!("   labctl leader node{}, etcd leader member {}", leader + 1, etcd_leader + 1);
-    let labctl_url = format!("http://{leader_http}/api/products");
-    let etcd_url = format!("http://{}/v3/kv/put", EtcdCluster::client_addr(etcd_leader));
+    let (mut leader, mut etcd_leader) = (leader, etcd_leader);
     let mut rows: Vec<(f64, f64)> = Vec::new();
     for pair in 1..=pairs {
         stopped()?;
         eprintln!("== pair {pair} (load average {})", common::loadavg());
+        // A leader may change under load (an election timer fires while the machine is
+        // saturated): each pair loads the leaders of the moment, not those of the start.
+        let now = wait_for_agreement(&mut labctl, &all, STABLE_DEADLINE)?;
+        if now != leader {
+            eprintln!("   labctl leader is now node{} (was node{})", now + 1, leader + 1);
+            leader = now;
+            poll_status(labctl.http_addr(leader), |s| {
+                s["role"] == "LEADER" && s["applied_index"].as_u64() >= s["commit_index"].as_u64()
+            })?;
+        }
+        let now = wait_for_agreement(&mut etcd, &all, STABLE_DEADLINE)?;
+        if now != etcd_leader {
+            eprintln!("   etcd leader is now member {} (was member {})", now + 1, etcd_leader + 1);
+            etcd_leader = now;
+        }
+        let labctl_url = format!("http://{}/api/products", labctl.http_addr(leader));
+        let etcd_url = format!("http://{}/v3/kv/put", EtcdCluster::client_addr(etcd_leader));
         let prefix = format!("p{pair}");
         let labctl_load =
             || labctl_wrk.run(&pids(&labctl), connections, opts.seconds, &labctl_url, "labctl_write.lua", &[&prefix]);
