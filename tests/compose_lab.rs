@@ -267,7 +267,7 @@ fn the_compose_lab_runs_for_real() {
     admin.everywhere(&lab, &NODES, "every write on the reconnected node");
 
     // 6. down without -v, up again: the volumes keep the data and the secrets.
-    lab.compose_ok(&["down", "--timeout", "10"]);
+    lab.down();
     let began = Instant::now();
     lab.up(&[]);
     let returned = began.elapsed();

@@ -9,7 +9,8 @@
 
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -70,11 +71,12 @@ impl Engine {
 
 /// Runs `docker ARGS`, its output captured.
 pub fn docker(args: &[&str]) -> Output {
-    Command::new("docker")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("docker {}: {e}", args.join(" ")))
+    try_docker(args).unwrap_or_else(|| panic!("cannot run docker {}", args.join(" ")))
+}
+
+/// [`docker`], or None when it cannot run at all (for Drop, which must not panic).
+fn try_docker(args: &[&str]) -> Option<Output> {
+    Command::new("docker").args(args).stdin(Stdio::null()).output().ok()
 }
 
 /// Host addresses and ports of a lab, none of them a default of .env: node N on
@@ -166,6 +168,10 @@ pub struct Lab {
     extra_env: Vec<(String, String)>,
     /// Set once `up` ran: then Drop takes the project down.
     started: bool,
+    /// Anonymous volumes the project's containers had (the image's `VOLUME /data` where a
+    /// service mounts nothing there): `down` without -v leaves them behind, unnamed; Drop
+    /// removes them.
+    anonymous_volumes: RefCell<BTreeSet<String>>,
 }
 
 impl Lab {
@@ -184,6 +190,7 @@ impl Lab {
             addresses,
             extra_env: extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             started: false,
+            anonymous_volumes: RefCell::new(BTreeSet::new()),
         };
         lab.compose_ok(&["down", "-v", "--remove-orphans", "--timeout", "5"]);
         lab
@@ -233,6 +240,32 @@ impl Lab {
         let mut all = vec!["up", "-d"];
         all.extend_from_slice(args);
         self.compose_ok(&all);
+        self.note_anonymous_volumes();
+    }
+
+    /// `down` without -v: containers and network go, the volumes stay.
+    pub fn down(&self) {
+        self.note_anonymous_volumes();
+        self.compose_ok(&["down", "--timeout", "10"]);
+    }
+
+    /// Remembers the anonymous volumes of the project's containers, for Drop to remove.
+    fn note_anonymous_volumes(&self) {
+        let Ok(out) = self.command(&["ps", "--all", "--quiet"]).output() else { return };
+        let ids = String::from_utf8_lossy(&out.stdout);
+        let ids: Vec<&str> = ids.split_whitespace().collect();
+        if ids.is_empty() {
+            return;
+        }
+        let mut args =
+            vec!["inspect", "--format", "{{range .Mounts}}{{if eq .Type \"volume\"}}{{.Name}} {{end}}{{end}}"];
+        args.extend(ids);
+        let Some(out) = try_docker(&args) else { return };
+        let names = String::from_utf8_lossy(&out.stdout);
+        // Compose names the volumes it declares <project>_<name>; Docker names the others by
+        // 64 hex digits.
+        let anonymous = names.split_whitespace().filter(|n| n.len() == 64 && n.bytes().all(|b| b.is_ascii_hexdigit()));
+        self.anonymous_volumes.borrow_mut().extend(anonymous.map(str::to_string));
     }
 
     /// `docker compose run --rm controller ARGS`: (exit code, stdout, stderr).
@@ -304,6 +337,7 @@ impl Drop for Lab {
         if std::thread::panicking() {
             self.print_logs();
         }
+        self.note_anonymous_volumes();
         let out = self.command(&["down", "-v", "--remove-orphans", "--timeout", "5"]).output();
         match out {
             Ok(out) if out.status.success() => {}
@@ -311,6 +345,10 @@ impl Drop for Lab {
                 eprintln!("compose down -v of {} failed:\n{}", self.project, String::from_utf8_lossy(&out.stderr))
             }
             Err(e) => eprintln!("compose down -v of {}: {e}", self.project),
+        }
+        // Those `down -v` removed are gone already; the rest were left by a `down` without -v.
+        for volume in self.anonymous_volumes.borrow().iter() {
+            let _ = try_docker(&["volume", "rm", volume]);
         }
     }
 }
