@@ -2,7 +2,7 @@
 //! real containers, under a project name and on host addresses of its own, so that it never
 //! meets a lab a user runs. [`Lab::up`] starts it; dropping the [`Lab`] removes its containers,
 //! networks and volumes (`down -v`), also when the test fails, after printing the containers'
-//! last log lines.
+//! last log lines, and the untagged images its builds left.
 //!
 //! Needs a Docker engine, Compose v2 and the images of `scripts/docker-env`; [`Lab::engine`]
 //! says when they are missing (the test then skips, or fails under `CI=true`).
@@ -350,6 +350,10 @@ impl Drop for Lab {
         for volume in self.anonymous_volumes.borrow().iter() {
             let _ = try_docker(&["volume", "rm", volume]);
         }
+        // `up --build` exports the one build once per service, each with the service's label;
+        // the image tag keeps the last, the others are left untagged.
+        let label = format!("label=com.docker.compose.project={}", self.project);
+        let _ = try_docker(&["image", "prune", "--force", "--filter", &label]);
     }
 }
 
