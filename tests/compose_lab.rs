@@ -11,10 +11,16 @@
 //!    the nodes, the manager, RabbitMQ and the FTP server become healthy.
 //! 2. The `controller` service drives them: `status`, `timeout nodeN` (nodeN leads), `store`,
 //!    `retrieve`.
+//!    Then a course controller in Python, in a container of the lab's network, from its port
+//!    5555 (unsigned, allowed by CONTROL_ALLOW): every node answers it, and its STORE commits.
 //! 3. Writes through the leader's published HTTP port, as the lab's admin (its password read
-//!    from the volume lab-secrets), land on every node.
-//! 4. `docker compose kill` of the leader: another leads, no acknowledged write is lost; started
-//!    again, the node follows and has every write.
+//!    from the volume lab-secrets), land on every node. A write to a follower's published port
+//!    with `curl -L`, as the README shows it, follows the 307 to the leader's published address.
+//!    The pipeline: `labctl scrape --publish` on the host into the lab's RabbitMQ, then a
+//!    processed file on the FTP server: the manager carries both to the leader, every item once.
+//! 4. `docker compose kill` of the leader: another leads, no acknowledged write is lost, and
+//!    `controller status` shows the four and names the one it cannot reach; started again, the
+//!    node follows and has every write.
 //! 5. `docker network disconnect` of the leader: the rest elect a leader and take writes;
 //!    connected again (with its alias nodeN), the cluster has one leader and the node catches up.
 //! 6. `down` without -v, then `up`: the volumes keep the data and the secrets.
@@ -34,7 +40,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use lab::{poll, Addresses, Engine, Lab, STAND_IN_FILE};
+use lab::{poll, Addresses, Engine, Lab, COURSE_CONTROLLER, STAND_IN_FILE};
 use serde_json::{json, Value};
 
 const PROJECT: &str = "labctl-compose-lab";
@@ -44,6 +50,28 @@ const IMAGE: &str = "labctl-test/labctl:compose-lab";
 const NODES: [u32; 5] = [1, 2, 3, 4, 5];
 const NODE_IP_PREFIX: &str = "127.0.1.";
 const PUBLISH_IP: &str = "127.0.1.100";
+/// The lab's settings besides the addresses: the test's image; unsigned control requests from
+/// Docker's private networks (the course controller's container is in the lab's); the FTP file
+/// fetched every 2 s.
+const LAB_ENV: [(&str, &str); 3] = [
+    ("LABCTL_IMAGE", IMAGE),
+    ("CONTROL_ALLOW", "172.16.0.0/12,192.168.0.0/16,10.0.0.0/8"),
+    ("MANAGER_FTP_INTERVAL", "2s"),
+];
+/// The nine valid books of the three saved listing pages (tests/fixtures/books).
+const BOOKS: [&str; 9] = [
+    "A Light in the Attic",
+    "Tipping the Velvet",
+    "Soumission",
+    "Sharp Objects",
+    "Set Me Free",
+    "Rip it Up and Start Again",
+    "Mesaerion: The Best Science Fiction Stories 1800-1849",
+    "Libertarianism for Beginners",
+    "It's Only the Himalayas",
+];
+/// The titles of the processed file put on the FTP server.
+const FTP_TITLES: [&str; 2] = ["Fetched by FTP one", "Fetched by FTP two"];
 
 /// Containers start, elect and become healthy within this (health checks every 5 s; RabbitMQ's
 /// start period is 30 s).
@@ -166,6 +194,71 @@ impl Admin {
     }
 }
 
+impl Admin {
+    /// How many products node `id` holds with each title (the first page of 100).
+    fn titles_on(&self, lab: &Lab, id: u32) -> Option<BTreeMap<String, usize>> {
+        let headers = [("Authorization", self.authorization.as_str())];
+        let reply = common::http_call(lab.addresses.http(id), "GET", "/api/products?limit=100", &headers, "")?;
+        if reply.status != 200 {
+            return None;
+        }
+        let body = reply.json();
+        let items = body["data"].as_array()?.clone();
+        let mut titles = BTreeMap::new();
+        for item in items {
+            *titles.entry(item["title"].as_str()?.to_string()).or_default() += 1;
+        }
+        Some(titles)
+    }
+
+    /// Waits until every node holds each of `titles` exactly once.
+    fn once_everywhere(&self, lab: &Lab, titles: &[&str], what: &str) {
+        poll(what, SETTLE, |seen| {
+            for id in NODES {
+                let held = self.titles_on(lab, id)?;
+                let wrong: Vec<_> = titles.iter().filter(|t| held.get(**t) != Some(&1)).collect();
+                if !wrong.is_empty() {
+                    *seen = format!("{} holds {wrong:?} not exactly once", name(id));
+                    return None;
+                }
+            }
+            Some(())
+        })
+    }
+}
+
+/// The README's way of writing to a follower from the host: `curl -L` (with
+/// `--location-trusted`, so that the credentials follow the redirect). (HTTP status, body.)
+fn curl_write(addr: SocketAddr, password: &str, body: &str) -> (String, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--location-trusted", "-X", "POST", "-u", &format!("admin:{password}")])
+        .args(["-H", "Content-Type: application/json", "-d", body, "-w", "\n%{http_code}"])
+        .arg(format!("http://{addr}/api/products"))
+        .output()
+        .expect("curl is installed (scripts/test-env)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or((&text, ""));
+    assert!(out.status.success(), "curl failed: {}{text}", String::from_utf8_lossy(&out.stderr));
+    (code.to_string(), body.to_string())
+}
+
+/// The processed file as the scraper writes it, with `titles`.
+fn processed_file(titles: &[&str]) -> String {
+    let items: Vec<Value> = titles.iter().map(|t| json!({"title": t, "price": 10.0, "currency": "GBP"})).collect();
+    json!({
+        "source": "http://books.local/",
+        "scraped_at": "2026-01-02T03:04:05Z",
+        "currency": "GBP",
+        "converted_currency": "EUR",
+        "rate": 1.0,
+        "count": titles.len(),
+        "total": 10.0 * titles.len() as f64,
+        "total_converted": 10.0 * titles.len() as f64,
+        "items": items,
+    })
+    .to_string()
+}
+
 fn others(than: u32) -> Vec<u32> {
     NODES.iter().copied().filter(|id| *id != than).collect()
 }
@@ -175,7 +268,7 @@ fn the_compose_lab_runs_for_real() {
     let Some(engine) = Engine::find("the_compose_lab_runs_for_real") else { return };
     let addresses = Addresses::free(NODE_IP_PREFIX, PUBLISH_IP);
     let files = ["docker-compose.yml", STAND_IN_FILE];
-    let mut lab = Lab::new(&engine, PROJECT, &files, addresses, &[("LABCTL_IMAGE", IMAGE)]);
+    let mut lab = Lab::new(&engine, PROJECT, &files, addresses, &LAB_ENV);
 
     // 1. Built once, started; five nodes and one leader.
     let began = Instant::now();
@@ -227,6 +320,21 @@ fn the_compose_lab_runs_for_real() {
         "retrieve lacks colour = blue:\n{stdout}"
     );
 
+    // 2b. A course controller in Python, in a container of the lab's network: unsigned
+    // requests from its port 5555 (allowed by CONTROL_ALLOW), the replies back on that port.
+    let out = lab::docker(&["run", "--rm", "--network", &lab.network(), COURSE_CONTROLLER, "course", "python"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "course controller: {text}{}", String::from_utf8_lossy(&out.stderr));
+    let replies: Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+    for id in NODES {
+        let info = &replies["leader_info"][name(id)];
+        assert_eq!((&info["key"], &info["value"]), (&json!("LEADER"), &json!(name(leader))), "{replies}");
+        assert!(info.get("mac").is_none(), "an unsigned request gets an unsigned reply: {info}");
+    }
+    assert_eq!(replies["store"]["success"], json!(true), "{replies}");
+    let (_, stdout, _) = lab.controller(&["retrieve"]);
+    assert!(stdout.lines().any(|l| l.split_whitespace().skip(1).eq(["course", "python"])), "{stdout}");
+
     // 3. Writes through the leader's published port reach every node.
     let password = lab.admin_password();
     let mut admin = Admin::new(&password);
@@ -235,11 +343,56 @@ fn the_compose_lab_runs_for_real() {
     }
     admin.everywhere(&lab, &NODES, "the first writes on every node");
 
+    // 3b. A write to a follower's published port from the host, as the README shows it: the
+    // follower's 307 names the leader's published address, where curl follows it.
+    let (leader, _) = wait_for_leader(&lab, &NODES, "one leader before the write through a follower");
+    let follower = others(leader)[0];
+    let follower_status = status(lab.addresses.http(follower)).expect("the follower's /status");
+    assert_eq!(follower_status["leader_http"], json!(lab.addresses.http(leader).to_string()), "{follower_status}");
+    let body = json!({"title": "through a follower", "price": 3.5, "currency": "GBP"}).to_string();
+    let (code, reply) = curl_write(lab.addresses.http(follower), &password, &body);
+    assert_eq!(code, "201", "{reply}");
+    let created: Value = serde_json::from_str(&reply).expect("the created product");
+    admin.acknowledged.insert(created["id"].as_i64().expect("its id"), "through a follower".into());
+    admin.everywhere(&lab, &NODES, "the write through a follower on every node");
+
+    // 3c. The pipeline: `labctl scrape --publish` on the host, against a local copy of the shop,
+    // into the lab's RabbitMQ; the manager carries each item to the leader. Then a processed
+    // file on the FTP server, which the manager fetches every 2 s and uploads to the leader.
+    let site = common::site::Site::books();
+    let amqp = format!("amqp://labctl:labctl@{PUBLISH_IP}:{}/%2f", lab.addresses.ports["RABBITMQ_PORT"]);
+    let scratch = tempfile_dir();
+    let out = std::process::Command::new(common::BIN)
+        .args(["scrape", "--delay-ms", "0", "--publish", "--out", "out.json"])
+        .args(["--url", &site.url("/catalogue/page-1.html")])
+        .env("LABCTL_AMQP_URL", &amqp)
+        .env("LABCTL_QUEUE", "scraped_products")
+        .current_dir(&scratch)
+        .output()
+        .expect("run labctl scrape");
+    assert!(out.status.success(), "labctl scrape: {}", String::from_utf8_lossy(&out.stderr));
+    admin.once_everywhere(&lab, &BOOKS, "the scraped books on every node, once");
+    let file = scratch.join("processed_products.json");
+    std::fs::write(&file, processed_file(&FTP_TITLES)).expect("write the processed file");
+    let home = "/home/ftpusers/testuser";
+    lab.compose_ok(&["exec", "-T", "ftp_server", "mkdir", "-p", home]);
+    lab.compose_ok(&["cp", &file.to_string_lossy(), &format!("ftp_server:{home}/processed_products.json")]);
+    lab.compose_ok(&["exec", "-T", "ftp_server", "chown", "-R", "ftpuser:ftpgroup", home]);
+    admin.once_everywhere(&lab, &FTP_TITLES, "the FTP file's products on every node, once");
+    let _ = std::fs::remove_dir_all(&scratch);
+
     // 4. The leader's container killed: another leads; started again, it follows with every write.
     let killed = leader;
     lab.compose_ok(&["kill", &name(killed)]);
     let (leader, _) = wait_for_leader(&lab, &others(killed), "a new leader without the killed one");
     assert_ne!(leader, killed);
+    // The controller shows the four that answer and names the one it cannot reach.
+    let (code, stdout, stderr) = lab.controller(&["status"]);
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert!(stdout.contains(&format!("leader: {} in term", name(leader))), "{stdout}{stderr}");
+    let row = stdout.lines().find(|l| l.starts_with(&format!("{} ", name(killed)))).unwrap_or_default();
+    assert_eq!(row.split_whitespace().nth(1), Some("unreachable"), "{stdout}");
+    assert!(format!("{stdout}{stderr}").contains(&format!("cannot reach {}", name(killed))), "{stdout}{stderr}");
     for i in 0..3 {
         admin.create_product(&lab, &others(killed), &format!("while {} is down {i}", name(killed)));
     }
@@ -285,7 +438,7 @@ fn the_compose_lab_runs_for_real() {
     // 7. Shared-database mode: one PostgreSQL for all five nodes.
     let addresses = Addresses::free(NODE_IP_PREFIX, PUBLISH_IP);
     let files = ["docker-compose.yml", "docker-compose.shared-db.yml", STAND_IN_FILE];
-    let mut shared = Lab::new(&engine, SHARED_DB_PROJECT, &files, addresses, &[("LABCTL_IMAGE", IMAGE)]);
+    let mut shared = Lab::new(&engine, SHARED_DB_PROJECT, &files, addresses, &LAB_ENV);
     shared.up(&[]);
     wait_healthy(&shared, &["postgres"], START);
     wait_for_leader(&shared, &NODES, "a leader of the nodes on PostgreSQL");
@@ -300,4 +453,12 @@ fn the_compose_lab_runs_for_real() {
     let mut admin = Admin::new(&shared.admin_password());
     admin.create_product(&shared, &NODES, "in the shared database");
     admin.everywhere(&shared, &NODES, "the write read from every node of the shared database");
+}
+
+/// A fresh directory under the system's temporary one.
+fn tempfile_dir() -> std::path::PathBuf {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let dir = std::env::temp_dir().join(format!("labctl-compose-lab-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a scratch directory");
+    dir
 }

@@ -20,8 +20,14 @@ use serde_json::Value;
 use super::tools;
 
 /// The stand-ins tests/docker/compose.stand-ins.yml names (scripts/docker-env builds them).
-pub const STAND_INS: [&str; 3] =
-    ["labctl-test/rabbitmq:stand-in", "labctl-test/pure-ftpd:stand-in", "labctl-test/postgres:stand-in"];
+pub const STAND_INS: [&str; 4] = [
+    "labctl-test/rabbitmq:stand-in",
+    "labctl-test/pure-ftpd:stand-in",
+    "labctl-test/postgres:stand-in",
+    COURSE_CONTROLLER,
+];
+/// A course controller in Python (tests/docker/stand-ins/course-controller).
+pub const COURSE_CONTROLLER: &str = "labctl-test/course-controller:stand-in";
 /// The override that swaps the lab's third-party images for the stand-ins.
 pub const STAND_IN_FILE: &str = "tests/docker/compose.stand-ins.yml";
 
