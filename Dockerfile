@@ -73,8 +73,10 @@ RUN ["labctl", "--version"]
 ENV LABCTL_CONFIG=/etc/labctl/labctl.toml
 
 USER 10001:10001
+# A node keeps its Raft log and database here: mount a volume on /data to keep them (the compose
+# lab mounts one per node). No VOLUME instruction: it would give every container of the image,
+# the manager's and the controller's too, an anonymous volume that `docker compose down` leaves.
 WORKDIR /data
-VOLUME ["/data"]
 
 # Raft and control datagrams, the node HTTP API, the manager HTTP API.
 EXPOSE 5555/udp 8000 8080

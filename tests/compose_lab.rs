@@ -284,6 +284,8 @@ fn the_compose_lab_runs_for_real() {
     );
     let image = &lab.inspect("node1")["Config"]["Image"];
     assert_eq!(image, IMAGE);
+    // Only the named volumes of docker-compose.yml: nothing a `down` would leave behind.
+    assert_eq!(lab.anonymous_volumes(), Vec::<String>::new(), "anonymous volumes");
     for id in NODES {
         let uid = lab.compose_ok(&["exec", "-T", &name(id), "id", "-u"]);
         assert_eq!(uid.trim(), "10001", "{} runs as uid {uid}", name(id));

@@ -255,6 +255,12 @@ impl Lab {
         self.compose_ok(&["down", "--timeout", "10"]);
     }
 
+    /// The anonymous volumes the project's containers have had (none, from the lab's image).
+    pub fn anonymous_volumes(&self) -> Vec<String> {
+        self.note_anonymous_volumes();
+        self.anonymous_volumes.borrow().iter().cloned().collect()
+    }
+
     /// Remembers the anonymous volumes of the project's containers, for Drop to remove.
     fn note_anonymous_volumes(&self) {
         let Ok(out) = self.command(&["ps", "--all", "--quiet"]).output() else { return };
