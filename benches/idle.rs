@@ -7,8 +7,11 @@
 //! unless `--no-etcd` or etcd is not installed.
 //!
 //! ```text
-//! cargo bench --bench idle -- [--seconds 20] [--no-etcd] [--raft-port 17555]
+//! cargo bench --bench idle -- [--seconds 20] [--no-etcd] [--raft-port 17555] [--binary PATH]
 //! ```
+//!
+//! `--binary` measures another labctl executable (e.g. a copy built from an earlier commit or
+//! with another allocator) instead of this build's.
 
 mod common;
 
@@ -33,10 +36,10 @@ struct Row {
 
 fn main() {
     let args = Args::from_env();
-    args.check(&["--seconds", "--no-etcd", "--raft-port"]);
+    args.check(&["--seconds", "--no-etcd", "--raft-port", "--binary"]);
     let seconds: u64 = args.parse("--seconds", 20);
     let port: u16 = args.parse("--raft-port", 17555);
-    let binary = PathBuf::from(env!("CARGO_BIN_EXE_labctl"));
+    let binary = args.value("--binary").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_labctl")), PathBuf::from);
 
     println!("# Idle cost: 5 members on loopback, a leader, no client traffic, {seconds} s\n");
     println!("machine: {}  ", common::machine());
