@@ -307,3 +307,40 @@ fn a_raft_log_cut_behind_the_nodes_database_is_refused() {
         "{text}"
     );
 }
+
+#[test]
+fn a_raft_log_damaged_before_its_last_record_stops_the_node_and_is_left_as_it_was() {
+    let mut cluster = TestCluster::start(1, 0, &[]);
+    cluster.wait_for_leader(ELECTION);
+    let headers = [("Content-Type", "application/json")];
+    for title in ["first", "second", "third"] {
+        let product = json!({ "title": title, "price": 1.0, "currency": "GBP" });
+        let reply =
+            common::http_call(cluster.http_addr(1), "POST", "/api/products", &headers, &product.to_string()).unwrap();
+        assert_eq!(reply.status, 201, "{}", reply.body);
+    }
+    cluster.terminate(1, Duration::from_secs(10));
+    // One byte of the second record turned to zero, as a bad sector or a stray write would.
+    let path = cluster.data_dir().join("node1").join("raft.log");
+    let good = std::fs::read(&path).unwrap();
+    let second = good.iter().position(|&b| b == b'\n').unwrap() + 1;
+    let mut damaged = good.clone();
+    damaged[second + 20] = 0;
+    std::fs::write(&path, &damaged).unwrap();
+    cluster.spawn(1);
+    let status = cluster.wait_exit(1, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(1));
+    let text = cluster.log_text(1);
+    assert!(text.contains(&format!("damaged record at byte {second} (line 2)")), "{text}");
+    assert!(text.contains("does not start"), "{text}");
+    assert_eq!(std::fs::read(&path).unwrap(), damaged, "the node cut nothing off");
+    // The file put back, the node starts with every write.
+    std::fs::write(&path, &good).unwrap();
+    cluster.spawn(1);
+    cluster.wait_for_leader(ELECTION);
+    let reply = common::http_call(cluster.http_addr(1), "GET", "/api/products?limit=10", &[], "").unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    for title in ["first", "second", "third"] {
+        assert!(reply.body.contains(title), "{title}: {}", reply.body);
+    }
+}

@@ -234,10 +234,10 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
             anyhow::bail!(
                 "{name}: {database_url} has applied the log up to entry {}, but {} holds entries only up to \
                  {last}: the Raft log was cut or replaced, and this node has lost entries it acknowledged. Put \
-                 the log back, or remove {} so that the node starts empty and the leader sends it the whole log",
+                 the log back, or keep the node stopped; starting it empty is not safe (see the README, \"When a \
+                 node's disk fails\")",
                 applied.index,
                 node_dir.join("raft.log").display(),
-                node_dir.display()
             );
         }
     }

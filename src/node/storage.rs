@@ -1,26 +1,32 @@
 //! The durable Raft state of one node: term, vote and log, in one append-only file.
 //!
-//! Each line of `<node dir>/raft.log` is one JSON record:
-//! - `{"hs":{"term":7,"voted_for":3}}`: the hard state from here on;
-//! - `{"from":12,"entries":[…]}`: the log from index 12 on is replaced by these entries.
+//! Each line of `<node dir>/raft.log` is one record: the CRC-32C of its JSON text in 8 hex
+//! digits, a space, and the JSON text, which holds either or both of
+//! - `"hs":{"term":7,"voted_for":3}`: the hard state from here on;
+//! - `"from":12,"entries":[…]`: the log from index 12 on is replaced by these entries.
 //!
-//! A write adds records after the last one and calls `fdatasync` before the node sends anything
-//! that depends on them. After a crash, a torn last line (no newline, or not JSON) is cut off: it
-//! was never synced, so nothing was promised on it. A damaged line anywhere else is an error,
-//! because synced state would be lost. On open the file is rewritten compactly when it has grown
-//! to several times its content.
+//! A write adds one record after the last one and calls `fdatasync` before the node sends
+//! anything that depends on it. After a crash, an unfinished last write is cut off: it was never
+//! synced, so nothing was promised on it. A record that fails its checksum (or has no newline,
+//! a NUL byte, or is not a record) is such a write only when no good record follows it; with
+//! one after it, it is damage to state that was synced, and the node does not start: it names
+//! the byte where the damage is. On open the file is rewritten compactly when it has grown to
+//! several times its content.
+//!
+//! Files written before records carried checksums hold bare JSON lines: they are read as they
+//! were then (a NUL byte ends the records, a line that does not parse is cut off when only zeros
+//! follow it) and rewritten with checksums at once.
 //!
 //! The file is kept zero-filled ahead of the records, [`PREALLOCATE`] bytes at a time. A write
 //! into blocks that already exist leaves the file's size alone, so `fdatasync` writes the data
 //! and nothing else, where an append must also write the inode with its new size and wait for
 //! that second write: on a follower, that wait was a large part of every acknowledgement. The
-//! records end at the first NUL byte, which no record holds (JSON writes control characters
-//! escaped): a line that has one is a write that never finished (blocks of an unsynced write may
-//! reach the disk in any order), and it is cut off with whatever follows it.
+//! records end where the zeros start: no record holds a NUL byte (JSON writes control characters
+//! escaped, and the checksum is written in hex).
 //!
 //! Where the file system allows it, records reach the disk through a second descriptor opened
 //! with `O_DIRECT | O_DSYNC`: each write covers whole 4 KiB blocks (the records already in the
-//! last block, the new ones, zeros up to the block's end) and returns once the disk has it,
+//! last block, the new ones, zeros up to the block's end) and returns once the disk has them,
 //! without the page cache's bookkeeping and in one system call instead of `pwrite` and
 //! `fdatasync`. The bytes on disk are the same either way. A file system that refuses such
 //! writes gets the page cache and `fdatasync` (logged).
@@ -44,8 +50,13 @@ pub enum StorageError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path} is used by another running node")]
     Locked { path: PathBuf },
-    #[error("{path}: damaged record at line {line}: {reason}")]
-    Corrupt { path: PathBuf, line: usize, reason: String },
+    #[error(
+        "{path}: damaged record at byte {offset} (line {line}): {reason}. Records the node synced follow it, so \
+         this is not an unfinished last write: the node has lost state it may have promised to the other \
+         members, and does not start. Keep it stopped (the cluster goes on while a majority of members \
+         runs) and see the README, \"When a node's disk fails\""
+    )]
+    Corrupt { path: PathBuf, offset: u64, line: usize, reason: String },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -54,16 +65,19 @@ struct HardStateRecord {
     voted_for: Option<NodeId>,
 }
 
-/// One line of the file. Written as one of its two shapes; read through [`RecordLine`]
-/// (serde's untagged enums cannot hold entry values kept as JSON text).
+/// One record as written: the hard state, new entries, or both (one write, one record, so that
+/// a write torn by a crash damages that record alone).
 #[derive(Serialize)]
-#[serde(untagged)]
-enum Record {
-    HardState { hs: HardStateRecord },
-    Entries { from: u64, entries: Vec<LogEntry> },
+struct RecordOut<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hs: Option<HardStateRecord>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    from: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    entries: Option<&'a [LogEntry]>,
 }
 
-/// A line as read: exactly one of the shapes of [`Record`].
+/// A record as read.
 #[derive(Deserialize)]
 struct RecordLine {
     hs: Option<HardStateRecord>,
@@ -71,23 +85,26 @@ struct RecordLine {
     entries: Option<Vec<LogEntry>>,
 }
 
+/// What one record changes.
+struct Record {
+    hs: Option<HardStateRecord>,
+    entries: Option<(u64, Vec<LogEntry>)>,
+}
+
 impl TryFrom<RecordLine> for Record {
     type Error = &'static str;
 
     fn try_from(line: RecordLine) -> Result<Record, &'static str> {
-        match line {
-            RecordLine { hs: Some(hs), from: None, entries: None } => Ok(Record::HardState { hs }),
-            RecordLine { hs: None, from: Some(from), entries: Some(entries) } => Ok(Record::Entries { from, entries }),
-            _ => Err("neither a hard state nor entries"),
+        let entries = match (line.from, line.entries) {
+            (Some(from), Some(entries)) => Some((from, entries)),
+            (None, None) => None,
+            _ => return Err("`from` and `entries` must come together"),
+        };
+        if line.hs.is_none() && entries.is_none() {
+            return Err("neither a hard state nor entries");
         }
+        Ok(Record { hs: line.hs, entries })
     }
-}
-
-/// A [`Record::Entries`] to write, borrowing the entries.
-#[derive(Serialize)]
-struct EntriesRecord<'a> {
-    from: u64,
-    entries: &'a [LogEntry],
 }
 
 /// What a node recovers on start.
@@ -200,9 +217,10 @@ impl Storage {
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             return Err(StorageError::Locked { path });
         }
-        let (recovered, good_len, total_len, only_zeros_after) = read_records(&path, &file)?;
+        let Replay { state: recovered, good: good_len, total: total_len, clean_end, legacy } =
+            read_records(&path, &file)?;
         let mut allocated = total_len;
-        if !only_zeros_after {
+        if !clean_end {
             log::warn!("{}: cutting off an unfinished last write after byte {good_len}", path.display());
             file.set_len(good_len).map_err(io)?;
             file.sync_data().map_err(io)?;
@@ -210,7 +228,10 @@ impl Storage {
         }
         let mut storage = Storage { path, file, end: good_len, allocated, direct: None };
         let content = compact_size(&recovered);
-        if good_len > 4 * content + 64 * 1024 {
+        if legacy {
+            log::info!("{}: adding checksums to the records", storage.path.display());
+            storage.rewrite(&recovered)?;
+        } else if good_len > 4 * content + 64 * 1024 {
             storage.rewrite(&recovered)?;
         }
         if direct {
@@ -229,15 +250,14 @@ impl Storage {
             return Ok(());
         }
         let mut buf = Vec::new();
-        if let Some(hs) = hard_state {
-            write_record(
-                &mut buf,
-                &Record::HardState { hs: HardStateRecord { term: hs.term, voted_for: hs.voted_for } },
-            );
-        }
-        if let Some((from, entries)) = entries {
-            write_record(&mut buf, &EntriesRecord { from, entries });
-        }
+        write_record(
+            &mut buf,
+            &RecordOut {
+                hs: hard_state.map(|hs| HardStateRecord { term: hs.term, voted_for: hs.voted_for }),
+                from: entries.map(|(from, _)| from),
+                entries: entries.map(|(_, entries)| entries),
+            },
+        );
         let io = |source| StorageError::Io { path: self.path.clone(), source };
         let end = self.end + buf.len() as u64;
         if let Some(direct) = self.direct.as_mut() {
@@ -274,10 +294,14 @@ impl Storage {
         let io_tmp = |source| StorageError::Io { path: tmp.clone(), source };
         let mut buf = Vec::new();
         let hs = state.hard_state;
-        write_record(&mut buf, &Record::HardState { hs: HardStateRecord { term: hs.term, voted_for: hs.voted_for } });
-        if !state.entries.is_empty() {
-            write_record(&mut buf, &Record::Entries { from: 1, entries: state.entries.clone() });
-        }
+        write_record(
+            &mut buf,
+            &RecordOut {
+                hs: Some(HardStateRecord { term: hs.term, voted_for: hs.voted_for }),
+                from: (!state.entries.is_empty()).then_some(1),
+                entries: (!state.entries.is_empty()).then_some(&state.entries[..]),
+            },
+        );
         let mut f = File::create(&tmp).map_err(io_tmp)?;
         f.write_all(&buf).map_err(io_tmp)?;
         f.sync_all().map_err(io_tmp)?;
@@ -299,58 +323,154 @@ impl Storage {
     }
 }
 
-fn write_record(buf: &mut Vec<u8>, record: &impl Serialize) {
+fn write_record(buf: &mut Vec<u8>, record: &RecordOut) {
     // Records are plain data with string keys: serialization cannot fail.
-    serde_json::to_writer(&mut *buf, record).expect("serialize record");
+    let json = serde_json::to_vec(record).expect("serialize record");
+    let _ = write!(buf, "{:08x} ", crc32c(&json));
+    buf.extend_from_slice(&json);
     buf.push(b'\n');
+}
+
+/// CRC-32C (Castagnoli), the checksum of ext4's metadata, iSCSI and etcd's write-ahead log.
+fn crc32c(bytes: &[u8]) -> u32 {
+    const TABLE: [u32; 256] = {
+        let mut table = [0u32; 256];
+        let mut i = 0;
+        while i < 256 {
+            let mut crc = i as u32;
+            let mut bit = 0;
+            while bit < 8 {
+                crc = if crc & 1 == 1 { (crc >> 1) ^ 0x82f6_3b78 } else { crc >> 1 };
+                bit += 1;
+            }
+            table[i] = crc;
+            i += 1;
+        }
+        table
+    };
+    !bytes.iter().fold(!0u32, |crc, &b| TABLE[((crc ^ u32::from(b)) & 0xff) as usize] ^ (crc >> 8))
+}
+
+/// A line (with its newline) read as a record: checksummed, or bare JSON where `legacy`.
+fn parse_line(line: &[u8], legacy: bool) -> Result<Record, String> {
+    let json = if legacy {
+        line
+    } else {
+        let (Some(sum), Some(b' ')) = (line.get(..8), line.get(8)) else {
+            return Err("no checksum".into());
+        };
+        let sum = std::str::from_utf8(sum).ok().and_then(|h| u32::from_str_radix(h, 16).ok());
+        let json = &line[9..];
+        match sum {
+            None => return Err("no checksum".into()),
+            Some(sum) if sum != crc32c(&json[..json.len().saturating_sub(1)]) => {
+                return Err("checksum mismatch".into());
+            }
+            Some(_) => json,
+        }
+    };
+    if json.contains(&0) {
+        return Err("a NUL byte".into());
+    }
+    serde_json::from_slice::<RecordLine>(json)
+        .map_err(|e| e.to_string())
+        .and_then(|l| Record::try_from(l).map_err(str::to_string))
 }
 
 fn compact_size(state: &Recovered) -> u64 {
     state.entries.iter().map(|e| super::raft::encoded_size(e) as u64 + 1).sum::<u64>() + 64
 }
 
-/// Replays the records; returns the state, the length of the good prefix, the file length,
-/// and whether the file holds only zeros after the good prefix (nothing to cut off).
-fn read_records(path: &Path, file: &File) -> Result<(Recovered, u64, u64, bool), StorageError> {
+/// What [`read_records`] found.
+struct Replay {
+    state: Recovered,
+    /// The length of the good records.
+    good: u64,
+    /// The file's length.
+    total: u64,
+    /// Whether only zeros follow the good records (nothing to cut off).
+    clean_end: bool,
+    /// Whether the file holds records without checksums, of files written before them.
+    legacy: bool,
+}
+
+/// Replays the records, up to an unfinished last write.
+fn read_records(path: &Path, file: &File) -> Result<Replay, StorageError> {
     let io = |source| StorageError::Io { path: path.to_path_buf(), source };
     let total = file.metadata().map_err(io)?.len();
     let mut reader = BufReader::new(file);
-    let mut state = Recovered::default();
-    let mut good = 0u64;
+    let mut replay = Replay { state: Recovered::default(), good: 0, total, clean_end: true, legacy: false };
     let mut line = Vec::new();
     let mut number = 0usize;
+    // Bare JSON lines are taken until the first checksummed one.
+    let mut legacy_allowed = true;
     loop {
         line.clear();
         let n = reader.read_until(b'\n', &mut line).map_err(io)?;
         if n == 0 {
-            return Ok((state, good, total, true));
+            return Ok(replay);
         }
         number += 1;
         if line.last() != Some(&b'\n') {
             // Every record is written together with its newline: a line without one runs to
             // the end of the file, and is the zeros ahead of the records or a write that never
             // finished, and was never synced.
-            return Ok((state, good, total, line.iter().all(|&b| b == 0)));
+            replay.clean_end = line.iter().all(|&b| b == 0);
+            return Ok(replay);
         }
-        if line.contains(&0) {
-            // No record holds a NUL: a write that never finished.
-            return Ok((state, good, total, false));
+        let legacy = legacy_allowed && line.first() == Some(&b'{');
+        if legacy && line.contains(&0) {
+            // Files of before the checksums: no record holds a NUL, a write that never finished.
+            replay.clean_end = false;
+            return Ok(replay);
         }
-        let parsed = serde_json::from_slice::<RecordLine>(&line)
-            .map_err(|e| e.to_string())
-            .and_then(|l| Record::try_from(l).map_err(str::to_string));
-        match parsed {
+        let corrupt = |reason: String| StorageError::Corrupt {
+            path: path.to_path_buf(),
+            offset: replay.good,
+            line: number,
+            reason,
+        };
+        match parse_line(&line, legacy) {
             Ok(record) => {
-                apply(&mut state, record).map_err(|reason| StorageError::Corrupt {
-                    path: path.to_path_buf(),
-                    line: number,
-                    reason,
-                })?;
-                good += n as u64;
+                apply(&mut replay.state, record).map_err(corrupt)?;
+                replay.good += n as u64;
+                replay.legacy |= legacy;
+                legacy_allowed = legacy;
             }
-            // The last line: a torn write whose end reached the disk before its start.
-            Err(_) if zeros_from(file, good + n as u64).map_err(io)? => return Ok((state, good, total, false)),
-            Err(reason) => return Err(StorageError::Corrupt { path: path.to_path_buf(), line: number, reason }),
+            // Of before the checksums: a torn write whose end reached the disk before its start.
+            Err(_) if legacy && zeros_from(file, replay.good + n as u64).map_err(io)? => {
+                replay.clean_end = false;
+                return Ok(replay);
+            }
+            Err(reason) if legacy => return Err(corrupt(reason)),
+            // A bad record with a good one after it is damage, not a write that never finished.
+            Err(reason) => match good_record_after(&mut reader, legacy_allowed).map_err(io)? {
+                Some(after) => {
+                    return Err(corrupt(format!("{reason}; a good record follows at line {}", number + after)));
+                }
+                None => {
+                    replay.clean_end = false;
+                    return Ok(replay);
+                }
+            },
+        }
+    }
+}
+
+/// The first line from the reader's position on that is a good record (checksummed, or bare
+/// JSON where `legacy`), counted from 1.
+fn good_record_after(reader: &mut impl BufRead, legacy: bool) -> std::io::Result<Option<usize>> {
+    let mut line = Vec::new();
+    let mut number = 0;
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            return Ok(None);
+        }
+        number += 1;
+        let bare = legacy && line.first() == Some(&b'{');
+        if line.last() == Some(&b'\n') && parse_line(&line, bare).is_ok() {
+            return Ok(Some(number));
         }
     }
 }
@@ -372,15 +492,15 @@ fn zeros_from(file: &File, offset: u64) -> std::io::Result<bool> {
 }
 
 fn apply(state: &mut Recovered, record: Record) -> Result<(), String> {
-    match record {
-        Record::HardState { hs } => state.hard_state = HardState { term: hs.term, voted_for: hs.voted_for },
-        Record::Entries { from, entries } => {
-            if from == 0 || from > state.entries.len() as u64 + 1 {
-                return Err(format!("entries from index {from} leave a gap after {}", state.entries.len()));
-            }
-            state.entries.truncate(from as usize - 1);
-            state.entries.extend(entries);
+    if let Some((from, entries)) = record.entries {
+        if from == 0 || from > state.entries.len() as u64 + 1 {
+            return Err(format!("entries from index {from} leave a gap after {}", state.entries.len()));
         }
+        state.entries.truncate(from as usize - 1);
+        state.entries.extend(entries);
+    }
+    if let Some(hs) = record.hs {
+        state.hard_state = HardState { term: hs.term, voted_for: hs.voted_for };
     }
     Ok(())
 }
@@ -496,29 +616,109 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// One record as `persist` writes it.
+    fn record(hs: Option<HardState>, entries: Option<(u64, &[LogEntry])>) -> Vec<u8> {
+        let mut buf = Vec::new();
+        write_record(
+            &mut buf,
+            &RecordOut {
+                hs: hs.map(|hs| HardStateRecord { term: hs.term, voted_for: hs.voted_for }),
+                from: entries.map(|(from, _)| from),
+                entries: entries.map(|(_, e)| e),
+            },
+        );
+        buf
+    }
+
     #[test]
     fn a_torn_write_into_the_zeros_is_cut_off() {
+        let whole = record(Some(HardState { term: 2, voted_for: None }), Some((2, &[entry(2, "b")])));
         // Its start reached the disk, its end did not.
-        reopen_after_torn_write("torn-start", br#"{"from":2,"entries":[{"Term":1,"Key":"b""#);
+        reopen_after_torn_write("torn-start", &whole[..whole.len() / 2]);
         // Its end reached the disk, its start did not: the line starts with zeros.
         let mut end_only = vec![0u8; 20];
-        end_only.extend_from_slice(br#""Key":"b","Value":"b"}]}"#);
-        end_only.push(b'\n');
+        end_only.extend_from_slice(&whole[20..]);
         reopen_after_torn_write("torn-end", &end_only);
         // A block in the middle is missing.
-        let mut middle = br#"{"from":2,"entries":[{"Term":1,"#.to_vec();
-        middle.extend_from_slice(&[0u8; 16]);
-        middle.extend_from_slice(b"\"Value\":\"b\"}]}\n");
+        let mut middle = whole.clone();
+        middle[12..28].fill(0);
         reopen_after_torn_write("torn-middle", &middle);
-        // Two records in one write, the first with a block missing and the second whole.
-        let mut two = br#"{"hs":{"term":2,"#.to_vec();
-        two.extend_from_slice(&[0u8; 8]);
-        two.extend_from_slice(b"null}}\n");
-        two.extend_from_slice(br#"{"from":2,"entries":[{"Term":2,"Key":"c","Value":"c"}]}"#);
-        two.push(b'\n');
-        reopen_after_torn_write("torn-two-records", &two);
+        // Whole but for one byte, and the last record: nothing tells it from a torn write, and
+        // nothing after it was synced.
+        let mut flipped = whole.clone();
+        flipped[whole.len() - 5] ^= 0x01;
+        reopen_after_torn_write("torn-flipped", &flipped);
         // A last line that is not a record, followed by nothing but zeros.
         reopen_after_torn_write("torn-garbage", b"{\"from\":2,\"entr\n");
+    }
+
+    /// Three synced records, the second damaged by `damage`: the node must not start, and the
+    /// file must be left as it was.
+    fn damaged_in_the_middle(name: &str, damage: impl Fn(&mut [u8])) {
+        let dir = tempdir(name);
+        let path = dir.join(FILE_NAME);
+        {
+            let (mut s, _) = Storage::open(&dir).unwrap();
+            s.persist(Some(HardState { term: 1, voted_for: Some(1) }), Some((1, &[entry(1, "a")]))).unwrap();
+            s.persist(None, Some((2, &[entry(1, "b")]))).unwrap();
+            s.persist(Some(HardState { term: 2, voted_for: Some(3) }), None).unwrap();
+        }
+        let mut bytes = std::fs::read(&path).unwrap();
+        let second = bytes.iter().position(|&b| b == b'\n').unwrap() + 1;
+        let third = second + bytes[second..].iter().position(|&b| b == b'\n').unwrap() + 1;
+        damage(&mut bytes[second..third - 1]);
+        std::fs::write(&path, &bytes).unwrap();
+        match Storage::open(&dir) {
+            Err(e @ StorageError::Corrupt { offset, line: 2, .. }) => {
+                assert_eq!(offset, second as u64, "{name}");
+                let message = e.to_string();
+                assert!(message.contains(&format!("byte {second}")), "{name}: {message}");
+                assert!(message.contains("does not start"), "{name}: {message}");
+            }
+            other => panic!("{name}: {:?}", other.map(|(_, rec)| rec)),
+        }
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "{name}: the file is left as it was");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_damaged_record_with_synced_ones_after_it_stops_the_node() {
+        // A zero byte was once taken for the end of the records: everything after it was cut.
+        damaged_in_the_middle("zero-byte", |record| record[record.len() / 2] = 0);
+        damaged_in_the_middle("flipped-bit", |record| record[record.len() - 3] ^= 0x20);
+        damaged_in_the_middle("flipped-checksum", |record| record[0] = if record[0] == b'0' { b'1' } else { b'0' });
+        damaged_in_the_middle("zeroed-block", |record| record.fill(0));
+    }
+
+    #[test]
+    fn a_file_of_before_the_checksums_is_read_and_given_them() {
+        let dir = tempdir("legacy");
+        let path = dir.join(FILE_NAME);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut old = b"{\"hs\":{\"term\":3,\"voted_for\":2}}\n".to_vec();
+        old.extend_from_slice(b"{\"from\":1,\"entries\":[{\"Term\":1,\"Key\":\"a\",\"Value\":\"a\"}]}\n");
+        old.extend_from_slice(&[0u8; 100]);
+        std::fs::write(&path, &old).unwrap();
+        let expected =
+            Recovered { hard_state: HardState { term: 3, voted_for: Some(2) }, entries: vec![entry(1, "a")] };
+        {
+            let (mut s, rec) = Storage::open(&dir).unwrap();
+            assert_eq!(rec, expected);
+            let bytes = std::fs::read(&path).unwrap();
+            assert!(bytes[..8].iter().all(u8::is_ascii_hexdigit), "rewritten with checksums");
+            s.persist(None, Some((2, &[entry(3, "b")]))).unwrap();
+        }
+        let (_s, rec) = Storage::open(&dir).unwrap();
+        assert_eq!(rec.entries, vec![entry(1, "a"), entry(3, "b")]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn crc32c_is_castagnolis() {
+        // The check value of CRC-32C, and one from RFC 3720's examples (32 zero bytes).
+        assert_eq!(crc32c(b"123456789"), 0xe306_9283);
+        assert_eq!(crc32c(&[0u8; 32]), 0x8a91_36aa);
+        assert_eq!(crc32c(b""), 0);
     }
 
     #[test]
@@ -566,19 +766,26 @@ mod tests {
     fn damage_before_the_end_is_an_error() {
         let dir = tempdir("corrupt");
         std::fs::create_dir_all(&dir).unwrap();
+        let mut content = b"garbage\n".to_vec();
+        content.extend(record(Some(HardState { term: 1, voted_for: None }), None));
+        std::fs::write(dir.join(FILE_NAME), content).unwrap();
+        assert!(matches!(Storage::open(&dir), Err(StorageError::Corrupt { line: 1, offset: 0, .. })));
+        // The same in a file of before the checksums.
         std::fs::write(dir.join(FILE_NAME), b"garbage\n{\"hs\":{\"term\":1,\"voted_for\":null}}\n").unwrap();
         assert!(matches!(Storage::open(&dir), Err(StorageError::Corrupt { line: 1, .. })));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
-    fn a_line_of_neither_shape_is_an_error() {
-        for line in [&b"{\"from\":1}\n"[..], b"{\"hs\":{\"term\":1,\"voted_for\":null},\"from\":1,\"entries\":[]}\n"] {
+    fn a_record_of_neither_shape_is_an_error() {
+        for json in [&b"{\"from\":1}"[..], b"{\"entries\":[]}", b"{}"] {
             let dir = tempdir("shape");
             std::fs::create_dir_all(&dir).unwrap();
-            let mut content = b"{\"hs\":{\"term\":1,\"voted_for\":null}}\n".to_vec();
-            content.extend_from_slice(line);
-            content.extend_from_slice(b"{\"hs\":{\"term\":2,\"voted_for\":null}}\n");
+            let mut content = record(Some(HardState { term: 1, voted_for: None }), None);
+            content.extend_from_slice(format!("{:08x} ", crc32c(json)).as_bytes());
+            content.extend_from_slice(json);
+            content.push(b'\n');
+            content.extend(record(Some(HardState { term: 2, voted_for: None }), None));
             std::fs::write(dir.join(FILE_NAME), content).unwrap();
             assert!(matches!(Storage::open(&dir), Err(StorageError::Corrupt { line: 2, .. })));
             std::fs::remove_dir_all(&dir).unwrap();
