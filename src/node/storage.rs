@@ -249,15 +249,7 @@ impl Storage {
         if hard_state.is_none() && entries.is_none() {
             return Ok(());
         }
-        let mut buf = Vec::new();
-        write_record(
-            &mut buf,
-            &RecordOut {
-                hs: hard_state.map(|hs| HardStateRecord { term: hs.term, voted_for: hs.voted_for }),
-                from: entries.map(|(from, _)| from),
-                entries: entries.map(|(_, entries)| entries),
-            },
-        );
+        let buf = record(hard_state, entries);
         let io = |source| StorageError::Io { path: self.path.clone(), source };
         let end = self.end + buf.len() as u64;
         if let Some(direct) = self.direct.as_mut() {
@@ -292,16 +284,8 @@ impl Storage {
     fn rewrite(&mut self, state: &Recovered) -> Result<(), StorageError> {
         let tmp = self.path.with_extension("log.tmp");
         let io_tmp = |source| StorageError::Io { path: tmp.clone(), source };
-        let mut buf = Vec::new();
-        let hs = state.hard_state;
-        write_record(
-            &mut buf,
-            &RecordOut {
-                hs: Some(HardStateRecord { term: hs.term, voted_for: hs.voted_for }),
-                from: (!state.entries.is_empty()).then_some(1),
-                entries: (!state.entries.is_empty()).then_some(&state.entries[..]),
-            },
-        );
+        let entries = (!state.entries.is_empty()).then_some((1, &state.entries[..]));
+        let buf = record(Some(state.hard_state), entries);
         let mut f = File::create(&tmp).map_err(io_tmp)?;
         f.write_all(&buf).map_err(io_tmp)?;
         f.sync_all().map_err(io_tmp)?;
@@ -323,12 +307,20 @@ impl Storage {
     }
 }
 
-fn write_record(buf: &mut Vec<u8>, record: &RecordOut) {
+/// One record, as written: the checksum, a space, the JSON, a newline.
+fn record(hard_state: Option<HardState>, entries: Option<(u64, &[LogEntry])>) -> Vec<u8> {
+    let record = RecordOut {
+        hs: hard_state.map(|hs| HardStateRecord { term: hs.term, voted_for: hs.voted_for }),
+        from: entries.map(|(from, _)| from),
+        entries: entries.map(|(_, entries)| entries),
+    };
     // Records are plain data with string keys: serialization cannot fail.
-    let json = serde_json::to_vec(record).expect("serialize record");
+    let json = serde_json::to_vec(&record).expect("serialize record");
+    let mut buf = Vec::with_capacity(json.len() + 10);
     let _ = write!(buf, "{:08x} ", crc32c(&json));
     buf.extend_from_slice(&json);
     buf.push(b'\n');
+    buf
 }
 
 /// CRC-32C (Castagnoli), the checksum of ext4's metadata, iSCSI and etcd's write-ahead log.
@@ -614,20 +606,6 @@ mod tests {
         let (_s, rec) = Storage::open(&dir).unwrap();
         assert_eq!(rec.entries, vec![entry(1, "a"), entry(1, "b")], "{name}");
         std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    /// One record as `persist` writes it.
-    fn record(hs: Option<HardState>, entries: Option<(u64, &[LogEntry])>) -> Vec<u8> {
-        let mut buf = Vec::new();
-        write_record(
-            &mut buf,
-            &RecordOut {
-                hs: hs.map(|hs| HardStateRecord { term: hs.term, voted_for: hs.voted_for }),
-                from: entries.map(|(from, _)| from),
-                entries: entries.map(|(_, e)| e),
-            },
-        );
-        buf
     }
 
     #[test]
