@@ -1,0 +1,312 @@
+//! The fault suite: five real `labctl node` processes on loopback, concurrent clients, and a
+//! seeded nemesis that cuts the network between nodes (iptables), kills nodes (SIGKILL) and
+//! starts them again, pauses the leader (SIGSTOP) and keeps the cores busy with other work.
+//! Every operation is recorded with its call and return time and its outcome; afterwards the
+//! registers' history is checked for linearizability (`faults::checker`), the creations for
+//! lost, duplicated and phantom writes, and every node for the same data.
+//!
+//! `LABCTL_FAULT_SECONDS` (default 40) sets how long the faults go on, `LABCTL_FAULT_SEED` the
+//! seed of the nemesis' and clients' choices (printed at the start of every run). Each run's
+//! history, faults and verdict are saved under the target directory's `tmp/fault-histories/`.
+//! docs/TESTING.md describes the fault model and how to replay a run.
+
+mod common;
+mod faults;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::rabbit::{ci, skipped};
+use common::TestCluster;
+use faults::checker::{self, Kind, Op};
+use faults::{Client, Clock, Fault, History, Outcome, Partitions, Registers, Rng, Saturation};
+
+const NODES: u32 = 5;
+/// One per node.
+const CLIENTS: usize = NODES as usize;
+const REGISTERS: usize = 3;
+
+fn op(client: usize, kind: Kind, call: u64, ret: Option<u64>) -> Op {
+    Op { client, key: "x".into(), kind, call, ret }
+}
+
+fn write(value: &str) -> Kind {
+    Kind::Write(value.into())
+}
+
+fn read(value: Option<&str>) -> Kind {
+    Kind::Read(value.map(str::to_string))
+}
+
+#[test]
+fn the_checker_accepts_overlapping_operations_in_some_order() {
+    // A read overlapping a write may see either value; a later read must see the write.
+    let history = [
+        op(1, write("a"), 0, Some(10)),
+        op(2, read(Some("a")), 5, Some(6)),
+        op(3, read(None), 4, Some(7)),
+        op(1, read(Some("a")), 11, Some(12)),
+    ];
+    assert!(checker::check(&history).is_ok());
+    // Of two overlapping writes, reads after both may see one, but all of them the same one.
+    let history = [
+        op(1, write("a"), 0, Some(10)),
+        op(2, write("b"), 0, Some(10)),
+        op(3, read(Some("b")), 11, Some(12)),
+        op(3, read(Some("b")), 13, Some(14)),
+    ];
+    assert!(checker::check(&history).is_ok());
+}
+
+#[test]
+fn the_checker_finds_stale_reads_and_values_that_flip_back() {
+    // A read after an acknowledged write sees the old value.
+    let stale = [op(1, write("a"), 0, Some(10)), op(2, read(None), 11, Some(12))];
+    let violation = checker::check(&stale).unwrap_err();
+    assert_eq!(violation.key, "x");
+    assert_eq!(violation.longest_prefix.len(), 1, "{violation:?}");
+    // Two overlapping writes, and reads after both that disagree on which came last.
+    let flip = [
+        op(1, write("a"), 0, Some(10)),
+        op(2, write("b"), 0, Some(10)),
+        op(3, read(Some("a")), 11, Some(12)),
+        op(3, read(Some("b")), 13, Some(14)),
+    ];
+    assert!(checker::check(&flip).is_err());
+    // A value nobody wrote.
+    assert!(checker::check(&[op(1, read(Some("z")), 0, Some(1))]).is_err());
+}
+
+#[test]
+fn the_checker_lets_a_write_without_an_answer_happen_late_or_never() {
+    // Never: later reads still see the old value.
+    let never = [op(1, write("a"), 0, Some(1)), op(2, write("b"), 2, None), op(3, read(Some("a")), 50, Some(51))];
+    assert!(checker::check(&never).is_ok());
+    // Late: long after its client gave up.
+    let late = [
+        op(1, write("a"), 0, Some(1)),
+        op(2, write("b"), 2, None),
+        op(3, read(Some("a")), 50, Some(51)),
+        op(3, read(Some("b")), 60, Some(61)),
+    ];
+    assert!(checker::check(&late).is_ok());
+    // But not before it was sent.
+    let early = [op(3, read(Some("b")), 0, Some(1)), op(2, write("b"), 2, None)];
+    assert!(checker::check(&early).is_err());
+    // Registers are checked apart: a violation on one key is reported with that key.
+    let mut two = late.to_vec();
+    two.push(Op { client: 4, key: "y".into(), kind: read(Some("q")), call: 0, ret: Some(1) });
+    assert_eq!(checker::check(&two).unwrap_err().key, "y");
+}
+
+#[test]
+fn the_checker_takes_a_long_history_of_many_overlapping_clients() {
+    // 4 clients, 2,000 operations on one register, each overlapping the next ones: the cache
+    // of visited configurations keeps this to moments.
+    let mut history = Vec::new();
+    let mut value = None;
+    for i in 0..2000u64 {
+        let client = (i % 4) as usize;
+        let (call, ret) = (i * 10, i * 10 + 35);
+        if i % 3 == 0 {
+            let v = format!("v{i}");
+            history.push(op(client, write(&v), call, Some(ret)));
+            value = Some(v);
+        } else {
+            // Reads see the newest write that returned before they started, or one overlapping.
+            history.push(op(client, Kind::Read(value.clone()), call + 40, Some(ret + 40)));
+        }
+    }
+    let started = Instant::now();
+    assert!(checker::check(&history).is_ok());
+    assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// The node that the first answering node names as leader.
+fn leader_of(cluster: &TestCluster) -> Option<u32> {
+    cluster.running().into_iter().find_map(|id| {
+        let (_, leader) = cluster.leader_info(id)?;
+        labctl::proto::parse_node_name(&leader?)
+    })
+}
+
+#[test]
+fn five_nodes_under_partitions_kills_pauses_and_busy_cores_keep_every_answered_write() {
+    let seconds: u64 = env_or("LABCTL_FAULT_SECONDS", 40);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let seed: u64 = env_or("LABCTL_FAULT_SEED", now.as_nanos() as u64 % 1_000_000_000);
+    eprintln!("fault suite: seed {seed}, {seconds} s of faults; run again with LABCTL_FAULT_SEED={seed}");
+    let mut cluster = TestCluster::start(NODES, 0, &[]);
+    let port = cluster.addr(1).port();
+    let (_, first_term) = cluster.wait_for_leader(Duration::from_secs(10));
+    let partitions = Partitions::new(port);
+    if partitions.is_none() {
+        let what = "network partitions of the fault suite: iptables is not usable here (root and `apt-get install iptables` are needed)";
+        assert!(!ci(), "{what}");
+        skipped(what);
+    }
+
+    let clock = Clock::new();
+    let history = Arc::new(Mutex::new(History::default()));
+    let registers = Registers::create(&mut Client::new(port, NODES, 1), REGISTERS, clock, &history);
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (1..=CLIENTS)
+        .map(|number| {
+            let (ids, history, stop) = (registers.ids.clone(), history.clone(), stop.clone());
+            let rng = Rng::new(seed ^ (number as u64).wrapping_mul(0x9e37_79b9));
+            let client = Client::new(port, NODES, number as u32);
+            std::thread::spawn(move || faults::run_client(number, client, ids, rng, clock, history, stop))
+        })
+        .collect();
+
+    // The nemesis: one fault at a time, held for a while, then healed.
+    let mut rng = Rng::new(seed);
+    let started = Instant::now();
+    let record = |what: String| {
+        eprintln!("{:>8.3} s  {what}", clock.now() as f64 / 1e6);
+        history.lock().unwrap().faults.push(Fault { at: clock.now(), what });
+    };
+    let mut kinds = vec!["kill", "pause-leader", "busy-cores"];
+    if partitions.is_some() {
+        kinds.extend(["isolate-leader", "split"]);
+    }
+    while started.elapsed() < Duration::from_secs(seconds) {
+        std::thread::sleep(Duration::from_millis(rng.range(200, 1200)));
+        let hold = Duration::from_millis(rng.range(300, 2500));
+        let leader = leader_of(&cluster);
+        match kinds[rng.range(0, kinds.len() as u64) as usize] {
+            "kill" => {
+                let id = match leader {
+                    Some(l) if rng.range(0, 2) == 0 => l,
+                    _ => rng.range(1, NODES as u64 + 1) as u32,
+                };
+                record(format!("kill node{id} (SIGKILL), start it again after {hold:?}"));
+                cluster.kill(id);
+                std::thread::sleep(hold);
+                cluster.spawn(id);
+                record(format!("node{id} started"));
+            }
+            "pause-leader" => {
+                let Some(id) = leader else { continue };
+                record(format!("pause node{id}, the leader (SIGSTOP), for {hold:?}"));
+                cluster.freeze(id, true);
+                std::thread::sleep(hold);
+                cluster.freeze(id, false);
+                record(format!("node{id} resumed (SIGCONT)"));
+            }
+            "busy-cores" => {
+                record(format!("both cores busy with other work for {hold:?}"));
+                let busy = Saturation::start(2);
+                std::thread::sleep(hold);
+                drop(busy);
+                record("cores free".into());
+            }
+            kind => {
+                let p = partitions.as_ref().expect("partitions are usable");
+                let mut ids: Vec<u32> = (1..=NODES).collect();
+                let cut = if kind == "isolate-leader" {
+                    let Some(l) = leader else { continue };
+                    ids.retain(|&id| id != l);
+                    vec![l]
+                } else {
+                    // A random minority of two.
+                    let a = ids.remove(rng.range(0, ids.len() as u64) as usize);
+                    let b = ids.remove(rng.range(0, ids.len() as u64) as usize);
+                    vec![a, b]
+                };
+                record(format!("partition {cut:?} from {ids:?} for {hold:?}"));
+                p.split(&cut, &ids);
+                std::thread::sleep(hold);
+                p.heal();
+                record("partition healed".into());
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let done: usize = clients.into_iter().map(|c| c.join().expect("client thread")).sum();
+
+    // Everything healed: every node runs and hears the others.
+    for id in 1..=NODES {
+        if !cluster.is_running(id) {
+            cluster.spawn(id);
+        }
+    }
+    let (_, last_term) = cluster.wait_for_leader(Duration::from_secs(30));
+    // A last strong read of each register, part of the history.
+    let mut last = Client::new(port, NODES, 1);
+    for (k, id) in registers.ids.iter().enumerate() {
+        let path = format!("/api/products/{id}?consistency=strong");
+        let call = clock.now();
+        let Outcome::Answered(reply) = last.call("GET", &path, &[], "", Duration::from_secs(30)) else {
+            panic!("no final read of register {k}")
+        };
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        let value = reply.json()["title"].as_str().map(str::to_string);
+        let op = Op { client: 0, key: format!("r{k}"), kind: Kind::Read(value), call, ret: Some(clock.now()) };
+        history.lock().unwrap().ops.push(op);
+    }
+    // All nodes converge to the same data.
+    let everywhere = common::poll("every node to hold the same products", Duration::from_secs(60), || {
+        let all: Vec<Vec<(i64, String)>> = (1..=NODES)
+            .map(|id| {
+                let products = common::manager::products_on(cluster.http_addr(id))?;
+                Some(products.iter().map(|p| (p["id"].as_i64().unwrap_or(-1), p["title"].to_string())).collect())
+            })
+            .collect::<Option<_>>()?;
+        all.windows(2).all(|w| w[0] == w[1]).then(|| common::manager::products_on(cluster.http_addr(1))).flatten()
+    });
+
+    let history = Arc::try_unwrap(history).ok().expect("clients are done").into_inner().unwrap();
+    let verdict = checker::check(&history.ops);
+    let anomalies = faults::anomalies(&history, &faults::titles(&everywhere), REGISTERS);
+    let acknowledged = history.creates.values().filter(|c| c.acknowledged).count();
+    let unknown = history.ops.iter().filter(|op| op.ret.is_none()).count();
+    let summary = format!(
+        "seed {seed}: {} register operations checked ({unknown} writes without an answer), {} creations \
+         ({acknowledged} acknowledged), {} faults, {done} client operations, terms {first_term} to {last_term}; \
+         linearizable: {}; anomalies: {}",
+        history.ops.len(),
+        history.creates.len(),
+        history.faults.len() / 2,
+        verdict.is_ok(),
+        anomalies.len()
+    );
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("fault-histories");
+    std::fs::create_dir_all(&dir).unwrap();
+    let saved = dir.join(format!("seed-{seed}.json"));
+    let report = serde_json::json!({
+        "seed": seed,
+        "seconds": seconds,
+        "summary": summary,
+        "violation": verdict.as_ref().err(),
+        "anomalies": anomalies,
+        "history": history,
+    });
+    std::fs::write(&saved, serde_json::to_vec_pretty(&report).unwrap()).unwrap();
+    eprintln!("fault suite: {summary}; history in {}", saved.display());
+    if verdict.is_err() || !anomalies.is_empty() {
+        for id in 1..=NODES {
+            let _ = std::fs::copy(cluster.log_path(id), dir.join(format!("seed-{seed}-node{id}.log")));
+        }
+    }
+    if let Err(violation) = verdict {
+        panic!(
+            "not linearizable: register {} ({} operations; the longest order found holds {}); seed {seed}, \
+             history and report in {}",
+            violation.key,
+            violation.ops.len(),
+            violation.longest_prefix.len(),
+            saved.display()
+        );
+    }
+    assert!(anomalies.is_empty(), "{anomalies:#?}\nseed {seed}, history in {}", saved.display());
+    assert!(history.ops.iter().any(|op| matches!(op.kind, Kind::Read(_)) && op.client > 0), "no read was answered");
+    assert!(acknowledged > 0, "no creation was acknowledged");
+    // The faults did what they are for: leaders were lost and elected again.
+    assert!(last_term > first_term, "no election in {} faults: term {first_term} throughout", history.faults.len() / 2);
+}
