@@ -1,6 +1,7 @@
 //! The fault suite: five real `labctl node` processes on loopback, concurrent clients, and a
 //! seeded nemesis that cuts the network between nodes (iptables), kills nodes (SIGKILL) and
-//! starts them again, pauses the leader (SIGSTOP) and keeps the cores busy with other work.
+//! starts them again, pauses the leader (SIGSTOP), slows a node's disk (blkio throttling) and
+//! keeps the cores busy with other work.
 //! Every operation is recorded with its call and return time and its outcome; afterwards the
 //! registers' history is checked for linearizability (`faults::checker`), the creations for
 //! lost, duplicated and phantom writes, and every node for the same data.
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 use common::rabbit::{ci, skipped};
 use common::TestCluster;
 use faults::checker::{self, Kind, Op};
-use faults::{Client, Clock, Fault, History, Outcome, Partitions, Registers, Rng, Saturation};
+use faults::{Client, Clock, Fault, History, Outcome, Partitions, Registers, Rng, Saturation, SlowDisk};
 
 const NODES: u32 = 5;
 /// One per node.
@@ -151,6 +152,13 @@ fn five_nodes_under_partitions_kills_pauses_and_busy_cores_keep_every_answered_w
         skipped(what);
     }
 
+    let slow_disk = SlowDisk::new(&format!("labctl-faults-{port}"), cluster.data_dir());
+    if slow_disk.is_none() {
+        let what = "slow disks of the fault suite: blkio throttling (cgroup v1, root, a data dir on a block device) is not usable here";
+        assert!(!ci(), "{what}");
+        skipped(what);
+    }
+
     let clock = Clock::new();
     let history = Arc::new(Mutex::new(History::default()));
     let registers = Registers::create(&mut Client::new(port, NODES, 1), REGISTERS, clock, &history);
@@ -175,6 +183,9 @@ fn five_nodes_under_partitions_kills_pauses_and_busy_cores_keep_every_answered_w
     if partitions.is_some() {
         kinds.extend(["isolate-leader", "split"]);
     }
+    if slow_disk.is_some() {
+        kinds.push("slow-disk");
+    }
     while started.elapsed() < Duration::from_secs(seconds) {
         std::thread::sleep(Duration::from_millis(rng.range(200, 1200)));
         let hold = Duration::from_millis(rng.range(300, 2500));
@@ -198,6 +209,18 @@ fn five_nodes_under_partitions_kills_pauses_and_busy_cores_keep_every_answered_w
                 std::thread::sleep(hold);
                 cluster.freeze(id, false);
                 record(format!("node{id} resumed (SIGCONT)"));
+            }
+            "slow-disk" => {
+                let id = match leader {
+                    Some(l) if rng.range(0, 2) == 0 => l,
+                    _ => rng.range(1, NODES as u64 + 1) as u32,
+                };
+                let (Some(disk), Some(pid)) = (slow_disk.as_ref(), cluster.pid(id)) else { continue };
+                record(format!("slow disk for node{id} ({} writes/s) for {hold:?}", faults::SLOW_IOPS));
+                disk.slow(pid);
+                std::thread::sleep(hold);
+                disk.restore(pid);
+                record(format!("node{id}'s disk at full speed"));
             }
             "busy-cores" => {
                 record(format!("both cores busy with other work for {hold:?}"));

@@ -349,3 +349,60 @@ pub fn anomalies(history: &History, titles: &BTreeMap<String, usize>, registers:
     }
     found
 }
+
+/// A slow disk for one node at a time: its process is moved into a blkio cgroup (cgroup v1)
+/// whose writes to the disk that holds the data dir are throttled to a few operations per
+/// second, so every flush of its Raft log and database takes tens to hundreds of milliseconds.
+pub struct SlowDisk {
+    cgroup: std::path::PathBuf,
+}
+
+const BLKIO: &str = "/sys/fs/cgroup/blkio";
+/// Writes per second on the slow disk.
+pub const SLOW_IOPS: u32 = 20;
+
+impl SlowDisk {
+    /// None where blkio throttling cannot be used here (no cgroup v1 blkio hierarchy, not
+    /// root, or `dir` on a file system without a block device, such as tmpfs).
+    pub fn new(name: &str, dir: &std::path::Path) -> Option<SlowDisk> {
+        use std::os::unix::fs::MetadataExt;
+        let dev = std::fs::metadata(dir).ok()?.dev();
+        let (major, minor) = (libc::major(dev), libc::minor(dev));
+        if major == 0 {
+            return None;
+        }
+        // Throttling applies to whole disks: a partition's writes are counted on its disk.
+        let sys = std::path::PathBuf::from(format!("/sys/dev/block/{major}:{minor}"));
+        let disk = if sys.join("partition").exists() {
+            std::fs::read_to_string(sys.join("..").join("dev")).ok()?.trim().to_string()
+        } else {
+            format!("{major}:{minor}")
+        };
+        let cgroup = std::path::Path::new(BLKIO).join(name);
+        std::fs::create_dir_all(&cgroup).ok()?;
+        let slow = SlowDisk { cgroup };
+        std::fs::write(slow.cgroup.join("blkio.throttle.write_iops_device"), format!("{disk} {SLOW_IOPS}")).ok()?;
+        Some(slow)
+    }
+
+    /// Makes process `pid`'s writes slow.
+    pub fn slow(&self, pid: u32) {
+        let _ = std::fs::write(self.cgroup.join("cgroup.procs"), pid.to_string());
+    }
+
+    /// Gives process `pid` its own speed back.
+    pub fn restore(&self, pid: u32) {
+        let _ = std::fs::write(std::path::Path::new(BLKIO).join("cgroup.procs"), pid.to_string());
+    }
+}
+
+impl Drop for SlowDisk {
+    fn drop(&mut self) {
+        if let Ok(procs) = std::fs::read_to_string(self.cgroup.join("cgroup.procs")) {
+            for pid in procs.lines().filter_map(|l| l.trim().parse().ok()) {
+                self.restore(pid);
+            }
+        }
+        let _ = std::fs::remove_dir(&self.cgroup);
+    }
+}
