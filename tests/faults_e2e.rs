@@ -1,7 +1,7 @@
 //! The fault suite: five real `labctl node` processes on loopback, concurrent clients, and a
 //! seeded nemesis that cuts the network between nodes (iptables), kills nodes (SIGKILL) and
-//! starts them again, pauses the leader (SIGSTOP), slows a node's disk (blkio throttling) and
-//! keeps the cores busy with other work.
+//! starts them again, pauses the leader (SIGSTOP), slows a node's disk (blkio throttling), fills
+//! one node's disk and keeps the cores busy with other work.
 //! Every operation is recorded with its call and return time and its outcome; afterwards the
 //! registers' history is checked for linearizability (`faults::checker`), the creations for
 //! lost, duplicated and phantom writes, and every node for the same data.
@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use common::rabbit::{ci, skipped};
 use common::TestCluster;
 use faults::checker::{self, Kind, Op};
-use faults::{Client, Clock, Fault, History, Outcome, Partitions, Registers, Rng, Saturation, SlowDisk};
+use faults::{Client, Clock, Fault, History, Outcome, Partitions, Registers, Rng, Saturation, SlowDisk, SmallDisk};
 
 const NODES: u32 = 5;
 /// One per node.
@@ -159,6 +159,16 @@ fn five_nodes_under_partitions_kills_pauses_and_busy_cores_keep_every_answered_w
         skipped(what);
     }
 
+    // The last node's data dir on a small file system of its own, which the nemesis fills.
+    cluster.kill(NODES);
+    let small_disk = SmallDisk::new(&cluster.data_dir().join(format!("node{NODES}")), 64);
+    if small_disk.is_none() {
+        let what = "full disks of the fault suite: a loop device, mkfs.ext4 and mount (root) are not usable here";
+        assert!(!ci(), "{what}");
+        skipped(what);
+    }
+    cluster.spawn(NODES);
+
     let clock = Clock::new();
     let history = Arc::new(Mutex::new(History::default()));
     let registers = Registers::create(&mut Client::new(port, NODES, 1), REGISTERS, clock, &history);
@@ -174,6 +184,7 @@ fn five_nodes_under_partitions_kills_pauses_and_busy_cores_keep_every_answered_w
 
     // The nemesis: one fault at a time, held for a while, then healed.
     let mut rng = Rng::new(seed);
+    let mut big_writes = 0;
     let started = Instant::now();
     let record = |what: String| {
         eprintln!("{:>8.3} s  {what}", clock.now() as f64 / 1e6);
@@ -185,6 +196,9 @@ fn five_nodes_under_partitions_kills_pauses_and_busy_cores_keep_every_answered_w
     }
     if slow_disk.is_some() {
         kinds.push("slow-disk");
+    }
+    if small_disk.is_some() {
+        kinds.push("full-disk");
     }
     while started.elapsed() < Duration::from_secs(seconds) {
         std::thread::sleep(Duration::from_millis(rng.range(200, 1200)));
@@ -221,6 +235,56 @@ fn five_nodes_under_partitions_kills_pauses_and_busy_cores_keep_every_answered_w
                 std::thread::sleep(hold);
                 disk.restore(pid);
                 record(format!("node{id}'s disk at full speed"));
+            }
+            "full-disk" => {
+                let Some(disk) = small_disk.as_ref() else { continue };
+                record(format!("node{NODES}'s disk full, while 320 products of 9 KB are written"));
+                disk.fill();
+                // More than the log's and the database's room held in advance.
+                // A leader whose database is full answers no write until it has room (the
+                // writes commit, their answers wait on its database): the writes stop after 8 s.
+                let mut client = Client::new(port, NODES, 1);
+                client.answer_within = Duration::from_secs(2);
+                let big = "y".repeat(9000);
+                let until = Instant::now() + Duration::from_secs(8);
+                for n in 0..320 {
+                    if Instant::now() >= until {
+                        record(format!("{n} of the 320 written when the time was up"));
+                        break;
+                    }
+                    big_writes += 1;
+                    let (key, title) = (format!("big-{big_writes}"), format!("created-big-{big_writes}"));
+                    let body = serde_json::json!({ "title": title, "price": 1.0, "currency": "GBP", "link": big });
+                    let headers = [("Content-Type", "application/json"), ("Idempotency-Key", key.as_str())];
+                    let mut acknowledged = false;
+                    for _ in 0..4 {
+                        match client.call("POST", "/api/products", &headers, &body.to_string(), Duration::from_secs(2))
+                        {
+                            Outcome::Answered(reply) => {
+                                assert_eq!(reply.status, 201, "large product {n}: {}", reply.body);
+                                acknowledged = true;
+                                break;
+                            }
+                            Outcome::NotDone | Outcome::Unknown => std::thread::sleep(Duration::from_millis(200)),
+                        }
+                    }
+                    history.lock().unwrap().creates.insert(key, faults::Create { title, acknowledged });
+                }
+                std::thread::sleep(hold);
+                disk.free();
+                record(format!("node{NODES}'s disk has room again"));
+                if !cluster.is_running(NODES) {
+                    // A node that cannot write its log stops, saying why; it is started again.
+                    let status = cluster.wait_exit(NODES, Duration::from_secs(5));
+                    let log = cluster.log_text(NODES);
+                    let why = log.lines().rev().find(|l| l.starts_with("labctl: ")).unwrap_or("(no reason given)");
+                    assert!(
+                        why.contains("No space left on device"),
+                        "node{NODES} stopped ({status}) without saying why:\n{log}"
+                    );
+                    record(format!("node{NODES} had stopped ({status}): {why}; started again"));
+                    cluster.spawn(NODES);
+                }
             }
             "busy-cores" => {
                 record(format!("both cores busy with other work for {hold:?}"));
@@ -328,6 +392,10 @@ fn five_nodes_under_partitions_kills_pauses_and_busy_cores_keep_every_answered_w
         );
     }
     assert!(anomalies.is_empty(), "{anomalies:#?}\nseed {seed}, history in {}", saved.display());
+    for id in 1..=NODES {
+        let log = cluster.log_text(id);
+        assert!(!log.contains("panicked"), "node{id} panicked; seed {seed}:\n{log}");
+    }
     assert!(history.ops.iter().any(|op| matches!(op.kind, Kind::Read(_)) && op.client > 0), "no read was answered");
     assert!(acknowledged > 0, "no creation was acknowledged");
     // The faults did what they are for: leaders were lost and elected again.

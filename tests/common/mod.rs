@@ -122,10 +122,22 @@ pub fn http_exchange(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Result<HttpReply, NoAnswer> {
+    http_exchange_within(addr, method, path, headers, body, Duration::from_secs(20))
+}
+
+/// [`http_exchange`], waiting at most `patience` for each read of the answer.
+pub fn http_exchange_within(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+    patience: Duration,
+) -> Result<HttpReply, NoAnswer> {
     use std::io::{Read, Write};
     let mut stream =
         std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|_| NoAnswer::NotConnected)?;
-    stream.set_read_timeout(Some(Duration::from_secs(20))).map_err(|_| NoAnswer::NotConnected)?;
+    stream.set_read_timeout(Some(patience)).map_err(|_| NoAnswer::NotConnected)?;
     let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));

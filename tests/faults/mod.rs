@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::common::{http_exchange, HttpReply, NoAnswer};
+use crate::common::{http_exchange_within, HttpReply, NoAnswer};
 use checker::{Kind, Op};
 pub use labctl::node::raft::Rng;
 
@@ -50,11 +50,13 @@ pub struct Client {
     nodes: u32,
     home: u32,
     leader: u32,
+    /// How long an answer is waited for, once the request is sent.
+    pub answer_within: Duration,
 }
 
 impl Client {
     pub fn new(port: u16, nodes: u32, home: u32) -> Client {
-        Client { port, nodes, home, leader: home }
+        Client { port, nodes, home, leader: home, answer_within: Duration::from_secs(20) }
     }
 
     fn addr(&self, id: u32) -> SocketAddr {
@@ -77,7 +79,7 @@ impl Client {
             if Instant::now() >= deadline {
                 return Outcome::NotDone;
             }
-            match http_exchange(self.addr(self.leader), method, path, headers, body) {
+            match http_exchange_within(self.addr(self.leader), method, path, headers, body, self.answer_within) {
                 Err(NoAnswer::NotConnected) => self.next_node(),
                 Err(NoAnswer::Lost) => return Outcome::Unknown,
                 Ok(reply) if reply.status == 307 => {
@@ -404,5 +406,73 @@ impl Drop for SlowDisk {
             }
         }
         let _ = std::fs::remove_dir(&self.cgroup);
+    }
+}
+
+/// A file system of its own for one node's data dir (an ext4 image on a loop device), which the
+/// nemesis fills up and empties again.
+pub struct SmallDisk {
+    image: std::path::PathBuf,
+    device: String,
+    mount: std::path::PathBuf,
+    filler: std::path::PathBuf,
+}
+
+fn run(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program).args(args).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+impl SmallDisk {
+    /// Moves `node_dir` (its node stopped) onto a new file system of `mib` MiB. None where loop
+    /// devices, mkfs.ext4 or mount cannot be used here (they need root).
+    pub fn new(node_dir: &std::path::Path, mib: u64) -> Option<SmallDisk> {
+        let image = node_dir.with_extension("img");
+        std::fs::File::create(&image).ok()?.set_len(mib << 20).ok()?;
+        let image_arg = image.to_str()?;
+        // No blocks reserved for root: the nodes run as root here, and full must mean full.
+        run("mkfs.ext4", &["-q", "-F", "-m", "0", image_arg])?;
+        let device = run("losetup", &["-f", "--show", image_arg])?;
+        let disk = SmallDisk { image, device, mount: node_dir.to_path_buf(), filler: node_dir.join("filler") };
+        let aside = node_dir.with_extension("before");
+        std::fs::rename(node_dir, &aside).ok()?;
+        std::fs::create_dir(node_dir).ok()?;
+        run("mount", &[&disk.device, node_dir.to_str()?])?;
+        for file in std::fs::read_dir(&aside).ok()?.flatten() {
+            std::fs::copy(file.path(), node_dir.join(file.file_name())).ok()?;
+        }
+        let _ = std::fs::remove_dir_all(&aside);
+        Some(disk)
+    }
+
+    /// Takes every free block.
+    pub fn fill(&self) {
+        let Ok(file) = std::fs::File::create(&self.filler) else { return };
+        use std::os::fd::AsRawFd;
+        // Large pieces first, then smaller ones, until not even a block is left.
+        let mut offset: i64 = 0;
+        let mut piece: i64 = 64 << 20;
+        while piece >= 4096 {
+            // SAFETY: fallocate(2) on a file this function opened.
+            if unsafe { libc::fallocate(file.as_raw_fd(), 0, offset, piece) } == 0 {
+                offset += piece;
+            } else {
+                piece /= 2;
+            }
+        }
+    }
+
+    /// Gives the blocks back.
+    pub fn free(&self) {
+        let _ = std::fs::remove_file(&self.filler);
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        // Lazily: the node may still run, until the cluster is dropped after this.
+        let _ = run("umount", &["-l", self.mount.to_str().unwrap_or_default()]);
+        let _ = run("losetup", &["-d", &self.device]);
+        let _ = std::fs::remove_file(&self.image);
     }
 }
