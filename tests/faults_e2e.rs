@@ -141,7 +141,8 @@ fn five_nodes_under_partitions_kills_pauses_and_busy_cores_keep_every_answered_w
     let seconds: u64 = env_or("LABCTL_FAULT_SECONDS", 40);
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let seed: u64 = env_or("LABCTL_FAULT_SEED", now.as_nanos() as u64 % 1_000_000_000);
-    eprintln!("fault suite: seed {seed}, {seconds} s of faults; run again with LABCTL_FAULT_SEED={seed}");
+    let line = format!("\nfault suite: seed {seed}, {seconds} s of faults; run again with LABCTL_FAULT_SEED={seed}\n");
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
     let mut cluster = TestCluster::start(NODES, 0, &[]);
     let port = cluster.addr(1).port();
     let (_, first_term) = cluster.wait_for_leader(Duration::from_secs(10));
@@ -375,7 +376,9 @@ fn five_nodes_under_partitions_kills_pauses_and_busy_cores_keep_every_answered_w
         "history": history,
     });
     std::fs::write(&saved, serde_json::to_vec_pretty(&report).unwrap()).unwrap();
-    eprintln!("fault suite: {summary}; history in {}", saved.display());
+    // Past the harness's capture, so that every run's counts are in the test output (and CI's log).
+    let line = format!("\nfault suite: {summary}; history in {}\n", saved.display());
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
     if verdict.is_err() || !anomalies.is_empty() {
         for id in 1..=NODES {
             let _ = std::fs::copy(cluster.log_path(id), dir.join(format!("seed-{seed}-node{id}.log")));
