@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::sync::watch;
 
-use super::http::NodeStatus;
+use super::status::NodeStatus;
 use crate::proto::auth::{self, Key};
 
 const FIRST_RETRY: Duration = Duration::from_millis(100);

@@ -27,9 +27,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::advertise::Advertised;
 use super::apply::{AppliedIndex, WriteResult};
 use super::driver::Proposal;
-use super::http::{allow_only, NodeStatus};
 use super::listings::ListingCache;
 use super::raft::EntryValue;
+use super::respond::allow_only;
+use super::status::NodeStatus;
 use super::store::pool::ReadPool;
 use super::store::{
     ApplyOutcome, Command, Op, Page, PageRequest, Priority, ProductInput, ProductQuery, Reply, Status, Store,

@@ -429,7 +429,7 @@ pub fn check_password(password: &str) -> Result<(), String> {
 
 /// Registers `/api/login`, `/api/logout`, `/api/me` and `/api/accounts`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    use super::http::allow_only;
+    use super::respond::allow_only;
     cfg.service(web::resource("/api/login").post(login).default_service(allow_only("POST")))
         .service(web::resource("/api/logout").post(logout).default_service(allow_only("POST")))
         .service(web::resource("/api/me").get(me).default_service(allow_only("GET, HEAD")))

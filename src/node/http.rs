@@ -1,6 +1,6 @@
 //! The node's HTTP server (actix-web): health, readiness, state and metrics.
 //!
-//! The driver publishes a [`NodeStatus`] snapshot on a `watch` channel after every turn; the
+//! The driver publishes a [`NodeStatus`](super::status::NodeStatus) snapshot on a `watch` channel after every turn; the
 //! handlers only read the latest snapshot, so HTTP never waits on, or slows, the Raft loop.
 //! The server runs on a thread of its own with actix's runtime and stops gracefully when the
 //! node stops.
@@ -26,62 +26,11 @@ use actix_web::dev::{ServerHandle, ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
 use actix_web::middleware::{self, Next};
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
-use serde::Serialize;
 use serde_json::json;
 use tokio::sync::watch;
 
-/// One peer as this node sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PeerStatus {
-    pub name: Arc<str>,
-    /// `host:port` of the peer's HTTP API.
-    pub http: Arc<str>,
-    /// Leader only: the highest log index the peer is known to store.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub match_index: Option<u64>,
-}
-
-/// How concurrent writes share the work of the Raft log: counters since the node started.
-/// Entries per log write and per AppendEntries message are the batches' average sizes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Batching {
-    /// Writes of the Raft log that carried entries, each made durable with one flush.
-    pub log_writes: u64,
-    /// Entries in those writes.
-    pub log_entries: u64,
-    /// AppendEntries messages sent that carried entries (one to each follower).
-    pub append_messages: u64,
-    /// Entries in those messages.
-    pub append_entries: u64,
-}
-
-/// What `/status` shows; published by the driver after every turn of its loop that changed
-/// it. Its text and maps are shared between snapshots (`Arc`), so that a new snapshot, made
-/// several times per write, costs about one allocation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct NodeStatus {
-    pub name: Arc<str>,
-    pub role: &'static str,
-    pub term: u64,
-    pub leader: Option<Arc<str>>,
-    /// `host:port` of the leader's HTTP API.
-    pub leader_http: Option<Arc<str>>,
-    pub commit_index: u64,
-    pub applied_index: u64,
-    pub last_log_index: u64,
-    pub peers: Vec<PeerStatus>,
-    /// Elections this node has started since it started.
-    pub elections: u64,
-    /// Times this node has seen a new leader since it started.
-    pub leader_changes: u64,
-    /// How many entries shared each log flush and each AppendEntries message.
-    pub batching: Batching,
-    /// Leader: followers that completed the election handshake this term, with their HTTP
-    /// addresses.
-    pub accepted_by: Arc<BTreeMap<String, String>>,
-    /// Follower: the credentials its leader sent in the handshake.
-    pub leader_credentials: Option<Arc<super::handshake::LeaderCredentials>>,
-}
+use super::respond::method_not_allowed;
+use super::status::NodeStatus;
 
 /// Shared by the handlers.
 struct State {
@@ -403,22 +352,6 @@ async fn metrics(state: web::Data<State>) -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(render_metrics(&s, &responses))
 }
 
-/// The handler of every other method on a resource that answers `methods` (`"GET, POST"`):
-/// `405` naming them in `Allow`.
-pub(super) fn allow_only(methods: &'static str) -> actix_web::Route {
-    web::to(move || async move {
-        HttpResponse::build(StatusCode::METHOD_NOT_ALLOWED)
-            .insert_header(("Allow", methods))
-            .json(json!({ "error": format!("this endpoint answers {methods} only") }))
-    })
-}
-
-pub(super) async fn method_not_allowed() -> HttpResponse {
-    HttpResponse::build(StatusCode::METHOD_NOT_ALLOWED)
-        .insert_header(("Allow", "GET, HEAD"))
-        .json(json!({ "error": "this endpoint answers GET, HEAD only" }))
-}
-
 async fn not_found() -> HttpResponse {
     HttpResponse::build(StatusCode::NOT_FOUND).json(json!({ "error": "no such endpoint" }))
 }
@@ -476,6 +409,7 @@ pub fn render_metrics(s: &NodeStatus, responses: &BTreeMap<u16, u64>) -> String 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::node::status::{Batching, PeerStatus};
 
     #[test]
     fn responses_are_counted_by_code() {

@@ -16,6 +16,8 @@ pub mod http;
 pub mod listings;
 pub mod notify;
 pub mod raft;
+pub mod respond;
+pub mod status;
 pub mod storage;
 pub mod store;
 pub mod transport;

@@ -18,7 +18,7 @@ use lettre::Message;
 use tokio::sync::watch;
 
 use super::apply::WriteResult;
-use super::http::NodeStatus;
+use super::status::NodeStatus;
 use super::store::{ApplyOutcome, Op, Reply, Store, Task};
 use crate::config::FileConfig;
 use crate::smtp::compose::mailbox;

@@ -3,7 +3,7 @@
 use actix_web::http::header;
 use actix_web::{web, HttpResponse};
 
-use super::super::http::method_not_allowed;
+use crate::node::respond::method_not_allowed;
 
 /// One file of the console.
 struct Asset {
