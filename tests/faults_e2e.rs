@@ -404,3 +404,71 @@ fn five_nodes_under_partitions_kills_pauses_and_busy_cores_keep_every_answered_w
     // The faults did what they are for: leaders were lost and elected again.
     assert!(last_term > first_term, "no election in {} faults: term {first_term} throughout", history.faults.len() / 2);
 }
+
+#[test]
+fn a_leader_whose_disk_is_full_hands_over_and_writes_go_on() {
+    let mut cluster = TestCluster::start(NODES, 0, &[]);
+    let port = cluster.addr(1).port();
+    cluster.wait_for_leader(Duration::from_secs(10));
+    // node1's data dir on a small file system of its own, and node1 the leader.
+    cluster.kill(1);
+    let Some(disk) = SmallDisk::new(&cluster.data_dir().join("node1"), 64) else {
+        let what = "a full disk: a loop device, mkfs.ext4 and mount (root) are not usable here";
+        assert!(!ci(), "{what}");
+        return skipped(what);
+    };
+    cluster.spawn(1);
+    common::poll("node1 to lead", Duration::from_secs(20), || {
+        if leader_of(&cluster) == Some(1) {
+            return Some(());
+        }
+        cluster.send(1, &common::control(labctl::proto::Request::Timeout, None, serde_json::Value::Null));
+        std::thread::sleep(Duration::from_millis(300));
+        None
+    });
+    disk.fill();
+    // Writes through node2, which sends them on to whoever leads. node1's log or database
+    // runs out of room: either it stops (its log) or it gives up leading (its database).
+    let mut client = Client::new(port, NODES, 2);
+    client.answer_within = Duration::from_secs(2);
+    let big = "y".repeat(9000);
+    let started = Instant::now();
+    let mut answered_elsewhere = 0;
+    let mut n = 0;
+    while answered_elsewhere < 20 {
+        assert!(started.elapsed() < Duration::from_secs(30), "writes did not go on: {}", cluster.log_text(1));
+        n += 1;
+        let body = serde_json::json!({ "title": format!("w{n}"), "price": 1.0, "currency": "GBP", "link": big });
+        let key = format!("w{n}");
+        let headers = [("Content-Type", "application/json"), ("Idempotency-Key", key.as_str())];
+        if let Outcome::Answered(reply) =
+            client.call("POST", "/api/products", &headers, &body.to_string(), Duration::from_secs(2))
+        {
+            assert_eq!(reply.status, 201, "{}", reply.body);
+            if leader_of(&cluster).is_some_and(|l| l != 1) {
+                answered_elsewhere += 1;
+            }
+        }
+    }
+    let log = cluster.log_text(1);
+    if cluster.is_running(1) {
+        assert!(log.contains("it does not lead until it does"), "{log}");
+        eprintln!("node1 gave up leading: its database could not apply");
+    } else {
+        assert!(log.contains("No space left on device"), "{log}");
+        eprintln!("node1 stopped: its log had no room");
+    }
+    // Room again: node1 catches up and may lead again.
+    disk.free();
+    if !cluster.is_running(1) {
+        cluster.spawn(1);
+    }
+    common::poll("node1 to apply the log again", Duration::from_secs(30), || {
+        let status = common::http_get(cluster.http_addr(1), "/status")?;
+        let status: serde_json::Value = serde_json::from_str(&status.1).ok()?;
+        let leader = leader_of(&cluster)?;
+        let leading: serde_json::Value =
+            serde_json::from_str(&common::http_get(cluster.http_addr(leader), "/status")?.1).ok()?;
+        (status["applied_index"].as_u64()? >= leading["commit_index"].as_u64()?).then_some(())
+    });
+}

@@ -223,6 +223,30 @@ fn timeout_makes_an_up_to_date_follower_leader_at_once() {
 }
 
 #[test]
+fn a_leader_that_may_not_lead_hands_over_and_stands_again_once_it_may() {
+    let mut c = Cluster::new(5, 6);
+    let bound = election_bound(&c);
+    let leader = c.wait_for_leader(bound);
+    // Its state machine cannot apply: it steps down at once, and another node leads.
+    c.set_eligible(leader, false);
+    assert_eq!(c.node(leader).role(), Role::Follower);
+    let ok = c.run_until_cond(bound, |c| c.stable_leader().is_some_and(|l| l != leader));
+    assert!(ok, "no other leader: {}", c.dump());
+    assert!(c.commit_values(&[json!("while it may not lead")], SEC), "{}", c.dump());
+    // It stands in no election, not even on TIMEOUT, however long it waits.
+    c.timeout_now(leader);
+    c.run_for(20 * c.election_max());
+    assert_eq!(c.node(leader).role(), Role::Follower, "{}", c.dump());
+    assert_ne!(c.stable_leader(), Some(leader));
+    // Once it may, it can lead again.
+    c.set_eligible(leader, true);
+    c.timeout_now(leader);
+    let ok = c.run_until_cond(20 * MS, |c| c.stable_leader() == Some(leader));
+    assert!(ok, "node{leader} did not lead again: {}", c.dump());
+    assert!(c.commit_values(&[json!("after")], SEC), "{}", c.dump());
+}
+
+#[test]
 fn a_leader_converted_to_follower_is_followed_by_a_new_election() {
     let mut c = Cluster::new(5, 5);
     let bound = election_bound(&c);

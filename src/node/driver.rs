@@ -21,7 +21,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use super::apply::{Applier, ApplyItem, WriteResult, BARRIER_KEY, COMMAND_KEY};
+use super::apply::{AppliedIndex, Applier, ApplyItem, WriteResult, BARRIER_KEY, COMMAND_KEY};
 use super::guard::Guard;
 use super::handshake::Handshake;
 use super::raft::{EntryValue, Event, LogEntry, Msg, NodeId, ProposeError, Raft, Role};
@@ -46,6 +46,9 @@ const MESSAGE_OVERHEAD: usize = 64 * 1024;
 /// of per entry leave the CPU to the leader and the followers' acknowledgements.
 const FOLLOWER_APPLY_BATCH: u64 = 256;
 const FOLLOWER_APPLY_DELAY: Duration = Duration::from_millis(10);
+/// How long a node's own database may fail to apply the log before the node stops leading
+/// and standing for election (see [`Driver::step_down_on_stall`]).
+const STALL_STEP_DOWN: Duration = Duration::from_secs(2);
 
 /// Why the node stopped.
 #[derive(Debug, PartialEq, Eq)]
@@ -128,6 +131,9 @@ pub struct Driver {
     reassembler: Reassembler,
     /// Secure mode: what the node takes, by the cluster secret.
     guard: Option<Guard>,
+    /// The applier's progress, where a database that cannot apply makes the node give up
+    /// leading; when it is next looked at.
+    stall_watch: Option<(AppliedIndex, std::time::Instant)>,
 }
 
 impl Driver {
@@ -202,9 +208,46 @@ impl Driver {
             fragmenter,
             reassembler: Reassembler::new(Limits::for_messages_of(largest)),
             guard: None,
+            stall_watch: None,
         };
         driver.publish();
         driver
+    }
+
+    /// For a node with a database of its own: while that database has failed to apply the
+    /// log for [`STALL_STEP_DOWN`] (a full disk, say), the node does not lead or stand for
+    /// election, so that a member whose database works takes over: a leader that cannot apply
+    /// would commit writes and answer none. It still votes and stores the log, and may lead
+    /// again once its database applies. Not for a shared database, which every member would
+    /// find failing alike.
+    pub fn step_down_on_stall(&mut self, applied: AppliedIndex) {
+        self.stall_watch = Some((applied, std::time::Instant::now()));
+    }
+
+    /// See [`Driver::step_down_on_stall`]; looked at ten times a second at most.
+    fn check_stall(&mut self) {
+        let Some((applied, next)) = &mut self.stall_watch else { return };
+        let now = std::time::Instant::now();
+        if now < *next {
+            return;
+        }
+        *next = now + Duration::from_millis(100);
+        let stall = applied.stall().filter(|s| now.duration_since(s.since) >= STALL_STEP_DOWN);
+        if stall.is_some() != self.raft.is_eligible() {
+            return;
+        }
+        match &stall {
+            Some(s) => log::warn!(
+                "{}: its database has not applied entry {} for {:.0?} ({}): it does not lead until it does",
+                self.name,
+                s.index,
+                now.duration_since(s.since),
+                s.error
+            ),
+            None => log::info!("{}: its database applies the log again: it may lead", self.name),
+        }
+        let t = self.now();
+        self.raft.set_eligible(t, stall.is_none());
     }
 
     /// Secure mode: datagrams leave signed, and only those `guard` admits are taken.
@@ -328,6 +371,7 @@ impl Driver {
                 _ = tokio::time::sleep_until(paced.map_or(deadline, Instant::from_std)), if paced.is_some() => {}
                 _ = &mut signal => self.stop = Some(Stopped::Signal),
             }
+            self.check_stall();
             self.handle_ready()?;
             let now = std::time::Instant::now();
             self.transport.flush_paced(now);

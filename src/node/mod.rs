@@ -290,6 +290,9 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
         let (proposals_tx, proposals) = tokio::sync::mpsc::channel(4096);
         let applied = applier.applied_index();
         let mut driver = Driver::new(raft, storage, transport, origin, cluster.clone(), proposals, applier);
+        if private {
+            driver.step_down_on_stall(applied.clone());
+        }
         if let Some(key) = key.clone() {
             driver.secure(guard::Guard::new(key, args.id, cluster.nodes, allow));
         }

@@ -211,6 +211,14 @@ fn fault(c: &mut Cluster, rng: &mut Rng) {
                 c.timeout_now(id);
             }
         }
+        // A node (the leader, mostly) whose state machine cannot apply, or can again.
+        95..=96 => {
+            let target = if rng.chance(0.7) { pick(rng, &leaders) } else { pick(rng, &up) };
+            if let Some(id) = target {
+                let eligible = !c.node(id).is_eligible();
+                c.set_eligible(id, eligible);
+            }
+        }
         _ => {
             let target = if rng.chance(0.7) { pick(rng, &leaders) } else { pick(rng, &up) };
             if let Some(id) = target {
@@ -273,6 +281,9 @@ fn heal_and_check_liveness(c: &mut Cluster, client: &mut Client) {
     c.net.loss = 0.0;
     c.net.delay = (MS, 10 * MS);
     for id in c.ids() {
+        if c.is_up(id) && !c.node(id).is_eligible() {
+            c.set_eligible(id, true);
+        }
         c.restart(id);
     }
     let bound = 10 * c.election_max();

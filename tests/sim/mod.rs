@@ -300,6 +300,14 @@ impl Cluster {
         self.after_input(id);
     }
 
+    /// Node `id` may lead, or may not (its state machine cannot apply).
+    pub fn set_eligible(&mut self, id: NodeId, eligible: bool) {
+        self.trace(|| format!("node{id} {}", if eligible { "may lead" } else { "may not lead" }));
+        let now = self.now;
+        self.raft_mut(id).set_eligible(now, eligible);
+        self.after_input(id);
+    }
+
     /// Kills node `id`: its core, state machine and everything else volatile are gone.
     pub fn crash(&mut self, id: NodeId) {
         self.trace(|| format!("node{id} CRASH"));
@@ -532,6 +540,9 @@ impl Cluster {
 
         // Election safety, and a leader only ever appends to its log.
         self.checker.role(id, role, term)?;
+        if role == Role::Leader && !raft.is_eligible() {
+            return Err(format!("node{id} leads term {term} though it may not lead"));
+        }
         let mut new_leader = false;
         if role == Role::Leader {
             match node.leading {

@@ -255,6 +255,9 @@ pub struct Raft {
 
     /// Follower running a PreVote round, and who granted it.
     prevoting: bool,
+    /// Whether this node may lead: a node whose state machine cannot apply the log says it may
+    /// not (see [`Raft::set_eligible`]).
+    eligible: bool,
     pre_votes: BTreeSet<NodeId>,
     /// Candidate: who voted for us.
     votes: BTreeSet<NodeId>,
@@ -300,6 +303,7 @@ impl Raft {
             heartbeat_deadline: 0,
             quorum_deadline: 0,
             prevoting: false,
+            eligible: true,
             pre_votes: BTreeSet::new(),
             votes: BTreeSet::new(),
             progress: BTreeMap::new(),
@@ -354,6 +358,10 @@ impl Raft {
         HardState { term: self.term, voted_for: self.voted_for }
     }
     /// True while a follower runs a PreVote round.
+    pub fn is_eligible(&self) -> bool {
+        self.eligible
+    }
+
     pub fn is_prevoting(&self) -> bool {
         self.prevoting
     }
@@ -423,6 +431,11 @@ impl Raft {
             }
             Role::Follower | Role::Candidate => {
                 if now >= self.election_deadline {
+                    if !self.eligible {
+                        // It still votes, but does not stand.
+                        self.reset_election_timer(now);
+                        return;
+                    }
                     if self.cfg.pre_vote {
                         self.start_prevote(now);
                     } else {
@@ -512,10 +525,36 @@ impl Raft {
         Ok(())
     }
 
+    /// Whether this node may lead. A node that may not (its state machine cannot apply what
+    /// the log holds, so it could answer no write) steps down if it leads or campaigns, and
+    /// stands in no election until it may again; it still votes and replicates. Not standing
+    /// is always safe: it only leaves the leading to the others.
+    pub fn set_eligible(&mut self, now: Micros, eligible: bool) {
+        self.clock = self.clock.max(now);
+        if self.eligible == eligible {
+            return;
+        }
+        self.eligible = eligible;
+        if !eligible && self.prevoting {
+            self.prevoting = false;
+            self.pre_votes.clear();
+        }
+        if !eligible && self.role != Role::Follower {
+            ::log::info!("{} steps down in term {}: it may not lead for now", self.name(), self.term);
+            self.become_follower(now, self.term, None);
+            self.reset_election_timer(now);
+        }
+    }
+
     /// A controller's TIMEOUT: start an election now, skipping PreVote, that voters grant even
-    /// while they hear from a leader. A leader steps down first.
+    /// while they hear from a leader. A leader steps down first. A node that may not lead
+    /// ([`Raft::set_eligible`]) ignores it.
     pub fn timeout_now(&mut self, now: Micros) {
         self.clock = self.clock.max(now);
+        if !self.eligible {
+            ::log::info!("{} ignores TIMEOUT: it may not lead for now", self.name());
+            return;
+        }
         if self.role == Role::Leader {
             self.become_follower(now, self.term, None);
         }
@@ -637,6 +676,9 @@ impl Raft {
     }
 
     fn start_prevote(&mut self, now: Micros) {
+        if !self.eligible {
+            return;
+        }
         if self.role == Role::Candidate && !self.set_role(Role::Follower) {
             return;
         }
@@ -659,6 +701,9 @@ impl Raft {
     }
 
     fn campaign(&mut self, now: Micros, force: bool) {
+        if !self.eligible {
+            return;
+        }
         if self.term >= MAX_WIRE_NUMBER {
             ::log::error!("{} is at term {}, the largest there is: it cannot campaign", self.name(), self.term);
             return;
