@@ -162,7 +162,9 @@ fn five_nodes_under_partitions_kills_pauses_and_busy_cores_keep_every_answered_w
 
     // The last node's data dir on a small file system of its own, which the nemesis fills.
     cluster.kill(NODES);
-    let small_disk = SmallDisk::new(&cluster.data_dir().join(format!("node{NODES}")), 64);
+    // Room for what the node itself writes in the run (its log keeps every entry), and more:
+    // 64 MiB and 32 MiB per minute of faults.
+    let small_disk = SmallDisk::new(&cluster.data_dir().join(format!("node{NODES}")), 64 + 32 * seconds.div_ceil(60));
     if small_disk.is_none() {
         let what = "full disks of the fault suite: a loop device, mkfs.ext4 and mount (root) are not usable here";
         assert!(!ci(), "{what}");
@@ -340,6 +342,12 @@ fn five_nodes_under_partitions_kills_pauses_and_busy_cores_keep_every_answered_w
     }
     // All nodes converge to the same data.
     let everywhere = common::poll("every node to hold the same products", Duration::from_secs(60), || {
+        for id in 1..=NODES {
+            if !cluster.is_running(id) {
+                let log = cluster.log_text(id);
+                panic!("node{id} stopped: {}", log.lines().last().unwrap_or_default());
+            }
+        }
         let all: Vec<Vec<(i64, String)>> = (1..=NODES)
             .map(|id| {
                 let products = common::manager::products_on(cluster.http_addr(id))?;
