@@ -40,6 +40,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use common::site::BOOKS;
 use lab::{poll, Addresses, Engine, Lab, COURSE_CONTROLLER, STAND_IN_FILE};
 use serde_json::{json, Value};
 
@@ -57,18 +58,6 @@ const LAB_ENV: [(&str, &str); 3] = [
     ("LABCTL_IMAGE", IMAGE),
     ("CONTROL_ALLOW", "172.16.0.0/12,192.168.0.0/16,10.0.0.0/8"),
     ("MANAGER_FTP_INTERVAL", "2s"),
-];
-/// The nine valid books of the three saved listing pages (tests/fixtures/books).
-const BOOKS: [&str; 9] = [
-    "A Light in the Attic",
-    "Tipping the Velvet",
-    "Soumission",
-    "Sharp Objects",
-    "Set Me Free",
-    "Rip it Up and Start Again",
-    "Mesaerion: The Best Science Fiction Stories 1800-1849",
-    "Libertarianism for Beginners",
-    "It's Only the Himalayas",
 ];
 /// The titles of the processed file put on the FTP server.
 const FTP_TITLES: [&str; 2] = ["Fetched by FTP one", "Fetched by FTP two"];

@@ -14,23 +14,10 @@ use std::time::Duration;
 use common::ftp::{start_ftp, FtpServer};
 use common::manager::{assert_stored_once_everywhere, ManagerProcess};
 use common::rabbit::{self, TestQueue};
-use common::site::Site;
+use common::site::{Site, BOOKS};
 use common::{poll, TestCluster};
 
 const NODES: u32 = 5;
-
-/// The nine valid books of the three saved listing pages.
-const BOOKS: [&str; 9] = [
-    "A Light in the Attic",
-    "Tipping the Velvet",
-    "Soumission",
-    "Sharp Objects",
-    "Set Me Free",
-    "Rip it Up and Start Again",
-    "Mesaerion: The Best Science Fiction Stories 1800-1849",
-    "Libertarianism for Beginners",
-    "It's Only the Himalayas",
-];
 
 fn books(titles: &[&str]) -> BTreeSet<String> {
     titles.iter().map(|t| t.to_string()).collect()

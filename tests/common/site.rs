@@ -16,6 +16,19 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// The titles of the nine valid books of the three saved listing pages (tests/fixtures/books).
+pub const BOOKS: [&str; 9] = [
+    "A Light in the Attic",
+    "Tipping the Velvet",
+    "Soumission",
+    "Sharp Objects",
+    "Set Me Free",
+    "Rip it Up and Start Again",
+    "Mesaerion: The Best Science Fiction Stories 1800-1849",
+    "Libertarianism for Beginners",
+    "It's Only the Himalayas",
+];
+
 /// One request as the server saw it.
 #[derive(Debug, Clone)]
 pub struct Request {
