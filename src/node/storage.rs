@@ -314,11 +314,14 @@ fn record(hard_state: Option<HardState>, entries: Option<(u64, &[LogEntry])>) ->
         from: entries.map(|(from, _)| from),
         entries: entries.map(|(_, entries)| entries),
     };
+    // The JSON goes straight after room for its checksum, which is filled in once it is known.
+    let mut buf = b"00000000 ".to_vec();
     // Records are plain data with string keys: serialization cannot fail.
-    let json = serde_json::to_vec(&record).expect("serialize record");
-    let mut buf = Vec::with_capacity(json.len() + 10);
-    let _ = write!(buf, "{:08x} ", crc32c(&json));
-    buf.extend_from_slice(&json);
+    serde_json::to_writer(&mut buf, &record).expect("serialize record");
+    let sum = crc32c(&buf[9..]);
+    for (i, digit) in buf[..8].iter_mut().enumerate() {
+        *digit = b"0123456789abcdef"[(sum >> (28 - 4 * i)) as usize & 0xf];
+    }
     buf.push(b'\n');
     buf
 }
