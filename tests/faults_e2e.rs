@@ -153,7 +153,7 @@ fn five_nodes_under_partitions_kills_pauses_and_busy_cores_keep_every_answered_w
         skipped(what);
     }
 
-    let slow_disk = SlowDisk::new(&format!("labctl-faults-{port}"), cluster.data_dir());
+    let slow_disk = SlowDisk::new(&format!("labctl-faults-{port}"), cluster.data_dir(), faults::SLOW_IOPS);
     if slow_disk.is_none() {
         let what = "slow disks of the fault suite: blkio throttling (cgroup v1, root, a data dir on a block device) is not usable here";
         assert!(!ci(), "{what}");
@@ -479,4 +479,101 @@ fn a_leader_whose_disk_is_full_hands_over_and_writes_go_on() {
             serde_json::from_str(&common::http_get(cluster.http_addr(leader), "/status")?.1).ok()?;
         (status["applied_index"].as_u64()? >= leading["commit_index"].as_u64()?).then_some(())
     });
+}
+
+/// The `/status` of node `id`: its role and term, and the leaders it has seen.
+fn role_term_changes(cluster: &TestCluster, id: u32) -> Option<(String, u64, u64)> {
+    let status: serde_json::Value =
+        serde_json::from_str(&common::http_get(cluster.http_addr(id), "/status")?.1).ok()?;
+    Some((status["role"].as_str()?.to_string(), status["term"].as_u64()?, status["leader_changes"].as_u64()?))
+}
+
+/// Writes through `client` for `how_long`, each a new product; how many were answered.
+fn write_for(client: &mut Client, how_long: Duration, tag: &str) -> usize {
+    let started = Instant::now();
+    let mut answered = 0;
+    let mut n = 0;
+    while started.elapsed() < how_long {
+        n += 1;
+        let body = serde_json::json!({ "title": format!("{tag}{n}"), "price": 1.0, "currency": "GBP" });
+        let key = format!("{tag}{n}");
+        let headers = [("Content-Type", "application/json"), ("Idempotency-Key", key.as_str())];
+        if let Outcome::Answered(reply) =
+            client.call("POST", "/api/products", &headers, &body.to_string(), Duration::from_secs(5))
+        {
+            assert_eq!(reply.status, 201, "{}", reply.body);
+            answered += 1;
+        }
+    }
+    answered
+}
+
+/// A cluster of five whose leader's disk can be slowed; None (the test skipped) where blkio
+/// throttling cannot be used here.
+fn with_slow_disk_for_the_leader(iops: u32) -> Option<(TestCluster, SlowDisk, u32, u64)> {
+    let cluster = TestCluster::start(NODES, 0, &[]);
+    let port = cluster.addr(1).port();
+    let (leader, term) = cluster.wait_for_leader(Duration::from_secs(10));
+    let Some(disk) = SlowDisk::new(&format!("labctl-slow-leader-{port}"), cluster.data_dir(), iops) else {
+        let what = "a slow disk: blkio throttling (cgroup v1, root, a data dir on a block device) is not usable here";
+        assert!(!ci(), "{what}");
+        skipped(what);
+        return None;
+    };
+    Some((cluster, disk, leader, term))
+}
+
+#[test]
+fn a_leader_whose_disk_stalls_for_a_moment_keeps_its_lead() {
+    // The Raft log is written beside the Raft thread: a leader whose flushes take hundreds of
+    // milliseconds for a while still sends its heartbeats in time. (When the Raft thread
+    // waited for its own flushes, the followers' election timers, 150-300 ms, fired while it
+    // waited, and leaders came and went.)
+    let Some((cluster, disk, leader, term)) = with_slow_disk_for_the_leader(4) else { return };
+    let port = cluster.addr(1).port();
+    let pid = cluster.pid(leader).expect("the leader runs");
+    let (_, _, changes) = role_term_changes(&cluster, leader).expect("the leader's status");
+    let mut client = Client::new(port, NODES, leader);
+    client.answer_within = Duration::from_secs(5);
+    write_for(&mut client, Duration::from_millis(300), "before");
+    disk.slow(pid);
+    let slow = write_for(&mut client, Duration::from_millis(800), "slow");
+    disk.restore(pid);
+    let after = write_for(&mut client, Duration::from_secs(2), "after");
+    let log = cluster.log_text(leader);
+    assert_eq!(
+        role_term_changes(&cluster, leader),
+        Some(("LEADER".to_string(), term, changes)),
+        "node{leader} lost its lead while its disk stalled:\n{log}"
+    );
+    assert!(after >= 100, "only {after} writes answered in the 2 s after the stall");
+    eprintln!(
+        "node{leader} kept its lead through 800 ms of 4 disk writes a second: {slow} writes then, {after} in 2 s after"
+    );
+}
+
+#[test]
+fn a_leader_whose_disk_stays_slow_hands_over_and_writes_go_on() {
+    // A leader answers a write once it is on its own disk too: one whose disk stays slow would
+    // make every write as slow as its disk, though the followers' disks are fast. It hands over.
+    let Some((cluster, disk, leader, _)) = with_slow_disk_for_the_leader(4) else { return };
+    let port = cluster.addr(1).port();
+    let pid = cluster.pid(leader).expect("the leader runs");
+    let mut client = Client::new(port, NODES, leader);
+    client.answer_within = Duration::from_secs(5);
+    disk.slow(pid);
+    let started = Instant::now();
+    let handed_over = common::poll("another node to lead", Duration::from_secs(10), || {
+        write_for(&mut client, Duration::from_millis(100), "slow");
+        leader_of(&cluster).filter(|&l| l != leader).map(|l| (l, started.elapsed()))
+    });
+    let answered = write_for(&mut client, Duration::from_secs(2), "after");
+    disk.restore(pid);
+    let log = cluster.log_text(leader);
+    assert!(log.contains("its disk is slower than theirs"), "{log}");
+    assert!(answered >= 100, "only {answered} writes answered in 2 s by node{} after the hand-over", handed_over.0);
+    eprintln!(
+        "node{leader}, its disk at 4 writes a second, handed over to node{} after {:.1?}; then {answered} writes in 2 s",
+        handed_over.0, handed_over.1
+    );
 }

@@ -1,11 +1,14 @@
 //! The loop that drives the Raft core: datagrams and timers in, durable writes and datagrams
 //! out, committed entries applied in order.
 //!
-//! One task owns the core, the durable log and the socket. Each turn it waits for a datagram,
-//! the core's next deadline or a stop signal; takes every datagram already waiting (so one
-//! fsync covers a burst); then handles the core's `Ready` strictly as persist → send → apply.
-//! Timers are exact deadlines from the core, not a periodic tick, so no tick period is added
-//! to elections or heartbeats.
+//! One task owns the core and the socket; the durable log is written by a thread of its own
+//! ([`LogWriter`]). Each turn the task waits for a datagram, the core's next deadline, a
+//! write done or a stop signal; takes every datagram already waiting; then handles the
+//! core's `Ready` as persist → send → apply, where persisting hands the write to the log
+//! writer and what must follow it waits until it is reported done. So a slow flush holds up
+//! the messages that depend on it, and nothing else: timers fire, and a leader keeps sending
+//! heartbeats. Timers are exact deadlines from the core, not a periodic tick, so no tick
+//! period is added to elections or heartbeats.
 //!
 //! A Raft message larger than a datagram (an AppendEntries carrying one large entry) leaves as
 //! [fragments](crate::proto::fragment) through the transport's paced queue, and incoming fragments are put together
@@ -24,9 +27,10 @@ use tokio::time::Instant;
 use super::apply::{AppliedIndex, Applier, ApplyItem, WriteResult, BARRIER_KEY, COMMAND_KEY};
 use super::guard::Guard;
 use super::handshake::Handshake;
+use super::log_writer::{Datagrams, LogWriter, Write};
 use super::raft::{EntryValue, Event, LogEntry, Msg, NodeId, ProposeError, Raft, Role};
 use super::status::{Batching, NodeStatus, PeerStatus};
-use super::storage::{Storage, StorageError};
+use super::storage::StorageError;
 use super::transport::{RateLimited, Transport, RECV_BUFFER};
 use crate::config::Cluster;
 use crate::proto::auth;
@@ -49,6 +53,16 @@ const FOLLOWER_APPLY_DELAY: Duration = Duration::from_millis(10);
 /// How long a node's own database may fail to apply the log before the node stops leading
 /// and standing for election (see [`Driver::step_down_on_stall`]).
 const STALL_STEP_DOWN: Duration = Duration::from_secs(2);
+/// A leader whose answers waited for its own disk, with the followers' disks done already,
+/// at this many of the last [`DISK_WINDOW`] health checks hands over (see [`DiskWatch`]), and
+/// stands for election again after [`DISK_REST`].
+const DISK_SLOW_CHECKS: usize = 15;
+const DISK_WINDOW: usize = 20;
+const DISK_REST: Duration = Duration::from_secs(10);
+/// A write on its way to disk for this long holds up the answers that wait for it.
+const DISK_SLOW_WRITE: Duration = Duration::from_millis(50);
+/// How often the node looks at its database's and its log's progress.
+const HEALTH_CHECK: Duration = Duration::from_millis(100);
 
 /// Why the node stopped.
 #[derive(Debug, PartialEq, Eq)]
@@ -96,7 +110,10 @@ struct PendingRead {
 pub struct Driver {
     name: String,
     raft: Raft,
-    storage: Storage,
+    writer: LogWriter,
+    /// The writes handed to the log writer and not reported done, oldest first: their number
+    /// and when they were handed over.
+    writes_on_their_way: std::collections::VecDeque<(u64, std::time::Instant)>,
     transport: Transport,
     origin: Instant,
     /// Committed entries up to here are handed to the applier (and their STOREs answered).
@@ -132,15 +149,75 @@ pub struct Driver {
     /// Secure mode: what the node takes, by the cluster secret.
     guard: Option<Guard>,
     /// The applier's progress, where a database that cannot apply makes the node give up
-    /// leading; when it is next looked at.
-    stall_watch: Option<(AppliedIndex, std::time::Instant)>,
+    /// leading.
+    stall_watch: Option<AppliedIndex>,
+    /// Whether this node's disk holds up its answers as leader.
+    disk_watch: DiskWatch,
+    /// When the database and the log are next looked at.
+    next_health_check: std::time::Instant,
+}
+
+/// Whether a leader's own disk holds up the cluster.
+///
+/// The log writer keeps the Raft thread free of disk stalls, so a leader whose disk stalls
+/// for a moment keeps sending heartbeats and keeps its lead. But a leader answers a write only
+/// once the write is on its own disk as well (so that its database never holds what its log
+/// might lose), so a leader whose disk stays slow makes every write as slow as its disk, even
+/// where a majority of followers have theirs on disk long before. Such a leader hands over:
+/// when at [`DISK_SLOW_CHECKS`] of the last [`DISK_WINDOW`] health checks it had committed
+/// entries (on a majority's disks without its own) that its disk did not hold yet, behind a
+/// write on its way for [`DISK_SLOW_WRITE`] or more, it stops leading and stands in no
+/// election for [`DISK_REST`]. Only a leader outrun by a majority of
+/// its followers does so: in a cluster whose disks are all slow, the leader's own write is
+/// the one commits wait for, and it keeps its lead.
+#[derive(Debug, Default)]
+struct DiskWatch {
+    /// At each health check while leading: whether committed entries waited for its disk.
+    waited: std::collections::VecDeque<bool>,
+    resting_until: Option<std::time::Instant>,
+}
+
+impl DiskWatch {
+    /// Looks at the node at `now`; returns whether its disk lets it lead, and whether it has
+    /// just stopped letting it.
+    /// `oldest_write`: when the oldest write not done yet was handed to the log writer.
+    fn check(
+        &mut self,
+        now: std::time::Instant,
+        leading: bool,
+        commit: u64,
+        durable: u64,
+        oldest_write: Option<std::time::Instant>,
+    ) -> (bool, bool) {
+        if let Some(until) = self.resting_until {
+            if now < until {
+                return (false, false);
+            }
+            self.resting_until = None;
+        }
+        if !leading {
+            self.waited.clear();
+            return (true, false);
+        }
+        let slow = oldest_write.is_some_and(|since| now.saturating_duration_since(since) >= DISK_SLOW_WRITE);
+        self.waited.push_back(commit > durable && slow);
+        if self.waited.len() > DISK_WINDOW {
+            self.waited.pop_front();
+        }
+        if self.waited.iter().filter(|&&w| w).count() >= DISK_SLOW_CHECKS {
+            self.waited.clear();
+            self.resting_until = Some(now + DISK_REST);
+            return (false, true);
+        }
+        (true, false)
+    }
 }
 
 impl Driver {
     /// A driver for `raft`, whose `origin` is time zero of the core's clock.
     pub fn new(
         raft: Raft,
-        storage: Storage,
+        writer: LogWriter,
         transport: Transport,
         origin: Instant,
         cluster: Cluster,
@@ -182,7 +259,8 @@ impl Driver {
         let mut driver = Driver {
             name: proto::node_name(raft.id()),
             raft,
-            storage,
+            writer,
+            writes_on_their_way: std::collections::VecDeque::new(),
             transport,
             origin,
             handed_off: 0,
@@ -209,6 +287,8 @@ impl Driver {
             reassembler: Reassembler::new(Limits::for_messages_of(largest)),
             guard: None,
             stall_watch: None,
+            disk_watch: DiskWatch::default(),
+            next_health_check: std::time::Instant::now(),
         };
         driver.publish();
         driver
@@ -221,33 +301,53 @@ impl Driver {
     /// again once its database applies. Not for a shared database, which every member would
     /// find failing alike.
     pub fn step_down_on_stall(&mut self, applied: AppliedIndex) {
-        self.stall_watch = Some((applied, std::time::Instant::now()));
+        self.stall_watch = Some(applied);
     }
 
-    /// See [`Driver::step_down_on_stall`]; looked at ten times a second at most.
-    fn check_stall(&mut self) {
-        let Some((applied, next)) = &mut self.stall_watch else { return };
+    /// Whether the node may lead: its database applies (see [`Driver::step_down_on_stall`])
+    /// and, while it leads, its disk keeps up (see [`DiskWatch`]). Looked at ten times a second
+    /// at most.
+    fn check_health(&mut self) {
         let now = std::time::Instant::now();
-        if now < *next {
+        if now < self.next_health_check {
             return;
         }
-        *next = now + Duration::from_millis(100);
-        let stall = applied.stall().filter(|s| now.duration_since(s.since) >= STALL_STEP_DOWN);
-        if stall.is_some() != self.raft.is_eligible() {
+        self.next_health_check = now + HEALTH_CHECK;
+        let stall = self.stall_watch.as_ref().and_then(AppliedIndex::stall);
+        let stall = stall.filter(|s| now.duration_since(s.since) >= STALL_STEP_DOWN);
+        let leading = self.raft.role() == Role::Leader;
+        let oldest_write = self.writes_on_their_way.front().map(|&(_, since)| since);
+        let (disk_ok, handed_over) =
+            self.disk_watch.check(now, leading, self.raft.commit_index(), self.raft.durable_index(), oldest_write);
+        if handed_over {
+            log::warn!(
+                "{}: writes committed on its followers' disks kept waiting for its own (at {DISK_SLOW_CHECKS} of {} \
+                 checks over the last {:.0?}): its disk is slower than theirs. It stops leading, and stands for \
+                 election again in {:.0?}",
+                self.name,
+                DISK_WINDOW,
+                HEALTH_CHECK * DISK_WINDOW as u32,
+                DISK_REST
+            );
+        }
+        let eligible = stall.is_none() && disk_ok;
+        if eligible == self.raft.is_eligible() {
             return;
         }
-        match &stall {
-            Some(s) => log::warn!(
+        if let Some(s) = &stall {
+            log::warn!(
                 "{}: its database has not applied entry {} for {:.0?} ({}): it does not lead until it does",
                 self.name,
                 s.index,
                 now.duration_since(s.since),
                 s.error
-            ),
-            None => log::info!("{}: its database applies the log again: it may lead", self.name),
+            );
+        }
+        if eligible {
+            log::info!("{}: it may lead again", self.name);
         }
         let t = self.now();
-        self.raft.set_eligible(t, stall.is_none());
+        self.raft.set_eligible(t, eligible);
     }
 
     /// Secure mode: datagrams leave signed, and only those `guard` admits are taken.
@@ -356,6 +456,11 @@ impl Driver {
                         log::debug!("{}: receive error: {e}", self.name);
                     }
                 },
+                done = self.writer.done.recv() => match done {
+                    Some(Ok(persist_id)) => self.persisted(persist_id),
+                    Some(Err(e)) => return Err(e),
+                    None => return Err(StorageError::WriterStopped),
+                },
                 _ = tokio::time::sleep_until(deadline) => {
                     let now = self.now();
                     self.raft.tick(now);
@@ -371,7 +476,7 @@ impl Driver {
                 _ = tokio::time::sleep_until(paced.map_or(deadline, Instant::from_std)), if paced.is_some() => {}
                 _ = &mut signal => self.stop = Some(Stopped::Signal),
             }
-            self.check_stall();
+            self.check_health();
             self.handle_ready()?;
             let now = std::time::Instant::now();
             self.transport.flush_paced(now);
@@ -381,12 +486,17 @@ impl Driver {
                 log::warn!("{}: gave up {given_up} incomplete message(s): a fragment was lost", self.name);
             }
             if self.apply_due.is_some_and(|due| due <= Instant::now()) {
-                self.apply(self.raft.commit_index());
+                self.apply(self.raft.applicable_index());
             }
             self.expire_pending();
             self.publish();
             if let Some(stopped) = self.stop.take() {
-                self.hand_off(self.raft.commit_index());
+                // What was handed to the disk is written before the node stops.
+                self.writer.finish();
+                while let Ok(done) = self.writer.done.try_recv() {
+                    self.persisted(done?);
+                }
+                self.hand_off(self.raft.applicable_index());
                 self.applier.stop();
                 return Ok(stopped);
             }
@@ -659,30 +769,49 @@ impl Driver {
 
     /// Persist, then send, then apply: the order that makes votes and acknowledgements durable.
     ///
-    /// One exception: a leader's AppendEntries leave before its own copy of their entries is
-    /// on disk, so the leader's fsync overlaps the followers' (Raft thesis §10.2.1). That is
-    /// safe: committing the entries takes acknowledgements from a majority, which this node
-    /// handles only after this turn, when its fsync is done (a lone node applies them below,
-    /// after the fsync). A Ready that changes the term or vote sends nothing early: a leader's
-    /// term is durable before anything goes out in it.
+    /// Persisting hands the write to the log writer, with the `Ready`'s messages behind it: the
+    /// writer sends them once the write is on disk. So do those of any later `Ready` while a
+    /// write is on its way, so that nothing leaves that speaks of state the disk may not hold
+    /// yet.
+    ///
+    /// One exception: a leader's AppendEntries leave at once, before its own copy of their
+    /// entries is on disk, so the leader's fsync overlaps the followers' (Raft thesis
+    /// §10.2.1). That is safe: the core counts the leader's own copy towards a majority only
+    /// once it is on disk, and applies nothing before. A `Ready` that changes the term or vote
+    /// sends nothing early, and a leader's term and vote are on disk before anything goes out
+    /// in it (it was elected by votes that answered requests sent after they were written).
     fn handle_ready(&mut self) -> Result<(), StorageError> {
         while self.raft.has_ready() {
             let ready = self.raft.take_ready();
             let mut messages = ready.messages;
-            if ready.hard_state.is_none() && ready.persist_from.is_some() {
+            if ready.hard_state.is_none() {
                 let appends;
                 (appends, messages) = messages.into_iter().partition(|(_, m)| matches!(m, Msg::Append { .. }));
                 self.send(appends);
-                self.prepare();
+                if ready.persist_from.is_some() {
+                    self.prepare();
+                }
             }
-            let last = self.raft.last_index();
-            let entries = ready.persist_from.map(|from| (from, self.raft.log().slice(from, last)));
-            if let Some((_, written)) = entries.filter(|(_, e)| !e.is_empty()) {
-                self.batching.log_writes += 1;
-                self.batching.log_entries += written.len() as u64;
+            if let Some(persist_id) = ready.persist_id {
+                let last = self.raft.last_index();
+                let entries = ready.persist_from.map(|from| (from, self.raft.log().slice(from, last).to_vec()));
+                if let Some((_, written)) = entries.as_ref().filter(|(_, e)| !e.is_empty()) {
+                    self.batching.log_writes += 1;
+                    self.batching.log_entries += written.len() as u64;
+                }
+                let then = self.addressed(messages);
+                if !self.writer.write(Write { persist_id, hard_state: ready.hard_state, entries }, then) {
+                    return Err(StorageError::WriterStopped);
+                }
+                self.writes_on_their_way.push_back((persist_id, std::time::Instant::now()));
+            } else if !self.writes_on_their_way.is_empty() {
+                let then = self.addressed(messages);
+                if !then.is_empty() && !self.writer.send_after(then) {
+                    return Err(StorageError::WriterStopped);
+                }
+            } else {
+                self.send(messages);
             }
-            self.storage.persist(ready.hard_state, entries)?;
-            self.send(messages);
             for event in ready.events {
                 let Event::RoleChanged { role, term, leader } = event;
                 if role == Role::Candidate {
@@ -721,6 +850,15 @@ impl Driver {
         Ok(())
     }
 
+    /// The log writer has written everything up to the write numbered `persist_id` (and sent
+    /// what waited for it): the core counts it as on disk.
+    fn persisted(&mut self, persist_id: u64) {
+        while self.writes_on_their_way.front().is_some_and(|&(id, _)| id <= persist_id) {
+            self.writes_on_their_way.pop_front();
+        }
+        self.raft.persisted(persist_id);
+    }
+
     /// Hands the entry chosen in [`Driver::propose`] to the applier to run ahead of its commit,
     /// once its AppendEntries are on their way: the transaction runs while the entry
     /// replicates, on cores the Raft work leaves idle, and the client is answered as soon as
@@ -735,25 +873,47 @@ impl Driver {
         self.applier.prepare(ApplyItem { index, term, entry: entry.clone(), waiter: None });
     }
 
+    /// Raft messages as datagrams ready for the log writer to send (fragments too, unpaced:
+    /// what waits for a write is votes and acknowledgements, far smaller than a datagram).
+    fn addressed(&mut self, messages: Vec<(NodeId, Msg)>) -> Datagrams {
+        let mut out = Datagrams::new();
+        for (to, msg) in messages {
+            self.count_sent(&msg);
+            for datagram in self.encode(&msg) {
+                out.extend(self.transport.addressed(to, &datagram));
+            }
+        }
+        out
+    }
+
+    fn count_sent(&mut self, msg: &Msg) {
+        if let Msg::Append { entries, .. } = msg {
+            if !entries.is_empty() {
+                self.batching.append_messages += 1;
+                self.batching.append_entries += entries.len() as u64;
+            }
+        }
+    }
+
+    /// A message's datagram, or its fragments when it is larger than a datagram.
+    fn encode(&mut self, msg: &Msg) -> Vec<Vec<u8>> {
+        let bytes = msg.to_wire(self.raft.id()).encode();
+        // Room for the MAC of secure mode, so both modes cut messages alike.
+        if bytes.len() > MAX_DATAGRAM - auth::SEAL_ROOM {
+            self.fragmenter.split(Some(msg.term()), &bytes)
+        } else {
+            vec![bytes]
+        }
+    }
+
     /// Sends Raft messages; consecutive equal messages (new entries for every follower that
     /// is caught up) are encoded, and cut into fragments when larger than a datagram, once.
     fn send(&mut self, messages: Vec<(NodeId, Msg)>) {
         let mut encoded: Option<(Msg, Vec<Vec<u8>>)> = None;
         for (to, msg) in messages {
-            if let Msg::Append { entries, .. } = &msg {
-                if !entries.is_empty() {
-                    self.batching.append_messages += 1;
-                    self.batching.append_entries += entries.len() as u64;
-                }
-            }
+            self.count_sent(&msg);
             if !encoded.as_ref().is_some_and(|(last, _)| *last == msg) {
-                let bytes = msg.to_wire(self.raft.id()).encode();
-                // Room for the MAC of secure mode, so both modes cut messages alike.
-                let datagrams = if bytes.len() > MAX_DATAGRAM - auth::SEAL_ROOM {
-                    self.fragmenter.split(Some(msg.term()), &bytes)
-                } else {
-                    vec![bytes]
-                };
+                let datagrams = self.encode(&msg);
                 encoded = Some((msg, datagrams));
             }
             let Some((_, datagrams)) = &encoded else { continue };
@@ -914,7 +1074,44 @@ fn newest_that_fit<T: Copy>(items: &[T], budget: usize, size: impl Fn(T) -> usiz
 
 #[cfg(test)]
 mod tests {
-    use super::newest_that_fit;
+    use super::{newest_that_fit, DiskWatch, DISK_REST, DISK_SLOW_WRITE, HEALTH_CHECK};
+
+    #[test]
+    fn a_leader_outrun_by_its_followers_disks_hands_over_and_rests() {
+        let start = std::time::Instant::now();
+        let at = |check: u32| start + HEALTH_CHECK * check;
+        let mut watch = DiskWatch::default();
+        // A stall of 1.4 s (14 checks) in a 2 s window: it keeps its lead.
+        for t in 0..14 {
+            assert_eq!(watch.check(at(t), true, 10 + t as u64, 10, Some(at(0))), (true, false), "check {t}");
+        }
+        for t in 14..40 {
+            assert_eq!(watch.check(at(t), true, 30, 30, None), (true, false), "check {t}");
+        }
+        // A follower is never held to it.
+        for t in 40..70 {
+            assert_eq!(watch.check(at(t), false, 40, 30, Some(at(40))), (true, false), "check {t}");
+        }
+        // Nor is a leader whose writes are quick, however often the followers' come first.
+        for t in 70..100 {
+            let just_now = Some(at(t) - DISK_SLOW_WRITE / 2);
+            assert_eq!(watch.check(at(t), true, 50, 49, just_now), (true, false), "check {t}");
+        }
+        // A disk that stays slow: the leader hands over at the 15th such check of 20.
+        let mut handed = None;
+        for t in 100..130 {
+            let (ok, now) = watch.check(at(t), true, 100 + t as u64, 100, Some(at(t) - DISK_SLOW_WRITE));
+            if now {
+                handed = Some(t);
+            }
+            assert_eq!(ok, handed.is_none(), "check {t}");
+        }
+        assert_eq!(handed, Some(114));
+        // It rests for DISK_REST, then may lead again.
+        let rest_checks = (DISK_REST.as_millis() / HEALTH_CHECK.as_millis()) as u32;
+        assert_eq!(watch.check(at(114 + rest_checks - 1), false, 200, 200, None), (false, false));
+        assert_eq!(watch.check(at(114 + rest_checks), false, 200, 200, None), (true, false));
+    }
 
     #[test]
     fn retrieve_skips_entries_larger_than_a_datagram_and_keeps_the_newest_that_fit() {

@@ -14,6 +14,7 @@ pub mod guard;
 pub mod handshake;
 pub mod http;
 pub mod listings;
+pub mod log_writer;
 pub mod notify;
 pub mod raft;
 pub mod respond;
@@ -289,7 +290,9 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
         let raft = Raft::new(config, recovered.hard_state, recovered.entries, 0, entropy_seed());
         let (proposals_tx, proposals) = tokio::sync::mpsc::channel(4096);
         let applied = applier.applied_index();
-        let mut driver = Driver::new(raft, storage, transport, origin, cluster.clone(), proposals, applier);
+        let socket = transport.sending_socket().context("cannot share the Raft socket with the log writer")?;
+        let writer = log_writer::LogWriter::start(&name, storage, socket).context("cannot start the log writer")?;
+        let mut driver = Driver::new(raft, writer, transport, origin, cluster.clone(), proposals, applier);
         if private {
             driver.step_down_on_stall(applied.clone());
         }

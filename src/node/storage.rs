@@ -57,6 +57,8 @@ pub enum StorageError {
          runs) and see the README, \"When a node's disk fails\""
     )]
     Corrupt { path: PathBuf, offset: u64, line: usize, reason: String },
+    #[error("the thread writing the Raft log stopped")]
+    WriterStopped,
 }
 
 #[derive(Serialize, Deserialize)]

@@ -134,6 +134,21 @@ impl Transport {
         }
     }
 
+    /// Where a datagram for node `id` goes, and its bytes as they leave (signed in secure
+    /// mode), for another thread to send (see [`Transport::sending_socket`]); None when the
+    /// peer has no address.
+    pub fn addressed(&mut self, id: NodeId, bytes: &[u8]) -> Option<(SocketAddr, Vec<u8>)> {
+        let addr = self.peer_addr(id)?;
+        Some((addr, self.sealed(bytes, || crate::proto::node_name(id)).into_owned()))
+    }
+
+    /// The node's socket again, for a thread that sends [`Transport::addressed`] datagrams
+    /// without the async runtime (it is non-blocking: a full send buffer drops the datagram).
+    pub fn sending_socket(&self) -> std::io::Result<std::net::UdpSocket> {
+        use std::os::fd::AsFd;
+        Ok(std::net::UdpSocket::from(self.socket.as_fd().try_clone_to_owned()?))
+    }
+
     /// Queues the fragments of one message to node `id`; they leave paced (see
     /// [`Transport::flush_paced`]).
     pub fn send_paced(&mut self, id: NodeId, datagrams: &[Vec<u8>]) {

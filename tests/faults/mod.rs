@@ -364,9 +364,10 @@ const BLKIO: &str = "/sys/fs/cgroup/blkio";
 pub const SLOW_IOPS: u32 = 20;
 
 impl SlowDisk {
-    /// None where blkio throttling cannot be used here (no cgroup v1 blkio hierarchy, not
-    /// root, or `dir` on a file system without a block device, such as tmpfs).
-    pub fn new(name: &str, dir: &std::path::Path) -> Option<SlowDisk> {
+    /// Writes throttled to `iops` a second. None where blkio throttling cannot be used here
+    /// (no cgroup v1 blkio hierarchy, not root, or `dir` on a file system without a block
+    /// device, such as tmpfs).
+    pub fn new(name: &str, dir: &std::path::Path, iops: u32) -> Option<SlowDisk> {
         use std::os::unix::fs::MetadataExt;
         let dev = std::fs::metadata(dir).ok()?.dev();
         let (major, minor) = (libc::major(dev), libc::minor(dev));
@@ -383,7 +384,7 @@ impl SlowDisk {
         let cgroup = std::path::Path::new(BLKIO).join(name);
         std::fs::create_dir_all(&cgroup).ok()?;
         let slow = SlowDisk { cgroup };
-        std::fs::write(slow.cgroup.join("blkio.throttle.write_iops_device"), format!("{disk} {SLOW_IOPS}")).ok()?;
+        std::fs::write(slow.cgroup.join("blkio.throttle.write_iops_device"), format!("{disk} {iops}")).ok()?;
         Some(slow)
     }
 

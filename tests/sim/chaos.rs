@@ -1,7 +1,8 @@
 //! One seeded run under a random fault schedule.
 //!
 //! A run alternates *chaos* phases with *healed* phases. During chaos, faults come at random
-//! times: partitions (random splits, the leader cut off alone or with one follower, a
+//! times: disks whose writes take time and now and then stall (in half the runs; the core
+//! goes on meanwhile and its messages wait for the writes, as on the real node), partitions (random splits, the leader cut off alone or with one follower, a
 //! minority against a majority, one-way links), message loss, duplication and widely
 //! varying delay (so datagrams are reordered and arrive long after they were sent), crashes
 //! of random nodes and of the leader (also between sending new entries and persisting them),
@@ -18,7 +19,7 @@ use labctl::proto::MAX_DATAGRAM;
 use serde_json::json;
 
 use super::network::NetStats;
-use super::{Cluster, MS, SEC};
+use super::{Cluster, Disk, MS, SEC};
 
 /// Chaos phases per run, each followed by a healed phase.
 const ROUNDS: usize = 2;
@@ -32,6 +33,9 @@ pub struct Report {
     pub committed: u64,
     pub reads: u64,
     pub net: NetStats,
+    /// Writes that took time, and those that stalled.
+    pub slow_writes: u64,
+    pub stalled_writes: u64,
 }
 
 /// Runs seed `seed` to the end; panics, naming the seed, if Raft misbehaves.
@@ -54,11 +58,25 @@ pub fn run(seed: u64) -> Report {
     // Encoding every datagram would dominate the run time; a sample still covers the wire
     // format over many seeds (scenario tests encode every datagram).
     c.net.wire_check = 0.1;
+    // Drawn apart from the fault schedule, which stays what it was for each seed.
+    let mut disk_rng = Rng::new(seed ^ 0xD15C_0F5E_ED00_0001);
+    let disk = if disk_rng.chance(0.5) {
+        let fast = disk_rng.range(0, 500);
+        Disk {
+            delay: Some((fast, fast + disk_rng.range(100, 5 * MS))),
+            stall: ([0.0, 0.002, 0.02][disk_rng.range(0, 3) as usize], disk_rng.range(20 * MS, 400 * MS)),
+        }
+    } else {
+        Disk::default()
+    };
     let profile = if rng.chance(0.25) { Profile::LeaderCrashes } else { Profile::Mixed };
     let mut client = Client { proposed: 0 };
     for _ in 0..ROUNDS {
         let until = c.now() + rng.range(SEC, 6 * SEC);
+        c.disk = disk;
         chaos(&mut c, &mut rng, &mut client, profile, until);
+        // Writes still take time, but none stalls while liveness is timed.
+        c.disk.stall.0 = 0.0;
         heal_and_check_liveness(&mut c, &mut client);
     }
     c.check_logs_match();
@@ -69,6 +87,8 @@ pub fn run(seed: u64) -> Report {
         committed: c.committed_len(),
         reads: c.reads_confirmed,
         net: c.net.stats,
+        slow_writes: c.slow_writes,
+        stalled_writes: c.stalled_writes,
     }
 }
 

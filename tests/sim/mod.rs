@@ -8,8 +8,14 @@
 //! by what a real driver does with the node's `Ready`, in order: persist the hard state and
 //! the log into the node's simulated durable storage, send the messages, apply committed
 //! entries to the node's state machine. As the driver does, a leader's AppendEntries leave
-//! before its new entries are persisted, and a leader may die in between. A crash drops the core and everything volatile; a
-//! restart builds a new core from the durable hard state and log only.
+//! before its new entries are persisted, and a leader may die in between.
+//!
+//! Persisting takes time when [`Cluster::disk`] says so, as on the real node, whose log
+//! writer works beside the Raft thread: the write completes later, in order with the node's
+//! other writes, and meanwhile the core goes on taking inputs and firing timers; what it
+//! sends waits for the write (a leader's AppendEntries excepted, as above). A crash drops the
+//! core, the writes not yet done and everything else volatile; a restart builds a new core
+//! from the durable hard state and log only.
 //!
 //! After every step the [`Checker`] verifies Raft's safety properties; a violation, like any
 //! panic of the core, fails the run with the seed and a dump of the cluster.
@@ -29,6 +35,25 @@ pub use self::network::Network;
 pub const MS: Micros = 1_000;
 pub const SEC: Micros = 1_000_000;
 
+/// A write handed to a node's disk and not done yet, with the messages that wait for it.
+struct Write {
+    persist_id: u64,
+    hard: Option<HardState>,
+    from: Option<u64>,
+    entries: Vec<LogEntry>,
+    messages: Vec<(NodeId, Msg)>,
+    done_at: Micros,
+}
+
+/// How long the nodes' writes take.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Disk {
+    /// Each write takes from `delay.0` to `delay.1`; `None`: done at once.
+    pub delay: Option<(Micros, Micros)>,
+    /// The chance that a write stalls for `stall.1` instead, as a virtual disk now and then does.
+    pub stall: (f64, Micros),
+}
+
 /// One simulated server: a core while it is up, and the storage that survives a crash.
 struct Node {
     id: NodeId,
@@ -45,6 +70,8 @@ struct Node {
     commit: u64,
     /// Volatile: the term this node was last seen leading and its log length then.
     leading: Option<(u64, u64)>,
+    /// Volatile: writes on their way to the disk, oldest first.
+    writes: std::collections::VecDeque<Write>,
     restarts: u64,
 }
 
@@ -61,6 +88,12 @@ pub struct Cluster {
     /// driver sends a leader's AppendEntries before its own fsync).
     pub crash_before_persist: f64,
     crash_rng: Rng,
+    /// How long writes take (by default, no time).
+    pub disk: Disk,
+    disk_rng: Rng,
+    /// Writes that took time, and those that stalled.
+    pub slow_writes: u64,
+    pub stalled_writes: u64,
     /// Linearizable reads asked and not yet confirmed: read id -> entries known committed
     /// anywhere when it was asked, which its read index must cover.
     reads: std::collections::HashMap<u64, u64>,
@@ -95,6 +128,7 @@ impl Cluster {
                     applied: 0,
                     commit: 0,
                     leading: None,
+                    writes: std::collections::VecDeque::new(),
                     restarts: 0,
                 }
             })
@@ -109,6 +143,10 @@ impl Cluster {
             trace: std::env::var_os("LABCTL_SIM_TRACE").is_some(),
             crash_before_persist: 0.0,
             crash_rng: Rng::new(seed ^ 0x5EED_C4A5_4BEF_0E11),
+            disk: Disk::default(),
+            disk_rng: Rng::new(seed ^ 0xD15C_5EED_0BAD_F00D),
+            slow_writes: 0,
+            stalled_writes: 0,
             reads: std::collections::HashMap::new(),
             next_read: 0,
             reads_confirmed: 0,
@@ -312,16 +350,33 @@ impl Cluster {
     pub fn crash(&mut self, id: NodeId) {
         self.trace(|| format!("node{id} CRASH"));
         let node = &self.nodes[id as usize - 1];
-        let Some(raft) = &node.raft else { return };
-        // What a restart will see must be what the core had: nothing acknowledged is lost.
-        if raft.hard_state() != node.hard || raft.log().entries() != node.log.as_slice() {
-            self.fail(&format!("node{id}'s durable state differs from its core's state when it crashes"));
+        if node.raft.is_none() {
+            return;
         }
+        if let Err(why) = self.check_durable(id) {
+            self.fail(&why);
+        }
+        self.kill(id);
+    }
+
+    /// Drops what a crash loses: the core, its writes not done yet, the state machine.
+    fn kill(&mut self, id: NodeId) {
         let node = &mut self.nodes[id as usize - 1];
         node.raft = None;
+        node.writes.clear();
         node.applied = 0;
         node.commit = 0;
         node.leading = None;
+    }
+
+    /// With no write on its way, what a restart would see must be what the core has.
+    fn check_durable(&self, id: NodeId) -> Result<(), String> {
+        let node = self.slot(id);
+        let Some(raft) = &node.raft else { return Ok(()) };
+        if node.writes.is_empty() && (raft.hard_state() != node.hard || raft.log().entries() != node.log.as_slice()) {
+            return Err(format!("node{id}'s durable state differs from its core's state with no write on its way"));
+        }
+        Ok(())
     }
 
     /// Restarts a crashed node from its durable hard state and log.
@@ -351,6 +406,15 @@ impl Cluster {
     /// Processes the next event (a timer or a datagram) due at or before `limit`; false when
     /// there is none.
     pub fn step_before(&mut self, limit: Micros) -> bool {
+        let write = self.nodes.iter().filter_map(|n| n.writes.front().map(|w| (w.done_at, n.id))).min();
+        if let Some((at, id)) = write.filter(|&(at, _)| at <= limit) {
+            let timer = self.nodes.iter().filter_map(|n| n.raft.as_ref().map(|r| r.next_deadline())).min();
+            if timer.is_none_or(|t| at <= t) && self.net.next_at().is_none_or(|d| at <= d) {
+                self.now = self.now.max(at);
+                self.write_done(id);
+                return true;
+            }
+        }
         let timer = self.nodes.iter().filter_map(|n| n.raft.as_ref().map(|r| (r.next_deadline(), n.id))).min();
         let datagram = self.net.next_at();
         match (timer, datagram) {
@@ -482,64 +546,39 @@ impl Cluster {
     }
 
     fn handle_ready(&mut self, id: NodeId) -> Result<(), String> {
+        while self.slot(id).raft.as_ref().is_some_and(|r| r.has_ready()) {
+            self.handle_one_ready(id)?;
+        }
+        Ok(())
+    }
+
+    fn handle_one_ready(&mut self, id: NodeId) -> Result<(), String> {
         let now = self.now;
         let node = &mut self.nodes[id as usize - 1];
         let Some(raft) = node.raft.as_mut() else { return Ok(()) };
         let mut ready = raft.take_ready();
         let (role, term, last) = (raft.role(), raft.term(), raft.last_index());
 
-        // 0. A leader's AppendEntries go out before its own fsync, when the term and vote
-        //    are unchanged; the node may die before the fsync is done.
-        if ready.hard_state.is_none() && ready.persist_from.is_some() {
+        // 0. A leader's AppendEntries go out before its own write is done, when the term and
+        //    vote are unchanged; the node may die before the write is done.
+        if ready.hard_state.is_none() {
             let appends;
             (appends, ready.messages) = ready.messages.into_iter().partition(|(_, m)| matches!(m, Msg::Append { .. }));
             let sent = !appends.is_empty();
             for (to, msg) in appends {
                 self.net.send(now, id, to, msg)?;
             }
-            if sent && self.crash_rng.chance(self.crash_before_persist) {
+            if sent && ready.persist_id.is_some() && self.crash_rng.chance(self.crash_before_persist) {
                 self.trace(|| format!("node{id} CRASH before persisting the entries it sent"));
-                let node = &mut self.nodes[id as usize - 1];
-                node.raft = None;
-                node.applied = 0;
-                node.commit = 0;
-                node.leading = None;
+                self.kill(id);
                 return Ok(());
             }
-        }
-        let node = &mut self.nodes[id as usize - 1];
-        let raft = node.raft.as_mut().expect("up");
-
-        // 1. Persist.
-        if let Some(hard) = ready.hard_state {
-            self.checker.hard_state(id, node.hard, hard)?;
-            node.hard = hard;
-        }
-        if node.hard != raft.hard_state() {
-            return Err(format!("node{id} changed its hard state without reporting it"));
-        }
-        if let Some(from) = ready.persist_from {
-            let stored = node.log.len() as u64;
-            if from == 0 || from > stored + 1 {
-                return Err(format!("node{id} asks to persist from index {from} but storage ends at {stored}"));
-            }
-            node.log.truncate(from as usize - 1);
-            node.prefix.truncate(from as usize - 1);
-            for entry in raft.log().slice(from, last) {
-                let prev = node.prefix.last().copied().unwrap_or(0);
-                node.prefix.push(checker::chain(prev, entry));
-                node.log.push(entry.clone());
-            }
-            self.checker.stored(id, &node.log, &node.prefix, from)?;
-        }
-        if node.log.len() as u64 != last
-            || node.log.last().map(|e| e.term) != raft.log().entries().last().map(|e| e.term)
-        {
-            return Err(format!("node{id} changed its log without reporting it"));
         }
 
         // Election safety, and a leader only ever appends to its log.
         self.checker.role(id, role, term)?;
+        let node = &mut self.nodes[id as usize - 1];
+        let raft = node.raft.as_mut().expect("up");
         if role == Role::Leader && !raft.is_eligible() {
             return Err(format!("node{id} leads term {term} though it may not lead"));
         }
@@ -557,12 +596,27 @@ impl Cluster {
         } else {
             node.leading = None;
         }
+
+        // 1. Persist: hand the write to the disk; the rest of the messages wait for it, and
+        //    for every earlier write.
+        if let Some(persist_id) = ready.persist_id {
+            let entries = ready.persist_from.map_or_else(Vec::new, |from| raft.log().slice(from, last).to_vec());
+            let done_at = self.disk_time(id);
+            let messages = std::mem::take(&mut ready.messages);
+            let write =
+                Write { persist_id, hard: ready.hard_state, from: ready.persist_from, entries, messages, done_at };
+            self.nodes[id as usize - 1].writes.push_back(write);
+        } else if ready.hard_state.is_some() || ready.persist_from.is_some() {
+            return Err(format!("node{id} asks for a write without a number to report it by"));
+        } else if let Some(waiting) = self.nodes[id as usize - 1].writes.back_mut() {
+            waiting.messages.append(&mut ready.messages);
+        }
         if new_leader {
-            self.checker.leader_complete(id, term, &node.prefix)?;
+            self.checker.leader_complete(id, term, last, |i| self.hash_at(id, i))?;
         }
 
-        // 2. Send.
-        for (to, msg) in ready.messages {
+        // 2. Send what need not wait.
+        for (to, msg) in std::mem::take(&mut ready.messages) {
             self.net.send(now, id, to, msg)?;
         }
 
@@ -581,15 +635,17 @@ impl Cluster {
         }
 
         // 3. Apply.
+        let node = &mut self.nodes[id as usize - 1];
+        let raft = node.raft.as_ref().expect("up");
         let commit = ready.commit_index;
-        if commit != raft.commit_index() {
+        if commit > raft.commit_index() {
             return Err(format!("node{id} reports commit index {commit} but holds {}", raft.commit_index()));
         }
         if commit < node.commit {
             return Err(format!("node{id}'s commit index went back from {} to {commit}", node.commit));
         }
-        if commit > last {
-            return Err(format!("node{id}'s commit index {commit} is past the end of its log ({last})"));
+        if commit > node.log.len() as u64 {
+            return Err(format!("node{id} may apply index {commit} but its disk holds {} entries", node.log.len()));
         }
         let newly_committed = commit > node.commit;
         if newly_committed {
@@ -605,11 +661,99 @@ impl Cluster {
         if newly_committed {
             for n in &self.nodes {
                 if let Some(r) = n.raft.as_ref().filter(|r| r.role() == Role::Leader) {
-                    self.checker.leader_complete(n.id, r.term(), &n.prefix)?;
+                    self.checker.leader_complete(n.id, r.term(), r.last_index(), |i| self.hash_at(n.id, i))?;
                 }
             }
         }
+        if self.disk.delay.is_none() {
+            // A disk that takes no time: the write is done before anything else happens.
+            while self.slot(id).writes.front().is_some() {
+                self.complete_write(id)?;
+            }
+        }
         Ok(())
+    }
+
+    /// The hash chain of node `id`'s log (as its core has it, on disk or not yet) up to `index`.
+    fn hash_at(&self, id: NodeId, index: u64) -> Option<u64> {
+        let node = self.slot(id);
+        let raft = node.raft.as_ref()?;
+        if index == 0 || index > raft.last_index() {
+            return None;
+        }
+        // Up to the durable index the core's log is the one on disk.
+        let durable = raft.durable_index().min(node.prefix.len() as u64);
+        if index <= durable {
+            return Some(node.prefix[index as usize - 1]);
+        }
+        let start = if durable == 0 { 0 } else { node.prefix[durable as usize - 1] };
+        Some(raft.log().slice(durable + 1, index).iter().fold(start, checker::chain))
+    }
+
+    /// When a write handed to node `id`'s disk now is done: after the node's earlier writes.
+    /// As the node's log writer does, writes that queue up while one is on its way go to the
+    /// disk together, with one flush, once it is done.
+    fn disk_time(&mut self, id: NodeId) -> Micros {
+        let Some((min, max)) = self.disk.delay else { return self.now };
+        let writes = &self.slot(id).writes;
+        if writes.len() >= 2 {
+            return writes.back().expect("queued").done_at;
+        }
+        let took = if self.disk_rng.chance(self.disk.stall.0) {
+            self.stalled_writes += 1;
+            self.disk.stall.1
+        } else {
+            self.slow_writes += 1;
+            self.disk_rng.range(min, max + 1)
+        };
+        let after = self.slot(id).writes.back().map_or(0, |w| w.done_at);
+        (self.now + took).max(after)
+    }
+
+    /// The oldest write of node `id` is done: it is durable, its messages leave, and the core
+    /// hears of it.
+    fn write_done(&mut self, id: NodeId) {
+        if let Err(why) = self.complete_write(id).and_then(|()| self.handle_ready(id)) {
+            self.fail(&why);
+        }
+    }
+
+    fn complete_write(&mut self, id: NodeId) -> Result<(), String> {
+        let now = self.now;
+        let node = &mut self.nodes[id as usize - 1];
+        let Some(write) = node.writes.pop_front() else { return Ok(()) };
+        if let Some(hard) = write.hard {
+            self.checker.hard_state(id, node.hard, hard)?;
+            node.hard = hard;
+        }
+        if let Some(from) = write.from {
+            let stored = node.log.len() as u64;
+            if from == 0 || from > stored + 1 {
+                return Err(format!("node{id} asks to persist from index {from} but storage ends at {stored}"));
+            }
+            node.log.truncate(from as usize - 1);
+            node.prefix.truncate(from as usize - 1);
+            for entry in write.entries {
+                let prev = node.prefix.last().copied().unwrap_or(0);
+                node.prefix.push(checker::chain(prev, &entry));
+                node.log.push(entry);
+            }
+            self.checker.stored(id, &node.log, &node.prefix, from)?;
+        }
+        self.trace(|| format!("node{id} write {} done", write.persist_id));
+        for (to, msg) in write.messages {
+            self.net.send(now, id, to, msg)?;
+        }
+        self.raft_mut(id).persisted(write.persist_id);
+        let raft = self.slot(id).raft.as_ref().expect("up");
+        if raft.durable_index() > self.slot(id).log.len() as u64 {
+            return Err(format!(
+                "node{id} counts index {} as on its disk, which holds {}",
+                raft.durable_index(),
+                self.slot(id).log.len()
+            ));
+        }
+        self.check_durable(id)
     }
 
     /// Entries known committed so far.

@@ -72,6 +72,13 @@
 //! log changes (and fsync), then send the messages, then apply entries up to the commit
 //! index. Persisting before sending is what makes a vote or an acknowledgement durable.
 //! Time is plain microseconds from any fixed origin.
+//!
+//! Persisting may take its time: a `Ready` that asks for it carries a `persist_id`, and the
+//! driver calls [`Raft::persisted`] with it once the write is on disk. Meanwhile the core
+//! goes on (it keeps its timers and a leader its heartbeats), while the `Ready`'s messages,
+//! and those of every later `Ready` until then, wait for the write. A leader counts its own
+//! log towards a majority only up to what is on its disk, and [`Ready::commit_index`] never
+//! passes it, so nothing is applied that a crash could take back from the node's own log.
 
 mod log;
 mod message;
@@ -170,9 +177,12 @@ pub struct Ready {
     /// Log entries from this index to the end are new or replaced: drop what storage holds
     /// from this index on and write `log().slice(from, last_index)`. Persist before sending.
     pub persist_from: Option<u64>,
-    /// Send these after persisting.
+    /// Set when `hard_state` or `persist_from` is: give it to [`Raft::persisted`] once they
+    /// are on disk. Numbers rise with each such `Ready`; persisting happens in their order.
+    pub persist_id: Option<u64>,
+    /// Send these after persisting (and after every earlier `Ready`'s persisting).
     pub messages: Vec<(NodeId, Msg)>,
-    /// Entries up to here are committed and may be applied (after persisting).
+    /// Entries up to here are committed and on this node's disk: they may be applied.
     pub commit_index: u64,
     pub events: Vec<Event>,
     /// Reads whose leadership check has passed.
@@ -280,6 +290,12 @@ pub struct Raft {
     msgs: Vec<(NodeId, Msg)>,
     hard_dirty: bool,
     persist_from: Option<u64>,
+    /// The log up to here is on disk as it is in `log` (see [`Raft::persisted`]).
+    durable: u64,
+    /// Writes handed out and not yet reported done: their `persist_id`, and the last index
+    /// each one leaves on disk (lowered when a later write replaces entries before it).
+    unpersisted: std::collections::VecDeque<(u64, u64)>,
+    last_persist_id: u64,
     reported: Option<(Role, u64, Option<NodeId>)>,
     /// The commit index handed out in the last Ready.
     reported_commit: u64,
@@ -316,10 +332,14 @@ impl Raft {
             msgs: Vec::new(),
             hard_dirty: false,
             persist_from: None,
+            durable: 0,
+            unpersisted: std::collections::VecDeque::new(),
+            last_persist_id: 0,
             reported: None,
             reported_commit: 0,
             reads_ready: Vec::new(),
         };
+        raft.durable = raft.log.last_index();
         raft.reset_election_timer(now);
         raft
     }
@@ -347,6 +367,14 @@ impl Raft {
     }
     pub fn commit_index(&self) -> u64 {
         self.commit
+    }
+    /// The last index of the log known to be on this node's disk.
+    pub fn durable_index(&self) -> u64 {
+        self.durable
+    }
+    /// Committed and on this node's disk: what may be applied.
+    pub fn applicable_index(&self) -> u64 {
+        self.commit.min(self.durable)
     }
     pub fn log(&self) -> &Log {
         &self.log
@@ -569,6 +597,21 @@ impl Raft {
         self.reset_election_timer(now);
     }
 
+    /// The driver's write of the `Ready` numbered `persist_id` (and of every earlier one) is on
+    /// disk. A leader may now count its own log up to there towards committing.
+    pub fn persisted(&mut self, persist_id: u64) {
+        while let Some(&(id, last)) = self.unpersisted.front() {
+            if id > persist_id {
+                break;
+            }
+            self.unpersisted.pop_front();
+            self.durable = self.durable.max(last);
+        }
+        if self.role == Role::Leader {
+            self.maybe_commit();
+        }
+    }
+
     /// Takes the work accumulated since the last call.
     pub fn take_ready(&mut self) -> Ready {
         if self.read_check_due {
@@ -583,12 +626,20 @@ impl Raft {
             events.push(Event::RoleChanged { role: self.role, term: self.term, leader: self.leader });
         }
         let hard_state = std::mem::take(&mut self.hard_dirty).then(|| self.hard_state());
-        self.reported_commit = self.commit;
+        let persist_from = self.persist_from.take();
+        let mut persist_id = None;
+        if hard_state.is_some() || persist_from.is_some() {
+            self.last_persist_id += 1;
+            self.unpersisted.push_back((self.last_persist_id, self.log.last_index()));
+            persist_id = Some(self.last_persist_id);
+        }
+        self.reported_commit = self.applicable_index();
         Ready {
             hard_state,
-            persist_from: self.persist_from.take(),
+            persist_from,
+            persist_id,
             messages: std::mem::take(&mut self.msgs),
-            commit_index: self.commit,
+            commit_index: self.reported_commit,
             events,
             reads: std::mem::take(&mut self.reads_ready),
         }
@@ -600,7 +651,7 @@ impl Raft {
             || self.persist_from.is_some()
             || !self.msgs.is_empty()
             || self.unflushed_from.is_some()
-            || self.commit > self.reported_commit
+            || self.applicable_index() > self.reported_commit
             || self.reported != Some((self.role, self.term, self.leader))
             || self.read_check_due
             || !self.reads_ready.is_empty()
@@ -838,6 +889,15 @@ impl Raft {
     /// Records that `index` was just appended: it must be persisted, and may commit.
     fn appended(&mut self, index: u64) {
         self.persist_from = Some(self.persist_from.map_or(index, |p| p.min(index)));
+        // What is on disk, or on its way there, from `index` on is no longer this log.
+        // (The last indexes of unpersisted writes never fall along the queue.)
+        let kept = index - 1;
+        self.durable = self.durable.min(kept);
+        if self.unpersisted.back().is_some_and(|&(_, last)| last > kept) {
+            for (_, last) in self.unpersisted.iter_mut() {
+                *last = (*last).min(kept);
+            }
+        }
         if self.role == Role::Leader {
             self.maybe_commit();
         }
@@ -1015,7 +1075,8 @@ impl Raft {
     /// Commits the highest index stored by a majority, if it is from this term (§5.4.2).
     fn maybe_commit(&mut self) {
         let mut matched: Vec<u64> = self.progress.values().map(|p| p.matched).collect();
-        matched.push(self.log.last_index());
+        // The leader's own copy counts once it is on its disk (it is sent before).
+        matched.push(self.durable);
         matched.sort_unstable_by(|a, b| b.cmp(a));
         let candidate = matched[self.quorum() - 1];
         if candidate > self.commit && self.log.term(candidate) == Some(self.term) {

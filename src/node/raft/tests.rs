@@ -18,6 +18,15 @@ fn expire(raft: &mut Raft) -> Micros {
     now
 }
 
+/// Takes the node's `Ready` and reports its write done, as a driver does once it is on disk.
+fn handled(raft: &mut Raft) -> Ready {
+    let ready = raft.take_ready();
+    if let Some(id) = ready.persist_id {
+        raft.persisted(id);
+    }
+    ready
+}
+
 fn sent_to(ready: &Ready, to: NodeId) -> Vec<&Msg> {
     ready.messages.iter().filter(|(p, _)| *p == to).map(|(_, m)| m).collect()
 }
@@ -32,11 +41,11 @@ fn append_reply(term: u64, success: bool, match_index: u64, read_seq: u64) -> Ms
 fn elect(n: u32) -> Raft {
     let mut raft = node(1, n);
     let now = expire(&mut raft);
-    raft.take_ready();
+    handled(&mut raft);
     for p in 2..=n {
         raft.step(now, p, Msg::PreVoteReply { term: 1, granted: true });
     }
-    raft.take_ready();
+    handled(&mut raft);
     for p in 2..=n {
         raft.step(now, p, Msg::VoteAck { term: 1 });
     }
@@ -52,7 +61,7 @@ fn election_timeout_starts_a_prevote_that_changes_no_state() {
     raft.tick(deadline - 1);
     assert!(!raft.is_prevoting());
     expire(&mut raft);
-    let ready = raft.take_ready();
+    let ready = handled(&mut raft);
     assert_eq!(raft.term(), 0);
     assert_eq!(raft.role(), Role::Follower);
     assert!(ready.hard_state.is_none(), "a pre-vote persists nothing");
@@ -65,11 +74,11 @@ fn election_timeout_starts_a_prevote_that_changes_no_state() {
 fn a_majority_of_prevotes_starts_a_real_election_and_persists_the_vote() {
     let mut raft = node(1, 5);
     let now = expire(&mut raft);
-    raft.take_ready();
+    handled(&mut raft);
     raft.step(now, 2, Msg::PreVoteReply { term: 1, granted: true });
     assert_eq!(raft.role(), Role::Follower, "two of five is not a majority");
     raft.step(now, 3, Msg::PreVoteReply { term: 1, granted: true });
-    let ready = raft.take_ready();
+    let ready = handled(&mut raft);
     assert_eq!(raft.role(), Role::Candidate);
     assert_eq!(ready.hard_state, Some(HardState { term: 1, voted_for: Some(1) }));
     assert_eq!(sent_to(&ready, 4), [&Msg::Vote { term: 1, last_log_index: 0, last_log_term: 0, force: false }]);
@@ -78,7 +87,7 @@ fn a_majority_of_prevotes_starts_a_real_election_and_persists_the_vote() {
 #[test]
 fn a_new_leader_appends_a_noop_and_sends_it_to_everyone() {
     let mut raft = elect(3);
-    let ready = raft.take_ready();
+    let ready = handled(&mut raft);
     assert_eq!(ready.persist_from, Some(1));
     assert_eq!(raft.log().entries(), [LogEntry::noop(1)]);
     for p in [2, 3] {
@@ -106,17 +115,17 @@ fn a_vote_is_granted_once_per_term_and_only_to_an_up_to_date_log() {
     let mut raft = Raft::new(Config::new(1, vec![2, 3]), HardState { term: 2, voted_for: None }, log, 0, 1);
     // Stale log (last term 1): refused, silently.
     raft.step(0, 2, Msg::Vote { term: 3, last_log_index: 5, last_log_term: 1, force: false });
-    let ready = raft.take_ready();
+    let ready = handled(&mut raft);
     assert!(sent_to(&ready, 2).is_empty());
     assert_eq!(raft.term(), 3, "the newer term is adopted all the same");
     // Up to date: granted, and the vote is persisted in the same Ready as the ack.
     raft.step(0, 3, Msg::Vote { term: 3, last_log_index: 2, last_log_term: 2, force: false });
-    let ready = raft.take_ready();
+    let ready = handled(&mut raft);
     assert_eq!(ready.hard_state, Some(HardState { term: 3, voted_for: Some(3) }));
     assert_eq!(sent_to(&ready, 3), [&Msg::VoteAck { term: 3 }]);
     // A second candidate in the same term gets nothing.
     raft.step(0, 2, Msg::Vote { term: 3, last_log_index: 9, last_log_term: 2, force: false });
-    assert!(sent_to(&raft.take_ready(), 2).is_empty());
+    assert!(sent_to(&handled(&mut raft), 2).is_empty());
 }
 
 #[test]
@@ -127,13 +136,13 @@ fn a_follower_hearing_from_its_leader_ignores_elections_unless_forced() {
         1,
         Msg::Append { term: 1, prev_log_index: 0, prev_log_term: 0, entries: vec![], leader_commit: 0, read_seq: 0 },
     );
-    raft.take_ready();
+    handled(&mut raft);
     raft.step(10 * MS, 3, Msg::PreVote { term: 2, last_log_index: 0, last_log_term: 0 });
     raft.step(10 * MS, 3, Msg::Vote { term: 2, last_log_index: 0, last_log_term: 0, force: false });
-    assert!(raft.take_ready().messages.is_empty());
+    assert!(handled(&mut raft).messages.is_empty());
     assert_eq!(raft.term(), 1);
     raft.step(10 * MS, 3, Msg::Vote { term: 2, last_log_index: 0, last_log_term: 0, force: true });
-    let ready = raft.take_ready();
+    let ready = handled(&mut raft);
     assert_eq!(sent_to(&ready, 3), [&Msg::VoteAck { term: 2 }]);
     // After the lease, a pre-vote is granted without changing the term.
     let mut raft = node(2, 3);
@@ -142,9 +151,9 @@ fn a_follower_hearing_from_its_leader_ignores_elections_unless_forced() {
         1,
         Msg::Append { term: 1, prev_log_index: 0, prev_log_term: 0, entries: vec![], leader_commit: 0, read_seq: 0 },
     );
-    raft.take_ready();
+    handled(&mut raft);
     raft.step(200 * MS, 3, Msg::PreVote { term: 2, last_log_index: 0, last_log_term: 0 });
-    assert_eq!(sent_to(&raft.take_ready(), 3), [&Msg::PreVoteReply { term: 2, granted: true }]);
+    assert_eq!(sent_to(&handled(&mut raft), 3), [&Msg::PreVoteReply { term: 2, granted: true }]);
     assert_eq!(raft.term(), 1);
 }
 
@@ -152,7 +161,7 @@ fn a_follower_hearing_from_its_leader_ignores_elections_unless_forced() {
 fn timeout_now_elects_at_once_without_prevote() {
     let mut raft = node(3, 3);
     raft.timeout_now(5 * MS);
-    let ready = raft.take_ready();
+    let ready = handled(&mut raft);
     assert_eq!(raft.role(), Role::Candidate);
     assert_eq!(raft.term(), 1);
     assert_eq!(sent_to(&ready, 1), [&Msg::Vote { term: 1, last_log_index: 0, last_log_term: 0, force: true }]);
@@ -166,7 +175,7 @@ fn a_stale_leader_learns_the_newer_term_from_the_reply() {
         1,
         Msg::Append { term: 3, prev_log_index: 0, prev_log_term: 0, entries: vec![], leader_commit: 0, read_seq: 0 },
     );
-    let ready = raft.take_ready();
+    let ready = handled(&mut raft);
     assert_eq!(
         sent_to(&ready, 1),
         [&Msg::AppendReply {
@@ -204,7 +213,7 @@ fn a_conflicting_term_is_skipped_in_one_round_trip() {
         1,
         Msg::Append { term: 3, prev_log_index: 5, prev_log_term: 3, entries: vec![], leader_commit: 0, read_seq: 0 },
     );
-    let ready = f.take_ready();
+    let ready = handled(&mut f);
     assert_eq!(
         sent_to(&ready, 1),
         [&Msg::AppendReply {
@@ -219,7 +228,7 @@ fn a_conflicting_term_is_skipped_in_one_round_trip() {
     // Accepting a batch that overwrites the conflicting suffix persists from the first change.
     let entries = vec![LogEntry::noop(3), LogEntry::noop(3)];
     f.step(0, 1, Msg::Append { term: 3, prev_log_index: 2, prev_log_term: 1, entries, leader_commit: 4, read_seq: 0 });
-    let ready = f.take_ready();
+    let ready = handled(&mut f);
     assert_eq!(ready.persist_from, Some(3));
     assert_eq!(f.last_index(), 4);
     assert_eq!(f.commit_index(), 4);
@@ -229,22 +238,22 @@ fn a_conflicting_term_is_skipped_in_one_round_trip() {
 #[test]
 fn proposals_are_batched_into_datagrams_under_the_limit() {
     let mut raft = elect(3);
-    raft.take_ready();
+    handled(&mut raft);
     for p in [2, 3] {
         raft.step(0, p, append_reply(1, true, 1, 0));
     }
-    raft.take_ready();
+    handled(&mut raft);
     let value = json!("v".repeat(1000));
     for i in 0..200 {
         raft.propose(Some(format!("k{i}")), value.clone()).unwrap();
     }
-    let ready = raft.take_ready();
+    let ready = handled(&mut raft);
     // 200 proposals made between two Readies leave as one batch per follower.
     assert_eq!(sent_to(&ready, 2).len(), 1);
     // A heartbeat resends from the last match in several datagrams, each under the limit.
     let now = raft.next_deadline();
     raft.tick(now);
-    let ready = raft.take_ready();
+    let ready = handled(&mut raft);
     let to2 = sent_to(&ready, 2);
     assert!(to2.len() > 1, "200 KB of entries need several datagrams");
     let mut next = 2;
@@ -269,18 +278,18 @@ fn acked(raft: &mut Raft, now: Micros, match_index: u64) {
 #[test]
 fn an_entry_larger_than_a_batch_travels_alone_and_is_not_resent_at_every_heartbeat() {
     let mut raft = elect(3);
-    raft.take_ready();
+    handled(&mut raft);
     // Just before the first heartbeat.
     let sent_at = raft.next_deadline() - 1;
     acked(&mut raft, sent_at, 1);
-    raft.take_ready();
+    handled(&mut raft);
     let big = json!("x".repeat(1024 * 1024));
     let small = json!("s");
     let i = raft.propose(Some("a".into()), small.clone()).unwrap();
     let b = raft.propose(Some("big".into()), big.clone()).unwrap();
     raft.propose(Some("c".into()), small.clone()).unwrap();
     assert_eq!((i, b), (2, 3));
-    let ready = raft.take_ready();
+    let ready = handled(&mut raft);
     let batches: Vec<Vec<u64>> = sent_to(&ready, 2)
         .iter()
         .map(|m| match m {
@@ -293,7 +302,7 @@ fn an_entry_larger_than_a_batch_travels_alone_and_is_not_resent_at_every_heartbe
     // One message per flush; the acknowledgements bring the rest.
     assert_eq!(batches, vec![vec![2]]);
     acked(&mut raft, sent_at, 2);
-    let ready = raft.take_ready();
+    let ready = handled(&mut raft);
     let [Msg::Append { entries, .. }] = sent_to(&ready, 2)[..] else { panic!("{:?}", ready.messages) };
     assert_eq!(entries.len(), 1, "the large entry goes alone");
     assert_eq!(entries[0].value, big.into());
@@ -304,7 +313,7 @@ fn an_entry_larger_than_a_batch_travels_alone_and_is_not_resent_at_every_heartbe
     while now < sent_at + grace {
         now = raft.next_deadline();
         raft.tick(now);
-        let ready = raft.take_ready();
+        let ready = handled(&mut raft);
         for m in sent_to(&ready, 2) {
             let Msg::Append { prev_log_index, entries, .. } = m else { panic!("{m:?}") };
             if now < sent_at + grace {
@@ -318,12 +327,12 @@ fn an_entry_larger_than_a_batch_travels_alone_and_is_not_resent_at_every_heartbe
     // Once acknowledged, the next entry follows at once and small entries are resent at the
     // next heartbeat again.
     acked(&mut raft, now, 3);
-    let ready = raft.take_ready();
+    let ready = handled(&mut raft);
     let [Msg::Append { prev_log_index: 3, entries, .. }] = sent_to(&ready, 2)[..] else { panic!() };
     assert_eq!(entries[0].value, small.into());
     let next = raft.next_deadline();
     raft.tick(next);
-    let ready = raft.take_ready();
+    let ready = handled(&mut raft);
     let [Msg::Append { prev_log_index: 3, entries, .. }] = sent_to(&ready, 2)[..] else { panic!() };
     assert_eq!(entries.len(), 1, "a small entry is resent at the next heartbeat");
 }
@@ -331,7 +340,7 @@ fn an_entry_larger_than_a_batch_travels_alone_and_is_not_resent_at_every_heartbe
 #[test]
 fn check_quorum_makes_an_isolated_leader_step_down() {
     let mut raft = elect(3);
-    raft.take_ready();
+    handled(&mut raft);
     let elected = raft.next_deadline() - raft.config().heartbeat;
     let mut now = elected;
     while raft.role() == Role::Leader && now < 2_000 * MS {
@@ -346,14 +355,14 @@ fn check_quorum_makes_an_isolated_leader_step_down() {
 #[test]
 fn a_leader_follows_a_leader_of_a_newer_term() {
     let mut raft = elect(3);
-    raft.take_ready();
+    handled(&mut raft);
     raft.step(
         0,
         2,
         Msg::Append { term: 2, prev_log_index: 0, prev_log_term: 0, entries: vec![], leader_commit: 0, read_seq: 0 },
     );
     assert_eq!((raft.role(), raft.term(), raft.leader()), (Role::Follower, 2, Some(2)));
-    let ready = raft.take_ready();
+    let ready = handled(&mut raft);
     assert_eq!(sent_to(&ready, 2), [&append_reply(2, true, 0, 0)]);
 }
 
@@ -362,12 +371,12 @@ fn an_advanced_commit_index_alone_is_ready_work() {
     // The reply that commits an entry often sends nothing; the driver must still apply it
     // (and answer the client) at once, not with the next heartbeat.
     let mut raft = elect(3);
-    raft.take_ready();
+    handled(&mut raft);
     assert!(!raft.has_ready());
     raft.step(0, 2, append_reply(1, true, 1, 0));
     assert_eq!(raft.commit_index(), 1);
     assert!(raft.has_ready());
-    let ready = raft.take_ready();
+    let ready = handled(&mut raft);
     assert!(ready.messages.is_empty());
     assert_eq!(ready.commit_index, 1);
     assert!(!raft.has_ready());
@@ -387,7 +396,7 @@ fn an_earlier_terms_entry_is_not_committed_by_counting_replicas() {
     raft.step(0, 3, Msg::VoteAck { term: 4 });
     assert_eq!((raft.role(), raft.term()), (Role::Leader, 4));
     assert_eq!(raft.log().term(3), Some(4), "the new term's no-op");
-    raft.take_ready();
+    handled(&mut raft);
     for p in [2, 3] {
         raft.step(0, p, append_reply(4, true, 2, 0));
     }
@@ -404,15 +413,15 @@ fn granting_a_prevote_restarts_the_voters_timer() {
     let first = raft.next_deadline();
     let now = first - 1;
     raft.step(now, 1, Msg::PreVote { term: 1, last_log_index: 0, last_log_term: 0 });
-    assert_eq!(sent_to(&raft.take_ready(), 1), [&Msg::PreVoteReply { term: 1, granted: true }]);
+    assert_eq!(sent_to(&handled(&mut raft), 1), [&Msg::PreVoteReply { term: 1, granted: true }]);
     assert!(raft.next_deadline() >= now + raft.config().election_min, "timer not restarted");
     // A node in its own pre-vote round grants too, but carries on with its round.
     let mut raft = node(2, 5);
     let now = expire(&mut raft);
-    raft.take_ready();
+    handled(&mut raft);
     let deadline = raft.next_deadline();
     raft.step(now + 1, 1, Msg::PreVote { term: 1, last_log_index: 0, last_log_term: 0 });
-    assert_eq!(sent_to(&raft.take_ready(), 1), [&Msg::PreVoteReply { term: 1, granted: true }]);
+    assert_eq!(sent_to(&handled(&mut raft), 1), [&Msg::PreVoteReply { term: 1, granted: true }]);
     assert!(raft.is_prevoting());
     assert_eq!(raft.next_deadline(), deadline);
 }
@@ -420,10 +429,10 @@ fn granting_a_prevote_restarts_the_voters_timer() {
 /// Leader of 3 in term 1 whose no-op (index 1) node 2 has acknowledged: committed.
 fn leader_with_committed_noop() -> Raft {
     let mut raft = elect(3);
-    raft.take_ready();
+    handled(&mut raft);
     raft.step(0, 2, append_reply(1, true, 1, 0));
     assert_eq!(raft.commit_index(), 1);
-    raft.take_ready();
+    handled(&mut raft);
     raft
 }
 
@@ -431,7 +440,7 @@ fn leader_with_committed_noop() -> Raft {
 fn a_read_waits_for_a_majority_to_answer_a_check_sent_after_it() {
     let mut raft = leader_with_committed_noop();
     raft.read_index(7).unwrap();
-    let ready = raft.take_ready();
+    let ready = handled(&mut raft);
     assert!(ready.reads.is_empty());
     // The check rides on heartbeats (nothing new to send), each anchored at the follower's
     // match: node 2 has index 1 (of term 1), node 3 nothing yet.
@@ -447,10 +456,10 @@ fn a_read_waits_for_a_majority_to_answer_a_check_sent_after_it() {
     assert_eq!(sent_to(&ready, 3), [&check(0)]);
     // An answer to an AppendEntries sent before the read proves nothing about after it.
     raft.step(0, 3, append_reply(1, true, 1, 0));
-    assert!(raft.take_ready().reads.is_empty());
+    assert!(handled(&mut raft).reads.is_empty());
     // An answer to the check (even a refusal of its entries) does: 2 of 3 with the leader.
     raft.step(0, 2, append_reply(1, false, 0, 1));
-    assert_eq!(raft.take_ready().reads, [ReadState { id: 7, index: 1 }]);
+    assert_eq!(handled(&mut raft).reads, [ReadState { id: 7, index: 1 }]);
 }
 
 #[test]
@@ -459,7 +468,7 @@ fn reads_that_arrive_together_share_one_check() {
     raft.propose(Some("k".into()), json!(1)).unwrap();
     raft.read_index(1).unwrap();
     raft.read_index(2).unwrap();
-    let ready = raft.take_ready();
+    let ready = handled(&mut raft);
     // Node 2 is caught up: the new entry carries the check. Node 3 gets a heartbeat.
     let to2 = sent_to(&ready, 2);
     assert_eq!(to2.len(), 1);
@@ -467,16 +476,16 @@ fn reads_that_arrive_together_share_one_check() {
     assert_eq!(sent_to(&ready, 3).len(), 1);
     raft.step(0, 3, append_reply(1, true, 1, 1));
     // Both read the commit index of their arrival, 1: the new entry is not committed yet.
-    assert_eq!(raft.take_ready().reads, [ReadState { id: 1, index: 1 }, ReadState { id: 2, index: 1 }]);
+    assert_eq!(handled(&mut raft).reads, [ReadState { id: 1, index: 1 }, ReadState { id: 2, index: 1 }]);
     // A later read needs a later check; it reads the commit index of its own arrival.
     raft.step(0, 2, append_reply(1, true, 2, 1));
     assert_eq!(raft.commit_index(), 2);
     raft.read_index(3).unwrap();
-    assert!(raft.take_ready().reads.is_empty());
+    assert!(handled(&mut raft).reads.is_empty());
     raft.step(0, 2, append_reply(1, true, 2, 1));
-    assert!(raft.take_ready().reads.is_empty(), "answered a check sent before the read");
+    assert!(handled(&mut raft).reads.is_empty(), "answered a check sent before the read");
     raft.step(0, 2, append_reply(1, true, 2, 2));
-    assert_eq!(raft.take_ready().reads, [ReadState { id: 3, index: 2 }]);
+    assert_eq!(handled(&mut raft).reads, [ReadState { id: 3, index: 2 }]);
 }
 
 #[test]
@@ -484,12 +493,12 @@ fn a_new_leaders_reads_wait_for_its_noop() {
     // Before its no-op commits, a leader's commit index may lag what earlier leaders
     // committed; its reads use the no-op's index, after all of that.
     let mut raft = elect(3);
-    raft.take_ready();
+    handled(&mut raft);
     assert_eq!(raft.commit_index(), 0);
     raft.read_index(1).unwrap();
-    raft.take_ready();
+    handled(&mut raft);
     raft.step(0, 2, append_reply(1, false, 0, 1));
-    assert_eq!(raft.take_ready().reads, [ReadState { id: 1, index: 1 }]);
+    assert_eq!(handled(&mut raft).reads, [ReadState { id: 1, index: 1 }]);
     assert_eq!(raft.commit_index(), 0);
 }
 
@@ -507,23 +516,23 @@ fn only_a_leader_reads_and_a_deposed_one_drops_its_reads() {
         read_seq,
     };
     follower.step(0, 1, check(0, 4));
-    assert_eq!(sent_to(&follower.take_ready(), 1), [&append_reply(1, true, 0, 4)]);
+    assert_eq!(sent_to(&handled(&mut follower), 1), [&append_reply(1, true, 0, 4)]);
     follower.step(0, 1, check(5, 6));
-    let ready = follower.take_ready();
+    let ready = handled(&mut follower);
     assert!(matches!(sent_to(&ready, 1)[..], [Msg::AppendReply { success: false, read_seq: 6, .. }]));
 
     let mut raft = leader_with_committed_noop();
     raft.read_index(9).unwrap();
-    raft.take_ready();
+    handled(&mut raft);
     raft.step(
         0,
         3,
         Msg::Append { term: 2, prev_log_index: 1, prev_log_term: 1, entries: vec![], leader_commit: 1, read_seq: 1 },
     );
     assert_eq!(raft.role(), Role::Follower);
-    assert!(raft.take_ready().reads.is_empty());
+    assert!(handled(&mut raft).reads.is_empty());
     raft.step(0, 2, append_reply(1, true, 1, 1));
-    assert!(raft.take_ready().reads.is_empty(), "a deposed leader confirmed a read");
+    assert!(handled(&mut raft).reads.is_empty(), "a deposed leader confirmed a read");
 }
 
 #[test]
@@ -531,9 +540,9 @@ fn a_lone_node_reads_at_once() {
     let mut raft = node(1, 1);
     expire(&mut raft);
     assert_eq!(raft.role(), Role::Leader);
-    raft.take_ready();
+    handled(&mut raft);
     raft.read_index(1).unwrap();
-    assert_eq!(raft.take_ready().reads, [ReadState { id: 1, index: 1 }]);
+    assert_eq!(handled(&mut raft).reads, [ReadState { id: 1, index: 1 }]);
 }
 
 /// The entries of the AppendEntries in `ready` for `to`, by index.
@@ -551,14 +560,14 @@ fn entries_to(ready: &Ready, to: NodeId) -> Vec<u64> {
 fn new_entries_go_at_once_to_the_followers_a_majority_needs_and_to_the_others_with_the_heartbeat() {
     // Voters 2 and 3 made node 1 leader of five: they are the first eager followers.
     let mut raft = elect(5);
-    let noop = raft.take_ready();
+    let noop = handled(&mut raft);
     for p in 2..=5 {
         assert_eq!(entries_to(&noop, p), [1], "the no-op tells node{p} who leads");
     }
     let now = raft.next_deadline() - raft.config().heartbeat;
     let index = raft.propose(None, json!("x")).unwrap();
     assert_eq!(index, 2);
-    let ready = raft.take_ready();
+    let ready = handled(&mut raft);
     assert_eq!((entries_to(&ready, 2), entries_to(&ready, 3)), (vec![2], vec![2]));
     assert!(sent_to(&ready, 4).is_empty() && sent_to(&ready, 5).is_empty(), "{:?}", ready.messages);
     raft.step(now, 2, append_reply(1, true, 2, 0));
@@ -568,7 +577,7 @@ fn new_entries_go_at_once_to_the_followers_a_majority_needs_and_to_the_others_wi
     // The heartbeat catches the others up.
     let now = raft.next_deadline();
     raft.tick(now);
-    let beat = raft.take_ready();
+    let beat = handled(&mut raft);
     assert_eq!((entries_to(&beat, 4), entries_to(&beat, 5)), (vec![1, 2], vec![1, 2]));
     assert!(entries_to(&beat, 2).is_empty() && entries_to(&beat, 3).is_empty());
 
@@ -578,9 +587,9 @@ fn new_entries_go_at_once_to_the_followers_a_majority_needs_and_to_the_others_wi
     }
     let now = raft.next_deadline();
     raft.tick(now);
-    raft.take_ready();
+    handled(&mut raft);
     raft.propose(None, json!("y")).unwrap();
-    let ready = raft.take_ready();
+    let ready = handled(&mut raft);
     let eager: Vec<NodeId> = (2..=5).filter(|&p| !entries_to(&ready, p).is_empty()).collect();
     assert_eq!(eager, [2, 4]);
     raft.step(now, 2, append_reply(1, true, 3, 0));
@@ -594,17 +603,17 @@ fn without_thrift_new_entries_go_to_every_follower() {
     cfg.thrifty = false;
     let mut raft = Raft::new(cfg, HardState::default(), Vec::new(), 0, 7);
     let now = expire(&mut raft);
-    raft.take_ready();
+    handled(&mut raft);
     for p in 2..=5 {
         raft.step(now, p, Msg::PreVoteReply { term: 1, granted: true });
     }
-    raft.take_ready();
+    handled(&mut raft);
     for p in 2..=5 {
         raft.step(now, p, Msg::VoteAck { term: 1 });
     }
-    raft.take_ready();
+    handled(&mut raft);
     raft.propose(None, json!("x")).unwrap();
-    let ready = raft.take_ready();
+    let ready = handled(&mut raft);
     for p in 2..=5 {
         assert_eq!(entries_to(&ready, p), [2]);
     }
@@ -613,7 +622,7 @@ fn without_thrift_new_entries_go_to_every_follower() {
 #[test]
 fn a_term_beyond_the_wire_limit_changes_nothing() {
     let mut leader = elect(3);
-    leader.take_ready();
+    handled(&mut leader);
     let heartbeat = |term| Msg::Append {
         term,
         prev_log_index: 0,
@@ -627,7 +636,7 @@ fn a_term_beyond_the_wire_limit_changes_nothing() {
         leader.step(0, 3, Msg::Vote { term, last_log_index: 9, last_log_term: term, force: true });
         leader.step(0, 3, append_reply(term, false, 0, 0));
         assert_eq!((leader.role(), leader.term()), (Role::Leader, 1), "term {term}");
-        assert!(!leader.has_ready() || leader.take_ready().hard_state.is_none(), "nothing to persist");
+        assert!(!leader.has_ready() || handled(&mut leader).hard_state.is_none(), "nothing to persist");
     }
     // A node already at the limit (an older version took such a term) does not overflow: it
     // cannot campaign, and says so.
@@ -635,4 +644,76 @@ fn a_term_beyond_the_wire_limit_changes_nothing() {
     let mut stuck = Raft::new(Config::new(1, vec![2, 3]), hard, Vec::new(), 0, 7);
     stuck.timeout_now(0);
     assert_eq!((stuck.role(), stuck.term()), (Role::Follower, MAX_WIRE_NUMBER));
+}
+
+#[test]
+fn a_leader_counts_its_own_log_only_once_it_is_on_its_disk() {
+    // Three nodes: the leader and one follower are a majority, but only with the leader's
+    // own copy on its disk.
+    let mut raft = elect(3);
+    let ready = raft.take_ready();
+    assert_eq!(ready.persist_from, Some(1));
+    raft.step(0, 2, append_reply(1, true, 1, 0));
+    assert_eq!(raft.commit_index(), 0, "committed before the leader's own write is done");
+    raft.persisted(ready.persist_id.expect("a write to report"));
+    assert_eq!(raft.commit_index(), 1);
+    assert_eq!(raft.take_ready().commit_index, 1);
+
+    // Five nodes: three followers are a majority without the leader.
+    let mut raft = elect(5);
+    raft.take_ready();
+    for p in 2..=3 {
+        raft.step(0, p, append_reply(1, true, 1, 0));
+    }
+    assert_eq!(raft.commit_index(), 0, "two followers and a leader whose write is not done");
+    raft.step(0, 4, append_reply(1, true, 1, 0));
+    assert_eq!(raft.commit_index(), 1, "three followers are a majority of five");
+    assert_eq!(raft.take_ready().commit_index, 0, "not applied before it is on the node's own disk");
+    assert_eq!(raft.durable_index(), 0);
+}
+
+#[test]
+fn a_follower_applies_nothing_its_disk_does_not_hold() {
+    let mut raft = node(2, 3);
+    let entries = vec![LogEntry::noop(1), LogEntry { term: 1, key: None, value: json!("x").into() }];
+    raft.step(
+        0,
+        1,
+        Msg::Append { term: 1, prev_log_index: 0, prev_log_term: 0, entries, leader_commit: 2, read_seq: 0 },
+    );
+    assert_eq!(raft.commit_index(), 2);
+    let ready = raft.take_ready();
+    assert_eq!((ready.persist_from, ready.commit_index), (Some(1), 0));
+    assert_eq!(sent_to(&ready, 1), [&append_reply(1, true, 2, 0)], "sent by the driver once the write is done");
+    raft.persisted(ready.persist_id.expect("a write to report"));
+    assert!(raft.has_ready());
+    assert_eq!(raft.take_ready().commit_index, 2);
+}
+
+#[test]
+fn a_write_whose_entries_were_replaced_meanwhile_leaves_only_what_came_before_them() {
+    // Node 2 starts writing indexes 1-3 from the leader of term 1; before that write is done,
+    // the leader of term 2 replaces index 2 on.
+    let mut raft = node(2, 3);
+    let x = |term, v: &str| LogEntry { term, key: None, value: json!(v).into() };
+    let old = vec![LogEntry::noop(1), x(1, "a"), x(1, "b")];
+    raft.step(
+        0,
+        1,
+        Msg::Append { term: 1, prev_log_index: 0, prev_log_term: 0, entries: old, leader_commit: 1, read_seq: 0 },
+    );
+    let first = raft.take_ready().persist_id.expect("a write");
+    let new = vec![x(2, "c")];
+    raft.step(
+        0,
+        3,
+        Msg::Append { term: 2, prev_log_index: 1, prev_log_term: 1, entries: new, leader_commit: 1, read_seq: 0 },
+    );
+    let second = raft.take_ready();
+    assert_eq!(second.persist_from, Some(2));
+    raft.persisted(first);
+    assert_eq!(raft.durable_index(), 1, "the first write's index 2 and 3 are no longer this log");
+    raft.persisted(second.persist_id.expect("a write"));
+    assert_eq!(raft.durable_index(), 2);
+    assert_eq!(raft.last_index(), 2);
 }
