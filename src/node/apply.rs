@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::raft::LogEntry;
+use super::status::RunAhead;
 use super::store::own_file::OwnFile;
 use super::store::{ApplyOutcome, Command, Store};
 
@@ -238,6 +239,8 @@ struct Shared {
     defer_commits: AtomicBool,
     /// No entry is run ahead before then (see [`PREPARE_PAUSE`]).
     prepare_paused_until: Mutex<Option<Instant>>,
+    /// What became of entries run ahead: answered, rolled back, pauses.
+    ran_ahead: [AtomicU64; 3],
     /// Set while a batch keeps failing (see [`AppliedIndex::stall`]).
     stall: Mutex<Option<ApplyStall>>,
     /// Set when the node stops: a batch that fails then is not tried again.
@@ -249,6 +252,11 @@ struct Shared {
 }
 
 impl Shared {
+    /// Counts what became of an entry run ahead.
+    fn count_run_ahead(&self, what: RanAhead) {
+        self.ran_ahead[what as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Commits the transaction of the entry answered before its commit, if one is open; called
     /// by whoever holds the store, before anything else.
     fn commit_answered(&self, store: &mut Store) {
@@ -303,6 +311,14 @@ impl Shared {
     }
 }
 
+/// What became of an entry run ahead of its commit, as counted in [`Shared::ran_ahead`].
+#[derive(Clone, Copy)]
+enum RanAhead {
+    Answered = 0,
+    RolledBack = 1,
+    Paused = 2,
+}
+
 /// Entries applied in one transaction at most.
 const MAX_BATCH: usize = 512;
 /// At most this many entries are applied by the driver itself (see [`Applier::apply`]).
@@ -342,6 +358,7 @@ impl Applier {
             uncommitted: Mutex::new(None),
             defer_commits: AtomicBool::new(false),
             prepare_paused_until: Mutex::new(None),
+            ran_ahead: Default::default(),
             stall: Mutex::new(None),
             stopping: AtomicBool::new(false),
             given_up: AtomicBool::new(false),
@@ -449,6 +466,7 @@ impl Applier {
         match std::mem::replace(&mut *prepared, Prepared::None) {
             Prepared::Ready { index, .. } => {
                 drop(prepared);
+                self.shared.count_run_ahead(RanAhead::RolledBack);
                 // Nobody else uses the store while a transaction is left open on it.
                 let mut store = lock(&self.shared.store);
                 if let Err(e) = store.rollback_open() {
@@ -475,6 +493,7 @@ impl Applier {
                 drop(prepared);
                 let mut store = lock(&self.shared.store);
                 if (index, term) != first {
+                    self.shared.count_run_ahead(RanAhead::RolledBack);
                     if let Err(e) = store.rollback_open() {
                         log::error!(
                             "{}: cannot roll back entry {index}, run ahead of its commit: {e}",
@@ -484,6 +503,7 @@ impl Applier {
                     return;
                 }
                 let mut item = items.remove(0);
+                self.shared.count_run_ahead(RanAhead::Answered);
                 let answers = std::iter::once(item.waiter.take()).zip(outcomes);
                 if let (true, Some((tx, _))) = (self.shared.defer_commits.load(Ordering::Acquire), &self.preparer) {
                     // The client is answered now; the commit waits for an idle core.
@@ -535,6 +555,16 @@ impl Applier {
     /// Whether everything handed over is applied.
     fn idle(&self) -> bool {
         self.shared.queued.load(Ordering::Acquire) == 0
+    }
+
+    /// What became of the entries run ahead of their commit so far.
+    pub fn run_ahead(&self) -> RunAhead {
+        let count = |what: RanAhead| self.shared.ran_ahead[what as usize].load(Ordering::Relaxed);
+        RunAhead {
+            answered: count(RanAhead::Answered),
+            rolled_back: count(RanAhead::RolledBack),
+            pauses: count(RanAhead::Paused),
+        }
     }
 
     /// The highest index applied to the database by this node.
@@ -708,8 +738,10 @@ fn prepare_one(shared: &Shared, mut item: ApplyItem) {
         }
         (Prepared::Claimed { index, waiter, since }, Some(outcomes)) => {
             drop(prepared);
+            shared.count_run_ahead(RanAhead::Answered);
             if since.elapsed() > CLAIM_WAIT_LIMIT {
                 log::debug!("{}: entry {index} waited {:?} for its transaction; pausing", shared.name, since.elapsed());
+                shared.count_run_ahead(RanAhead::Paused);
                 *lock(&shared.prepare_paused_until) = Some(Instant::now() + PREPARE_PAUSE);
             }
             if let Err(e) = answer_and_commit(&mut store, shared, index, std::iter::once(waiter).zip(outcomes)) {
@@ -727,6 +759,7 @@ fn prepare_one(shared: &Shared, mut item: ApplyItem) {
         // Given up (or, with nothing run, applied the usual way once committed).
         (_, Some(_)) => {
             drop(prepared);
+            shared.count_run_ahead(RanAhead::RolledBack);
             if let Err(e) = store.rollback_open() {
                 log::error!("{}: cannot roll back entry {}, run ahead of its commit: {e}", shared.name, item.index);
             }
@@ -951,6 +984,7 @@ mod tests {
             uncommitted: Mutex::new(None),
             defer_commits: AtomicBool::new(false),
             prepare_paused_until: Mutex::new(None),
+            ran_ahead: Default::default(),
             stall: Default::default(),
             stopping: AtomicBool::new(false),
             given_up: AtomicBool::new(false),
@@ -1122,6 +1156,7 @@ mod tests {
         assert_eq!(applier.applied_index().settled(), Ok(1));
         assert_eq!(titles_in(&mut reader), ["ahead"]);
         assert!(applier.can_prepare());
+        assert_eq!(applier.run_ahead(), RunAhead { answered: 1, rolled_back: 0, pauses: 0 });
         applier.stop();
     }
 
@@ -1171,6 +1206,7 @@ mod tests {
         applier.abandon_prepared();
         assert!(titles_in(&mut reader).is_empty());
         assert_eq!(reader.last_applied().unwrap().index, 0, "its applied index undone too");
+        assert_eq!(applier.run_ahead(), RunAhead { answered: 0, rolled_back: 1, pauses: 0 });
 
         // The next leader commits it after all: applied the usual way, once.
         let (committed, mut rx) = item(1, &create("maybe"));
@@ -1191,6 +1227,7 @@ mod tests {
         applier.apply(vec![other], true);
         assert_eq!(title(answer(&mut rx).unwrap()), "kept");
         assert_eq!(titles_in(&mut reader), ["kept"]);
+        assert_eq!(applier.run_ahead(), RunAhead { answered: 0, rolled_back: 1, pauses: 0 });
         applier.stop();
     }
 
@@ -1214,6 +1251,7 @@ mod tests {
         assert_eq!(titles_in(&mut reader), ["slow", "after"], "in log order");
         assert!(!applier.can_prepare(), "paused after a client waited on the preparing thread");
         assert_eq!(applier.applied(), 2);
+        assert_eq!(applier.run_ahead(), RunAhead { answered: 1, rolled_back: 0, pauses: 1 });
         applier.stop();
     }
 

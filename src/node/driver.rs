@@ -241,6 +241,7 @@ impl Driver {
             elections: 0,
             leader_changes: 0,
             batching: Batching::default(),
+            run_ahead: Default::default(),
             accepted_by: Default::default(),
             leader_credentials: None,
         }));
@@ -408,6 +409,7 @@ impl Driver {
             elections: self.elections,
             leader_changes: self.leader_changes,
             batching: self.batching,
+            run_ahead: self.applier.run_ahead(),
             accepted_by,
             leader_credentials,
         };

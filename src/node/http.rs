@@ -373,7 +373,8 @@ pub fn render_metrics(s: &NodeStatus, responses: &BTreeMap<u16, u64>) -> String 
     gauge("labctl_role", "1 for the node's current Raft role", "gauge", &role_lines);
     let b = &s.batching;
     // One line each, labelled with the node's name.
-    let single: [(&str, &str, &str, u64); 11] = [
+    let r = &s.run_ahead;
+    let single: [(&str, &str, &str, u64); 14] = [
         ("labctl_term", "Current Raft term", "gauge", s.term),
         ("labctl_leader_known", "1 while a leader is known", "gauge", u64::from(s.leader.is_some())),
         ("labctl_commit_index", "Highest log index known committed", "gauge", s.commit_index),
@@ -395,6 +396,24 @@ pub fn render_metrics(s: &NodeStatus, responses: &BTreeMap<u16, u64>) -> String 
             b.append_messages,
         ),
         ("labctl_append_entries_total", "Entries sent in AppendEntries messages", "counter", b.append_entries),
+        (
+            "labctl_run_ahead_answered_total",
+            "Lone writes answered from a transaction run ahead of their commit",
+            "counter",
+            r.answered,
+        ),
+        (
+            "labctl_run_ahead_rolled_back_total",
+            "Transactions run ahead of their commit and rolled back",
+            "counter",
+            r.rolled_back,
+        ),
+        (
+            "labctl_run_ahead_pauses_total",
+            "Pauses of running writes ahead, after a client waited for the busy cores",
+            "counter",
+            r.pauses,
+        ),
     ];
     let node = format!("{{node=\"{}\"}}", s.name);
     for (name, help, kind, value) in single {
@@ -436,6 +455,7 @@ mod tests {
             elections: 0,
             leader_changes: 1,
             batching: Batching::default(),
+            run_ahead: Default::default(),
             accepted_by: Default::default(),
             leader_credentials: None,
         };
@@ -474,6 +494,7 @@ mod tests {
             elections: 3,
             leader_changes: 2,
             batching: Batching { log_writes: 4, log_entries: 10, append_messages: 8, append_entries: 20 },
+            run_ahead: Default::default(),
             accepted_by: Default::default(),
             leader_credentials: None,
         };

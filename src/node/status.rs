@@ -32,6 +32,20 @@ pub struct Batching {
     pub append_entries: u64,
 }
 
+/// What became of a leader's lone writes run ahead of their commit (see the README, "A lone
+/// write runs ahead of its commit"): counters since the node started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RunAhead {
+    /// Writes answered with what their transaction, run ahead, returned.
+    pub answered: u64,
+    /// Transactions run ahead and rolled back: the node stopped leading, or another leader's
+    /// entry took the index.
+    pub rolled_back: u64,
+    /// Times a client waited too long for the thread that runs them (the cores busy), after
+    /// which writes were applied the usual way for a second.
+    pub pauses: u64,
+}
+
 /// What `/status` shows; published by the driver after every turn of its loop that changed
 /// it. Its text and maps are shared between snapshots (`Arc`), so that a new snapshot, made
 /// several times per write, costs about one allocation.
@@ -53,6 +67,8 @@ pub struct NodeStatus {
     pub leader_changes: u64,
     /// How many entries shared each log flush and each AppendEntries message.
     pub batching: Batching,
+    /// What became of the writes run ahead of their commit.
+    pub run_ahead: RunAhead,
     /// Leader: followers that completed the election handshake this term, with their HTTP
     /// addresses.
     pub accepted_by: Arc<BTreeMap<String, String>>,
