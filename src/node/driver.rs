@@ -803,13 +803,13 @@ impl Driver {
                 }
                 let then = self.addressed(messages);
                 if !self.writer.write(Write { persist_id, hard_state: ready.hard_state, entries }, then) {
-                    return Err(StorageError::WriterStopped);
+                    return Err(self.writer_failure());
                 }
                 self.writes_on_their_way.push_back((persist_id, std::time::Instant::now()));
             } else if !self.writes_on_their_way.is_empty() {
                 let then = self.addressed(messages);
                 if !then.is_empty() && !self.writer.send_after(then) {
-                    return Err(StorageError::WriterStopped);
+                    return Err(self.writer_failure());
                 }
             } else {
                 self.send(messages);
@@ -850,6 +850,17 @@ impl Driver {
             self.apply(ready.commit_index);
         }
         Ok(())
+    }
+
+    /// Why the log writer stopped: the error it reported (a full disk, say), which may still
+    /// wait behind reports of writes done.
+    fn writer_failure(&mut self) -> StorageError {
+        while let Ok(report) = self.writer.done.try_recv() {
+            if let Err(e) = report {
+                return e;
+            }
+        }
+        StorageError::WriterStopped
     }
 
     /// The log writer has written everything up to the write numbered `persist_id` (and sent
