@@ -128,6 +128,14 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
+/// The tests of this file that start a cluster run one at a time: the fault suite keeps both
+/// cores busy and slows disks on purpose, which would be faults in the others' runs too.
+static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn one_cluster_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_CLUSTER_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// What became of node `id`'s lone writes run ahead of their commit: answered, rolled back,
 /// pauses (`/status`'s `run_ahead`); None when it does not answer.
 fn run_ahead_of(cluster: &TestCluster, id: u32) -> Option<[u64; 3]> {
@@ -152,6 +160,7 @@ fn leader_of(cluster: &TestCluster) -> Option<u32> {
 
 #[test]
 fn five_nodes_under_partitions_kills_pauses_and_busy_cores_keep_every_answered_write() {
+    let _alone = one_cluster_at_a_time();
     let seconds: u64 = env_or("LABCTL_FAULT_SECONDS", 40);
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let seed: u64 = env_or("LABCTL_FAULT_SEED", now.as_nanos() as u64 % 1_000_000_000);
@@ -463,6 +472,7 @@ fn five_nodes_under_partitions_kills_pauses_and_busy_cores_keep_every_answered_w
 
 #[test]
 fn a_leader_whose_disk_is_full_hands_over_and_writes_go_on() {
+    let _alone = one_cluster_at_a_time();
     let mut cluster = TestCluster::start(NODES, 0, &[]);
     let port = cluster.addr(1).port();
     cluster.wait_for_leader(Duration::from_secs(10));
@@ -573,6 +583,7 @@ fn with_slow_disk_for_the_leader(iops: u32) -> Option<(TestCluster, SlowDisk, u3
 
 #[test]
 fn a_leader_whose_disk_stalls_for_a_moment_keeps_its_lead() {
+    let _alone = one_cluster_at_a_time();
     // The Raft log is written beside the Raft thread: a leader whose flushes take hundreds of
     // milliseconds for a while still sends its heartbeats in time. (When the Raft thread
     // waited for its own flushes, the followers' election timers, 150-300 ms, fired while it
@@ -602,6 +613,7 @@ fn a_leader_whose_disk_stalls_for_a_moment_keeps_its_lead() {
 
 #[test]
 fn a_leader_whose_disk_stays_slow_hands_over_and_writes_go_on() {
+    let _alone = one_cluster_at_a_time();
     // A leader answers a write once it is on its own disk too: one whose disk stays slow would
     // make every write as slow as its disk, though the followers' disks are fast. It hands over.
     let Some((cluster, disk, leader, _)) = with_slow_disk_for_the_leader(4) else { return };

@@ -56,10 +56,10 @@ const STALL_STEP_DOWN: Duration = Duration::from_secs(2);
 /// A leader whose answers waited for its own disk, with the followers' disks done already,
 /// at this many of the last [`DISK_WINDOW`] health checks hands over (see [`DiskWatch`]), and
 /// stands for election again after [`DISK_REST`].
-const DISK_SLOW_CHECKS: usize = 15;
-const DISK_WINDOW: usize = 20;
+const DISK_SLOW_CHECKS: usize = 25;
+const DISK_WINDOW: usize = 30;
 const DISK_REST: Duration = Duration::from_secs(10);
-/// A write on its way to disk for this long holds up the answers that wait for it.
+/// A write that takes the disk this long holds up the answers that wait for it.
 const DISK_SLOW_WRITE: Duration = Duration::from_millis(50);
 /// How often the node looks at its database's and its log's progress.
 const HEALTH_CHECK: Duration = Duration::from_millis(100);
@@ -111,9 +111,10 @@ pub struct Driver {
     name: String,
     raft: Raft,
     writer: LogWriter,
-    /// The writes handed to the log writer and not reported done, oldest first: their number
-    /// and when they were handed over.
-    writes_on_their_way: std::collections::VecDeque<(u64, std::time::Instant)>,
+    /// The number of the latest write handed to the log writer, and of the latest it has
+    /// reported done: while they differ, what the node sends waits for the writer.
+    writes_handed: u64,
+    writes_done: u64,
     transport: Transport,
     origin: Instant,
     /// Committed entries up to here are handed to the applier (and their STOREs answered).
@@ -165,9 +166,9 @@ pub struct Driver {
 /// might lose), so a leader whose disk stays slow makes every write as slow as its disk, even
 /// where a majority of followers have theirs on disk long before. Such a leader hands over:
 /// when at [`DISK_SLOW_CHECKS`] of the last [`DISK_WINDOW`] health checks it had committed
-/// entries (on a majority's disks without its own) that its disk did not hold yet, behind a
-/// write on its way for [`DISK_SLOW_WRITE`] or more, it stops leading and stands in no
-/// election for [`DISK_REST`]. Only a leader outrun by a majority of
+/// entries (on a majority's disks without its own) that its disk did not hold yet, while its
+/// disk took [`DISK_SLOW_WRITE`] or more for a write (the one on its way, or the last one),
+/// it stops leading and stands in no election for [`DISK_REST`]. Only a leader outrun by a majority of
 /// its followers does so: in a cluster whose disks are all slow, the leader's own write is
 /// the one commits wait for, and it keeps its lead.
 #[derive(Debug, Default)]
@@ -180,14 +181,14 @@ struct DiskWatch {
 impl DiskWatch {
     /// Looks at the node at `now`; returns whether its disk lets it lead, and whether it has
     /// just stopped letting it.
-    /// `oldest_write`: when the oldest write not done yet was handed to the log writer.
+    /// `write_time`: how long the disk takes for the write on its way, or took for the last.
     fn check(
         &mut self,
         now: std::time::Instant,
         leading: bool,
         commit: u64,
         durable: u64,
-        oldest_write: Option<std::time::Instant>,
+        write_time: Duration,
     ) -> (bool, bool) {
         if let Some(until) = self.resting_until {
             if now < until {
@@ -199,8 +200,7 @@ impl DiskWatch {
             self.waited.clear();
             return (true, false);
         }
-        let slow = oldest_write.is_some_and(|since| now.saturating_duration_since(since) >= DISK_SLOW_WRITE);
-        self.waited.push_back(commit > durable && slow);
+        self.waited.push_back(commit > durable && write_time >= DISK_SLOW_WRITE);
         if self.waited.len() > DISK_WINDOW {
             self.waited.pop_front();
         }
@@ -261,7 +261,8 @@ impl Driver {
             name: proto::node_name(raft.id()),
             raft,
             writer,
-            writes_on_their_way: std::collections::VecDeque::new(),
+            writes_handed: 0,
+            writes_done: 0,
             transport,
             origin,
             handed_off: 0,
@@ -317,9 +318,9 @@ impl Driver {
         let stall = self.stall_watch.as_ref().and_then(AppliedIndex::stall);
         let stall = stall.filter(|s| now.duration_since(s.since) >= STALL_STEP_DOWN);
         let leading = self.raft.role() == Role::Leader;
-        let oldest_write = self.writes_on_their_way.front().map(|&(_, since)| since);
+        let write_time = self.writer.write_time();
         let (disk_ok, handed_over) =
-            self.disk_watch.check(now, leading, self.raft.commit_index(), self.raft.durable_index(), oldest_write);
+            self.disk_watch.check(now, leading, self.raft.commit_index(), self.raft.durable_index(), write_time);
         if handed_over {
             log::warn!(
                 "{}: writes committed on its followers' disks kept waiting for its own (at {DISK_SLOW_CHECKS} of {} \
@@ -805,8 +806,8 @@ impl Driver {
                 if !self.writer.write(Write { persist_id, hard_state: ready.hard_state, entries }, then) {
                     return Err(self.writer_failure());
                 }
-                self.writes_on_their_way.push_back((persist_id, std::time::Instant::now()));
-            } else if !self.writes_on_their_way.is_empty() {
+                self.writes_handed = persist_id;
+            } else if self.writes_done < self.writes_handed {
                 let then = self.addressed(messages);
                 if !then.is_empty() && !self.writer.send_after(then) {
                     return Err(self.writer_failure());
@@ -866,9 +867,7 @@ impl Driver {
     /// The log writer has written everything up to the write numbered `persist_id` (and sent
     /// what waited for it): the core counts it as on disk.
     fn persisted(&mut self, persist_id: u64) {
-        while self.writes_on_their_way.front().is_some_and(|&(id, _)| id <= persist_id) {
-            self.writes_on_their_way.pop_front();
-        }
+        self.writes_done = persist_id;
         self.raft.persisted(persist_id);
     }
 
@@ -1094,36 +1093,36 @@ mod tests {
         let start = std::time::Instant::now();
         let at = |check: u32| start + HEALTH_CHECK * check;
         let mut watch = DiskWatch::default();
-        // A stall of 1.4 s (14 checks) in a 2 s window: it keeps its lead.
-        for t in 0..14 {
-            assert_eq!(watch.check(at(t), true, 10 + t as u64, 10, Some(at(0))), (true, false), "check {t}");
+        // A stall of 2.4 s (24 checks) in a 3 s window: it keeps its lead.
+        let slow = DISK_SLOW_WRITE;
+        for t in 0..24 {
+            assert_eq!(watch.check(at(t), true, 10 + t as u64, 10, slow * (t + 1)), (true, false), "check {t}");
         }
-        for t in 14..40 {
-            assert_eq!(watch.check(at(t), true, 30, 30, None), (true, false), "check {t}");
+        for t in 24..40 {
+            assert_eq!(watch.check(at(t), true, 30, 30, slow / 10), (true, false), "check {t}");
         }
         // A follower is never held to it.
         for t in 40..70 {
-            assert_eq!(watch.check(at(t), false, 40, 30, Some(at(40))), (true, false), "check {t}");
+            assert_eq!(watch.check(at(t), false, 40, 30, slow * 2), (true, false), "check {t}");
         }
-        // Nor is a leader whose writes are quick, however often the followers' come first.
+        // Nor is a leader whose disk is quick, however often the followers' come first.
         for t in 70..100 {
-            let just_now = Some(at(t) - DISK_SLOW_WRITE / 2);
-            assert_eq!(watch.check(at(t), true, 50, 49, just_now), (true, false), "check {t}");
+            assert_eq!(watch.check(at(t), true, 50, 49, slow / 2), (true, false), "check {t}");
         }
-        // A disk that stays slow: the leader hands over at the 15th such check of 20.
+        // A disk that stays slow: the leader hands over at the 25th such check of 30.
         let mut handed = None;
-        for t in 100..130 {
-            let (ok, now) = watch.check(at(t), true, 100 + t as u64, 100, Some(at(t) - DISK_SLOW_WRITE));
+        for t in 100..140 {
+            let (ok, now) = watch.check(at(t), true, 100 + t as u64, 100, slow);
             if now {
                 handed = Some(t);
             }
             assert_eq!(ok, handed.is_none(), "check {t}");
         }
-        assert_eq!(handed, Some(114));
+        assert_eq!(handed, Some(124));
         // It rests for DISK_REST, then may lead again.
         let rest_checks = (DISK_REST.as_millis() / HEALTH_CHECK.as_millis()) as u32;
-        assert_eq!(watch.check(at(114 + rest_checks - 1), false, 200, 200, None), (false, false));
-        assert_eq!(watch.check(at(114 + rest_checks), false, 200, 200, None), (true, false));
+        assert_eq!(watch.check(at(124 + rest_checks - 1), false, 200, 200, slow), (false, false));
+        assert_eq!(watch.check(at(124 + rest_checks), false, 200, 200, slow), (true, false));
     }
 
     #[test]

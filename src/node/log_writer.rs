@@ -11,8 +11,10 @@
 //! newest of a merged set), so the core may count it.
 
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc as async_mpsc;
 
@@ -63,6 +65,19 @@ pub struct LogWriter {
     /// The number of each done write, in order; an error ends the reports.
     pub done: async_mpsc::UnboundedReceiver<Result<u64, StorageError>>,
     thread: Option<JoinHandle<()>>,
+    timing: Arc<Timing>,
+}
+
+/// How long the disk takes: the thread's writes, timed from the call to their return (not
+/// from when they were handed over, so a thread kept off a busy core does not count as a
+/// slow disk).
+#[derive(Debug)]
+struct Timing {
+    origin: Instant,
+    /// When the write on its way started, in microseconds after `origin`, plus one; 0: none.
+    writing_since: AtomicU64,
+    /// How long the last write took, in microseconds.
+    last_took: AtomicU64,
 }
 
 impl LogWriter {
@@ -71,6 +86,9 @@ impl LogWriter {
         let (to_write, work) = mpsc::channel::<Work>();
         let (report, done) = async_mpsc::unbounded_channel();
         let name = name.to_string();
+        let timing =
+            Arc::new(Timing { origin: Instant::now(), writing_since: AtomicU64::new(0), last_took: AtomicU64::new(0) });
+        let clock = timing.clone();
         let thread = std::thread::Builder::new().name(format!("{name}-log")).spawn(move || {
             let mut send_errors = super::transport::RateLimited::new(5);
             while let Ok(first) = work.recv() {
@@ -89,7 +107,13 @@ impl LogWriter {
                 let result = match &write {
                     Some(write) => {
                         let entries = write.entries.as_ref().map(|(from, entries)| (*from, entries.as_slice()));
-                        storage.persist(write.hard_state, entries).map(|()| Some(write.persist_id))
+                        let started = clock.origin.elapsed();
+                        clock.writing_since.store(started.as_micros() as u64 + 1, Ordering::Release);
+                        let result = storage.persist(write.hard_state, entries).map(|()| Some(write.persist_id));
+                        let took = clock.origin.elapsed().saturating_sub(started);
+                        clock.last_took.store(took.as_micros() as u64, Ordering::Release);
+                        clock.writing_since.store(0, Ordering::Release);
+                        result
                     }
                     None => Ok(None),
                 };
@@ -110,7 +134,7 @@ impl LogWriter {
                 }
             }
         })?;
-        Ok(LogWriter { to_write: Some(to_write), done, thread: Some(thread) })
+        Ok(LogWriter { to_write: Some(to_write), done, thread: Some(thread), timing })
     }
 
     /// Hands a write to the thread, with the datagrams to send once it is on disk; false when
@@ -123,6 +147,17 @@ impl LogWriter {
     /// Hands the thread datagrams to send once every write handed over so far is on disk.
     pub fn send_after(&self, datagrams: Datagrams) -> bool {
         self.to_write.as_ref().is_some_and(|w| w.send(Work::Send(datagrams)).is_ok())
+    }
+
+    /// How long the disk takes now: the write on its way so far, or the last one if that took
+    /// longer.
+    pub fn write_time(&self) -> Duration {
+        let t = &self.timing;
+        let last = Duration::from_micros(t.last_took.load(Ordering::Acquire));
+        match t.writing_since.load(Ordering::Acquire) {
+            0 => last,
+            since => t.origin.elapsed().saturating_sub(Duration::from_micros(since - 1)).max(last),
+        }
     }
 
     /// Lets the thread finish what it was given and waits for it; the reports stay in `done`.
