@@ -76,8 +76,8 @@ pub struct Api {
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.app_data(web::JsonConfig::default().limit(MAX_BODY).error_handler(|err, _| {
         if let actix_web::error::JsonPayloadError::Payload(e) = &err {
-            if super::http::body_timed_out(e) {
-                return actix_web::error::InternalError::from_response(err, super::http::body_timeout_response())
+            if super::respond::body_timed_out(e) {
+                return actix_web::error::InternalError::from_response(err, super::respond::body_timeout_response())
                     .into();
             }
         }
@@ -430,8 +430,8 @@ async fn read_file_field(req: &HttpRequest, payload: web::Payload, limit: usize)
 
 fn multipart_error(e: MultipartError) -> HttpResponse {
     if let MultipartError::Payload(payload) = &e {
-        if super::http::body_timed_out(payload) {
-            return super::http::body_timeout_response();
+        if super::respond::body_timed_out(payload) {
+            return super::respond::body_timeout_response();
         }
     }
     let code = match e {

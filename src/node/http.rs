@@ -29,7 +29,7 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use serde_json::json;
 use tokio::sync::watch;
 
-use super::respond::method_not_allowed;
+use super::respond::{method_not_allowed, BODY_IDLE};
 use super::status::NodeStatus;
 
 /// Shared by the handlers.
@@ -130,11 +130,11 @@ fn app(
         .app_data(console)
         // The innermost first: authorization runs after HEAD became GET, and its 401 and 403
         // are counted.
-        .wrap(middleware::from_fn(super::auth::authorize))
+        .wrap(middleware::from_fn(super::accounts::authorize))
         .wrap(middleware::from_fn(count_responses))
         .wrap(middleware::from_fn(head_as_get))
         .wrap(middleware::from_fn(body_deadline))
-        .configure(super::auth::configure)
+        .configure(super::accounts::configure)
         .configure(super::api::configure)
         .configure(super::console::configure)
         .service(web::resource("/healthz").get(healthz).default_service(web::to(method_not_allowed)))
@@ -155,22 +155,6 @@ async fn head_as_get(
         req.head_mut().method = actix_web::http::Method::GET;
     }
     next.call(req).await
-}
-
-/// How long a request's body may stop arriving before the request is answered `408`: a client
-/// that announces more than it sends does not hold its connection and its handler forever.
-pub(super) const BODY_IDLE: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Whether `e` is a body that stopped arriving for [`BODY_IDLE`].
-pub(super) fn body_timed_out(e: &actix_web::error::PayloadError) -> bool {
-    matches!(e, actix_web::error::PayloadError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut)
-}
-
-/// The `408` of a request whose body stopped arriving.
-pub(super) fn body_timeout_response() -> HttpResponse {
-    HttpResponse::build(StatusCode::REQUEST_TIMEOUT)
-        .force_close()
-        .json(json!({ "error": format!("the request body stopped arriving for {} s", BODY_IDLE.as_secs()) }))
 }
 
 /// Gives a request with a body [`BODY_IDLE`] between its pieces: its reader then gets a

@@ -3,6 +3,7 @@
 //! [`raft`] is the consensus core; the other modules are its edges: UDP transport, the
 //! durable log on disk, and the driver loop that feeds the core messages and time.
 
+pub mod accounts;
 pub mod advertise;
 pub mod announce;
 pub mod api;
@@ -189,7 +190,7 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
         anyhow::bail!("admin_name {admin_name:?}: {e}");
     }
     // Read (and checked) at start, so that a missing file stops the node at once.
-    let admin_password = if auth_on { Some(auth::AdminPassword::from_env()?) } else { None };
+    let admin_password = if auth_on { Some(accounts::AdminPassword::from_env()?) } else { None };
 
     let given_url = args.database_url.clone().or_else(|| file.node.database_url.clone());
     if let Some(url) = given_url.as_deref().filter(|url| store::is_sqlite_in_memory(url)) {
@@ -340,7 +341,8 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
                 "{name}: authentication is off: every HTTP request is allowed (start with --auth to require accounts)"
             );
         }
-        let admin = admin_password.map(|password| tokio::spawn(auth::ensure_admin(api.clone(), admin_name, password)));
+        let admin =
+            admin_password.map(|password| tokio::spawn(accounts::ensure_admin(api.clone(), admin_name, password)));
         let http =
             http::Server::start(http_bind, server_tls, driver.subscribe(), api, actix_web::web::Data::new(console))
                 .with_context(|| format!("cannot serve {} on {http_bind} for {name}", scheme.to_ascii_uppercase()))?;
