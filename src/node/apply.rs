@@ -222,9 +222,9 @@ struct Shared {
     applied: AtomicU64,
     /// The highest index whose writer was answered before its transaction committed.
     answered: AtomicU64,
-    /// Whether the driver may apply: only to a node's own file, where no other node's lock
-    /// can hold a write (and the Raft loop with it) for long.
-    inline: bool,
+    /// The node's own file: entries may run ahead of their commit there, where this node is
+    /// the only writer.
+    own_file: bool,
     /// The entry run ahead of its commit. Locked after `store` when both are held, and only
     /// for a moment.
     prepared: Mutex<Prepared>,
@@ -321,8 +321,6 @@ enum RanAhead {
 
 /// Entries applied in one transaction at most.
 const MAX_BATCH: usize = 512;
-/// At most this many entries are applied by the driver itself (see [`Applier::apply`]).
-const MAX_INLINE: usize = 8;
 const RETRY: Duration = Duration::from_secs(1);
 /// When the client of an entry that committed while its transaction ran ahead waited longer
 /// than [`CLAIM_WAIT_LIMIT`] for the preparing thread (the cores were busy with work of normal
@@ -349,7 +347,7 @@ impl Applier {
             }
         };
         let shared = Arc::new(Shared {
-            inline: store.is_own_file(),
+            own_file: store.is_own_file(),
             store: Mutex::new(store),
             queued: AtomicUsize::new(0),
             applied: AtomicU64::new(applied),
@@ -366,7 +364,7 @@ impl Applier {
         });
         let theirs = shared.clone();
         let thread = std::thread::Builder::new().name("apply".into()).spawn(move || run(&theirs, own, rx))?;
-        let preparer = if shared.inline {
+        let preparer = if shared.own_file {
             let (prepare_tx, prepare_rx) = mpsc::channel();
             let theirs = shared.clone();
             let thread =
@@ -378,54 +376,14 @@ impl Applier {
         Ok(Applier { tx, shared, thread: Some(thread), preparer })
     }
 
-    /// Applies committed entries, in order after those handed over before. With `inline`
-    /// (nothing else waits on the caller), a node's own file and the thread idle, a few entries
-    /// are applied right here: the waiting client is answered without waking the thread, a
-    /// hand-over that cost more than the transaction. Otherwise they are queued for the thread.
-    pub fn apply(&self, mut items: Vec<ApplyItem>, inline: bool) {
+    /// Applies committed entries, in order after those handed over before: the thread does,
+    /// never the caller (the Raft thread, whose timers must not wait for the database), except
+    /// that an entry run ahead of its commit is settled here (its client answered at once).
+    pub fn apply(&self, mut items: Vec<ApplyItem>) {
         if items.is_empty() {
             return;
         }
         self.settle_prepared(&mut items);
-        if items.is_empty() {
-            return;
-        }
-        let nothing_prepared = matches!(*lock(&self.shared.prepared), Prepared::None);
-        if inline && self.shared.inline && items.len() <= MAX_INLINE && self.idle() && nothing_prepared {
-            if let Ok(mut store) = self.shared.store.try_lock() {
-                self.shared.commit_answered(&mut store);
-                if let Some(commands) = commands_of(&items) {
-                    match answer_then_commit(&mut store, &mut items, &commands, &self.shared) {
-                        Ok(()) => return,
-                        // The thread applies them: for their waiters if the transaction
-                        // failed, for nobody if only the commit after the answers did.
-                        Err(e) => log::error!(
-                            "{}: cannot apply entries {}…: {}; handing them over",
-                            self.shared.name,
-                            items[0].index,
-                            e.with_causes()
-                        ),
-                    }
-                    drop(store);
-                    for item in items {
-                        self.send(Work::Entry(item));
-                    }
-                    return;
-                }
-                match apply_batch(&mut store, &mut items, &self.shared.applied) {
-                    Ok(()) => return,
-                    // The thread tries again until the database answers.
-                    Err(e) => {
-                        log::warn!(
-                            "{}: cannot apply entry {}: {}; handing it over",
-                            self.shared.name,
-                            items[0].index,
-                            e.with_causes()
-                        )
-                    }
-                }
-            }
-        }
         for item in items {
             self.send(Work::Entry(item));
         }
@@ -773,27 +731,6 @@ fn command_of(entry: &LogEntry) -> Option<serde_json::Result<Command>> {
     (entry.key.as_deref() == Some(COMMAND_KEY)).then(|| serde_json::from_str::<Command>(entry.value.get()))
 }
 
-/// The commands of `items` if every one carries a readable command.
-fn commands_of(items: &[ApplyItem]) -> Option<Vec<(u64, u64, Command)>> {
-    items.iter().map(|item| Some((item.index, item.term, command_of(&item.entry)?.ok()?))).collect()
-}
-
-/// Runs `commands` (those of `items`) in one transaction, answers the waiters with what they
-/// return, and only then commits ([`answer_and_commit`]): the client's answer does not wait for
-/// the commit's writes. On the node's own file only, where this node is the only writer. An
-/// error before any answer leaves is returned with nothing applied; a failed commit after the
-/// answers is returned too.
-fn answer_then_commit(
-    store: &mut Store,
-    items: &mut [ApplyItem],
-    commands: &[(u64, u64, Command)],
-    shared: &Shared,
-) -> Result<(), super::store::StoreError> {
-    let outcomes = store.apply_open(commands)?;
-    let last = commands.last().map_or(0, |c| c.0);
-    answer_and_commit(store, shared, last, items.iter_mut().map(|item| item.waiter.take()).zip(outcomes))
-}
-
 /// Answers the waiters of entries up to `last`, whose transaction has run and is still open,
 /// with their outcomes, then commits it. `answered` is raised before the first answer leaves,
 /// so that a read arriving before the commit waits for it ([`AppliedIndex::settled`]), and
@@ -908,6 +845,11 @@ fn flush(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The commands of `items` if every one carries a readable command.
+    fn commands_of(items: &[ApplyItem]) -> Option<Vec<(u64, u64, Command)>> {
+        items.iter().map(|item| Some((item.index, item.term, command_of(&item.entry)?.ok()?))).collect()
+    }
     use crate::node::store::{Op, ProductInput, Reply};
     use crate::proto::EntryValue;
 
@@ -965,7 +907,8 @@ mod tests {
         assert_eq!(store.last_applied().unwrap().index, 0);
         let (mut one, mut answer) = item(1, &cmd);
         let commands = commands_of(std::slice::from_ref(&one)).unwrap();
-        answer_then_commit(&mut store, std::slice::from_mut(&mut one), &commands, &shared).unwrap();
+        let outcomes = store.apply_open(&commands).unwrap();
+        answer_and_commit(&mut store, &shared, 1, std::iter::once(one.waiter.take()).zip(outcomes)).unwrap();
         assert_eq!(title(answer.try_recv().unwrap()), "ahead");
         assert_eq!((index.settled(), reader.dump().unwrap().products.len()), (Ok(1), 1), "visible once settled");
         assert_eq!(store.last_applied().unwrap().index, 1);
@@ -979,7 +922,7 @@ mod tests {
             queued: AtomicUsize::new(0),
             applied: AtomicU64::new(0),
             answered: AtomicU64::new(0),
-            inline: true,
+            own_file: true,
             prepared: Mutex::new(Prepared::None),
             uncommitted: Mutex::new(None),
             defer_commits: AtomicBool::new(false),
@@ -1055,22 +998,24 @@ mod tests {
     }
 
     #[test]
-    fn an_idle_applier_lets_the_caller_apply_a_few_entries_and_keeps_the_log_order() {
+    fn the_applier_applies_what_it_is_handed_in_log_order_and_never_on_the_callers_thread() {
         let dir = tempfile::tempdir().unwrap();
         let url = dir.path().join("node.db").to_string_lossy().into_owned();
         let applier = Applier::start(Store::open(&url).unwrap().private(), None, "node1".into()).unwrap();
-        let (one, mut first) = item(1, &create("e1"));
-        applier.apply(vec![one], true);
-        let answered = first.try_recv().expect("answered before apply() returned");
-        assert_eq!(title(answered), "e1");
+        // The caller (the Raft thread) holds nothing up while the database is held elsewhere.
+        let held = lock(&applier.shared.store);
+        let (one, first) = item(1, &create("e1"));
+        applier.apply(vec![one]);
+        assert_eq!(applier.applied(), 0, "not applied by the caller");
+        drop(held);
+        assert_eq!(title(first.blocking_recv().unwrap()), "e1");
         assert_eq!(applier.applied(), 1);
 
-        // More than the caller takes on, then one more while those may still be queued: the
-        // thread and the caller take turns in log order, whoever applies what.
+        // Batches handed over one after another, while earlier ones may still be queued.
         let (items, answers): (Vec<_>, Vec<_>) = (2..=11).map(|i| item(i, &create(&format!("e{i}")))).unzip();
         let mut items = items.into_iter();
-        applier.apply(items.by_ref().take(MAX_INLINE + 1).collect(), true);
-        applier.apply(items.collect(), true);
+        applier.apply(items.by_ref().take(4).collect());
+        applier.apply(items.collect());
         let (tx, read) = oneshot::channel();
         applier.push_read(tx);
         let titles: Vec<String> = answers.into_iter().map(|rx| title(rx.blocking_recv().unwrap())).collect();
@@ -1151,7 +1096,7 @@ mod tests {
         assert_eq!(applier.applied(), 0);
 
         let (committed, mut rx) = item(1, &create("ahead"));
-        applier.apply(vec![committed], true);
+        applier.apply(vec![committed]);
         assert_eq!(title(rx.try_recv().expect("answered before apply() returned")), "ahead");
         assert_eq!(applier.applied_index().settled(), Ok(1));
         assert_eq!(titles_in(&mut reader), ["ahead"]);
@@ -1168,7 +1113,7 @@ mod tests {
             applier.prepare(unwaited(i, 1, &title));
             wait_prepared(&applier, |p| matches!(p, Prepared::Ready { .. }));
             let (committed, mut rx) = item(i, &create(&title));
-            applier.apply(vec![committed], true);
+            applier.apply(vec![committed]);
             assert_eq!(self::title(rx.try_recv().expect("answered before apply() returned")), title);
         }
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -1186,11 +1131,11 @@ mod tests {
         applier.prepare(unwaited(1, 1, "answered"));
         wait_prepared(&applier, |p| matches!(p, Prepared::Ready { .. }));
         let (committed, mut rx) = item(1, &create("answered"));
-        applier.apply(vec![committed], true);
+        applier.apply(vec![committed]);
         assert_eq!(title(rx.try_recv().unwrap()), "answered");
         applier.abandon_prepared();
         let (next, mut rx) = item(2, &create("next"));
-        applier.apply(vec![next], true);
+        applier.apply(vec![next]);
         assert_eq!(title(answer(&mut rx).unwrap()), "next");
         applier.stop();
         let mut reopened = Store::open(&url).unwrap();
@@ -1210,7 +1155,7 @@ mod tests {
 
         // The next leader commits it after all: applied the usual way, once.
         let (committed, mut rx) = item(1, &create("maybe"));
-        applier.apply(vec![committed], true);
+        applier.apply(vec![committed]);
         assert_eq!(title(answer(&mut rx).unwrap()), "maybe");
         assert_eq!(titles_in(&mut reader), ["maybe"]);
         applier.stop();
@@ -1224,7 +1169,7 @@ mod tests {
         let (mut other, mut rx) = item(1, &create("kept"));
         other.term = 2;
         other.entry.term = 2;
-        applier.apply(vec![other], true);
+        applier.apply(vec![other]);
         assert_eq!(title(answer(&mut rx).unwrap()), "kept");
         assert_eq!(titles_in(&mut reader), ["kept"]);
         assert_eq!(applier.run_ahead(), RunAhead { answered: 0, rolled_back: 1, pauses: 0 });
@@ -1240,7 +1185,7 @@ mod tests {
         wait_prepared(&applier, |p| matches!(p, Prepared::Running { .. }));
         let (committed, mut rx) = item(1, &create("slow"));
         let (after, mut rx2) = item(2, &create("after"));
-        applier.apply(vec![committed, after], true);
+        applier.apply(vec![committed, after]);
         assert!(matches!(*lock(&applier.shared.prepared), Prepared::Claimed { index: 1, .. }));
         assert!(rx.try_recv().is_err(), "not answered before its transaction ran");
         // The client waits longer than CLAIM_WAIT_LIMIT: running ahead pauses.
@@ -1270,7 +1215,7 @@ mod tests {
         let store = lock(&applier.shared.store);
         applier.prepare(unwaited(1, 1, "cancelled"));
         let (committed, mut rx) = item(1, &create("cancelled"));
-        applier.apply(vec![committed], true);
+        applier.apply(vec![committed]);
         assert!(matches!(*lock(&applier.shared.prepared), Prepared::Cancelled));
         drop(store);
         assert_eq!(title(answer(&mut rx).unwrap()), "cancelled");

@@ -980,8 +980,7 @@ impl Driver {
         }
         // A leader with no other write in flight has nothing to do until its client is
         // answered: it may apply the entries itself.
-        let inline = self.raft.role() == Role::Leader && self.writes.is_empty();
-        self.applier.apply(items, inline);
+        self.applier.apply(items);
         // Reads whose read index is handed over run once the applier has got that far.
         while let Some(entry) = self.readable.first_entry() {
             if *entry.key() > self.handed_off {
