@@ -5,9 +5,9 @@
 //! ([`LogWriter`]). Each turn the task waits for a datagram, the core's next deadline, a
 //! write done or a stop signal; takes every datagram already waiting; then handles the
 //! core's `Ready` as persist → send → apply, where persisting hands the write to the log
-//! writer and what must follow it waits until it is reported done. So a slow flush holds up
-//! the messages that depend on it, and nothing else: timers fire, and a leader keeps sending
-//! heartbeats. Timers are exact deadlines from the core, not a periodic tick, so no tick
+//! writer with the messages that must follow it, which the writer sends once the write is on
+//! disk. So a slow flush holds up the messages that depend on it, and nothing else: timers
+//! fire, and a leader keeps sending heartbeats. Timers are exact deadlines from the core, not a periodic tick, so no tick
 //! period is added to elections or heartbeats.
 //!
 //! A Raft message larger than a datagram (an AppendEntries carrying one large entry) leaves as
