@@ -566,9 +566,20 @@ fn write_for(client: &mut Client, how_long: Duration, tag: &str) -> usize {
     answered
 }
 
-/// A cluster of five whose leader's disk can be slowed; None (the test skipped) where blkio
-/// throttling cannot be used here.
-fn with_slow_disk_for_the_leader(iops: u32) -> Option<(TestCluster, SlowDisk, u32, u64)> {
+/// A cluster of five whose leader's disk can be slowed, and a client that writes through the
+/// leader.
+struct SlowLeader {
+    cluster: TestCluster,
+    disk: SlowDisk,
+    leader: u32,
+    term: u64,
+    pid: u32,
+    client: Client,
+}
+
+/// The [`SlowLeader`] cluster, the disk throttled to `iops` when slowed; None (the test
+/// skipped) where blkio throttling cannot be used here.
+fn with_slow_disk_for_the_leader(iops: u32) -> Option<SlowLeader> {
     let cluster = TestCluster::start(NODES, 0, &[]);
     let port = cluster.addr(1).port();
     let (leader, term) = cluster.wait_for_leader(Duration::from_secs(10));
@@ -578,7 +589,10 @@ fn with_slow_disk_for_the_leader(iops: u32) -> Option<(TestCluster, SlowDisk, u3
         skipped(what);
         return None;
     };
-    Some((cluster, disk, leader, term))
+    let pid = cluster.pid(leader).expect("the leader runs");
+    let mut client = Client::new(port, NODES, leader);
+    client.answer_within = Duration::from_secs(5);
+    Some(SlowLeader { cluster, disk, leader, term, pid, client })
 }
 
 #[test]
@@ -588,12 +602,10 @@ fn a_leader_whose_disk_stalls_for_a_moment_keeps_its_lead() {
     // milliseconds for a while still sends its heartbeats in time. (When the Raft thread
     // waited for its own flushes, the followers' election timers, 150-300 ms, fired while it
     // waited, and leaders came and went.)
-    let Some((cluster, disk, leader, term)) = with_slow_disk_for_the_leader(4) else { return };
-    let port = cluster.addr(1).port();
-    let pid = cluster.pid(leader).expect("the leader runs");
+    let Some(SlowLeader { cluster, disk, leader, term, pid, mut client }) = with_slow_disk_for_the_leader(4) else {
+        return;
+    };
     let (_, _, changes) = role_term_changes(&cluster, leader).expect("the leader's status");
-    let mut client = Client::new(port, NODES, leader);
-    client.answer_within = Duration::from_secs(5);
     write_for(&mut client, Duration::from_millis(300), "before");
     disk.slow(pid);
     let slow = write_for(&mut client, Duration::from_millis(800), "slow");
@@ -616,11 +628,9 @@ fn a_leader_whose_disk_stays_slow_hands_over_and_writes_go_on() {
     let _alone = one_cluster_at_a_time();
     // A leader answers a write once it is on its own disk too: one whose disk stays slow would
     // make every write as slow as its disk, though the followers' disks are fast. It hands over.
-    let Some((cluster, disk, leader, _)) = with_slow_disk_for_the_leader(4) else { return };
-    let port = cluster.addr(1).port();
-    let pid = cluster.pid(leader).expect("the leader runs");
-    let mut client = Client::new(port, NODES, leader);
-    client.answer_within = Duration::from_secs(5);
+    let Some(SlowLeader { cluster, disk, leader, pid, mut client, .. }) = with_slow_disk_for_the_leader(4) else {
+        return;
+    };
     disk.slow(pid);
     let started = Instant::now();
     let handed_over = common::poll("another node to lead", Duration::from_secs(10), || {

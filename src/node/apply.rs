@@ -222,9 +222,6 @@ struct Shared {
     applied: AtomicU64,
     /// The highest index whose writer was answered before its transaction committed.
     answered: AtomicU64,
-    /// The node's own file: entries may run ahead of their commit there, where this node is
-    /// the only writer.
-    own_file: bool,
     /// The entry run ahead of its commit. Locked after `store` when both are held, and only
     /// for a moment.
     prepared: Mutex<Prepared>,
@@ -346,8 +343,10 @@ impl Applier {
                 0
             }
         };
+        // Entries run ahead of their commit only on the node's own file, where this node is the
+        // only writer.
+        let own_file = store.is_own_file();
         let shared = Arc::new(Shared {
-            own_file: store.is_own_file(),
             store: Mutex::new(store),
             queued: AtomicUsize::new(0),
             applied: AtomicU64::new(applied),
@@ -364,7 +363,7 @@ impl Applier {
         });
         let theirs = shared.clone();
         let thread = std::thread::Builder::new().name("apply".into()).spawn(move || run(&theirs, own, rx))?;
-        let preparer = if shared.own_file {
+        let preparer = if own_file {
             let (prepare_tx, prepare_rx) = mpsc::channel();
             let theirs = shared.clone();
             let thread =
@@ -922,7 +921,6 @@ mod tests {
             queued: AtomicUsize::new(0),
             applied: AtomicU64::new(0),
             answered: AtomicU64::new(0),
-            own_file: true,
             prepared: Mutex::new(Prepared::None),
             uncommitted: Mutex::new(None),
             defer_commits: AtomicBool::new(false),

@@ -7,8 +7,8 @@
 //! core's `Ready` as persist → send → apply, where persisting hands the write to the log
 //! writer with the messages that must follow it, which the writer sends once the write is on
 //! disk. So a slow flush holds up the messages that depend on it, and nothing else: timers
-//! fire, and a leader keeps sending heartbeats. Timers are exact deadlines from the core, not a periodic tick, so no tick
-//! period is added to elections or heartbeats.
+//! fire, and a leader keeps sending heartbeats. Timers are exact deadlines from the core, not
+//! a periodic tick, so no tick period is added to elections or heartbeats.
 //!
 //! A Raft message larger than a datagram (an AppendEntries carrying one large entry) leaves as
 //! [fragments](crate::proto::fragment) through the transport's paced queue, and incoming fragments are put together
@@ -168,9 +168,9 @@ pub struct Driver {
 /// when at [`DISK_SLOW_CHECKS`] of the last [`DISK_WINDOW`] health checks it had committed
 /// entries (on a majority's disks without its own) that its disk did not hold yet, while its
 /// disk took [`DISK_SLOW_WRITE`] or more for a write (the one on its way, or the last one),
-/// it stops leading and stands in no election for [`DISK_REST`]. Only a leader outrun by a majority of
-/// its followers does so: in a cluster whose disks are all slow, the leader's own write is
-/// the one commits wait for, and it keeps its lead.
+/// it stops leading and stands in no election for [`DISK_REST`]. Only a leader outrun by a
+/// majority of its followers does so: in a cluster whose disks are all slow, the leader's own
+/// write is the one commits wait for, and it keeps its lead.
 #[derive(Debug, Default)]
 struct DiskWatch {
     /// At each health check while leading: whether committed entries waited for its disk.
@@ -180,8 +180,8 @@ struct DiskWatch {
 
 impl DiskWatch {
     /// Looks at the node at `now`; returns whether its disk lets it lead, and whether it has
-    /// just stopped letting it.
-    /// `write_time`: how long the disk takes for the write on its way, or took for the last.
+    /// just stopped letting it. `write_time`: how long the disk takes for the write on its
+    /// way, or took for the last.
     fn check(
         &mut self,
         now: std::time::Instant,
@@ -978,8 +978,6 @@ impl Driver {
                 self.reply(p.reply_to, &reply, p.signed);
             }
         }
-        // A leader with no other write in flight has nothing to do until its client is
-        // answered: it may apply the entries itself.
         self.applier.apply(items);
         // Reads whose read index is handed over run once the applier has got that far.
         while let Some(entry) = self.readable.first_entry() {
