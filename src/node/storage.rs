@@ -8,10 +8,16 @@
 //! A write adds one record after the last one and calls `fdatasync` before the node sends
 //! anything that depends on it. After a crash, an unfinished last write is cut off: it was never
 //! synced, so nothing was promised on it. A record that fails its checksum (or has no newline,
-//! a NUL byte, or is not a record) is such a write only when no good record follows it; with
-//! one after it, it is damage to state that was synced, and the node does not start: it names
-//! the byte where the damage is. On open the file is rewritten compactly when it has grown to
-//! several times its content.
+//! a NUL byte, or is not a record) is such a write only when it is the last and bears the
+//! marks a crash leaves (see [`unfinished_write`]): some of its 512-byte sectors missing
+//! (zeros), the rest whole. Anything else is damage to state that was synced — a good record
+//! after the bad one, a whole record with a changed byte — and the node does not start: it
+//! names the byte where the damage is. On open the file is rewritten compactly when it has
+//! grown to several times its content.
+//!
+//! The file is reached through [`LogDir`] and [`LogFile`]: the node's file system
+//! ([`FsLogDir`]), or in tests a simulated disk that crashes inside writes, tears them sector by
+//! sector, fails syncs and flips bits, under this same code.
 //!
 //! Files written before records carried checksums hold bare JSON lines: they are read as they
 //! were then (a NUL byte ends the records, a line that does not parse is cut off when only zeros
@@ -34,7 +40,7 @@
 //! The file is locked (`flock`) while a node runs, so two processes cannot share a data dir.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -116,16 +122,161 @@ pub struct Recovered {
     pub entries: Vec<LogEntry>,
 }
 
-/// The open durable log.
-pub struct Storage {
+/// Where a node's log lives: a directory of its file system ([`FsLogDir`]), or a simulated
+/// disk that a test crashes, tears and damages at will.
+pub trait LogDir: Send {
+    /// The log file's path, as messages name it.
+    fn path(&self) -> &Path;
+    /// Opens the log file, made empty if there is none, for this process alone.
+    fn open(&mut self) -> Result<Box<dyn LogFile>, StorageError>;
+    /// Replaces the log file by one holding `bytes`, atomically: after a crash the disk holds
+    /// the old file or the new one, each whole. Returns the new file, open.
+    fn replace(&mut self, bytes: &[u8]) -> Result<Box<dyn LogFile>, StorageError>;
+}
+
+/// The open log file. A crash keeps what a call that returned `Ok` wrote; of a write that did
+/// not return, any part may be on the disk, in whole sectors, or none.
+pub trait LogFile: Send {
+    /// The file's length.
+    fn length(&self) -> std::io::Result<u64>;
+    /// Reads from `offset` into `buf`; how many bytes it read (0 at the end).
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize>;
+    /// Writes `records` at `end` and zeros after them up to `zeros_to` where that is further;
+    /// returns once the disk holds it all.
+    fn write_synced(&mut self, end: u64, records: &[u8], zeros_to: u64) -> std::io::Result<()>;
+    /// Cuts the file to `len` bytes; returns once the disk holds that.
+    fn cut(&mut self, len: u64) -> std::io::Result<()>;
+    /// Whether writes bypass the page cache.
+    fn direct(&self) -> bool {
+        false
+    }
+}
+
+/// The log in a directory of the node's file system.
+pub struct FsLogDir {
+    dir: PathBuf,
+    path: PathBuf,
+    /// Whether to try writes that bypass the page cache.
+    direct: bool,
+}
+
+impl FsLogDir {
+    pub fn new(dir: &Path) -> FsLogDir {
+        FsLogDir { dir: dir.to_path_buf(), path: dir.join(FILE_NAME), direct: true }
+    }
+}
+
+/// Takes the lock that keeps a second process off the log, on a valid open descriptor.
+fn lock(file: &File, path: &Path) -> Result<(), StorageError> {
+    // SAFETY: flock on a valid open descriptor; no memory is shared.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(StorageError::Locked { path: path.to_path_buf() });
+    }
+    Ok(())
+}
+
+impl LogDir for FsLogDir {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn open(&mut self) -> Result<Box<dyn LogFile>, StorageError> {
+        std::fs::create_dir_all(&self.dir).map_err(|source| StorageError::Io { path: self.dir.clone(), source })?;
+        let io = |source| StorageError::Io { path: self.path.clone(), source };
+        let file =
+            OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&self.path).map_err(io)?;
+        lock(&file, &self.path)?;
+        Ok(Box::new(FsLogFile::new(&self.path, file, self.direct)))
+    }
+
+    fn replace(&mut self, bytes: &[u8]) -> Result<Box<dyn LogFile>, StorageError> {
+        let tmp = self.path.with_extension("log.tmp");
+        let io_tmp = |source| StorageError::Io { path: tmp.clone(), source };
+        // Read as well as written: the renamed file is the log from then on.
+        let mut f = OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&tmp).map_err(io_tmp)?;
+        f.write_all(bytes).map_err(io_tmp)?;
+        f.sync_all().map_err(io_tmp)?;
+        lock(&f, &tmp)?;
+        std::fs::rename(&tmp, &self.path).map_err(|source| StorageError::Io { path: self.path.clone(), source })?;
+        if let Ok(d) = File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
+        Ok(Box::new(FsLogFile::new(&self.path, f, self.direct)))
+    }
+}
+
+/// The log file on the node's file system.
+struct FsLogFile {
     path: PathBuf,
     file: File,
+    writes: DirectWrites,
+}
+
+/// Whether records go through the page cache or around it.
+enum DirectWrites {
+    /// Not tried yet: the first write opens the descriptor (it needs to know where records end).
+    Untried,
+    On(Direct),
+    Off,
+}
+
+impl FsLogFile {
+    fn new(path: &Path, file: File, direct: bool) -> FsLogFile {
+        let writes = if direct { DirectWrites::Untried } else { DirectWrites::Off };
+        FsLogFile { path: path.to_path_buf(), file, writes }
+    }
+}
+
+impl LogFile for FsLogFile {
+    fn length(&self) -> std::io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        FileExt::read_at(&self.file, buf, offset)
+    }
+
+    fn write_synced(&mut self, end: u64, records: &[u8], zeros_to: u64) -> std::io::Result<()> {
+        if matches!(self.writes, DirectWrites::Untried) {
+            self.writes = Direct::open(&self.path, &self.file, end).map_or(DirectWrites::Off, DirectWrites::On);
+        }
+        if let DirectWrites::On(direct) = &mut self.writes {
+            match direct.write(end, records, zeros_to) {
+                Ok(()) => return Ok(()),
+                // Refused before anything was written (an alignment the device does not take).
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    log::warn!("{}: direct writes refused ({e}); writing through the page cache", self.path.display());
+                    self.writes = DirectWrites::Off;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let new_end = end + records.len() as u64;
+        if zeros_to > new_end {
+            self.file.write_all_at(&vec![0u8; (zeros_to - new_end) as usize], new_end)?;
+        }
+        self.file.write_all_at(records, end)?;
+        self.file.sync_data()
+    }
+
+    fn cut(&mut self, len: u64) -> std::io::Result<()> {
+        self.file.set_len(len)?;
+        self.file.sync_data()
+    }
+
+    fn direct(&self) -> bool {
+        matches!(self.writes, DirectWrites::On(_))
+    }
+}
+
+/// The open durable log.
+pub struct Storage {
+    dir: Box<dyn LogDir>,
+    file: Box<dyn LogFile>,
     /// Where the next record goes: the end of the records.
     end: u64,
-    /// The file's length: zeros from `end` to here.
+    /// The file's length, at least: zeros from `end` to here.
     allocated: u64,
-    /// Writes that bypass the page cache, when the file system takes them.
-    direct: Option<Direct>,
 }
 
 /// The unit of a direct write: offsets, lengths and memory are aligned to it.
@@ -206,38 +357,29 @@ pub const PREALLOCATE: u64 = 1024 * 1024;
 impl Storage {
     /// Opens (creating if needed) the durable state in `dir`, recovering what it holds.
     pub fn open(dir: &Path) -> Result<(Storage, Recovered), StorageError> {
-        Storage::open_with(dir, true)
+        Storage::open_in(Box::new(FsLogDir::new(dir)))
     }
 
-    /// [`Storage::open`], with direct writes only if `direct` and the file system takes them.
-    fn open_with(dir: &Path, direct: bool) -> Result<(Storage, Recovered), StorageError> {
-        std::fs::create_dir_all(dir).map_err(|source| StorageError::Io { path: dir.to_path_buf(), source })?;
-        let path = dir.join(FILE_NAME);
+    /// Opens the log in `dir` (of the file system, or simulated), recovering what it holds.
+    pub fn open_in(mut dir: Box<dyn LogDir>) -> Result<(Storage, Recovered), StorageError> {
+        let mut file = dir.open()?;
+        let path = dir.path().to_path_buf();
         let io = |source| StorageError::Io { path: path.clone(), source };
-        let file = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path).map_err(io)?;
-        // SAFETY: flock on a valid open descriptor; no memory is shared.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            return Err(StorageError::Locked { path });
-        }
         let Replay { state: recovered, good: good_len, total: total_len, clean_end, legacy } =
-            read_records(&path, &file)?;
+            read_records(&path, &*file)?;
         let mut allocated = total_len;
         if !clean_end {
             log::warn!("{}: cutting off an unfinished last write after byte {good_len}", path.display());
-            file.set_len(good_len).map_err(io)?;
-            file.sync_data().map_err(io)?;
+            file.cut(good_len).map_err(io)?;
             allocated = good_len;
         }
-        let mut storage = Storage { path, file, end: good_len, allocated, direct: None };
+        let mut storage = Storage { dir, file, end: good_len, allocated };
         let content = compact_size(&recovered);
         if legacy {
-            log::info!("{}: adding checksums to the records", storage.path.display());
+            log::info!("{}: adding checksums to the records", path.display());
             storage.rewrite(&recovered)?;
         } else if good_len > 4 * content + 64 * 1024 {
             storage.rewrite(&recovered)?;
-        }
-        if direct {
-            storage.direct = Direct::open(&storage.path, &storage.file, storage.end);
         }
         Ok((storage, recovered))
     }
@@ -252,59 +394,30 @@ impl Storage {
             return Ok(());
         }
         let buf = record(hard_state, entries);
-        let io = |source| StorageError::Io { path: self.path.clone(), source };
         let end = self.end + buf.len() as u64;
-        if let Some(direct) = self.direct.as_mut() {
-            // Past what is zero-filled, PREALLOCATE more zeros go with the records.
-            let zeros_to = if end > self.allocated { end + PREALLOCATE } else { end };
-            match direct.write(self.end, &buf, zeros_to) {
-                Ok(()) => {
-                    self.end = end;
-                    self.allocated = self.allocated.max(round_up(zeros_to));
-                    return Ok(());
-                }
-                // Refused before anything was written (an alignment the device does not take).
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                    log::warn!("{}: direct writes refused ({e}); writing through the page cache", self.path.display());
-                    self.direct = None;
-                }
-                Err(e) => return Err(io(e)),
-            }
-        }
-        if end > self.allocated {
-            // Zeros for PREALLOCATE bytes past this write; synced together with it.
-            self.file.write_all_at(&vec![0u8; PREALLOCATE as usize], end).map_err(io)?;
-            self.allocated = end + PREALLOCATE;
-        }
-        self.file.write_all_at(&buf, self.end).map_err(io)?;
-        self.file.sync_data().map_err(io)?;
+        // Past what is zero-filled, PREALLOCATE more zeros go with the records.
+        let zeros_to = if end > self.allocated { end + PREALLOCATE } else { end };
+        self.file
+            .write_synced(self.end, &buf, zeros_to)
+            .map_err(|source| StorageError::Io { path: self.dir.path().to_path_buf(), source })?;
         self.end = end;
+        self.allocated = self.allocated.max(zeros_to);
         Ok(())
     }
 
-    /// Replaces the file by one holding just `state`, atomically (write, sync, rename).
+    /// Whether records reach the disk around the page cache.
+    pub fn writes_directly(&self) -> bool {
+        self.file.direct()
+    }
+
+    /// Replaces the file by one holding just `state`, atomically.
     fn rewrite(&mut self, state: &Recovered) -> Result<(), StorageError> {
-        let tmp = self.path.with_extension("log.tmp");
-        let io_tmp = |source| StorageError::Io { path: tmp.clone(), source };
         let entries = (!state.entries.is_empty()).then_some((1, &state.entries[..]));
         let buf = record(Some(state.hard_state), entries);
-        let mut f = File::create(&tmp).map_err(io_tmp)?;
-        f.write_all(&buf).map_err(io_tmp)?;
-        f.sync_all().map_err(io_tmp)?;
-        // SAFETY: as in open().
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            return Err(StorageError::Locked { path: tmp });
-        }
-        std::fs::rename(&tmp, &self.path).map_err(|source| StorageError::Io { path: self.path.clone(), source })?;
-        if let Some(dir) = self.path.parent() {
-            if let Ok(d) = File::open(dir) {
-                let _ = d.sync_all();
-            }
-        }
+        self.file = self.dir.replace(&buf)?;
         self.end = buf.len() as u64;
         self.allocated = self.end;
-        self.file = f;
-        log::info!("{}: compacted to {} bytes", self.path.display(), buf.len());
+        log::info!("{}: compacted to {} bytes", self.dir.path().display(), buf.len());
         Ok(())
     }
 }
@@ -330,6 +443,11 @@ fn record(hard_state: Option<HardState>, entries: Option<(u64, &[LogEntry])>) ->
 
 /// CRC-32C (Castagnoli), the checksum of ext4's metadata, iSCSI and etcd's write-ahead log.
 fn crc32c(bytes: &[u8]) -> u32 {
+    !crc32c_update(!0, bytes)
+}
+
+/// Runs the CRC-32C register over `bytes` (the checksum is the register's complement).
+fn crc32c_update(crc: u32, bytes: &[u8]) -> u32 {
     const TABLE: [u32; 256] = {
         let mut table = [0u32; 256];
         let mut i = 0;
@@ -345,7 +463,7 @@ fn crc32c(bytes: &[u8]) -> u32 {
         }
         table
     };
-    !bytes.iter().fold(!0u32, |crc, &b| TABLE[((crc ^ u32::from(b)) & 0xff) as usize] ^ (crc >> 8))
+    bytes.iter().fold(crc, |crc, &b| TABLE[((crc ^ u32::from(b)) & 0xff) as usize] ^ (crc >> 8))
 }
 
 /// A line (with its newline) read as a record: checksummed, or bare JSON where `legacy`.
@@ -391,11 +509,25 @@ struct Replay {
     legacy: bool,
 }
 
+/// Reads a [`LogFile`] from a position on.
+struct ReadFrom<'a> {
+    file: &'a dyn LogFile,
+    pos: u64,
+}
+
+impl Read for ReadFrom<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
 /// Replays the records, up to an unfinished last write.
-fn read_records(path: &Path, file: &File) -> Result<Replay, StorageError> {
+fn read_records(path: &Path, file: &dyn LogFile) -> Result<Replay, StorageError> {
     let io = |source| StorageError::Io { path: path.to_path_buf(), source };
-    let total = file.metadata().map_err(io)?.len();
-    let mut reader = BufReader::new(file);
+    let total = file.length().map_err(io)?;
+    let mut reader = BufReader::new(ReadFrom { file, pos: 0 });
     let mut replay = Replay { state: Recovered::default(), good: 0, total, clean_end: true, legacy: false };
     let mut line = Vec::new();
     let mut number = 0usize;
@@ -408,11 +540,21 @@ fn read_records(path: &Path, file: &File) -> Result<Replay, StorageError> {
             return Ok(replay);
         }
         number += 1;
+        let corrupt = |reason: String| StorageError::Corrupt {
+            path: path.to_path_buf(),
+            offset: replay.good,
+            line: number,
+            reason,
+        };
         if line.last() != Some(&b'\n') {
             // Every record is written together with its newline: a line without one runs to
-            // the end of the file, and is the zeros ahead of the records or a write that never
-            // finished, and was never synced.
-            replay.clean_end = line.iter().all(|&b| b == 0);
+            // the end of the file, and is the zeros ahead of the records, a write that never
+            // finished (and was never synced), or damage.
+            if all_zeros(&line) {
+                return Ok(replay);
+            }
+            unfinished_write(file, replay.good).map_err(io)?.map_err(corrupt)?;
+            replay.clean_end = false;
             return Ok(replay);
         }
         let legacy = legacy_allowed && line.first() == Some(&b'{');
@@ -421,12 +563,6 @@ fn read_records(path: &Path, file: &File) -> Result<Replay, StorageError> {
             replay.clean_end = false;
             return Ok(replay);
         }
-        let corrupt = |reason: String| StorageError::Corrupt {
-            path: path.to_path_buf(),
-            offset: replay.good,
-            line: number,
-            reason,
-        };
         match parse_line(&line, legacy) {
             Ok(record) => {
                 apply(&mut replay.state, record).map_err(corrupt)?;
@@ -446,12 +582,108 @@ fn read_records(path: &Path, file: &File) -> Result<Replay, StorageError> {
                     return Err(corrupt(format!("{reason}; a good record follows at line {}", number + after)));
                 }
                 None => {
+                    unfinished_write(file, replay.good)
+                        .map_err(io)?
+                        .map_err(|why| corrupt(format!("{reason}, and {why}")))?;
                     replay.clean_end = false;
                     return Ok(replay);
                 }
             },
         }
     }
+}
+
+/// The unit a disk writes whole or not at all: a write cut short by a crash left some of its
+/// sectors on the disk and not others.
+const SECTOR: u64 = 512;
+
+/// Whether what follows the good records, from `start` to the end of the file, is a write that
+/// never finished (`Ok`), or damage to records that were synced (`Err`, with what gives it away).
+///
+/// One write is on its way at a time, one record, into zeros; a crash leaves each of its
+/// sectors on the disk or not, so its bytes up to the last that reached the disk are
+/// whole sectors of the record (no zero byte in them) and sectors of zeros, and only zeros follow.
+/// A record with a missing sector has a sector of zeros in it; one whose end is missing stops at
+/// a sector's end. A byte damaged later leaves none of those marks: a record that is whole but
+/// for a changed byte fails its checksum yet has no zero sector in it, and a record whose newline
+/// changed still has its checksum match the bytes up to it. In the manner of etcd's write-ahead
+/// log, which tells a torn record from damage by its zeroed sectors.
+fn unfinished_write(file: &dyn LogFile, start: u64) -> std::io::Result<Result<(), String>> {
+    let mut tail = Vec::new();
+    ReadFrom { file, pos: start }.read_to_end(&mut tail)?;
+    let Some(last) = last_nonzero(&tail) else { return Ok(Ok(())) };
+    let written = &tail[..=last];
+    let newline = written.iter().position(|&b| b == b'\n');
+    if let Some(at) = newline.filter(|&at| at < last) {
+        return Ok(Err(format!("a second line follows at byte {}", start + at as u64 + 1)));
+    }
+    // The bytes in each sector, from `start` on: all zeros (not written) or none (written).
+    let mut mixed = None;
+    let mut zero_sector = false;
+    let mut offset = start;
+    let mut at = 0usize;
+    while at < written.len() {
+        let sector_end = ((offset / SECTOR + 1) * SECTOR - start) as usize;
+        let chunk = &written[at..sector_end.min(written.len())];
+        let zeros = chunk.iter().filter(|&&b| b == 0).count();
+        if zeros == chunk.len() {
+            zero_sector = true;
+        } else if zeros > 0 && mixed.is_none() {
+            mixed = Some(offset);
+        }
+        offset = start + sector_end as u64;
+        at = sector_end;
+    }
+    if let Some(sector) = mixed {
+        return Ok(Err(format!("the sector at byte {sector} holds zero bytes among others")));
+    }
+    if zero_sector {
+        return Ok(Ok(()));
+    }
+    if newline.is_some() {
+        return Ok(Err("the record is whole (no sector of it is missing)".into()));
+    }
+    if let Some(len) = whole_but_its_newline(written) {
+        return Ok(Err(format!("the record is whole up to byte {} but for its newline", start + len as u64)));
+    }
+    if !(start + written.len() as u64).is_multiple_of(SECTOR) {
+        return Ok(Err(format!("the record stops at byte {}, inside a sector", start + written.len() as u64)));
+    }
+    Ok(Ok(()))
+}
+
+/// A block of zeros that runs of bytes are compared with (a `memcmp` at a time).
+static ZEROS: [u8; 4096] = [0; 4096];
+
+fn all_zeros(bytes: &[u8]) -> bool {
+    bytes.chunks(ZEROS.len()).all(|c| c == &ZEROS[..c.len()])
+}
+
+/// Where the last byte that is not zero is.
+fn last_nonzero(bytes: &[u8]) -> Option<usize> {
+    let zeros_at_end = bytes.rchunks(ZEROS.len()).take_while(|c| all_zeros(c)).map(<[u8]>::len).sum::<usize>();
+    bytes[..bytes.len() - zeros_at_end].iter().rposition(|&b| b != 0)
+}
+
+/// The length of the record at the start of `bytes` whose checksum matches the bytes before
+/// some byte that is not its newline: a whole record whose newline was damaged.
+fn whole_but_its_newline(bytes: &[u8]) -> Option<usize> {
+    let sum = std::str::from_utf8(bytes.get(..8)?).ok().and_then(|h| u32::from_str_radix(h, 16).ok())?;
+    if bytes.get(8) != Some(&b' ') {
+        return None;
+    }
+    let mut crc = !0u32;
+    for (i, &b) in bytes.iter().enumerate().skip(9) {
+        if !crc == sum && i > 9 {
+            let mut line = bytes[..i].to_vec();
+            line.push(b'\n');
+            if parse_line(&line, false).is_ok() {
+                return Some(i);
+            }
+        }
+        crc = crc32c_update(crc, &[b]);
+    }
+    None
 }
 
 /// The first line from the reader's position on that is a good record (checksummed, or bare
@@ -473,16 +705,15 @@ fn good_record_after(reader: &mut impl BufRead, legacy: bool) -> std::io::Result
 }
 
 /// Whether the file holds nothing but zeros from `offset` on.
-fn zeros_from(file: &File, offset: u64) -> std::io::Result<bool> {
-    let mut reader = BufReader::new(file);
-    reader.seek(SeekFrom::Start(offset))?;
+fn zeros_from(file: &dyn LogFile, offset: u64) -> std::io::Result<bool> {
+    let mut reader = ReadFrom { file, pos: offset };
     let mut chunk = [0u8; 8192];
     loop {
         let n = reader.read(&mut chunk)?;
         if n == 0 {
             return Ok(true);
         }
-        if chunk[..n].iter().any(|&b| b != 0) {
+        if !all_zeros(&chunk[..n]) {
             return Ok(false);
         }
     }
@@ -592,17 +823,19 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// Opens `dir` after writing `torn` where the records end, as an unsynced write that
-    /// reached the disk in part; the state must be what was synced, and the node must go on.
-    fn reopen_after_torn_write(name: &str, torn: &[u8]) {
+    /// Opens `dir` after writing `torn(start)` where the records end (at `start`), as an
+    /// unsynced write that reached the disk in part: the state must be what was synced, and
+    /// the node must go on.
+    fn reopen_after_torn_write(name: &str, torn: impl Fn(u64) -> Vec<u8>) {
         let dir = tempdir(name);
         let path = dir.join(FILE_NAME);
         {
             let (mut s, _) = Storage::open(&dir).unwrap();
             s.persist(Some(HardState { term: 1, voted_for: Some(1) }), Some((1, &[entry(1, "a")]))).unwrap();
         }
+        let start = records_end(&path) as u64;
         let f = OpenOptions::new().write(true).open(&path).unwrap();
-        f.write_all_at(torn, records_end(&path) as u64).unwrap();
+        f.write_all_at(&torn(start), start).unwrap();
         drop(f);
         let (mut s, rec) = Storage::open(&dir).unwrap();
         assert_eq!(rec.entries, vec![entry(1, "a")], "{name}");
@@ -613,26 +846,102 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// A record of several sectors, as the next write would write it.
+    fn long_record() -> Vec<u8> {
+        record(Some(HardState { term: 2, voted_for: None }), Some((2, &[entry(2, &"b".repeat(3000))])))
+    }
+
+    /// The bytes of `whole` written at `start`, with the sectors `lost` says missing (zeros).
+    fn without_sectors(whole: &[u8], start: u64, lost: impl Fn(usize) -> bool) -> Vec<u8> {
+        let mut bytes = whole.to_vec();
+        let mut at = 0;
+        let mut sector = 0;
+        while at < bytes.len() {
+            let end = ((start + at as u64) / SECTOR + 1) * SECTOR - start;
+            let end = (end as usize).min(bytes.len());
+            if lost(sector) {
+                bytes[at..end].fill(0);
+            }
+            at = end;
+            sector += 1;
+        }
+        bytes
+    }
+
     #[test]
-    fn a_torn_write_into_the_zeros_is_cut_off() {
-        let whole = record(Some(HardState { term: 2, voted_for: None }), Some((2, &[entry(2, "b")])));
+    fn a_write_torn_into_the_zeros_is_cut_off() {
+        let whole = long_record();
         // Its start reached the disk, its end did not.
-        reopen_after_torn_write("torn-start", &whole[..whole.len() / 2]);
-        // Its end reached the disk, its start did not: the line starts with zeros.
-        let mut end_only = vec![0u8; 20];
-        end_only.extend_from_slice(&whole[20..]);
-        reopen_after_torn_write("torn-end", &end_only);
-        // A block in the middle is missing.
-        let mut middle = whole.clone();
-        middle[12..28].fill(0);
-        reopen_after_torn_write("torn-middle", &middle);
-        // Whole but for one byte, and the last record: nothing tells it from a torn write, and
-        // nothing after it was synced.
-        let mut flipped = whole.clone();
-        flipped[whole.len() - 5] ^= 0x01;
-        reopen_after_torn_write("torn-flipped", &flipped);
-        // A last line that is not a record, followed by nothing but zeros.
-        reopen_after_torn_write("torn-garbage", b"{\"from\":2,\"entr\n");
+        reopen_after_torn_write("torn-start", |start| without_sectors(&whole, start, |s| s >= 2));
+        // Its end reached the disk, its start did not.
+        reopen_after_torn_write("torn-end", |start| without_sectors(&whole, start, |s| s == 0));
+        // A sector in the middle is missing.
+        reopen_after_torn_write("torn-middle", |start| without_sectors(&whole, start, |s| s == 2));
+        // Every other one.
+        reopen_after_torn_write("torn-every-other", |start| without_sectors(&whole, start, |s| s % 2 == 1));
+        // Its first sector alone reached the disk.
+        reopen_after_torn_write("torn-first-only", |start| without_sectors(&whole, start, |s| s > 0));
+    }
+
+    /// Two synced records, the last damaged by `damage(bytes, start)` (the whole file, and where
+    /// the last record starts), which says where the damaged record starts: the node must not
+    /// start, naming that byte.
+    fn damaged_at_the_end(name: &str, damage: impl Fn(&mut Vec<u8>, usize) -> usize) {
+        let dir = tempdir(name);
+        let path = dir.join(FILE_NAME);
+        {
+            let (mut s, _) = Storage::open(&dir).unwrap();
+            s.persist(Some(HardState { term: 1, voted_for: Some(1) }), Some((1, &[entry(1, "a")]))).unwrap();
+            s.persist(Some(HardState { term: 2, voted_for: Some(3) }), Some((2, &[entry(2, &"b".repeat(3000))])))
+                .unwrap();
+        }
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.iter().position(|&b| b == b'\n').unwrap() + 1;
+        let damaged = damage(&mut bytes, last);
+        std::fs::write(&path, &bytes).unwrap();
+        match Storage::open(&dir) {
+            Err(StorageError::Corrupt { offset, .. }) => assert_eq!(offset, damaged as u64, "{name}"),
+            other => panic!("{name}: {:?}", other.map(|(_, rec)| rec)),
+        }
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "{name}: the file is left as it was");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_damaged_last_record_stops_the_node_as_damage_anywhere_does() {
+        // Whole but for one byte: a write cut short leaves no such record.
+        damaged_at_the_end("end-flipped-bit", |bytes, last| {
+            bytes[last + 40] ^= 0x04;
+            last
+        });
+        // A zero byte inside a sector that holds other bytes of the record.
+        damaged_at_the_end("end-zero-byte", |bytes, last| {
+            bytes[last + 8] = 0;
+            last
+        });
+        // Its newline changed.
+        damaged_at_the_end("end-newline", |bytes, last| {
+            let end = bytes.iter().rposition(|&b| b == b'\n').unwrap();
+            bytes[end] = b'x';
+            last
+        });
+        // Its newline gone.
+        damaged_at_the_end("end-no-newline", |bytes, last| {
+            let end = bytes.iter().rposition(|&b| b == b'\n').unwrap();
+            bytes[end] = 0;
+            last
+        });
+        // The newline of the record before it changed: the two run together.
+        damaged_at_the_end("end-merged", |bytes, last| {
+            bytes[last - 1] = b'~';
+            0
+        });
+        // A line that is not a record after the last one.
+        damaged_at_the_end("end-garbage", |bytes, last| {
+            bytes.truncate(last);
+            bytes.extend_from_slice(b"{\"from\":3,\"entr\n");
+            last
+        });
     }
 
     /// Three synced records, the second damaged by `damage`: the node must not start, and the
@@ -712,10 +1021,9 @@ mod tests {
         let sizes = [10, 4000, 4096 - 57, 3 * BLOCK, 5, PREALLOCATE as usize + 100, 1, 9000];
         let mut expected = Recovered::default();
         for round in 0..2 {
-            let (mut direct, rec_d) = Storage::open_with(&direct_dir, true).unwrap();
-            let (mut cached, rec_c) = Storage::open_with(&cached_dir, false).unwrap();
-            assert!(direct.direct.is_some(), "the file system here takes direct writes");
-            assert!(cached.direct.is_none());
+            let (mut direct, rec_d) = Storage::open(&direct_dir).unwrap();
+            let (mut cached, rec_c) =
+                Storage::open_in(Box::new(FsLogDir { direct: false, ..FsLogDir::new(&cached_dir) })).unwrap();
             assert_eq!((&rec_d, &rec_c), (&expected, &expected), "round {round}: reopened");
             for (i, n) in sizes.iter().enumerate() {
                 let hs = HardState { term: round * 10 + i as u64 + 1, voted_for: Some(2) };
@@ -729,6 +1037,8 @@ mod tests {
                 expected.entries.truncate(from as usize - 1);
                 expected.entries.push(e);
             }
+            assert!(direct.writes_directly(), "the file system here takes direct writes");
+            assert!(!cached.writes_directly());
             let (d, c) = (
                 std::fs::read(direct_dir.join(FILE_NAME)).unwrap(),
                 std::fs::read(cached_dir.join(FILE_NAME)).unwrap(),
