@@ -36,6 +36,9 @@ pub struct Report {
     /// Writes that took time, and those that stalled.
     pub slow_writes: u64,
     pub stalled_writes: u64,
+    /// Writes that reached the disk in part, and syncs that failed.
+    pub torn_writes: u64,
+    pub failed_syncs: u64,
 }
 
 /// Runs seed `seed` to the end; panics, naming the seed, if Raft misbehaves.
@@ -60,23 +63,26 @@ pub fn run(seed: u64) -> Report {
     c.net.wire_check = 0.1;
     // Drawn apart from the fault schedule, which stays what it was for each seed.
     let mut disk_rng = Rng::new(seed ^ 0xD15C_0F5E_ED00_0001);
-    let disk = if disk_rng.chance(0.5) {
+    let mut disk = if disk_rng.chance(0.5) {
         let fast = disk_rng.range(0, 500);
         Disk {
             delay: Some((fast, fast + disk_rng.range(100, 5 * MS))),
             stall: ([0.0, 0.002, 0.02][disk_rng.range(0, 3) as usize], disk_rng.range(20 * MS, 400 * MS)),
+            sync_failure: 0.0,
         }
     } else {
         Disk::default()
     };
+    disk.sync_failure = [0.0, 0.0, 0.0005, 0.002][disk_rng.range(0, 4) as usize];
     let profile = if rng.chance(0.25) { Profile::LeaderCrashes } else { Profile::Mixed };
     let mut client = Client { proposed: 0 };
     for _ in 0..ROUNDS {
         let until = c.now() + rng.range(SEC, 6 * SEC);
         c.disk = disk;
         chaos(&mut c, &mut rng, &mut client, profile, until);
-        // Writes still take time, but none stalls while liveness is timed.
+        // Writes still take time, but none stalls or fails while liveness is timed.
         c.disk.stall.0 = 0.0;
+        c.disk.sync_failure = 0.0;
         heal_and_check_liveness(&mut c, &mut client);
     }
     c.check_logs_match();
@@ -89,6 +95,8 @@ pub fn run(seed: u64) -> Report {
         net: c.net.stats,
         slow_writes: c.slow_writes,
         stalled_writes: c.stalled_writes,
+        torn_writes: c.disk_faults().0,
+        failed_syncs: c.disk_faults().1,
     }
 }
 

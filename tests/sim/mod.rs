@@ -22,14 +22,17 @@
 
 pub mod chaos;
 mod checker;
+pub mod disk;
 mod network;
 
 use std::collections::HashSet;
 
 use labctl::node::raft::{Config, EntryValue, HardState, LogEntry, Micros, Msg, NodeId, ProposeError, Raft, Rng, Role};
+use labctl::node::storage::{Recovered, Storage, StorageError};
 use serde_json::Value;
 
 pub use self::checker::Checker;
+use self::disk::SimDisk;
 pub use self::network::Network;
 
 pub const MS: Micros = 1_000;
@@ -45,13 +48,16 @@ struct Write {
     done_at: Micros,
 }
 
-/// How long the nodes' writes take.
+/// How long the nodes' writes take, and how they fail.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Disk {
     /// Each write takes from `delay.0` to `delay.1`; `None`: done at once.
     pub delay: Option<(Micros, Micros)>,
     /// The chance that a write stalls for `stall.1` instead, as a virtual disk now and then does.
     pub stall: (f64, Micros),
+    /// The chance that a write's sync fails, which stops the node as the log writer's error
+    /// stops the real one.
+    pub sync_failure: f64,
 }
 
 /// One simulated server: a core while it is up, and the storage that survives a crash.
@@ -59,9 +65,16 @@ struct Node {
     id: NodeId,
     cfg: Config,
     raft: Option<Raft>,
-    /// Durable: the persisted hard state and log.
+    /// The node's real log code, open while the node is up, on its simulated disk.
+    storage: Option<Storage>,
+    disk: SimDisk,
+    /// Durable: the persisted hard state and log, as the writes that completed left them
+    /// (what the disk must give back on a restart)...
     hard: HardState,
     log: Vec<LogEntry>,
+    /// ...and the write on its way when the node last stopped, which the disk may hold in
+    /// whole or not at all.
+    unsure: Option<(Option<HardState>, Option<u64>, Vec<LogEntry>)>,
     /// Hash of the durable log up to each index.
     prefix: Vec<u64>,
     /// Volatile: how far the state machine has applied the log.
@@ -118,12 +131,17 @@ impl Cluster {
                 let mut cfg = Config::new(id, ids.iter().copied().filter(|&p| p != id).collect());
                 tune(&mut cfg);
                 let raft = Raft::new(cfg.clone(), HardState::default(), Vec::new(), 0, seed);
+                let disk = SimDisk::new(&format!("node{id}"), seed ^ u64::from(id));
+                let (storage, _) = Storage::open_in(Box::new(disk.clone())).expect("an empty simulated disk opens");
                 Node {
                     id,
                     cfg,
                     raft: Some(raft),
+                    storage: Some(storage),
+                    disk,
                     hard: HardState::default(),
                     log: Vec::new(),
+                    unsure: None,
                     prefix: Vec::new(),
                     applied: 0,
                     commit: 0,
@@ -359,9 +377,25 @@ impl Cluster {
         self.kill(id);
     }
 
-    /// Drops what a crash loses: the core, its writes not done yet, the state machine.
+    /// Drops what a crash loses: the core, its writes not done yet, the state machine. The
+    /// write on its way, if the disk had started it, reaches the disk in part.
     fn kill(&mut self, id: NodeId) {
+        let torn = self.disk_rng.chance(0.5);
         let node = &mut self.nodes[id as usize - 1];
+        match (node.writes.front(), node.storage.as_mut()) {
+            (Some(w), Some(storage)) if torn => {
+                node.disk.crash_in(0);
+                let entries = w.from.map(|from| (from, &w.entries[..]));
+                if storage.persist(w.hard, entries).is_ok() {
+                    self.fail(&format!("node{id}'s disk crashed inside a write that returned"));
+                }
+                node.unsure = Some((w.hard, w.from, w.entries.clone()));
+            }
+            _ => node.disk.crash(),
+        }
+        let node = &mut self.nodes[id as usize - 1];
+        node.storage = None;
+        node.disk.restart();
         node.raft = None;
         node.writes.clear();
         node.applied = 0;
@@ -379,19 +413,70 @@ impl Cluster {
         Ok(())
     }
 
-    /// Restarts a crashed node from its durable hard state and log.
+    /// Restarts a crashed node from what its log code recovers from its disk.
     pub fn restart(&mut self, id: NodeId) {
         let now = self.now;
         let seed = self.seed;
-        let node = &mut self.nodes[id as usize - 1];
-        if node.raft.is_some() {
+        if self.slot(id).raft.is_some() {
             return;
         }
+        if let Err(why) = self.recover(id) {
+            self.fail(&why);
+        }
+        let node = &mut self.nodes[id as usize - 1];
         node.restarts += 1;
         let seed = seed.wrapping_add(node.restarts.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         node.raft = Some(Raft::new(node.cfg.clone(), node.hard, node.log.clone(), now, seed));
         self.trace(|| format!("node{id} RESTART"));
         self.after_input(id);
+    }
+
+    /// Opens node `id`'s log as the node does on start, and checks what it recovers: what the
+    /// writes that completed left, with the write that was on its way or without it.
+    fn recover(&mut self, id: NodeId) -> Result<(), String> {
+        let node = &mut self.nodes[id as usize - 1];
+        let mut failed_opens = 0;
+        let (storage, recovered) = loop {
+            match Storage::open_in(Box::new(node.disk.clone())) {
+                Ok(opened) => break opened,
+                // A sync that fails as the node cuts off a torn write stops it; it starts again.
+                Err(StorageError::Io { source, .. })
+                    if source.raw_os_error() == Some(libc::EIO) && failed_opens < 10 =>
+                {
+                    failed_opens += 1;
+                    node.disk.restart();
+                }
+                Err(e) => return Err(format!("node{id} cannot open its log: {e}")),
+            }
+        };
+        node.storage = Some(storage);
+        let synced = Recovered { hard_state: node.hard, entries: node.log.clone() };
+        let unsure = node.unsure.take();
+        if recovered == synced {
+            return Ok(());
+        }
+        let Some((hard, from, entries)) = unsure else {
+            return Err(format!(
+                "node{id} recovered term {} and {} entries from its disk, where writes that completed left term {} \
+                 and {} entries",
+                recovered.hard_state.term,
+                recovered.entries.len(),
+                synced.hard_state.term,
+                synced.entries.len()
+            ));
+        };
+        // The unsure write is on the disk whole: it is durable now, as if it had completed.
+        self.store(id, hard, from, entries)?;
+        let node = self.slot(id);
+        if recovered.hard_state != node.hard || recovered.entries != node.log {
+            return Err(format!(
+                "node{id} recovered term {} and {} entries from its disk: neither what completed writes left nor \
+                 that with the write on its way",
+                recovered.hard_state.term,
+                recovered.entries.len()
+            ));
+        }
+        Ok(())
     }
 
     fn raft_mut(&mut self, id: NodeId) -> &mut Raft {
@@ -720,26 +805,24 @@ impl Cluster {
 
     fn complete_write(&mut self, id: NodeId) -> Result<(), String> {
         let now = self.now;
+        let fail_sync = self.disk_rng.chance(self.disk.sync_failure);
         let node = &mut self.nodes[id as usize - 1];
         let Some(write) = node.writes.pop_front() else { return Ok(()) };
-        if let Some(hard) = write.hard {
-            self.checker.hard_state(id, node.hard, hard)?;
-            node.hard = hard;
+        let storage = node.storage.as_mut().ok_or_else(|| format!("node{id} is up without its log open"))?;
+        if fail_sync {
+            node.disk.fail_next_sync();
         }
-        if let Some(from) = write.from {
-            let stored = node.log.len() as u64;
-            if from == 0 || from > stored + 1 {
-                return Err(format!("node{id} asks to persist from index {from} but storage ends at {stored}"));
-            }
-            node.log.truncate(from as usize - 1);
-            node.prefix.truncate(from as usize - 1);
-            for entry in write.entries {
-                let prev = node.prefix.last().copied().unwrap_or(0);
-                node.prefix.push(checker::chain(prev, &entry));
-                node.log.push(entry);
-            }
-            self.checker.stored(id, &node.log, &node.prefix, from)?;
+        let entries = write.from.map(|from| (from, &write.entries[..]));
+        if let Err(e) = storage.persist(write.hard, entries) {
+            // The log writer's error stops the node; the write may be on the disk or not.
+            let unsure = (write.hard, write.from, write.entries);
+            node.writes.clear();
+            self.trace(|| format!("node{id} STOPS: {e}"));
+            self.kill(id);
+            self.nodes[id as usize - 1].unsure = Some(unsure);
+            return Ok(());
         }
+        self.store(id, write.hard, write.from, write.entries)?;
         self.trace(|| format!("node{id} write {} done", write.persist_id));
         for (to, msg) in write.messages {
             self.net.send(now, id, to, msg)?;
@@ -754,6 +837,41 @@ impl Cluster {
             ));
         }
         self.check_durable(id)
+    }
+
+    /// What a write leaves on node `id`'s disk, checked.
+    fn store(
+        &mut self,
+        id: NodeId,
+        hard: Option<HardState>,
+        from: Option<u64>,
+        entries: Vec<LogEntry>,
+    ) -> Result<(), String> {
+        let node = &mut self.nodes[id as usize - 1];
+        if let Some(hard) = hard {
+            self.checker.hard_state(id, node.hard, hard)?;
+            node.hard = hard;
+        }
+        if let Some(from) = from {
+            let stored = node.log.len() as u64;
+            if from == 0 || from > stored + 1 {
+                return Err(format!("node{id} asks to persist from index {from} but storage ends at {stored}"));
+            }
+            node.log.truncate(from as usize - 1);
+            node.prefix.truncate(from as usize - 1);
+            for entry in entries {
+                let prev = node.prefix.last().copied().unwrap_or(0);
+                node.prefix.push(checker::chain(prev, &entry));
+                node.log.push(entry);
+            }
+            self.checker.stored(id, &node.log, &node.prefix, from)?;
+        }
+        Ok(())
+    }
+
+    /// Writes that a crash or a failed sync left on the disk in part, and syncs that failed.
+    pub fn disk_faults(&self) -> (u64, u64) {
+        self.nodes.iter().map(|n| n.disk.faults()).fold((0, 0), |(t, f), (t2, f2)| (t + t2, f + f2))
     }
 
     /// Entries known committed so far.
