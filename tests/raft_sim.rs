@@ -62,7 +62,7 @@ fn random_faults_never_break_safety_and_the_cluster_recovers() {
     let of_size = |n: u32| totals.iter().filter(|r| r.nodes == n).count();
     eprintln!(
         "{} seeds ({} of 3 nodes, {} of 5, {} of 7) in {:.1?}: {} virtual seconds, {} leaders elected, \
-         {} entries committed, {} reads confirmed, {} datagrams sent, {} writes that took time ({} stalled), {} writes torn by a crash or a failed sync, {} failed syncs",
+         {} entries committed, {} reads confirmed, {} datagrams sent, {} writes that took time ({} stalled), {} writes torn by a crash or a failed sync, {} failed syncs; a linearizable history of {} register writes and {} reads",
         totals.len(),
         of_size(3),
         of_size(5),
@@ -77,6 +77,8 @@ fn random_faults_never_break_safety_and_the_cluster_recovers() {
         totals.iter().map(|r| r.stalled_writes).sum::<u64>(),
         totals.iter().map(|r| r.torn_writes).sum::<u64>(),
         totals.iter().map(|r| r.failed_syncs).sum::<u64>(),
+        totals.iter().map(|r| r.register_writes).sum::<usize>(),
+        totals.iter().map(|r| r.register_reads).sum::<usize>(),
     );
     let mut failures = failures.into_inner().unwrap();
     failures.sort();

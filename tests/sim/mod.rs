@@ -13,19 +13,24 @@
 //! Persisting takes time when [`Cluster::disk`] says so, as on the real node, whose log
 //! writer works beside the Raft thread: the write completes later, in order with the node's
 //! other writes, and meanwhile the core goes on taking inputs and firing timers; what it
-//! sends waits for the write (a leader's AppendEntries excepted, as above). A crash drops the
-//! core, the writes not yet done and everything else volatile; a restart builds a new core
-//! from the durable hard state and log only.
+//! sends waits for the write (a leader's AppendEntries excepted, as above). Writes go through
+//! the node's real log code (`Storage`) onto a [`SimDisk`]. A crash drops the core, the writes
+//! not yet done (the one on its way torn, half the time) and everything else volatile; a
+//! restart builds a new core from what `Storage` recovers from the disk.
 //!
 //! After every step the [`Checker`] verifies Raft's safety properties; a violation, like any
-//! panic of the core, fails the run with the seed and a dump of the cluster.
+//! panic of the core, fails the run with the seed and a dump of the cluster. The clients'
+//! register writes and reads are checked for linearizability at the end of a run
+//! ([`Cluster::check_linearizable`]).
 
 pub mod chaos;
 mod checker;
 pub mod disk;
+#[path = "../faults/checker.rs"]
+mod linearizable;
 mod network;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use labctl::node::raft::{Config, EntryValue, HardState, LogEntry, Micros, Msg, NodeId, ProposeError, Raft, Rng, Role};
 use labctl::node::storage::{Recovered, Storage, StorageError};
@@ -33,6 +38,7 @@ use serde_json::Value;
 
 pub use self::checker::Checker;
 use self::disk::SimDisk;
+use self::linearizable::{Kind, Op};
 pub use self::network::Network;
 
 pub const MS: Micros = 1_000;
@@ -77,8 +83,10 @@ struct Node {
     unsure: Option<(Option<HardState>, Option<u64>, Vec<LogEntry>)>,
     /// Hash of the durable log up to each index.
     prefix: Vec<u64>,
-    /// Volatile: how far the state machine has applied the log.
+    /// Volatile: how far the state machine has applied the log...
     applied: u64,
+    /// ...and the registers it holds: a register's name and the number last written to it.
+    registers: HashMap<String, u64>,
     /// Volatile: the commit index the core last reported.
     commit: u64,
     /// Volatile: the term this node was last seen leading and its log length then.
@@ -113,6 +121,17 @@ pub struct Cluster {
     next_read: u64,
     /// Reads confirmed so far.
     pub reads_confirmed: u64,
+    /// The clients' operations on registers, as they saw them, for the linearizability check.
+    history: Vec<Op>,
+    /// Register writes waiting for their proposer to apply them: (node, index) -> (op, term).
+    waiting_writes: HashMap<(NodeId, u64), (usize, u64)>,
+    /// Every register write by its entry's key, and when a node first applied that entry.
+    write_ops: HashMap<String, usize>,
+    first_applied: HashMap<String, Micros>,
+    /// Register reads waiting for their leadership check: read id -> (node, op)...
+    waiting_reads: HashMap<u64, (NodeId, usize)>,
+    /// ...then for their node to apply up to their read index: (node, index, op).
+    readable: Vec<(NodeId, u64, usize)>,
 }
 
 impl Cluster {
@@ -144,6 +163,7 @@ impl Cluster {
                     unsure: None,
                     prefix: Vec::new(),
                     applied: 0,
+                    registers: HashMap::new(),
                     commit: 0,
                     leading: None,
                     writes: std::collections::VecDeque::new(),
@@ -168,6 +188,12 @@ impl Cluster {
             reads: std::collections::HashMap::new(),
             next_read: 0,
             reads_confirmed: 0,
+            history: Vec::new(),
+            waiting_writes: HashMap::new(),
+            write_ops: HashMap::new(),
+            first_applied: HashMap::new(),
+            waiting_reads: HashMap::new(),
+            readable: Vec::new(),
         }
     }
 
@@ -318,14 +344,30 @@ impl Cluster {
         }
         self.proposals += 1;
         let key = format!("k{}", self.proposals);
-        let result = self.raft_mut(id).propose(Some(key), value);
+        let write = register_write(&value);
+        let result = self.raft_mut(id).propose(Some(key.clone()), value);
         self.trace(|| format!("node{id} propose -> {result:?}"));
+        if let (Ok(index), Some((register, n))) = (&result, write) {
+            // The client hears once its node applies the entry, as the driver answers it.
+            let term = self.node(id).term();
+            let op =
+                Op { client: id as usize, key: register, kind: Kind::Write(n.to_string()), call: self.now, ret: None };
+            self.history.push(op);
+            self.waiting_writes.insert((id, *index), (self.history.len() - 1, term));
+            self.write_ops.insert(key, self.history.len() - 1);
+        }
         self.after_input(id);
         result
     }
 
     /// A linearizable read on node `id` (ReadIndex); false when the node refuses it.
     pub fn read(&mut self, id: NodeId) -> bool {
+        self.read_register(id, None)
+    }
+
+    /// A linearizable read of `register` on node `id`, answered (and put in the history) once
+    /// the node's state machine has applied up to the read index; false when the node refuses it.
+    pub fn read_register(&mut self, id: NodeId, register: Option<String>) -> bool {
         if !self.is_up(id) {
             return false;
         }
@@ -335,6 +377,10 @@ impl Cluster {
         self.trace(|| format!("node{id} read {read} -> {result:?}"));
         if result.is_ok() {
             self.reads.insert(read, self.checker.committed_len());
+            if let Some(key) = register {
+                self.history.push(Op { client: id as usize, key, kind: Kind::Read(None), call: self.now, ret: None });
+                self.waiting_reads.insert(read, (id, self.history.len() - 1));
+            }
         }
         self.after_input(id);
         result.is_ok()
@@ -398,6 +444,12 @@ impl Cluster {
         node.disk.restart();
         node.raft = None;
         node.writes.clear();
+        node.registers.clear();
+        // Its clients hear nothing more: what they asked stays without an answer.
+        self.waiting_writes.retain(|&(node, _), _| node != id);
+        self.waiting_reads.retain(|_, &mut (node, _)| node != id);
+        self.readable.retain(|&(node, _, _)| node != id);
+        let node = &mut self.nodes[id as usize - 1];
         node.applied = 0;
         node.commit = 0;
         node.leading = None;
@@ -717,6 +769,9 @@ impl Cluster {
                 ));
             }
             self.reads_confirmed += 1;
+            if let Some((_, op)) = self.waiting_reads.remove(&read.id) {
+                self.readable.push((id, read.index, op));
+            }
         }
 
         // 3. Apply.
@@ -737,9 +792,30 @@ impl Cluster {
             self.checker.committed(id, term, node.commit, commit, &node.log, &node.prefix)?;
             node.commit = commit;
         }
+        let leading_term = (raft.role() == Role::Leader).then(|| raft.term());
         while node.applied < commit {
             node.applied += 1;
-            self.checker.applied(id, node.applied, &node.log[node.applied as usize - 1])?;
+            let entry = &node.log[node.applied as usize - 1];
+            self.checker.applied(id, node.applied, entry)?;
+            if let Some((register, n)) = register_write(&entry.value.to_value()) {
+                node.registers.insert(register, n);
+                if let Some(key) = entry.key.as_ref().filter(|k| !self.first_applied.contains_key(*k)) {
+                    self.first_applied.insert(key.clone(), now);
+                }
+            }
+            // A write is answered by the leader that took it, still leading the term it took
+            // it in; one that stepped down since told its client nothing sure.
+            if let Some((op, term)) = self.waiting_writes.remove(&(id, node.applied)) {
+                if leading_term == Some(term) && entry.term == term {
+                    self.history[op].ret = Some(now);
+                }
+            }
+        }
+        let applied = node.applied;
+        for (_, _, op) in self.readable.extract_if(.., |&mut (n, index, _)| n == id && index <= applied) {
+            let value = node.registers.get(&self.history[op].key).map(u64::to_string);
+            self.history[op].kind = Kind::Read(value);
+            self.history[op].ret = Some(now);
         }
 
         // Leader completeness for every leader, now that more is known committed.
@@ -869,6 +945,45 @@ impl Cluster {
         Ok(())
     }
 
+    /// Checks the clients' history of register writes and reads for linearizability; fails the
+    /// run with the register whose history is not.
+    ///
+    /// A client that got no answer cannot tell whether its write took effect; the simulation
+    /// can: a write whose entry no node ever applied did not, and one that some node applied
+    /// took effect by the time the first node applied it (committed, in its place in the log).
+    /// So every write has a known outcome, and the check stays quick however many writes a
+    /// crash leaves without an answer.
+    pub fn check_linearizable(&self) -> (usize, usize) {
+        let took_effect: HashMap<usize, Micros> =
+            self.write_ops.iter().filter_map(|(key, &op)| self.first_applied.get(key).map(|&at| (op, at))).collect();
+        let mut answered = Vec::new();
+        for (i, op) in self.history.iter().enumerate() {
+            match (&op.kind, took_effect.get(&i)) {
+                (Kind::Write(_), Some(&at)) => {
+                    answered.push(Op { ret: Some(op.ret.map_or(at, |ret| ret.min(at))), ..op.clone() })
+                }
+                (Kind::Write(_), None) if op.ret.is_some() => {
+                    self.fail(&format!("a write was answered but no node applied it: {op:?}"))
+                }
+                (Kind::Read(_), _) if op.ret.is_some() => answered.push(op.clone()),
+                _ => {}
+            }
+        }
+        if let Err(v) = linearizable::check(&answered) {
+            let show = |ops: &[Op]| ops.iter().map(|op| format!("{op:?}")).collect::<Vec<_>>().join("\n    ");
+            self.fail(&format!(
+                "register {} is not linearizable: {} of its {} operations could be ordered:\n    {}\nall of them:\n    {}",
+                v.key,
+                v.longest_prefix.len(),
+                v.ops.len(),
+                show(&v.longest_prefix),
+                show(&v.ops)
+            ));
+        }
+        let reads = answered.iter().filter(|op| matches!(op.kind, Kind::Read(_))).count();
+        (answered.len() - reads, reads)
+    }
+
     /// Writes that a crash or a failed sync left on the disk in part, and syncs that failed.
     pub fn disk_faults(&self) -> (u64, u64) {
         self.nodes.iter().map(|n| n.disk.faults()).fold((0, 0), |(t, f), (t2, f2)| (t + t2, f + f2))
@@ -883,4 +998,9 @@ impl Cluster {
     pub fn leaders_elected(&self) -> usize {
         self.checker.leaders().len()
     }
+}
+
+/// The register and number of a client's write: an entry whose value names a register.
+fn register_write(value: &Value) -> Option<(String, u64)> {
+    Some((value.get("reg")?.as_str()?.to_string(), value.get("n")?.as_u64()?))
 }
