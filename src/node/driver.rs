@@ -32,6 +32,7 @@ use super::raft::{EntryValue, Event, LogEntry, Msg, NodeId, ProposeError, Raft, 
 use super::status::{Batching, NodeStatus, PeerStatus};
 use super::storage::StorageError;
 use super::transport::{RateLimited, Transport, RECV_BUFFER};
+use super::waiting::{Failure, Waiting};
 use crate::config::Cluster;
 use crate::proto::auth;
 use crate::proto::fragment::{Fragmenter, Limits, Reassembler};
@@ -91,21 +92,6 @@ pub struct Proposal {
     pub reply: oneshot::Sender<WriteResult>,
 }
 
-/// A write waiting for its entry to commit.
-struct PendingWrite {
-    term: u64,
-    reply: oneshot::Sender<WriteResult>,
-    deadline: Instant,
-}
-
-/// A linearizable read waiting for its leadership check (then, by read index, for the
-/// entries up to it to be handed to the applier).
-struct PendingRead {
-    term: u64,
-    reply: oneshot::Sender<WriteResult>,
-    deadline: Instant,
-}
-
 /// One node's running state.
 pub struct Driver {
     name: String,
@@ -132,13 +118,8 @@ pub struct Driver {
     batching: Batching,
     last_leader: Option<NodeId>,
     proposals: mpsc::Receiver<Proposal>,
-    /// HTTP writes waiting for their entries to commit, by index.
-    writes: BTreeMap<u64, PendingWrite>,
-    /// Reads waiting for their leadership check, by id.
-    reads: BTreeMap<u64, PendingRead>,
-    next_read: u64,
-    /// Reads that passed their check, waiting for their read index to commit, by index.
-    readable: BTreeMap<u64, Vec<PendingRead>>,
+    /// HTTP writes and linearizable reads waiting on the core.
+    waiting: Waiting<oneshot::Sender<WriteResult>, Instant>,
     applier: Applier,
     /// This leader's new entry to run on the applier's preparing thread while it replicates.
     to_prepare: Option<u64>,
@@ -277,10 +258,7 @@ impl Driver {
             batching: Batching::default(),
             last_leader: None,
             proposals,
-            writes: BTreeMap::new(),
-            reads: BTreeMap::new(),
-            next_read: 0,
-            readable: BTreeMap::new(),
+            waiting: Waiting::default(),
             applier,
             to_prepare: None,
             handshake,
@@ -513,15 +491,11 @@ impl Driver {
             Ok(index) => {
                 // The only write in flight: its transaction can run while it replicates (see
                 // `Driver::prepare`). A node alone commits it at once.
-                if self.cluster.ids().nth(1).is_some()
-                    && self.writes.is_empty()
-                    && self.stores.is_empty()
-                    && self.readable.is_empty()
-                {
+                if self.cluster.ids().nth(1).is_some() && !self.waiting.anyone_waits() && self.stores.is_empty() {
                     self.to_prepare = Some(index);
                 }
                 let deadline = Instant::now() + STORE_DEADLINE;
-                self.writes.insert(index, PendingWrite { term: self.raft.term(), reply, deadline });
+                self.waiting.write(index, self.raft.term(), reply, deadline);
             }
             Err(ProposeError::NotLeader { leader }) => {
                 let _ = reply.send(WriteResult::NotLeader { leader });
@@ -534,12 +508,11 @@ impl Driver {
 
     /// Starts a linearizable read: the reads that arrive in one turn share one leadership check.
     fn start_read(&mut self, reply: oneshot::Sender<WriteResult>) {
-        self.next_read += 1;
-        let id = self.next_read;
+        let id = self.waiting.next_read_id();
         match self.raft.read_index(id) {
             Ok(()) => {
                 let deadline = Instant::now() + STORE_DEADLINE;
-                self.reads.insert(id, PendingRead { term: self.raft.term(), reply, deadline });
+                self.waiting.read(id, self.raft.term(), reply, deadline);
             }
             Err(ProposeError::NotLeader { leader }) => {
                 let _ = reply.send(WriteResult::NotLeader { leader });
@@ -826,9 +799,11 @@ impl Driver {
                     self.handshake.stepped_down();
                     self.to_prepare = None;
                     self.applier.abandon_prepared();
-                    self.fail_writes();
                 }
-                self.fail_reads(role, term);
+                // Writes fail at once (503) rather than when they time out; their clients may
+                // retry with the same idempotency key, whether or not a newer leader commits
+                // the entries.
+                answer_failures(self.waiting.role_changed(role, term));
                 if leader.is_some() && leader != self.last_leader {
                     self.leader_changes += 1;
                 }
@@ -844,9 +819,7 @@ impl Driver {
                 }
             }
             for read in ready.reads {
-                if let Some(pending) = self.reads.remove(&read.id) {
-                    self.readable.entry(read.index).or_default().push(pending);
-                }
+                self.waiting.confirmed(read.id, read.index);
             }
             self.apply(ready.commit_index);
         }
@@ -939,10 +912,7 @@ impl Driver {
     /// Hands committed entries to the applier in order, and answers the STOREs they complete:
     /// at once on the leader (requests wait on them), in batches on a follower.
     fn apply(&mut self, commit: u64) {
-        let waited_on = self.raft.role() == Role::Leader
-            || !self.writes.is_empty()
-            || !self.stores.is_empty()
-            || !self.readable.is_empty();
+        let waited_on = self.raft.role() == Role::Leader || self.waiting.anyone_waits() || !self.stores.is_empty();
         if self.handed_off < commit && !waited_on {
             let now = Instant::now();
             let due = *self.apply_due.get_or_insert(now + FOLLOWER_APPLY_DELAY);
@@ -960,14 +930,14 @@ impl Driver {
             self.handed_off += 1;
             let index = self.handed_off;
             let term = self.raft.log().term(index).unwrap_or(0);
-            let mut waiter = None;
-            if let Some(w) = self.writes.remove(&index) {
-                if w.term == term {
-                    waiter = Some(w.reply);
-                } else {
-                    let _ = w.reply.send(WriteResult::LostLeadership);
+            let waiter = match self.waiting.handed_off(index, term) {
+                Some(Ok(reply)) => Some(reply),
+                Some(Err(failed)) => {
+                    answer_failures([failed]);
+                    None
                 }
-            }
+                None => None,
+            };
             if let Some(entry) = self.raft.log().get(index) {
                 items.push(ApplyItem { index, term, entry: entry.clone(), waiter });
             }
@@ -980,35 +950,8 @@ impl Driver {
         }
         self.applier.apply(items);
         // Reads whose read index is handed over run once the applier has got that far.
-        while let Some(entry) = self.readable.first_entry() {
-            if *entry.key() > self.handed_off {
-                break;
-            }
-            for read in entry.remove() {
-                self.applier.push_read(read.reply);
-            }
-        }
-    }
-
-    /// Fails the reads still waiting for a leadership check that can no longer pass: this node
-    /// stopped leading, or leads a newer term (the core dropped the older reads). Reads whose
-    /// check passed stay: they only wait for their read index to be applied.
-    fn fail_reads(&mut self, role: Role, term: u64) {
-        let lost: Vec<u64> =
-            self.reads.iter().filter(|(_, r)| role != Role::Leader || r.term != term).map(|(&id, _)| id).collect();
-        for id in lost {
-            if let Some(r) = self.reads.remove(&id) {
-                let _ = r.reply.send(WriteResult::LostLeadership);
-            }
-        }
-    }
-
-    /// Answers the HTTP writes proposed while this node led, now that it does not: their
-    /// clients are told at once (503) rather than when the writes time out, and may retry with
-    /// the same idempotency key, whether or not a newer leader commits the entries.
-    fn fail_writes(&mut self) {
-        for (_, w) in std::mem::take(&mut self.writes) {
-            let _ = w.reply.send(WriteResult::SteppedDown);
+        for reply in self.waiting.readable_up_to(self.handed_off) {
+            self.applier.push_read(reply);
         }
     }
 
@@ -1016,28 +959,7 @@ impl Driver {
     /// majority).
     fn expire_pending(&mut self) {
         let now = Instant::now();
-        if !self.reads.is_empty() {
-            let expired: Vec<u64> = self.reads.iter().filter(|(_, r)| r.deadline <= now).map(|(&i, _)| i).collect();
-            for id in expired {
-                if let Some(r) = self.reads.remove(&id) {
-                    let _ = r.reply.send(WriteResult::Timeout);
-                }
-            }
-        }
-        self.readable.retain(|_, waiting| {
-            for r in waiting.extract_if(.., |r| r.deadline <= now) {
-                let _ = r.reply.send(WriteResult::Timeout);
-            }
-            !waiting.is_empty()
-        });
-        if !self.writes.is_empty() {
-            let expired: Vec<u64> = self.writes.iter().filter(|(_, w)| w.deadline <= now).map(|(&i, _)| i).collect();
-            for index in expired {
-                if let Some(w) = self.writes.remove(&index) {
-                    let _ = w.reply.send(WriteResult::Timeout);
-                }
-            }
-        }
+        answer_failures(self.waiting.expire(now));
         if self.stores.is_empty() {
             return;
         }
@@ -1048,6 +970,17 @@ impl Driver {
                 self.reply(p.reply_to, &reply, p.signed);
             }
         }
+    }
+}
+
+/// Tells the clients of failed requests why.
+fn answer_failures(failed: impl IntoIterator<Item = (oneshot::Sender<WriteResult>, Failure)>) {
+    for (reply, failure) in failed {
+        let _ = reply.send(match failure {
+            Failure::LostLeadership => WriteResult::LostLeadership,
+            Failure::SteppedDown => WriteResult::SteppedDown,
+            Failure::Timeout => WriteResult::Timeout,
+        });
     }
 }
 

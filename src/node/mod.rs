@@ -23,6 +23,7 @@ pub mod status;
 pub mod storage;
 pub mod store;
 pub mod transport;
+pub mod waiting;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

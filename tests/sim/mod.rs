@@ -32,8 +32,11 @@ mod network;
 
 use std::collections::{HashMap, HashSet};
 
-use labctl::node::raft::{Config, EntryValue, HardState, LogEntry, Micros, Msg, NodeId, ProposeError, Raft, Rng, Role};
+use labctl::node::raft::{
+    Config, EntryValue, Event, HardState, LogEntry, Micros, Msg, NodeId, ProposeError, Raft, Rng, Role,
+};
 use labctl::node::storage::{Recovered, Storage, StorageError};
+use labctl::node::waiting::Waiting;
 use serde_json::Value;
 
 pub use self::checker::Checker;
@@ -43,6 +46,8 @@ pub use self::network::Network;
 
 pub const MS: Micros = 1_000;
 pub const SEC: Micros = 1_000_000;
+/// How long a client's write or read waits before the node gives up on it, as the driver's.
+const REQUEST_DEADLINE: Micros = 10 * SEC;
 
 /// A write handed to a node's disk and not done yet, with the messages that wait for it.
 struct Write {
@@ -87,6 +92,9 @@ struct Node {
     applied: u64,
     /// ...and the registers it holds: a register's name and the number last written to it.
     registers: HashMap<String, u64>,
+    /// Volatile: the clients' register writes and reads waiting on the core, kept by the
+    /// driver's own bookkeeping (ops of the history).
+    waiting: Waiting<usize, Micros>,
     /// Volatile: the commit index the core last reported.
     commit: u64,
     /// Volatile: the term this node was last seen leading and its log length then.
@@ -123,15 +131,9 @@ pub struct Cluster {
     pub reads_confirmed: u64,
     /// The clients' operations on registers, as they saw them, for the linearizability check.
     history: Vec<Op>,
-    /// Register writes waiting for their proposer to apply them: (node, index) -> (op, term).
-    waiting_writes: HashMap<(NodeId, u64), (usize, u64)>,
     /// Every register write by its entry's key, and when a node first applied that entry.
     write_ops: HashMap<String, usize>,
     first_applied: HashMap<String, Micros>,
-    /// Register reads waiting for their leadership check: read id -> (node, op)...
-    waiting_reads: HashMap<u64, (NodeId, usize)>,
-    /// ...then for their node to apply up to their read index: (node, index, op).
-    readable: Vec<(NodeId, u64, usize)>,
 }
 
 impl Cluster {
@@ -164,6 +166,7 @@ impl Cluster {
                     prefix: Vec::new(),
                     applied: 0,
                     registers: HashMap::new(),
+                    waiting: Waiting::default(),
                     commit: 0,
                     leading: None,
                     writes: std::collections::VecDeque::new(),
@@ -189,11 +192,8 @@ impl Cluster {
             next_read: 0,
             reads_confirmed: 0,
             history: Vec::new(),
-            waiting_writes: HashMap::new(),
             write_ops: HashMap::new(),
             first_applied: HashMap::new(),
-            waiting_reads: HashMap::new(),
-            readable: Vec::new(),
         }
     }
 
@@ -353,8 +353,10 @@ impl Cluster {
             let op =
                 Op { client: id as usize, key: register, kind: Kind::Write(n.to_string()), call: self.now, ret: None };
             self.history.push(op);
-            self.waiting_writes.insert((id, *index), (self.history.len() - 1, term));
-            self.write_ops.insert(key, self.history.len() - 1);
+            let op = self.history.len() - 1;
+            self.write_ops.insert(key, op);
+            let deadline = self.now + REQUEST_DEADLINE;
+            self.nodes[id as usize - 1].waiting.write(*index, term, op, deadline);
         }
         self.after_input(id);
         result
@@ -379,7 +381,8 @@ impl Cluster {
             self.reads.insert(read, self.checker.committed_len());
             if let Some(key) = register {
                 self.history.push(Op { client: id as usize, key, kind: Kind::Read(None), call: self.now, ret: None });
-                self.waiting_reads.insert(read, (id, self.history.len() - 1));
+                let (op, term, deadline) = (self.history.len() - 1, self.node(id).term(), self.now + REQUEST_DEADLINE);
+                self.nodes[id as usize - 1].waiting.read(read, term, op, deadline);
             }
         }
         self.after_input(id);
@@ -446,10 +449,7 @@ impl Cluster {
         node.writes.clear();
         node.registers.clear();
         // Its clients hear nothing more: what they asked stays without an answer.
-        self.waiting_writes.retain(|&(node, _), _| node != id);
-        self.waiting_reads.retain(|_, &mut (node, _)| node != id);
-        self.readable.retain(|&(node, _, _)| node != id);
-        let node = &mut self.nodes[id as usize - 1];
+        node.waiting = Waiting::default();
         node.applied = 0;
         node.commit = 0;
         node.leading = None;
@@ -757,6 +757,14 @@ impl Cluster {
             self.net.send(now, id, to, msg)?;
         }
 
+        // What the driver does with role changes: writes and unchecked reads may fail (their
+        // clients then know nothing sure: they stay without an answer in the history).
+        let node = &mut self.nodes[id as usize - 1];
+        for Event::RoleChanged { role, term, .. } in &ready.events {
+            node.waiting.role_changed(*role, *term);
+        }
+        node.waiting.expire(now);
+
         // A confirmed read must see every entry committed before it was asked.
         for read in &ready.reads {
             let Some(committed) = self.reads.remove(&read.id) else {
@@ -769,9 +777,7 @@ impl Cluster {
                 ));
             }
             self.reads_confirmed += 1;
-            if let Some((_, op)) = self.waiting_reads.remove(&read.id) {
-                self.readable.push((id, read.index, op));
-            }
+            self.nodes[id as usize - 1].waiting.confirmed(read.id, read.index);
         }
 
         // 3. Apply.
@@ -792,7 +798,6 @@ impl Cluster {
             self.checker.committed(id, term, node.commit, commit, &node.log, &node.prefix)?;
             node.commit = commit;
         }
-        let leading_term = (raft.role() == Role::Leader).then(|| raft.term());
         while node.applied < commit {
             node.applied += 1;
             let entry = &node.log[node.applied as usize - 1];
@@ -803,16 +808,13 @@ impl Cluster {
                     self.first_applied.insert(key.clone(), now);
                 }
             }
-            // A write is answered by the leader that took it, still leading the term it took
-            // it in; one that stepped down since told its client nothing sure.
-            if let Some((op, term)) = self.waiting_writes.remove(&(id, node.applied)) {
-                if leading_term == Some(term) && entry.term == term {
-                    self.history[op].ret = Some(now);
-                }
+            // The write that proposed this entry is answered once it is applied.
+            if let Some(Ok(op)) = node.waiting.handed_off(node.applied, entry.term) {
+                self.history[op].ret = Some(now);
             }
         }
-        let applied = node.applied;
-        for (_, _, op) in self.readable.extract_if(.., |&mut (n, index, _)| n == id && index <= applied) {
+        // Reads whose read index is applied run now.
+        for op in node.waiting.readable_up_to(node.applied) {
             let value = node.registers.get(&self.history[op].key).map(u64::to_string);
             self.history[op].kind = Kind::Read(value);
             self.history[op].ret = Some(now);
