@@ -553,7 +553,11 @@ fn read_records(path: &Path, file: &dyn LogFile) -> Result<Replay, StorageError>
             if all_zeros(&line) {
                 return Ok(replay);
             }
-            unfinished_write(file, replay.good).map_err(io)?.map_err(corrupt)?;
+            // Files of before the checksums were appended to without zeros ahead, so a write
+            // cut short there may stop anywhere: it is cut off, as it was then.
+            if !(legacy_allowed && line.first() == Some(&b'{')) {
+                unfinished_write(file, replay.good).map_err(io)?.map_err(corrupt)?;
+            }
             replay.clean_end = false;
             return Ok(replay);
         }
@@ -1002,6 +1006,19 @@ mod tests {
         }
         let (_s, rec) = Storage::open(&dir).unwrap();
         assert_eq!(rec.entries, vec![entry(1, "a"), entry(3, "b")]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_file_of_before_the_checksums_loses_only_a_last_line_cut_short() {
+        let dir = tempdir("legacy-torn");
+        let path = dir.join(FILE_NAME);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut old = b"{\"hs\":{\"term\":3,\"voted_for\":2}}\n".to_vec();
+        old.extend_from_slice(b"{\"from\":1,\"entries\":[{\"Term\":1,\"Key\":\"a\",\"Val");
+        std::fs::write(&path, &old).unwrap();
+        let (_s, rec) = Storage::open(&dir).unwrap();
+        assert_eq!(rec, Recovered { hard_state: HardState { term: 3, voted_for: Some(2) }, entries: vec![] });
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
