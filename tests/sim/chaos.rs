@@ -116,18 +116,12 @@ struct Client {
 impl Client {
     /// The next number, written to one of [`REGISTERS`] registers.
     fn next_value(&mut self, pad: usize) -> serde_json::Value {
-        let mut value = self.next_entry(pad);
-        value["reg"] = json!(format!("r{}", self.proposed % REGISTERS));
-        value
-    }
-
-    /// The next number, in an entry that writes no register.
-    fn next_entry(&mut self, pad: usize) -> serde_json::Value {
         self.proposed += 1;
+        let register = format!("r{}", self.proposed % REGISTERS);
         if pad == 0 {
-            json!({ "n": self.proposed })
+            json!({ "n": self.proposed, "reg": register })
         } else {
-            json!({ "n": self.proposed, "pad": "x".repeat(pad) })
+            json!({ "n": self.proposed, "reg": register, "pad": "x".repeat(pad) })
         }
     }
 }
@@ -315,9 +309,7 @@ fn propose(c: &mut Cluster, rng: &mut Rng, client: &mut Client) {
         } else {
             0
         };
-        // A burst's entries write no register: dozens of writes called at one moment would
-        // leave the checker that many orders to try.
-        let value = if burst == 1 { client.next_value(pad) } else { client.next_entry(pad) };
+        let value = client.next_value(pad);
         if c.propose(target, value).is_err() {
             return;
         }
