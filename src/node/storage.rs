@@ -406,7 +406,8 @@ impl Storage {
     }
 
     /// Whether records reach the disk around the page cache.
-    pub fn writes_directly(&self) -> bool {
+    #[cfg(test)]
+    fn writes_directly(&self) -> bool {
         self.file.direct()
     }
 
@@ -624,19 +625,14 @@ fn unfinished_write(file: &dyn LogFile, start: u64) -> std::io::Result<Result<()
     // The bytes in each sector, from `start` on: all zeros (not written) or none (written).
     let mut mixed = None;
     let mut zero_sector = false;
-    let mut offset = start;
-    let mut at = 0usize;
-    while at < written.len() {
-        let sector_end = ((offset / SECTOR + 1) * SECTOR - start) as usize;
-        let chunk = &written[at..sector_end.min(written.len())];
+    for range in sectors(start, written.len()) {
+        let chunk = &written[range.clone()];
         let zeros = chunk.iter().filter(|&&b| b == 0).count();
         if zeros == chunk.len() {
             zero_sector = true;
         } else if zeros > 0 && mixed.is_none() {
-            mixed = Some(offset);
+            mixed = Some(start + range.start as u64);
         }
-        offset = start + sector_end as u64;
-        at = sector_end;
     }
     if let Some(sector) = mixed {
         return Ok(Err(format!("the sector at byte {sector} holds zero bytes among others")));
@@ -654,6 +650,21 @@ fn unfinished_write(file: &dyn LogFile, start: u64) -> std::io::Result<Result<()
         return Ok(Err(format!("the record stops at byte {}, inside a sector", start + written.len() as u64)));
     }
     Ok(Ok(()))
+}
+
+/// The parts of `len` bytes written at file offset `start` that fall in each sector, as ranges
+/// of those bytes.
+fn sectors(start: u64, len: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let mut at = 0usize;
+    std::iter::from_fn(move || {
+        if at >= len {
+            return None;
+        }
+        let end = (((start + at as u64) / SECTOR + 1) * SECTOR - start) as usize;
+        let range = at..end.min(len);
+        at = range.end;
+        Some(range)
+    })
 }
 
 /// A block of zeros that runs of bytes are compared with (a `memcmp` at a time).
@@ -858,16 +869,10 @@ mod tests {
     /// The bytes of `whole` written at `start`, with the sectors `lost` says missing (zeros).
     fn without_sectors(whole: &[u8], start: u64, lost: impl Fn(usize) -> bool) -> Vec<u8> {
         let mut bytes = whole.to_vec();
-        let mut at = 0;
-        let mut sector = 0;
-        while at < bytes.len() {
-            let end = ((start + at as u64) / SECTOR + 1) * SECTOR - start;
-            let end = (end as usize).min(bytes.len());
+        for (sector, range) in sectors(start, bytes.len()).enumerate() {
             if lost(sector) {
-                bytes[at..end].fill(0);
+                bytes[range].fill(0);
             }
-            at = end;
-            sector += 1;
         }
         bytes
     }
