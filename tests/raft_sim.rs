@@ -112,6 +112,9 @@ fn a_deposed_leader_follows_the_new_leader_when_it_first_hears_from_it() {
     let old = c.wait_for_leader(election_bound(&c));
     let term = c.node(old).term();
     let [new, other] = followers(&c, old)[..] else { unreachable!() };
+    // Every node holds the leader's first entry, so that `new` can win the next election.
+    let last = c.node(old).last_index();
+    assert!(c.run_until_cond(SEC, |c| c.up_nodes().all(|r| r.commit_index() == last)), "{}", c.dump());
     // The old leader hears nothing of the election, and nothing from the new leader's
     // replies either: only the new leader's AppendEntries will reach it.
     c.net.block(new, old);
@@ -396,14 +399,14 @@ fn appends_that_overtake_each_other_are_not_resent_over_and_over() {
     let mut c = Cluster::new(3, 11);
     c.net.delay = (MS, 10 * MS);
     let leader = c.wait_for_leader(election_bound(&c));
-    let before = c.net.stats.entries_sent;
+    let before = c.entries_sent();
     let mut last = 0;
     for i in 0..300 {
         last = c.propose(leader, json!({ "n": i, "pad": "x".repeat(1000) })).unwrap();
     }
     let ok = c.run_until_cond(2 * SEC, |c| c.up_nodes().all(|r| r.commit_index() >= last));
     assert!(ok, "{}", c.dump());
-    let sent = c.net.stats.entries_sent - before;
+    let sent = c.entries_sent() - before;
     // Two followers need 300 entries each. Heartbeats resend from the last acknowledged
     // index while the rest is in flight, so allow some resends, but not a storm (this
     // took over 40000 entries when every rejection was answered).

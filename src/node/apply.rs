@@ -67,11 +67,12 @@ pub enum WriteResult {
 }
 
 /// One committed entry on its way to the database.
-pub struct ApplyItem {
+/// `R` is where the write that waits on it is answered: the HTTP API's channel on a node.
+pub struct ApplyItem<R = oneshot::Sender<WriteResult>> {
     pub index: u64,
     pub term: u64,
     pub entry: LogEntry,
-    pub waiter: Option<oneshot::Sender<WriteResult>>,
+    pub waiter: Option<R>,
 }
 
 /// What the preparing thread is given.

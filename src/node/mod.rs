@@ -11,6 +11,7 @@ pub mod apply;
 pub mod auth;
 pub mod console;
 pub mod driver;
+pub mod engine;
 pub mod guard;
 pub mod handshake;
 pub mod http;

@@ -64,9 +64,6 @@ pub fn run(seed: u64) -> Report {
             cfg.max_batch_bytes = bytes;
         }
     });
-    // Encoding every datagram would dominate the run time; a sample still covers the wire
-    // format over many seeds (scenario tests encode every datagram).
-    c.net.wire_check = 0.1;
     // Drawn apart from the fault schedule, which stays what it was for each seed.
     let mut disk_rng = Rng::new(seed ^ 0xD15C_0F5E_ED00_0001);
     let mut disk = if disk_rng.chance(0.5) {

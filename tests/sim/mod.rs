@@ -1,40 +1,46 @@
-//! A deterministic simulated cluster that drives the real Raft core.
+//! A deterministic simulated cluster that runs the node's real engine.
 //!
-//! Time is virtual, in microseconds. Datagrams in flight wait in the [`Network`]'s queue;
-//! node timers are read from each core's `next_deadline()`, and the earliest of the two is
-//! processed next, so a run is a pure function of its seed.
+//! Time is virtual, in microseconds. Each node is the [`Engine`] the binary runs (the Raft
+//! core, the door that decides which datagrams count, fragments, the controller's requests,
+//! the clients' waiting writes and reads, the order persist → send → apply), given its inputs
+//! as the node's loop gives them, with the simulation as its [`Io`]: datagrams travel as the
+//! bytes the engine encoded through the [`Network`]'s queue; writes go through the node's
+//! real log code (`Storage`) onto a [`SimDisk`]; committed entries go to a state machine of
+//! registers. Node timers are read from each engine's `next_deadline()`, and the earliest
+//! event (a timer, a datagram, a write done) is processed next, so a run is a pure function
+//! of its seed.
 //!
-//! Every input to a node (a datagram, a timer, a proposal, a controller request) is followed
-//! by what a real driver does with the node's `Ready`, in order: persist the hard state and
-//! the log into the node's simulated durable storage, send the messages, apply committed
-//! entries to the node's state machine. As the driver does, a leader's AppendEntries leave
-//! before its new entries are persisted, and a leader may die in between.
+//! Writes take time when [`Cluster::disk`] says so, as on the real node, whose log writer
+//! works beside the node's loop: the write completes later, in order with the node's other
+//! writes, and meanwhile the engine goes on taking inputs and firing timers; what it sends
+//! waits for the write (a leader's AppendEntries excepted, as the engine sends them before its
+//! own write), and a leader may die between sending them and persisting. A crash drops the
+//! engine, the writes not yet done (the one on its way torn, half the time) and everything
+//! else volatile; a restart builds a new engine from what `Storage` recovers from the disk.
 //!
-//! Persisting takes time when [`Cluster::disk`] says so, as on the real node, whose log
-//! writer works beside the Raft thread: the write completes later, in order with the node's
-//! other writes, and meanwhile the core goes on taking inputs and firing timers; what it
-//! sends waits for the write (a leader's AppendEntries excepted, as above). Writes go through
-//! the node's real log code (`Storage`) onto a [`SimDisk`]. A crash drops the core, the writes
-//! not yet done (the one on its way torn, half the time) and everything else volatile; a
-//! restart builds a new core from what `Storage` recovers from the disk.
-//!
-//! After every step the [`Checker`] verifies Raft's safety properties; a violation, like any
-//! panic of the core, fails the run with the seed and a dump of the cluster. The clients'
-//! register writes and reads are checked for linearizability against the log's order at the
-//! end of a run ([`Cluster::check_linearizable`]).
+//! After every step the [`Checker`] verifies Raft's safety properties on each `Ready` the
+//! engine handles; a violation, like any panic of the node's code, fails the run with the
+//! seed and a dump of the cluster. The clients' register writes and reads are checked for
+//! linearizability against the log's order at the end of a run
+//! ([`Cluster::check_linearizable`]).
 
 pub mod chaos;
 mod checker;
 pub mod disk;
 mod network;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::{Ipv4Addr, SocketAddr};
 
+use labctl::config;
+use labctl::node::apply::{ApplyItem, WriteResult};
+use labctl::node::engine::{Engine, Io, Outgoing};
+use labctl::node::log_writer::Write;
 use labctl::node::raft::{
-    Config, EntryValue, Event, HardState, LogEntry, Micros, Msg, NodeId, ProposeError, Raft, Rng, Role,
+    Config, EntryValue, HardState, LogEntry, Micros, Msg, NodeId, ProposeError, Raft, Ready, Rng, Role,
 };
 use labctl::node::storage::{Recovered, Storage, StorageError};
-use labctl::node::waiting::Waiting;
+use labctl::proto::{Message, Request};
 use serde_json::Value;
 
 pub use self::checker::Checker;
@@ -43,17 +49,35 @@ pub use self::network::Network;
 
 pub const MS: Micros = 1_000;
 pub const SEC: Micros = 1_000_000;
-/// How long a client's write or read waits before the node gives up on it, as the driver's.
-const REQUEST_DEADLINE: Micros = 10 * SEC;
 
-/// A write handed to a node's disk and not done yet, with the messages that wait for it.
-struct Write {
-    persist_id: u64,
-    hard: Option<HardState>,
-    from: Option<u64>,
-    entries: Vec<LogEntry>,
-    messages: Vec<(NodeId, Msg)>,
+/// Where a client's answer goes: its operation in the history, or nowhere for a request the
+/// history does not follow.
+type Ticket = Option<usize>;
+
+/// Where node `id`'s datagrams come from, as the configuration resolves it.
+fn addr(id: NodeId) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::new(127, 0, 0, id as u8), 5555))
+}
+
+/// Where the controller's requests come from.
+const CONTROLLER: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(127, 0, 0, 200)), 40000);
+
+/// A write handed to a node's disk and not done yet, with the datagrams that wait for it.
+struct Pending {
+    write: Write,
+    then: Outgoing,
     done_at: Micros,
+}
+
+/// What a write asks the disk for: the hard state, and the entries from an index on.
+type Asked = (Option<HardState>, Option<u64>, Vec<LogEntry>);
+
+fn asked(write: &Write) -> Asked {
+    let (from, entries) = match &write.entries {
+        Some((from, entries)) => (Some(*from), entries.clone()),
+        None => (None, Vec::new()),
+    };
+    (write.hard_state, from, entries)
 }
 
 /// How long the nodes' writes take, and how they fail.
@@ -68,11 +92,11 @@ pub struct Disk {
     pub sync_failure: f64,
 }
 
-/// One simulated server: a core while it is up, and the storage that survives a crash.
+/// One simulated server: an engine while it is up, and the storage that survives a crash.
 struct Node {
     id: NodeId,
     cfg: Config,
-    raft: Option<Raft>,
+    engine: Option<Engine<Ticket>>,
     /// The node's real log code, open while the node is up, on its simulated disk.
     storage: Option<Storage>,
     disk: SimDisk,
@@ -82,7 +106,7 @@ struct Node {
     log: Vec<LogEntry>,
     /// ...and the write on its way when the node last stopped, which the disk may hold in
     /// whole or not at all.
-    unsure: Option<(Option<HardState>, Option<u64>, Vec<LogEntry>)>,
+    unsure: Option<Asked>,
     /// Hash of the durable log up to each index.
     prefix: Vec<u64>,
     /// Volatile: how far the state machine has applied the log...
@@ -90,15 +114,12 @@ struct Node {
     /// ...and the registers it holds: a register's name and the log index of the write that
     /// set it.
     registers: HashMap<String, u64>,
-    /// Volatile: the clients' register writes and reads waiting on the core, kept by the
-    /// driver's own bookkeeping (ops of the history).
-    waiting: Waiting<usize, Micros>,
-    /// Volatile: the commit index the core last reported.
+    /// Volatile: the commit index the engine last handled.
     commit: u64,
     /// Volatile: the term this node was last seen leading and its log length then.
     leading: Option<(u64, u64)>,
     /// Volatile: writes on their way to the disk, oldest first.
-    writes: std::collections::VecDeque<Write>,
+    writes: VecDeque<Pending>,
     restarts: u64,
 }
 
@@ -109,10 +130,9 @@ pub struct Cluster {
     nodes: Vec<Node>,
     pub net: Network,
     checker: Checker,
-    proposals: u64,
     trace: bool,
     /// Probability that a leader dies between sending new entries and persisting them (the
-    /// driver sends a leader's AppendEntries before its own fsync).
+    /// engine sends a leader's AppendEntries before its own write).
     pub crash_before_persist: f64,
     crash_rng: Rng,
     /// How long writes take (by default, no time).
@@ -121,20 +141,34 @@ pub struct Cluster {
     /// Writes that took time, and those that stalled.
     pub slow_writes: u64,
     pub stalled_writes: u64,
-    /// Linearizable reads asked and not yet confirmed: read id -> entries known committed
-    /// anywhere when it was asked, which its read index must cover.
-    reads: std::collections::HashMap<u64, u64>,
-    next_read: u64,
+    /// Linearizable reads asked and not yet confirmed, by node and the engine's read id: the
+    /// entries known committed anywhere when it was asked, which its read index must cover.
+    reads: HashMap<(NodeId, u64), u64>,
     /// Reads confirmed so far.
     pub reads_confirmed: u64,
     /// The clients' operations on registers, as they saw them, for the linearizability check.
     history: Vec<Op>,
-    /// Every register write by its entry's key, and the index and time at which a node first
-    /// applied that entry.
+    /// Every register write by its entry's value, and the index and time at which a node
+    /// first applied that entry.
     write_ops: HashMap<String, usize>,
     first_applied: HashMap<String, (u64, Micros)>,
+    /// A time zero for the engines' `Instant`s.
+    origin: std::time::Instant,
 }
 
+/// The engine's world while it handles one input of node `id`.
+struct SimIo<'a> {
+    c: &'a mut Cluster,
+    id: NodeId,
+    /// The node died in this input (a crash between sending and persisting, a failed sync):
+    /// nothing more it does reaches the world.
+    dead: bool,
+    /// The `Ready` being handled sends a leader's entries before its write, and the node
+    /// dies between the two.
+    crash_before_write: bool,
+    /// The first safety violation seen.
+    error: Option<String>,
+}
 impl Cluster {
     /// `n` nodes with the product's default configuration, on a reliable network with a
     /// delay of 1–5 ms.
@@ -145,6 +179,7 @@ impl Cluster {
     /// `n` nodes whose default configuration `tune` may change.
     pub fn with_config(n: u32, seed: u64, tune: impl Fn(&mut Config)) -> Cluster {
         let ids: Vec<NodeId> = (1..=n).collect();
+        let origin = std::time::Instant::now();
         let nodes = ids
             .iter()
             .map(|&id| {
@@ -156,7 +191,7 @@ impl Cluster {
                 Node {
                     id,
                     cfg,
-                    raft: Some(raft),
+                    engine: Some(Engine::new(raft, members(n), origin, seed ^ u64::from(id))),
                     storage: Some(storage),
                     disk,
                     hard: HardState::default(),
@@ -165,10 +200,9 @@ impl Cluster {
                     prefix: Vec::new(),
                     applied: 0,
                     registers: HashMap::new(),
-                    waiting: Waiting::default(),
                     commit: 0,
                     leading: None,
-                    writes: std::collections::VecDeque::new(),
+                    writes: VecDeque::new(),
                     restarts: 0,
                 }
             })
@@ -179,7 +213,6 @@ impl Cluster {
             nodes,
             net: Network::new(&ids, seed),
             checker: Checker::default(),
-            proposals: 0,
             trace: std::env::var_os("LABCTL_SIM_TRACE").is_some(),
             crash_before_persist: 0.0,
             crash_rng: Rng::new(seed ^ 0x5EED_C4A5_4BEF_0E11),
@@ -187,12 +220,12 @@ impl Cluster {
             disk_rng: Rng::new(seed ^ 0xD15C_5EED_0BAD_F00D),
             slow_writes: 0,
             stalled_writes: 0,
-            reads: std::collections::HashMap::new(),
-            next_read: 0,
+            reads: HashMap::new(),
             reads_confirmed: 0,
             history: Vec::new(),
             write_ops: HashMap::new(),
             first_applied: HashMap::new(),
+            origin,
         }
     }
 
@@ -216,19 +249,19 @@ impl Cluster {
     }
 
     pub fn is_up(&self, id: NodeId) -> bool {
-        self.slot(id).raft.is_some()
+        self.slot(id).engine.is_some()
     }
 
     /// The core of a node that is up.
     pub fn node(&self, id: NodeId) -> &Raft {
-        match &self.slot(id).raft {
-            Some(raft) => raft,
+        match &self.slot(id).engine {
+            Some(engine) => engine.raft(),
             None => self.fail(&format!("node{id} is down")),
         }
     }
 
     pub fn up_nodes(&self) -> impl Iterator<Item = &Raft> {
-        self.nodes.iter().filter_map(|n| n.raft.as_ref())
+        self.nodes.iter().filter_map(|n| n.engine.as_ref().map(Engine::raft))
     }
 
     /// The nodes that are up and believe they lead.
@@ -251,7 +284,9 @@ impl Cluster {
     pub fn all_agree(&self) -> bool {
         let Some(leader) = self.stable_leader() else { return false };
         let term = self.node(leader).term();
-        self.nodes.iter().all(|n| n.raft.as_ref().is_some_and(|r| r.term() == term && r.leader() == Some(leader)))
+        self.nodes.iter().all(|n| {
+            n.engine.as_ref().map(Engine::raft).is_some_and(|r| r.term() == term && r.leader() == Some(leader))
+        })
     }
 
     /// The user entries a node has committed, in log order.
@@ -264,15 +299,20 @@ impl Cluster {
     pub fn all_committed(&self, values: &[Value]) -> bool {
         let first = values.first().map(EntryValue::from);
         self.nodes.iter().all(|n| {
-            let Some(raft) = &n.raft else { return false };
+            let Some(raft) = n.engine.as_ref().map(Engine::raft) else { return false };
             let committed = raft.log().slice(1, raft.commit_index());
             if let (1, Some(first)) = (values.len(), &first) {
                 // The common case: look from the end, where a new entry is.
                 return committed.iter().rev().any(|e| e.value == *first);
             }
             let have: HashSet<String> = committed.iter().map(|e| e.value.to_string()).collect();
-            values.iter().all(|v| have.contains(&v.to_string()))
+            values.iter().all(|v| have.contains(&EntryValue::from(v).to_string()))
         })
+    }
+
+    /// Log entries the nodes that are up have sent in AppendEntries since they started.
+    pub fn entries_sent(&self) -> u64 {
+        self.nodes.iter().filter_map(|n| n.engine.as_ref()).map(|e| e.batching().append_entries).sum()
     }
 
     /// A one-line-per-node picture of the cluster for failure reports.
@@ -288,7 +328,7 @@ impl Cluster {
             self.net.describe()
         );
         for n in &self.nodes {
-            match &n.raft {
+            match n.engine.as_ref().map(Engine::raft) {
                 Some(r) => {
                     out += &format!(
                         "  node{} {:?} term {} leader {:?} voted {:?} log {} (last term {}) commit {} applied {}\n",
@@ -327,6 +367,10 @@ impl Cluster {
         &self.nodes[id as usize - 1]
     }
 
+    fn slot_mut(&mut self, id: NodeId) -> &mut Node {
+        &mut self.nodes[id as usize - 1]
+    }
+
     fn trace(&self, what: impl FnOnce() -> String) {
         if self.trace {
             eprintln!("{:>10}us {}", self.now, what());
@@ -335,27 +379,55 @@ impl Cluster {
 
     // ---- inputs ----
 
-    /// A client proposal to node `id`; the key is unique per proposal.
+    /// Runs `input` on node `id`'s engine at the current time, then ends the turn as the
+    /// node's loop does, and completes the writes of a disk that takes no time. Nothing
+    /// happens to a node that is down. Fails the run on a safety violation.
+    fn drive<T>(&mut self, id: NodeId, input: impl FnOnce(&mut Engine<Ticket>, Micros, &mut SimIo) -> T) -> Option<T> {
+        let mut engine = self.slot_mut(id).engine.take()?;
+        let now = self.now;
+        let mut io = SimIo { c: self, id, dead: false, crash_before_write: false, error: None };
+        let out = input(&mut engine, now, &mut io);
+        if !io.dead && io.error.is_none() && engine.end_turn(now, &mut io).is_err() {
+            io.error = Some(format!("node{id}'s engine found its log stopped, which the simulation never does"));
+        }
+        // A disk that takes no time: the writes are done before anything else happens.
+        while !io.dead && io.error.is_none() && io.c.disk.delay.is_none() && !io.c.slot(id).writes.is_empty() {
+            io.complete_write(&mut engine);
+            if !io.dead && io.error.is_none() && engine.end_turn(now, &mut io).is_err() {
+                io.error = Some(format!("node{id}'s engine found its log stopped"));
+            }
+        }
+        let (dead, error) = (io.dead, io.error.take());
+        self.slot_mut(id).engine = Some(engine);
+        if let Some(why) = error {
+            self.fail(&why);
+        }
+        if dead {
+            self.kill(id);
+        }
+        Some(out)
+    }
+
+    /// A client's write of `value` to node `id`: the entry's index when the node takes it.
     /// A node that is down (e.g. crashed handling an earlier proposal) refuses it.
     pub fn propose(&mut self, id: NodeId, value: Value) -> Result<u64, ProposeError> {
-        if !self.is_up(id) {
-            return Err(ProposeError::NotLeader { leader: None });
-        }
-        self.proposals += 1;
-        let key = format!("k{}", self.proposals);
-        let write = register_write(&value);
-        let result = self.raft_mut(id).propose(Some(key.clone()), value);
-        self.trace(|| format!("node{id} propose -> {result:?}"));
-        if let (Ok(index), Some(register)) = (&result, write) {
-            // The client hears once its node applies the entry, as the driver answers it.
-            let term = self.node(id).term();
+        let command = EntryValue::from(&value);
+        let text = command.to_string();
+        let ticket = register_write(&value).map(|register| {
             self.history.push(Op { register, write: true, seen: None, call: self.now, ret: None });
-            let op = self.history.len() - 1;
-            self.write_ops.insert(key, op);
-            let deadline = self.now + REQUEST_DEADLINE;
-            self.nodes[id as usize - 1].waiting.write(*index, term, op, deadline);
+            self.history.len() - 1
+        });
+        let result = self
+            .drive(id, |engine, now, io| engine.write(now, command, ticket, io))
+            .unwrap_or(Err(ProposeError::NotLeader { leader: None }));
+        self.trace(|| format!("node{id} propose -> {result:?}"));
+        if let Some(op) = ticket {
+            if result.is_ok() {
+                self.write_ops.insert(text, op);
+            } else {
+                self.history.pop();
+            }
         }
-        self.after_input(id);
         result
     }
 
@@ -370,51 +442,53 @@ impl Cluster {
         if !self.is_up(id) {
             return false;
         }
-        self.next_read += 1;
-        let read = self.next_read;
-        let result = self.raft_mut(id).read_index(read);
-        self.trace(|| format!("node{id} read {read} -> {result:?}"));
-        if result.is_ok() {
-            self.reads.insert(read, self.checker.committed_len());
-            if let Some(key) = register {
-                self.history.push(Op { register: key, write: false, seen: None, call: self.now, ret: None });
-                let (op, term, deadline) = (self.history.len() - 1, self.node(id).term(), self.now + REQUEST_DEADLINE);
-                self.nodes[id as usize - 1].waiting.read(read, term, op, deadline);
+        let ticket = register.map(|register| {
+            self.history.push(Op { register, write: false, seen: None, call: self.now, ret: None });
+            self.history.len() - 1
+        });
+        let committed = self.checker.committed_len();
+        let result = self.drive(id, |engine, now, io| {
+            let result = engine.read(now, ticket, io);
+            if let Ok(read) = result {
+                io.c.reads.insert((id, read), committed);
             }
+            result
+        });
+        self.trace(|| format!("node{id} read -> {result:?}"));
+        let taken = matches!(result, Some(Ok(_)));
+        if !taken && ticket.is_some() {
+            self.history.pop();
         }
-        self.after_input(id);
-        result.is_ok()
+        taken
+    }
+
+    /// A controller's request to node `id`, as a datagram from the controller's address.
+    fn control(&mut self, id: NodeId, request: Request) {
+        self.trace(|| format!("node{id} {request}"));
+        let datagram = Message::new(labctl::proto::CONTROLLER, request, None).encode();
+        self.drive(id, |engine, now, io| engine.datagram(now, &datagram, CONTROLLER, io));
     }
 
     /// A controller's TIMEOUT to node `id`.
     pub fn timeout_now(&mut self, id: NodeId) {
-        self.trace(|| format!("node{id} TIMEOUT"));
-        let now = self.now;
-        self.raft_mut(id).timeout_now(now);
-        self.after_input(id);
+        self.control(id, Request::Timeout);
     }
 
     /// A controller's CONVERT_FOLLOWER to node `id`.
     pub fn convert_follower(&mut self, id: NodeId) {
-        self.trace(|| format!("node{id} CONVERT_FOLLOWER"));
-        let now = self.now;
-        self.raft_mut(id).convert_follower(now);
-        self.after_input(id);
+        self.control(id, Request::ConvertFollower);
     }
 
     /// Node `id` may lead, or may not (its state machine cannot apply).
     pub fn set_eligible(&mut self, id: NodeId, eligible: bool) {
         self.trace(|| format!("node{id} {}", if eligible { "may lead" } else { "may not lead" }));
-        let now = self.now;
-        self.raft_mut(id).set_eligible(now, eligible);
-        self.after_input(id);
+        self.drive(id, |engine, now, _| engine.set_eligible(now, eligible));
     }
 
-    /// Kills node `id`: its core, state machine and everything else volatile are gone.
+    /// Kills node `id`: its engine, state machine and everything else volatile are gone.
     pub fn crash(&mut self, id: NodeId) {
         self.trace(|| format!("node{id} CRASH"));
-        let node = &self.nodes[id as usize - 1];
-        if node.raft.is_none() {
+        if !self.is_up(id) {
             return;
         }
         if let Err(why) = self.check_durable(id) {
@@ -423,7 +497,7 @@ impl Cluster {
         self.kill(id);
     }
 
-    /// Drops what a crash loses: the core, its writes not done yet, the state machine. The
+    /// Drops what a crash loses: the engine, its writes not done yet, the state machine. The
     /// write on its way, if the disk had started it, reaches the disk in part.
     fn kill(&mut self, id: NodeId) {
         let torn = self.disk_rng.chance(0.5);
@@ -431,31 +505,38 @@ impl Cluster {
         match (node.writes.front(), node.storage.as_mut()) {
             (Some(w), Some(storage)) if torn => {
                 node.disk.crash_in(0);
-                let entries = w.from.map(|from| (from, &w.entries[..]));
-                if storage.persist(w.hard, entries).is_ok() {
+                let (hard, from, entries) = asked(&w.write);
+                if storage.persist(hard, from.map(|from| (from, &entries[..]))).is_ok() {
                     self.fail(&format!("node{id}'s disk crashed inside a write that returned"));
                 }
-                node.unsure = Some((w.hard, w.from, w.entries.clone()));
+                node.unsure = Some((hard, from, entries));
             }
             _ => node.disk.crash(),
         }
         let node = &mut self.nodes[id as usize - 1];
         node.storage = None;
         node.disk.restart();
-        node.raft = None;
+        // Its clients hear nothing more: what they asked stays without an answer.
+        node.engine = None;
         node.writes.clear();
         node.registers.clear();
-        // Its clients hear nothing more: what they asked stays without an answer.
-        node.waiting = Waiting::default();
         node.applied = 0;
         node.commit = 0;
         node.leading = None;
+        self.reads.retain(|&(node, _), _| node != id);
     }
 
     /// With no write on its way, what a restart would see must be what the core has.
     fn check_durable(&self, id: NodeId) -> Result<(), String> {
+        match self.slot(id).engine.as_ref() {
+            Some(engine) => self.durable_is(id, engine.raft()),
+            None => Ok(()),
+        }
+    }
+
+    /// With no write on its way, node `id`'s disk holds what its core `raft` has.
+    fn durable_is(&self, id: NodeId, raft: &Raft) -> Result<(), String> {
         let node = self.slot(id);
-        let Some(raft) = &node.raft else { return Ok(()) };
         if node.writes.is_empty() && (raft.hard_state() != node.hard || raft.log().entries() != node.log.as_slice()) {
             return Err(format!("node{id}'s durable state differs from its core's state with no write on its way"));
         }
@@ -465,8 +546,8 @@ impl Cluster {
     /// Restarts a crashed node from what its log code recovers from its disk.
     pub fn restart(&mut self, id: NodeId) {
         let now = self.now;
-        let seed = self.seed;
-        if self.slot(id).raft.is_some() {
+        let (seed, origin, n) = (self.seed, self.origin, self.nodes.len() as u32);
+        if self.is_up(id) {
             return;
         }
         if let Err(why) = self.recover(id) {
@@ -475,9 +556,10 @@ impl Cluster {
         let node = &mut self.nodes[id as usize - 1];
         node.restarts += 1;
         let seed = seed.wrapping_add(node.restarts.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        node.raft = Some(Raft::new(node.cfg.clone(), node.hard, node.log.clone(), now, seed));
+        let raft = Raft::new(node.cfg.clone(), node.hard, node.log.clone(), now, seed);
+        node.engine = Some(Engine::new(raft, members(n), origin, seed ^ u64::from(id)));
         self.trace(|| format!("node{id} RESTART"));
-        self.after_input(id);
+        self.drive(id, |_, _, _| ());
     }
 
     /// Opens node `id`'s log as the node does on start, and checks what it recovers: what the
@@ -528,44 +610,38 @@ impl Cluster {
         Ok(())
     }
 
-    fn raft_mut(&mut self, id: NodeId) -> &mut Raft {
-        if self.nodes[id as usize - 1].raft.is_none() {
-            self.fail(&format!("node{id} is down"));
-        }
-        self.nodes[id as usize - 1].raft.as_mut().expect("up")
-    }
-
     // ---- running ----
 
-    /// Processes the next event (a timer or a datagram) due at or before `limit`; false when
-    /// there is none.
+    /// Processes the next event (a write done, a timer or a datagram) due at or before
+    /// `limit`; false when there is none.
     pub fn step_before(&mut self, limit: Micros) -> bool {
+        let timer = self.nodes.iter().filter_map(|n| n.engine.as_ref().map(|e| (e.next_deadline(), n.id))).min();
         let write = self.nodes.iter().filter_map(|n| n.writes.front().map(|w| (w.done_at, n.id))).min();
+        let datagram = self.net.next_at();
         if let Some((at, id)) = write.filter(|&(at, _)| at <= limit) {
-            let timer = self.nodes.iter().filter_map(|n| n.raft.as_ref().map(|r| r.next_deadline())).min();
-            if timer.is_none_or(|t| at <= t) && self.net.next_at().is_none_or(|d| at <= d) {
+            if timer.is_none_or(|(t, _)| at <= t) && datagram.is_none_or(|d| at <= d) {
                 self.now = self.now.max(at);
-                self.write_done(id);
+                self.trace(|| format!("node{id} write done"));
+                self.drive(id, |engine, _, io| io.complete_write(engine));
                 return true;
             }
         }
-        let timer = self.nodes.iter().filter_map(|n| n.raft.as_ref().map(|r| (r.next_deadline(), n.id))).min();
-        let datagram = self.net.next_at();
         match (timer, datagram) {
             (Some((at, id)), d) if at <= limit && d.is_none_or(|d| at <= d) => {
                 self.now = self.now.max(at);
-                self.tick(id);
+                self.drive(id, |engine, now, _| engine.tick(now));
+                if let Some(next) = self.slot(id).engine.as_ref().map(Engine::next_deadline) {
+                    if next <= at {
+                        self.fail(&format!("node{id}'s timer did not move past {at}us after it fired"));
+                    }
+                }
                 true
             }
             (_, Some(at)) if at <= limit => {
                 self.now = self.now.max(at);
                 if let Some(d) = self.net.pop() {
-                    if self.is_up(d.to) {
-                        self.trace(|| format!("node{} <- node{} {:?}", d.to, d.from, d.msg));
-                        let now = self.now;
-                        self.raft_mut(d.to).step(now, d.from, d.msg);
-                        self.after_input(d.to);
-                    }
+                    self.trace(|| format!("node{} <- node{} {} bytes", d.to, d.from, d.bytes.len()));
+                    self.drive(d.to, |engine, now, io| engine.datagram(now, &d.bytes, addr(d.from), io));
                 }
                 true
             }
@@ -625,7 +701,7 @@ impl Cluster {
                     submitted_to = Some((leader, term));
                     let have: HashSet<String> =
                         self.node(leader).log().entries().iter().map(|e| e.value.to_string()).collect();
-                    for v in values.iter().filter(|v| !have.contains(&v.to_string())) {
+                    for v in values.iter().filter(|v| !have.contains(&EntryValue::from(*v).to_string())) {
                         if let Err(e) = self.propose(leader, v.clone()) {
                             self.fail(&format!("the leader refused a proposal: {e}"));
                         }
@@ -642,7 +718,7 @@ impl Cluster {
         let logs: Vec<(NodeId, &[LogEntry])> = self
             .nodes
             .iter()
-            .map(|n| (n.id, n.raft.as_ref().map_or(n.log.as_slice(), |r| r.log().entries())))
+            .map(|n| (n.id, n.engine.as_ref().map_or(n.log.as_slice(), |e| e.raft().log().entries())))
             .collect();
         for (i, (a, la)) in logs.iter().enumerate() {
             for (b, lb) in &logs[i + 1..] {
@@ -659,184 +735,10 @@ impl Cluster {
         }
     }
 
-    // ---- the driver ----
-
-    fn tick(&mut self, id: NodeId) {
-        let now = self.now;
-        self.raft_mut(id).tick(now);
-        self.after_input(id);
-        if let Some(raft) = &self.slot(id).raft {
-            if raft.next_deadline() <= now {
-                self.fail(&format!("node{id}'s timer did not move past {now}us after it fired"));
-            }
-        }
-    }
-
-    /// Handles the node's `Ready` as a real driver does, then checks the safety properties.
-    fn after_input(&mut self, id: NodeId) {
-        if let Err(why) = self.handle_ready(id) {
-            self.fail(&why);
-        }
-    }
-
-    fn handle_ready(&mut self, id: NodeId) -> Result<(), String> {
-        while self.slot(id).raft.as_ref().is_some_and(|r| r.has_ready()) {
-            self.handle_one_ready(id)?;
-        }
-        Ok(())
-    }
-
-    fn handle_one_ready(&mut self, id: NodeId) -> Result<(), String> {
-        let now = self.now;
-        let node = &mut self.nodes[id as usize - 1];
-        let Some(raft) = node.raft.as_mut() else { return Ok(()) };
-        let mut ready = raft.take_ready();
-        let (role, term, last) = (raft.role(), raft.term(), raft.last_index());
-
-        // 0. A leader's AppendEntries go out before its own write is done, when the term and
-        //    vote are unchanged; the node may die before the write is done.
-        if ready.hard_state.is_none() {
-            let appends;
-            (appends, ready.messages) = ready.messages.into_iter().partition(|(_, m)| matches!(m, Msg::Append { .. }));
-            let sent = !appends.is_empty();
-            for (to, msg) in appends {
-                self.net.send(now, id, to, msg)?;
-            }
-            if sent && ready.persist_id.is_some() && self.crash_rng.chance(self.crash_before_persist) {
-                self.trace(|| format!("node{id} CRASH before persisting the entries it sent"));
-                self.kill(id);
-                return Ok(());
-            }
-        }
-
-        // Election safety, and a leader only ever appends to its log.
-        self.checker.role(id, role, term)?;
-        let node = &mut self.nodes[id as usize - 1];
-        let raft = node.raft.as_mut().expect("up");
-        if role == Role::Leader && !raft.is_eligible() {
-            return Err(format!("node{id} leads term {term} though it may not lead"));
-        }
-        let mut new_leader = false;
-        if role == Role::Leader {
-            match node.leading {
-                Some((t, len)) if t == term => {
-                    if let Some(from) = ready.persist_from.filter(|&from| from <= len) {
-                        return Err(format!("node{id}, leader of term {term}, rewrote its log from index {from}"));
-                    }
-                }
-                _ => new_leader = true,
-            }
-            node.leading = Some((term, last));
-        } else {
-            node.leading = None;
-        }
-
-        // 1. Persist: hand the write to the disk; the rest of the messages wait for it, and
-        //    for every earlier write.
-        if let Some(persist_id) = ready.persist_id {
-            let entries = ready.persist_from.map_or_else(Vec::new, |from| raft.log().slice(from, last).to_vec());
-            let done_at = self.disk_time(id);
-            let messages = std::mem::take(&mut ready.messages);
-            let write =
-                Write { persist_id, hard: ready.hard_state, from: ready.persist_from, entries, messages, done_at };
-            self.nodes[id as usize - 1].writes.push_back(write);
-        } else if ready.hard_state.is_some() || ready.persist_from.is_some() {
-            return Err(format!("node{id} asks for a write without a number to report it by"));
-        } else if let Some(waiting) = self.nodes[id as usize - 1].writes.back_mut() {
-            waiting.messages.append(&mut ready.messages);
-        }
-        if new_leader {
-            self.checker.leader_complete(id, term, last, |i| self.hash_at(id, i))?;
-        }
-
-        // 2. Send what need not wait.
-        for (to, msg) in std::mem::take(&mut ready.messages) {
-            self.net.send(now, id, to, msg)?;
-        }
-
-        // What the driver does with role changes: writes and unchecked reads may fail (their
-        // clients then know nothing sure: they stay without an answer in the history).
-        let node = &mut self.nodes[id as usize - 1];
-        for Event::RoleChanged { role, term, .. } in &ready.events {
-            node.waiting.role_changed(*role, *term);
-        }
-        node.waiting.expire(now);
-
-        // A confirmed read must see every entry committed before it was asked.
-        for read in &ready.reads {
-            let Some(committed) = self.reads.remove(&read.id) else {
-                return Err(format!("node{id} confirmed read {} twice or never asked", read.id));
-            };
-            if read.index < committed {
-                return Err(format!(
-                    "stale read: node{id} (term {term}) confirmed read {} at index {} but {committed} entries were committed when it was asked",
-                    read.id, read.index
-                ));
-            }
-            self.reads_confirmed += 1;
-            self.nodes[id as usize - 1].waiting.confirmed(read.id, read.index);
-        }
-
-        // 3. Apply.
-        let node = &mut self.nodes[id as usize - 1];
-        let raft = node.raft.as_ref().expect("up");
-        let commit = ready.commit_index;
-        if commit > raft.commit_index() {
-            return Err(format!("node{id} reports commit index {commit} but holds {}", raft.commit_index()));
-        }
-        if commit < node.commit {
-            return Err(format!("node{id}'s commit index went back from {} to {commit}", node.commit));
-        }
-        if commit > node.log.len() as u64 {
-            return Err(format!("node{id} may apply index {commit} but its disk holds {} entries", node.log.len()));
-        }
-        let newly_committed = commit > node.commit;
-        if newly_committed {
-            self.checker.committed(id, term, node.commit, commit, &node.log, &node.prefix)?;
-            node.commit = commit;
-        }
-        while node.applied < commit {
-            node.applied += 1;
-            let entry = &node.log[node.applied as usize - 1];
-            self.checker.applied(id, node.applied, entry)?;
-            if let Some(register) = register_write(&entry.value.to_value()) {
-                node.registers.insert(register, node.applied);
-                if let Some(key) = entry.key.as_ref().filter(|k| !self.first_applied.contains_key(*k)) {
-                    self.first_applied.insert(key.clone(), (node.applied, now));
-                }
-            }
-            // The write that proposed this entry is answered once it is applied.
-            if let Some(Ok(op)) = node.waiting.handed_off(node.applied, entry.term) {
-                self.history[op].ret = Some(now);
-            }
-        }
-        // Reads whose read index is applied run now.
-        for op in node.waiting.readable_up_to(node.applied) {
-            self.history[op].seen = node.registers.get(&self.history[op].register).copied();
-            self.history[op].ret = Some(now);
-        }
-
-        // Leader completeness for every leader, now that more is known committed.
-        if newly_committed {
-            for n in &self.nodes {
-                if let Some(r) = n.raft.as_ref().filter(|r| r.role() == Role::Leader) {
-                    self.checker.leader_complete(n.id, r.term(), r.last_index(), |i| self.hash_at(n.id, i))?;
-                }
-            }
-        }
-        if self.disk.delay.is_none() {
-            // A disk that takes no time: the write is done before anything else happens.
-            while self.slot(id).writes.front().is_some() {
-                self.complete_write(id)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// The hash chain of node `id`'s log (as its core has it, on disk or not yet) up to `index`.
-    fn hash_at(&self, id: NodeId, index: u64) -> Option<u64> {
+    /// The hash chain of node `id`'s log, as its core `raft` has it (on disk or not yet), up
+    /// to `index`.
+    fn hash_at(&self, id: NodeId, raft: &Raft, index: u64) -> Option<u64> {
         let node = self.slot(id);
-        let raft = node.raft.as_ref()?;
         if index == 0 || index > raft.last_index() {
             return None;
         }
@@ -867,50 +769,6 @@ impl Cluster {
         };
         let after = self.slot(id).writes.back().map_or(0, |w| w.done_at);
         (self.now + took).max(after)
-    }
-
-    /// The oldest write of node `id` is done: it is durable, its messages leave, and the core
-    /// hears of it.
-    fn write_done(&mut self, id: NodeId) {
-        if let Err(why) = self.complete_write(id).and_then(|()| self.handle_ready(id)) {
-            self.fail(&why);
-        }
-    }
-
-    fn complete_write(&mut self, id: NodeId) -> Result<(), String> {
-        let now = self.now;
-        let fail_sync = self.disk_rng.chance(self.disk.sync_failure);
-        let node = &mut self.nodes[id as usize - 1];
-        let Some(write) = node.writes.pop_front() else { return Ok(()) };
-        let storage = node.storage.as_mut().ok_or_else(|| format!("node{id} is up without its log open"))?;
-        if fail_sync {
-            node.disk.fail_next_sync();
-        }
-        let entries = write.from.map(|from| (from, &write.entries[..]));
-        if let Err(e) = storage.persist(write.hard, entries) {
-            // The log writer's error stops the node; the write may be on the disk or not.
-            let unsure = (write.hard, write.from, write.entries);
-            node.writes.clear();
-            self.trace(|| format!("node{id} STOPS: {e}"));
-            self.kill(id);
-            self.nodes[id as usize - 1].unsure = Some(unsure);
-            return Ok(());
-        }
-        self.store(id, write.hard, write.from, write.entries)?;
-        self.trace(|| format!("node{id} write {} done", write.persist_id));
-        for (to, msg) in write.messages {
-            self.net.send(now, id, to, msg)?;
-        }
-        self.raft_mut(id).persisted(write.persist_id);
-        let raft = self.slot(id).raft.as_ref().expect("up");
-        if raft.durable_index() > self.slot(id).log.len() as u64 {
-            return Err(format!(
-                "node{id} counts index {} as on its disk, which holds {}",
-                raft.durable_index(),
-                self.slot(id).log.len()
-            ));
-        }
-        self.check_durable(id)
     }
 
     /// What a write leaves on node `id`'s disk, checked.
@@ -1057,4 +915,262 @@ struct Op {
     call: Micros,
     /// When the client got its answer; None: it got none.
     ret: Option<Micros>,
+}
+
+/// The members of a simulated cluster of `n` nodes, as the engines know them.
+fn members(n: u32) -> config::Cluster {
+    config::Cluster { nodes: n, ..config::Cluster::default() }
+}
+
+impl SimIo<'_> {
+    fn failed(&mut self, why: String) {
+        self.error.get_or_insert(why);
+    }
+
+    /// The oldest write of the node is done: it is durable, its datagrams leave, and the
+    /// engine hears of it. A sync that fails stops the node, as the log writer's error does.
+    fn complete_write(&mut self, engine: &mut Engine<Ticket>) {
+        if let Err(why) = self.try_complete_write(engine) {
+            self.failed(why);
+        }
+    }
+
+    fn try_complete_write(&mut self, engine: &mut Engine<Ticket>) -> Result<(), String> {
+        let (id, now) = (self.id, self.c.now);
+        let fail_sync = self.c.disk_rng.chance(self.c.disk.sync_failure);
+        let node = self.c.slot_mut(id);
+        let Some(pending) = node.writes.pop_front() else { return Ok(()) };
+        let storage = node.storage.as_mut().ok_or_else(|| format!("node{id} is up without its log open"))?;
+        if fail_sync {
+            node.disk.fail_next_sync();
+        }
+        let (hard, from, entries) = asked(&pending.write);
+        if let Err(e) = storage.persist(hard, from.map(|from| (from, &entries[..]))) {
+            // The node stops; the write may be on the disk or not.
+            node.writes.clear();
+            node.unsure = Some((hard, from, entries));
+            self.dead = true;
+            self.c.trace(|| format!("node{id} STOPS: {e}"));
+            return Ok(());
+        }
+        self.c.store(id, hard, from, entries)?;
+        self.c.trace(|| format!("node{id} write {} done", pending.write.persist_id));
+        for (to, datagram) in pending.then {
+            self.c.net.send(now, id, to, datagram)?;
+        }
+        engine.persisted(pending.write.persist_id);
+        let raft = engine.raft();
+        if raft.durable_index() > self.c.slot(id).log.len() as u64 {
+            return Err(format!(
+                "node{id} counts index {} as on its disk, which holds {}",
+                raft.durable_index(),
+                self.c.slot(id).log.len()
+            ));
+        }
+        if self.c.slot(id).writes.is_empty() {
+            self.c.durable_is(id, raft)?;
+        }
+        Ok(())
+    }
+
+    /// The safety checks on one `Ready` of the node's core.
+    fn check_ready(&mut self, raft: &Raft, ready: &Ready) -> Result<(), String> {
+        let (id, c) = (self.id, &mut *self.c);
+        let (role, term, last) = (raft.role(), raft.term(), raft.last_index());
+        // Election safety, and a leader only ever appends to its log.
+        c.checker.role(id, role, term)?;
+        if role == Role::Leader && !raft.is_eligible() {
+            return Err(format!("node{id} leads term {term} though it may not lead"));
+        }
+        let node = c.slot_mut(id);
+        let mut new_leader = false;
+        if role == Role::Leader {
+            match node.leading {
+                Some((t, len)) if t == term => {
+                    if let Some(from) = ready.persist_from.filter(|&from| from <= len) {
+                        return Err(format!("node{id}, leader of term {term}, rewrote its log from index {from}"));
+                    }
+                }
+                _ => new_leader = true,
+            }
+            node.leading = Some((term, last));
+        } else {
+            node.leading = None;
+        }
+        if ready.persist_id.is_none() && (ready.hard_state.is_some() || ready.persist_from.is_some()) {
+            return Err(format!("node{id} asks for a write without a number to report it by"));
+        }
+        if new_leader {
+            c.checker.leader_complete(id, term, last, |i| c.hash_at(id, raft, i))?;
+        }
+        // A leader's AppendEntries leave before its own write; it may die in between.
+        let sends_early =
+            ready.hard_state.is_none() && ready.messages.iter().any(|(_, m)| matches!(m, Msg::Append { .. }));
+        if sends_early && ready.persist_id.is_some() && c.crash_rng.chance(c.crash_before_persist) {
+            self.crash_before_write = true;
+        }
+
+        // A confirmed read must see every entry committed before it was asked.
+        for read in &ready.reads {
+            let Some(committed) = c.reads.remove(&(id, read.id)) else {
+                return Err(format!("node{id} confirmed read {} twice or never asked", read.id));
+            };
+            if read.index < committed {
+                return Err(format!(
+                    "stale read: node{id} (term {term}) confirmed read {} at index {} but {committed} entries were \
+                     committed when it was asked",
+                    read.id, read.index
+                ));
+            }
+            c.reads_confirmed += 1;
+        }
+
+        let commit = ready.commit_index;
+        let node = c.slot(id);
+        if commit > raft.commit_index() {
+            return Err(format!("node{id} reports commit index {commit} but holds {}", raft.commit_index()));
+        }
+        if commit < node.commit {
+            return Err(format!("node{id}'s commit index went back from {} to {commit}", node.commit));
+        }
+        if commit > node.log.len() as u64 {
+            return Err(format!("node{id} may apply index {commit} but its disk holds {} entries", node.log.len()));
+        }
+        if commit > node.commit {
+            let node = &mut c.nodes[id as usize - 1];
+            c.checker.committed(id, term, node.commit, commit, &node.log, &node.prefix)?;
+            node.commit = commit;
+            // Leader completeness for every leader, now that more is known committed.
+            if role == Role::Leader {
+                c.checker.leader_complete(id, term, last, |i| c.hash_at(id, raft, i))?;
+            }
+            for n in &c.nodes {
+                if let Some(r) = n.engine.as_ref().map(Engine::raft).filter(|r| r.role() == Role::Leader) {
+                    c.checker.leader_complete(n.id, r.term(), r.last_index(), |i| c.hash_at(n.id, r, i))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The state machine applies `item`: a register write sets its register, and the client
+    /// waiting on it hears.
+    fn apply_one(&mut self, item: ApplyItem<Ticket>) -> Result<(), String> {
+        let (id, now, c) = (self.id, self.c.now, &mut *self.c);
+        let node = &c.nodes[id as usize - 1];
+        if item.index != node.applied + 1 {
+            return Err(format!("node{id} applies index {} after index {}", item.index, node.applied));
+        }
+        if item.index > node.commit {
+            return Err(format!("node{id} applies index {} with entries up to {} committed", item.index, node.commit));
+        }
+        c.checker.applied(id, item.index, &item.entry)?;
+        let node = &mut c.nodes[id as usize - 1];
+        node.applied = item.index;
+        if let Some(register) = register_write(&item.entry.value.to_value()) {
+            node.registers.insert(register, item.index);
+            c.first_applied.entry(item.entry.value.to_string()).or_insert((item.index, now));
+        }
+        // The write that proposed this entry is answered once it is applied.
+        if let Some(Some(op)) = item.waiter {
+            c.history[op].ret = Some(now);
+        }
+        Ok(())
+    }
+}
+
+impl Io<Ticket> for SimIo<'_> {
+    fn wall_micros(&mut self) -> u64 {
+        self.c.now
+    }
+
+    fn is_from(&mut self, id: NodeId, from: SocketAddr) -> bool {
+        from == addr(id)
+    }
+
+    fn send(&mut self, to: NodeId, datagram: &[u8]) {
+        if self.dead {
+            return;
+        }
+        if let Err(why) = self.c.net.send(self.c.now, self.id, to, datagram.to_vec()) {
+            self.failed(why);
+        }
+    }
+
+    fn send_paced(&mut self, to: NodeId, fragments: &[Vec<u8>]) {
+        for fragment in fragments {
+            self.send(to, fragment);
+        }
+    }
+
+    fn reply(&mut self, _to: SocketAddr, _datagram: &[u8], _signed: bool) {}
+
+    fn write(&mut self, write: Write, then: Outgoing) -> bool {
+        if self.dead {
+            return true;
+        }
+        if std::mem::take(&mut self.crash_before_write) {
+            let id = self.id;
+            self.c.trace(|| format!("node{id} CRASH before persisting the entries it sent"));
+            self.dead = true;
+            return true;
+        }
+        let done_at = self.c.disk_time(self.id);
+        self.c.slot_mut(self.id).writes.push_back(Pending { write, then, done_at });
+        true
+    }
+
+    fn send_after(&mut self, then: Outgoing) -> bool {
+        if self.dead {
+            return true;
+        }
+        match self.c.slot_mut(self.id).writes.back_mut() {
+            Some(last) => last.then.extend(then),
+            None => {
+                for (to, datagram) in then {
+                    self.send(to, &datagram);
+                }
+            }
+        }
+        true
+    }
+
+    fn apply(&mut self, items: Vec<ApplyItem<Ticket>>) {
+        if self.dead {
+            return;
+        }
+        for item in items {
+            if let Err(why) = self.apply_one(item) {
+                return self.failed(why);
+            }
+        }
+    }
+
+    fn prepare(&mut self, _item: ApplyItem<Ticket>) {}
+
+    fn abandon_prepared(&mut self) {}
+
+    fn read(&mut self, ticket: Ticket) {
+        if self.dead {
+            return;
+        }
+        let Some(op) = ticket else { return };
+        let node = self.c.slot(self.id);
+        let seen = node.registers.get(&self.c.history[op].register).copied();
+        self.c.history[op].seen = seen;
+        self.c.history[op].ret = Some(self.c.now);
+    }
+
+    /// A request that failed: its client knows nothing sure, and it stays without an answer
+    /// in the history.
+    fn answer(&mut self, _ticket: Ticket, _result: WriteResult) {}
+
+    fn observe(&mut self, raft: &Raft, ready: &Ready) {
+        if self.dead || self.error.is_some() {
+            return;
+        }
+        if let Err(why) = self.check_ready(raft, ready) {
+            self.failed(why);
+        }
+    }
 }

@@ -3,9 +3,8 @@
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
-use labctl::node::raft::{Micros, Msg, NodeId, Rng, DEFAULT_MAX_ENTRY_BYTES};
-use labctl::proto::fragment::{Fragmenter, Limits, Reassembler};
-use labctl::proto::{node_name, Message, MAX_DATAGRAM};
+use labctl::node::raft::{Micros, NodeId, Rng};
+use labctl::proto::MAX_DATAGRAM;
 
 use super::MS;
 
@@ -15,7 +14,7 @@ pub struct Delivery {
     seq: u64,
     pub from: NodeId,
     pub to: NodeId,
-    pub msg: Msg,
+    pub bytes: Vec<u8>,
 }
 
 impl PartialEq for Delivery {
@@ -42,8 +41,6 @@ pub struct NetStats {
     pub sent: u64,
     pub delivered: u64,
     pub dropped: u64,
-    /// Log entries carried by AppendEntries datagrams.
-    pub entries_sent: u64,
 }
 
 /// Links between nodes and the datagrams on them. Two nodes talk when they are in the same
@@ -63,9 +60,6 @@ pub struct Network {
     /// Each copy of a datagram takes a uniformly random delay in this range, so datagrams
     /// overtake each other when the range is wide.
     pub delay: (Micros, Micros),
-    /// The share of datagrams sent through the real wire encoding, checking that each fits
-    /// in one datagram and decodes to the same message (1.0: all of them).
-    pub wire_check: f64,
     pub stats: NetStats,
 }
 
@@ -81,7 +75,6 @@ impl Network {
             loss: 0.0,
             duplicate: 0.0,
             delay: (MS, 5 * MS),
-            wire_check: 1.0,
             stats: NetStats::default(),
         }
     }
@@ -149,25 +142,28 @@ impl Network {
         self.next_group
     }
 
-    /// Puts a datagram on the wire at `now`. Errors when the message cannot travel as a
-    /// datagram of the product's wire protocol.
-    pub fn send(&mut self, now: Micros, from: NodeId, to: NodeId, msg: Msg) -> Result<(), String> {
+    /// Puts a datagram on the wire at `now`. Errors when it is larger than a datagram of the
+    /// product's wire protocol may be.
+    pub fn send(&mut self, now: Micros, from: NodeId, to: NodeId, bytes: Vec<u8>) -> Result<(), String> {
         self.stats.sent += 1;
-        if let Msg::Append { entries, .. } = &msg {
-            self.stats.entries_sent += entries.len() as u64;
+        if bytes.len() > MAX_DATAGRAM {
+            return Err(format!("node{from} sent node{to} a datagram of {} bytes", bytes.len()));
         }
-        let msg = if self.rng.chance(self.wire_check) { through_the_wire(from, &msg, &mut self.rng)? } else { msg };
         if !self.connected(from, to) || self.rng.chance(self.loss) {
             self.stats.dropped += 1;
             return Ok(());
         }
-        let copies = if self.rng.chance(self.duplicate) { 2 } else { 1 };
-        for _ in 0..copies {
-            let at = now + self.rng.range(self.delay.0, self.delay.1 + 1);
-            self.seq += 1;
-            self.queue.push(Delivery { at, seq: self.seq, from, to, msg: msg.clone() });
+        if self.rng.chance(self.duplicate) {
+            self.deliver(now, from, to, bytes.clone());
         }
+        self.deliver(now, from, to, bytes);
         Ok(())
+    }
+
+    fn deliver(&mut self, now: Micros, from: NodeId, to: NodeId, bytes: Vec<u8>) {
+        let at = now + self.rng.range(self.delay.0, self.delay.1 + 1);
+        self.seq += 1;
+        self.queue.push(Delivery { at, seq: self.seq, from, to, bytes });
     }
 
     /// When the next datagram arrives.
@@ -186,45 +182,4 @@ impl Network {
             None
         }
     }
-}
-
-/// The largest message a node accepts: the largest entry and room for the rest.
-const MAX_MESSAGE: usize = DEFAULT_MAX_ENTRY_BYTES + 64 * 1024;
-
-/// Encodes `msg` as the datagram `from` would send and decodes it as a receiver would; a
-/// message larger than a datagram travels as fragments, in any order.
-fn through_the_wire(from: NodeId, msg: &Msg, rng: &mut Rng) -> Result<Msg, String> {
-    let mut bytes = msg.to_wire(from).encode();
-    if bytes.len() > MAX_DATAGRAM {
-        if !matches!(msg, Msg::Append { entries, .. } if entries.len() == 1) {
-            return Err(format!(
-                "node{from} sent a {:?} of {} bytes that is not one large entry alone",
-                msg.request(),
-                bytes.len()
-            ));
-        }
-        let mut pieces = Fragmenter::new(node_name(from), rng.next_u64()).split(Some(msg.term()), &bytes);
-        for i in (1..pieces.len()).rev() {
-            pieces.swap(i, rng.range(0, i as u64 + 1) as usize);
-        }
-        let mut reassembler = Reassembler::new(Limits::for_messages_of(MAX_MESSAGE));
-        let now = std::time::Instant::now();
-        let mut whole = None;
-        for piece in &pieces {
-            if piece.len() > MAX_DATAGRAM {
-                return Err(format!("a fragment of {} bytes is over the datagram limit", piece.len()));
-            }
-            let (fragment, _) = Message::decode(piece).map_err(|e| format!("a fragment does not decode: {e}"))?;
-            whole = reassembler.accept(&fragment, now).map_err(|e| format!("a fragment is refused: {e}"))?;
-        }
-        bytes = whole.ok_or("the fragments did not make the message")?.bytes;
-    }
-    let (wire, request) = Message::decode_with_limit(&bytes, MAX_MESSAGE)
-        .map_err(|e| format!("node{from} sent a datagram that does not decode: {e}"))?;
-    let (sender, back) =
-        Msg::from_wire(wire, request).map_err(|e| format!("node{from} sent an unreadable {request}: {e}"))?;
-    if sender != from || back != *msg {
-        return Err(format!("node{from}'s {msg:?} arrived as {back:?} from node{sender}"));
-    }
-    Ok(back)
 }
