@@ -779,6 +779,30 @@ fn apply_batch(
     batch: &mut [ApplyItem],
     applied: &AtomicU64,
 ) -> Result<(), super::store::StoreError> {
+    let outcomes = apply_entries(store, batch)?;
+    if let Some(last) = batch.last() {
+        applied.fetch_max(last.index, Ordering::AcqRel);
+    }
+    for (item, outcome) in batch.iter_mut().zip(outcomes) {
+        if let Some(waiter) = item.waiter.take() {
+            // An entry without a command is only waited on by a write that turned out empty.
+            let _ = waiter.send(outcome.map_or(WriteResult::Done(ApplyOutcome::AlreadyApplied), WriteResult::Done));
+        }
+    }
+    Ok(())
+}
+
+/// What the database makes of `batch` (consecutive committed entries): each entry's outcome,
+/// None for an entry without a command (a leader's no-op, a controller's STORE) or with one
+/// that cannot be read, which only advance the applied index. Each run of commands is applied
+/// in one transaction. An entry applied before (by this node before a restart, or by another
+/// node sharing the database) is not applied again; where a client waits on it, it gets the
+/// outcome recorded then. On an error nothing is answered, and the batch may be tried again
+/// whole.
+pub fn apply_entries<R>(
+    store: &mut Store,
+    batch: &[ApplyItem<R>],
+) -> Result<Vec<Option<ApplyOutcome>>, super::store::StoreError> {
     let mut outcomes: Vec<Option<ApplyOutcome>> = Vec::with_capacity(batch.len());
     let mut run: Vec<(u64, u64, Command)> = Vec::new();
     let mut run_start = 0;
@@ -806,7 +830,6 @@ fn apply_batch(
         }
     }
     flush(store, &mut run, run_start, &mut outcomes)?;
-    // Looked up before any waiter is answered, so that an error retries the batch whole.
     for (item, outcome) in batch.iter().zip(outcomes.iter_mut()) {
         if item.waiter.is_some() && *outcome == Some(ApplyOutcome::AlreadyApplied) {
             if let Some(recorded) = store.outcome_of(item.index)? {
@@ -814,16 +837,7 @@ fn apply_batch(
             }
         }
     }
-    if let Some(last) = batch.last() {
-        applied.fetch_max(last.index, Ordering::AcqRel);
-    }
-    for (item, outcome) in batch.iter_mut().zip(outcomes) {
-        if let Some(waiter) = item.waiter.take() {
-            // An entry without a command is only waited on by a write that turned out empty.
-            let _ = waiter.send(outcome.map_or(WriteResult::Done(ApplyOutcome::AlreadyApplied), WriteResult::Done));
-        }
-    }
-    Ok(())
+    Ok(outcomes)
 }
 
 fn flush(

@@ -16,10 +16,9 @@
 
 use labctl::node::raft::{Micros, NodeId, Rng};
 use labctl::proto::MAX_DATAGRAM;
-use serde_json::json;
 
 use super::network::NetStats;
-use super::{Cluster, Disk, MS, SEC};
+use super::{register_write_value, upload_value, Cluster, Disk, MS, SEC};
 
 /// Batches smaller than this (in bytes) hold one of the client's entries.
 const ONE_ENTRY_BATCH: usize = 100;
@@ -79,6 +78,11 @@ pub fn run(seed: u64) -> Report {
     disk.sync_failure = [0.0, 0.0, 0.0005, 0.002][disk_rng.range(0, 4) as usize];
     let profile = if rng.chance(0.25) { Profile::LeaderCrashes } else { Profile::Mixed };
     let mut client = Client { proposed: 0 };
+    // The registers, before any fault.
+    let bound = 10 * c.election_max();
+    if !c.create_registers(REGISTERS, bound) {
+        c.fail(&format!("the {REGISTERS} registers were not created within {}ms", bound / MS));
+    }
     for _ in 0..ROUNDS {
         let until = c.now() + rng.range(SEC, 6 * SEC);
         c.disk = disk;
@@ -111,19 +115,18 @@ struct Client {
 }
 
 impl Client {
-    /// The next number, written to one of [`REGISTERS`] registers.
+    /// The next write: of one of the [`REGISTERS`] registers with `pad` bytes more, or, with
+    /// a `pad` larger than a datagram, an uploaded file of products.
     fn next_value(&mut self, pad: usize) -> serde_json::Value {
         self.proposed += 1;
-        let register = format!("r{}", self.proposed % REGISTERS);
-        if pad == 0 {
-            json!({ "n": self.proposed, "reg": register })
-        } else {
-            json!({ "n": self.proposed, "reg": register, "pad": "x".repeat(pad) })
+        if pad >= MAX_DATAGRAM {
+            return upload_value(self.proposed, pad);
         }
+        register_write_value(1 + (self.proposed % REGISTERS) as i64, self.proposed, pad)
     }
 }
 
-/// The registers the client writes and reads.
+/// The registers the client writes and reads: products 1 to 3.
 const REGISTERS: u64 = 3;
 
 /// The kind of faults a run sees.
@@ -290,7 +293,7 @@ fn propose(c: &mut Cluster, rng: &mut Rng, client: &mut Client) {
     if rng.chance(0.3) {
         for _ in 0..rng.range(1, 4) {
             if let Some(id) = pick(rng, &leaders) {
-                c.read_register(id, Some(format!("r{}", rng.range(0, REGISTERS))));
+                c.read_register(id, Some(1 + rng.range(0, REGISTERS) as i64));
             }
         }
     }

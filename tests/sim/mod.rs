@@ -5,8 +5,9 @@
 //! the clients' waiting writes and reads, the order persist → send → apply), given its inputs
 //! as the node's loop gives them, with the simulation as its [`Io`]: datagrams travel as the
 //! bytes the engine encoded through the [`Network`]'s queue; writes go through the node's
-//! real log code (`Storage`) onto a [`SimDisk`]; committed entries go to a state machine of
-//! registers. Node timers are read from each engine's `next_deadline()`, and the earliest
+//! real log code (`Storage`) onto a [`SimDisk`]; committed entries go to the node's real apply
+//! code and database (`apply_entries` on a SQLite `Store` in memory, which outlives a crash
+//! as the node's own file does). Node timers are read from each engine's `next_deadline()`, and the earliest
 //! event (a timer, a datagram, a write done) is processed next, so a run is a pure function
 //! of its seed.
 //!
@@ -33,13 +34,15 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
 
 use labctl::config;
-use labctl::node::apply::{ApplyItem, WriteResult};
+use labctl::node::apply::{apply_entries, ApplyItem, WriteResult};
 use labctl::node::engine::{Engine, Io, Outgoing};
 use labctl::node::log_writer::Write;
 use labctl::node::raft::{
     Config, EntryValue, HardState, LogEntry, Micros, Msg, NodeId, ProposeError, Raft, Ready, Rng, Role,
 };
 use labctl::node::storage::{Recovered, Storage, StorageError};
+use labctl::node::store::command::{Command, Op as StoreOp, ProductInput};
+use labctl::node::store::{ApplyOutcome, Store};
 use labctl::proto::{Message, Request};
 use serde_json::Value;
 
@@ -109,11 +112,12 @@ struct Node {
     unsure: Option<Asked>,
     /// Hash of the durable log up to each index.
     prefix: Vec<u64>,
-    /// Volatile: how far the state machine has applied the log...
+    /// Volatile: how far the engine has handed the log to the database.
     applied: u64,
-    /// ...and the registers it holds: a register's name and the log index of the write that
-    /// set it.
-    registers: HashMap<String, u64>,
+    /// The node's database, with the registers (products) the clients write and read. Like
+    /// the node's own file it outlives a crash of the node, and is ahead of the log's replay
+    /// after a restart (entries it holds already are not applied again).
+    store: Store,
     /// Volatile: the commit index the engine last handled.
     commit: u64,
     /// Volatile: the term this node was last seen leading and its log length then.
@@ -148,8 +152,8 @@ pub struct Cluster {
     pub reads_confirmed: u64,
     /// The clients' operations on registers, as they saw them, for the linearizability check.
     history: Vec<Op>,
-    /// Every register write by its entry's value, and the index and time at which a node
-    /// first applied that entry.
+    /// Every register write by the title it writes (each write's own), and the index and time
+    /// at which a node first applied its entry.
     write_ops: HashMap<String, usize>,
     first_applied: HashMap<String, (u64, Micros)>,
     /// A time zero for the engines' `Instant`s.
@@ -199,7 +203,7 @@ impl Cluster {
                     unsure: None,
                     prefix: Vec::new(),
                     applied: 0,
-                    registers: HashMap::new(),
+                    store: Store::open(":memory:").expect("a database in memory opens").private(),
                     commit: 0,
                     leading: None,
                     writes: VecDeque::new(),
@@ -412,8 +416,8 @@ impl Cluster {
     /// A node that is down (e.g. crashed handling an earlier proposal) refuses it.
     pub fn propose(&mut self, id: NodeId, value: Value) -> Result<u64, ProposeError> {
         let command = EntryValue::from(&value);
-        let text = command.to_string();
-        let ticket = register_write(&value).map(|register| {
+        let write = register_write(command.get());
+        let ticket = write.as_ref().map(|&(register, _)| {
             self.history.push(Op { register, write: true, seen: None, call: self.now, ret: None });
             self.history.len() - 1
         });
@@ -421,9 +425,9 @@ impl Cluster {
             .drive(id, |engine, now, io| engine.write(now, command, ticket, io))
             .unwrap_or(Err(ProposeError::NotLeader { leader: None }));
         self.trace(|| format!("node{id} propose -> {result:?}"));
-        if let Some(op) = ticket {
+        if let (Some(op), Some((_, title))) = (ticket, write) {
             if result.is_ok() {
-                self.write_ops.insert(text, op);
+                self.write_ops.insert(title, op);
             } else {
                 self.history.pop();
             }
@@ -438,7 +442,7 @@ impl Cluster {
 
     /// A linearizable read of `register` on node `id`, answered (and put in the history) once
     /// the node's state machine has applied up to the read index; false when the node refuses it.
-    pub fn read_register(&mut self, id: NodeId, register: Option<String>) -> bool {
+    pub fn read_register(&mut self, id: NodeId, register: Option<i64>) -> bool {
         if !self.is_up(id) {
             return false;
         }
@@ -519,7 +523,6 @@ impl Cluster {
         // Its clients hear nothing more: what they asked stays without an answer.
         node.engine = None;
         node.writes.clear();
-        node.registers.clear();
         node.applied = 0;
         node.commit = 0;
         node.leading = None;
@@ -712,6 +715,21 @@ impl Cluster {
         }
     }
 
+    /// Creates the products 1..=`count` that the clients' register writes update, through
+    /// whoever leads (each once, by its idempotency key); says whether every node committed
+    /// them `within` the time given.
+    pub fn create_registers(&mut self, count: u64, within: Micros) -> bool {
+        let creations: Vec<Value> = (0..count)
+            .map(|i| {
+                let product = ProductInput::new(format!("r{i}"), 1.0, "GBP");
+                let command =
+                    Command::new(command_time(), StoreOp::CreateProduct { product }).with_key(format!("register-{i}"));
+                serde_json::to_value(command).expect("a command serializes")
+            })
+            .collect();
+        self.commit_values(&creations, within)
+    }
+
     /// Cross-checks log matching the slow way: any two logs (of up nodes, or durable logs of
     /// crashed ones) that share an (index, term) are identical up to it.
     pub fn check_logs_match(&self) {
@@ -822,15 +840,15 @@ impl Cluster {
             op: usize,
             latest: Micros,
         }
-        let mut writes: HashMap<&str, Vec<Write>> = HashMap::new();
-        let mut reads: HashMap<(&str, Option<u64>), Vec<usize>> = HashMap::new();
+        let mut writes: HashMap<i64, Vec<Write>> = HashMap::new();
+        let mut reads: HashMap<(i64, Option<u64>), Vec<usize>> = HashMap::new();
         let mut checked = (0, 0);
         for (key, &op) in &self.write_ops {
             let o = &self.history[op];
             match self.first_applied.get(key) {
                 Some(&(index, at)) => {
                     let latest = o.ret.map_or(at, |ret| ret.min(at));
-                    writes.entry(o.register.as_str()).or_default().push(Write { index, op, latest });
+                    writes.entry(o.register).or_default().push(Write { index, op, latest });
                     checked.0 += 1;
                 }
                 None if o.ret.is_some() => self.fail(&format!("a write was answered but no node applied it: {o:?}")),
@@ -838,15 +856,15 @@ impl Cluster {
             }
         }
         for (op, o) in self.history.iter().enumerate().filter(|(_, o)| !o.write && o.ret.is_some()) {
-            reads.entry((o.register.as_str(), o.seen)).or_default().push(op);
+            reads.entry((o.register, o.seen)).or_default().push(op);
             checked.1 += 1;
         }
-        let mut registers: Vec<&str> =
+        let mut registers: Vec<i64> =
             writes.keys().copied().chain(reads.keys().map(|(register, _)| *register)).collect();
         registers.sort_unstable();
         registers.dedup();
         for register in registers {
-            let mut ws = writes.remove(register).unwrap_or_default();
+            let mut ws = writes.remove(&register).unwrap_or_default();
             ws.sort_unstable_by_key(|w| w.index);
             // The earliest moment the next operation in log order may have.
             let mut floor: Micros = 0;
@@ -900,15 +918,46 @@ impl Cluster {
     }
 }
 
-/// The register a client's write sets: an entry whose value names one.
-fn register_write(value: &Value) -> Option<String> {
-    Some(value.get("reg")?.as_str()?.to_string())
+/// The register a client's write sets and the title it writes: an entry that updates a product.
+fn register_write(entry: &str) -> Option<(i64, String)> {
+    match serde_json::from_str::<Command>(entry).ok()?.op {
+        StoreOp::UpdateProduct { id, product } => Some((id, product.title)),
+        _ => None,
+    }
+}
+
+/// The time the clients' commands carry.
+fn command_time() -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp(1_800_000_000, 0).expect("a valid time")
+}
+
+/// A client's write of register `register` (a product's id), writing a title of its own
+/// (`w{n}`) and `pad` more bytes, as the HTTP API replicates it.
+pub fn register_write_value(register: i64, n: u64, pad: usize) -> Value {
+    let mut product = ProductInput::new(format!("w{n}"), 1.0, "GBP");
+    product.availability = (pad > 0).then(|| "x".repeat(pad));
+    serde_json::to_value(Command::new(command_time(), StoreOp::UpdateProduct { id: register, product }))
+        .expect("a command serializes")
+}
+
+/// An uploaded file of products of about `bytes` in all, as one entry (`n` names it).
+pub fn upload_value(n: u64, bytes: usize) -> Value {
+    const LINK: usize = 8_000;
+    let items = (0..bytes.div_ceil(LINK))
+        .map(|i| {
+            let mut product = ProductInput::new(format!("u{n}-{i}"), 1.0, "GBP");
+            product.link = Some("x".repeat(LINK));
+            product
+        })
+        .collect();
+    serde_json::to_value(Command::new(command_time(), StoreOp::ImportProducts { items })).expect("a command serializes")
 }
 
 /// A client's operation on a register, as the client saw it.
 #[derive(Debug)]
 struct Op {
-    register: String,
+    /// The product's id.
+    register: i64,
     write: bool,
     /// A read: the log index of the write whose value it returned (None: none yet).
     seen: Option<u64>,
@@ -1053,28 +1102,53 @@ impl SimIo<'_> {
         Ok(())
     }
 
-    /// The state machine applies `item`: a register write sets its register, and the client
-    /// waiting on it hears.
-    fn apply_one(&mut self, item: ApplyItem<Ticket>) -> Result<(), String> {
+    /// The node's database applies `items` (committed entries, in order) with the node's own
+    /// apply code; the writes that wait on them hear.
+    fn apply_all(&mut self, items: Vec<ApplyItem<Ticket>>) -> Result<(), String> {
         let (id, now, c) = (self.id, self.c.now, &mut *self.c);
-        let node = &c.nodes[id as usize - 1];
-        if item.index != node.applied + 1 {
-            return Err(format!("node{id} applies index {} after index {}", item.index, node.applied));
+        for item in &items {
+            let node = &c.nodes[id as usize - 1];
+            if item.index != node.applied + 1 {
+                return Err(format!("node{id} applies index {} after index {}", item.index, node.applied));
+            }
+            if item.index > node.commit {
+                return Err(format!(
+                    "node{id} applies index {} with entries up to {} committed",
+                    item.index, node.commit
+                ));
+            }
+            c.checker.applied(id, item.index, &item.entry)?;
+            c.nodes[id as usize - 1].applied = item.index;
         }
-        if item.index > node.commit {
-            return Err(format!("node{id} applies index {} with entries up to {} committed", item.index, node.commit));
-        }
-        c.checker.applied(id, item.index, &item.entry)?;
         let node = &mut c.nodes[id as usize - 1];
-        node.applied = item.index;
-        if let Some(register) = register_write(&item.entry.value.to_value()) {
-            node.registers.insert(register, item.index);
-            c.first_applied.entry(item.entry.value.to_string()).or_insert((item.index, now));
+        let outcomes = apply_entries(&mut node.store, &items)
+            .map_err(|e| format!("node{id}'s database cannot apply entries {}..: {e}", items[0].index))?;
+        for (item, outcome) in items.into_iter().zip(outcomes) {
+            let Some((_, title)) = register_write(item.entry.value.get()) else { continue };
+            if let Some(ApplyOutcome::Rejected { status, error }) = outcome {
+                return Err(format!("node{id}'s database refused the register write {title}: {status} {error}"));
+            }
+            c.first_applied.entry(title).or_insert((item.index, now));
+            // The write that proposed this entry is answered once it is applied.
+            if let Some(Some(op)) = item.waiter {
+                c.history[op].ret = Some(now);
+            }
         }
-        // The write that proposed this entry is answered once it is applied.
-        if let Some(Some(op)) = item.waiter {
-            c.history[op].ret = Some(now);
-        }
+        Ok(())
+    }
+
+    /// A read handed over: it runs on the node's database now, which holds everything handed
+    /// to it before.
+    fn read_now(&mut self, op: usize) -> Result<(), String> {
+        let (id, c) = (self.id, &mut *self.c);
+        let register = c.history[op].register;
+        let product = c.nodes[id as usize - 1]
+            .store
+            .get_product(register)
+            .map_err(|e| format!("node{id}'s database cannot read product {register}: {e}"))?;
+        let title = product.map(|p| p.title).ok_or_else(|| format!("node{id} has no product {register}"))?;
+        c.history[op].seen = c.first_applied.get(&title).map(|&(index, _)| index);
+        c.history[op].ret = Some(c.now);
         Ok(())
     }
 }
@@ -1139,10 +1213,8 @@ impl Io<Ticket> for SimIo<'_> {
         if self.dead {
             return;
         }
-        for item in items {
-            if let Err(why) = self.apply_one(item) {
-                return self.failed(why);
-            }
+        if let Err(why) = self.apply_all(items) {
+            self.failed(why);
         }
     }
 
@@ -1155,10 +1227,9 @@ impl Io<Ticket> for SimIo<'_> {
             return;
         }
         let Some(op) = ticket else { return };
-        let node = self.c.slot(self.id);
-        let seen = node.registers.get(&self.c.history[op].register).copied();
-        self.c.history[op].seen = seen;
-        self.c.history[op].ret = Some(self.c.now);
+        if let Err(why) = self.read_now(op) {
+            self.failed(why);
+        }
     }
 
     /// A request that failed: its client knows nothing sure, and it stays without an answer
