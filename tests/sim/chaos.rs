@@ -20,9 +20,6 @@ use labctl::proto::MAX_DATAGRAM;
 use super::network::NetStats;
 use super::{register_write_value, upload_value, Cluster, Disk, MS, SEC};
 
-/// Batches smaller than this (in bytes) hold one of the client's entries.
-const ONE_ENTRY_BATCH: usize = 100;
-
 /// Chaos phases per run, each followed by a healed phase.
 const ROUNDS: usize = 2;
 
@@ -90,7 +87,7 @@ pub fn run(seed: u64) -> Report {
         // Writes still take time, but none stalls or fails while liveness is timed.
         c.disk.stall.0 = 0.0;
         c.disk.sync_failure = 0.0;
-        heal_and_check_liveness(&mut c, &mut client, small_batches.is_some_and(|b| b < ONE_ENTRY_BATCH));
+        heal_and_check_liveness(&mut c, &mut client);
     }
     c.check_logs_match();
     let (register_writes, register_reads) = c.check_linearizable();
@@ -318,12 +315,8 @@ fn propose(c: &mut Cluster, rng: &mut Rng, client: &mut Client) {
 
 /// Heals the network, restarts every node, and checks that the cluster recovers.
 ///
-/// Each step must happen within ten election timeouts, or thirty where `one_entry_batches`: a
-/// leader that can put only one entry in each AppendEntries catches a follower up slowly through
-/// heavy reordering (an entry that overtakes the one before it is refused, and the leader goes
-/// back), about one entry per 20-50 ms; a known weakness, seen in 1 seed of 2,000 and 5 of
-/// 20,000, every one of them recovering within thirty.
-fn heal_and_check_liveness(c: &mut Cluster, client: &mut Client, one_entry_batches: bool) {
+/// Each step must happen within ten election timeouts.
+fn heal_and_check_liveness(c: &mut Cluster, client: &mut Client) {
     c.crash_before_persist = 0.0;
     c.net.heal();
     c.net.loss = 0.0;
@@ -334,7 +327,7 @@ fn heal_and_check_liveness(c: &mut Cluster, client: &mut Client, one_entry_batch
         }
         c.restart(id);
     }
-    let bound = if one_entry_batches { 30 } else { 10 } * c.election_max();
+    let bound = 10 * c.election_max();
     if !c.run_until_cond(bound, |c| c.stable_leader().is_some()) {
         c.fail(&format!("liveness: no leader followed by a majority within {}ms after the network healed", bound / MS));
     }

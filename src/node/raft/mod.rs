@@ -39,6 +39,16 @@
 //! heartbeat longer per [`RESEND_GRACE_BYTES`] before resending, so that a follower still
 //! taking in a multi-megabyte message is not buried in copies of it.
 //!
+//! **Refusals, reordering and probes.** Pipelined AppendEntries that overtake each other on
+//! the way are refused by the follower, each with about the same hint. The leader acts on the
+//! first refusal only: it moves back to the hint and *probes*, one AppendEntries at a time,
+//! until the follower takes one, then pipelines again. Which refusals are stale it tells by
+//! `read_seq`, which every AppendEntries carries and every reply echoes: the leader numbers
+//! each probe and each heartbeat's resend anew, and a refusal of an AppendEntries sent before
+//! the latest of them is ignored. So neither a burst of reordered appends nor a reordered
+//! resend makes it send the same entries over and over, and a follower that lags behind
+//! through heavy reordering is caught up a round trip at a time, not a heartbeat at a time.
+//!
 //! **Thrifty replication.** New entries go at once only to as many followers as a majority
 //! needs besides the leader (2 of 4 in a cluster of 5): the *eager* followers. The others get
 //! everything they miss with each heartbeat, in a few large messages, and store it with one
@@ -207,6 +217,15 @@ struct Append {
     read_seq: u64,
 }
 
+/// The fields of an AppendEntries reply after its term.
+struct AppendReply {
+    success: bool,
+    match_index: u64,
+    conflict_index: u64,
+    conflict_term: Option<u64>,
+    read_seq: u64,
+}
+
 /// The leader's view of one follower.
 #[derive(Debug, Clone, Copy)]
 struct Progress {
@@ -216,9 +235,12 @@ struct Progress {
     matched: u64,
     /// Heard from since the last CheckQuorum round.
     active: bool,
-    /// Where `next` was last moved back to, since the last heartbeat: entries from there on
-    /// are already being resent.
-    rewound_to: Option<u64>,
+    /// The `read_seq` of the latest resend from where the follower's log matches (a probe, or
+    /// a heartbeat's resend): refusals of AppendEntries sent before it are stale.
+    resent_seq: u64,
+    /// After a refusal, the leader sends one AppendEntries at a time until the follower takes
+    /// one sent since `resent_seq`.
+    probing: bool,
     /// Entries in flight are not resent by a heartbeat before this time (see
     /// [`RESEND_GRACE_BYTES`]).
     resend_at: Micros,
@@ -442,18 +464,20 @@ impl Raft {
                     let peers: Vec<NodeId> = self.progress.keys().copied().collect();
                     for peer in peers {
                         // Resend from the last known match: anything beyond may have been lost.
+                        let last = self.log.last_index();
                         let pr = self.progress.get_mut(&peer).expect("peer progress");
-                        pr.rewound_to = None;
-                        if pr.matched < self.log.last_index() && now < pr.resend_at {
+                        if pr.matched < last && now < pr.resend_at {
                             // A large send is still being taken in: only say we are alive.
                             self.send_heartbeat(peer);
                             continue;
                         }
-                        if pr.matched < self.log.last_index() {
-                            pr.next = pr.matched + 1;
-                            pr.rewound_to = Some(pr.next);
+                        if pr.matched >= last {
+                            self.send_append(peer, MAX_BATCHES_PER_SEND);
+                            continue;
                         }
-                        self.send_append(peer, MAX_BATCHES_PER_SEND);
+                        pr.next = pr.matched + 1;
+                        let batches = if pr.probing { 1 } else { MAX_BATCHES_PER_SEND };
+                        self.resend(peer, batches);
                     }
                 }
             }
@@ -515,7 +539,8 @@ impl Raft {
                     if let Some(pr) = self.progress.get_mut(&from) {
                         pr.read_seq = pr.read_seq.max(read_seq);
                     }
-                    self.on_append_reply(now, from, success, match_index, conflict_index, conflict_term);
+                    let reply = AppendReply { success, match_index, conflict_index, conflict_term, read_seq };
+                    self.on_append_reply(now, from, reply);
                     self.release_reads();
                 }
             }
@@ -802,7 +827,8 @@ impl Raft {
                     next,
                     matched: 0,
                     active: false,
-                    rewound_to: None,
+                    resent_seq: 0,
+                    probing: false,
                     resend_at: now,
                     read_seq: 0,
                     eager: !self.cfg.thrifty,
@@ -912,8 +938,12 @@ impl Raft {
         }
         // The leader's no-op goes to everyone: it tells them who leads.
         let all = from == self.term_start;
-        let peers: Vec<NodeId> =
-            self.progress.iter().filter(|(_, p)| p.next >= from && (p.eager || all)).map(|(&id, _)| id).collect();
+        let peers: Vec<NodeId> = self
+            .progress
+            .iter()
+            .filter(|(_, p)| p.next >= from && !p.probing && (p.eager || all))
+            .map(|(&id, _)| id)
+            .collect();
         for peer in peers {
             self.send_append(peer, 1);
         }
@@ -930,8 +960,9 @@ impl Raft {
         let new_from = self.unflushed_from.take();
         let peers: Vec<NodeId> = self.progress.keys().copied().collect();
         for peer in peers {
-            let caught_up =
-                new_from.is_some_and(|from| self.progress.get(&peer).is_some_and(|pr| pr.eager && pr.next >= from));
+            let caught_up = new_from.is_some_and(|from| {
+                self.progress.get(&peer).is_some_and(|pr| pr.eager && !pr.probing && pr.next >= from)
+            });
             if caught_up {
                 self.send_append(peer, 1);
             } else {
@@ -1024,15 +1055,8 @@ impl Raft {
         pr.resend_at = pr.resend_at.max(now.saturating_add(grace));
     }
 
-    fn on_append_reply(
-        &mut self,
-        now: Micros,
-        from: NodeId,
-        success: bool,
-        match_index: u64,
-        conflict_index: u64,
-        conflict_term: Option<u64>,
-    ) {
+    fn on_append_reply(&mut self, now: Micros, from: NodeId, reply: AppendReply) {
+        let AppendReply { success, match_index, conflict_index, conflict_term, read_seq } = reply;
         let last = self.log.last_index();
         let Some(pr) = self.progress.get_mut(&from) else { return };
         pr.active = true;
@@ -1047,29 +1071,43 @@ impl Raft {
                 }
             }
             pr.next = pr.next.max(pr.matched + 1);
-            let more = pr.next <= last && (pr.eager || pr.next <= pr.catch_up_to);
+            // The follower took an AppendEntries sent since the probe: pipelining again.
+            let probe_answered = pr.probing && read_seq >= pr.resent_seq;
+            if probe_answered {
+                pr.probing = false;
+            }
+            let more = pr.next <= last && !pr.probing && (pr.eager || pr.next <= pr.catch_up_to);
             self.maybe_commit();
             if more {
-                self.send_append(from, 1);
+                self.send_append(from, if probe_answered { MAX_BATCHES_PER_SEND } else { 1 });
             }
         } else {
+            if read_seq < pr.resent_seq {
+                // Refused before the latest probe or resend left: pipelined datagrams that
+                // overtook each other are all refused from about the same index, and entries
+                // from there are already on their way again.
+                return;
+            }
             let hint = match conflict_term.and_then(|t| self.log.last_index_of_term(t)) {
                 Some(i) => i + 1,
                 None => conflict_index,
             };
             let pr = self.progress.get_mut(&from).expect("progress");
-            let next = hint.clamp(pr.matched + 1, last + 1);
-            // Pipelined datagrams that overtook each other are all rejected from about the
-            // same index. Entries from there are already being resent, and answering every
-            // rejection would send the same batches again and again; one lost for good is
-            // resent on the next heartbeat.
-            if pr.rewound_to.is_some_and(|r| r <= next && next < pr.next) {
-                return;
-            }
-            pr.rewound_to = Some(next);
-            pr.next = next;
-            self.send_append(from, MAX_BATCHES_PER_SEND);
+            pr.next = hint.clamp(pr.matched + 1, last + 1);
+            pr.probing = true;
+            self.resend(from, 1);
         }
+    }
+
+    /// Sends `peer` up to `max_batches` from its `next` under a new `read_seq`, so that
+    /// refusals of what was sent before are known to be stale. (A higher `read_seq` on an
+    /// AppendEntries only says it left later, which is all a leadership check needs of it.)
+    fn resend(&mut self, peer: NodeId, max_batches: usize) {
+        self.read_seq += 1;
+        let read_seq = self.read_seq;
+        let Some(pr) = self.progress.get_mut(&peer) else { return };
+        pr.resent_seq = read_seq;
+        self.send_append(peer, max_batches);
     }
 
     /// Commits the highest index stored by a majority, if it is from this term (§5.4.2).
