@@ -2,8 +2,8 @@
 //! seeds with Raft's safety properties checked after every step, and scenario tests of what
 //! a user of the cluster observes.
 //!
-//! `LABCTL_SIM_SEEDS=5000` runs more seeds, `LABCTL_SIM_SEED=N` replays one, and
-//! `LABCTL_SIM_TRACE=1` prints every event of a run.
+//! The random runs take 200 seeds, 2,000 under CI (`CI=true`); `LABCTL_SIM_SEEDS=5000` runs
+//! more, `LABCTL_SIM_SEED=N` replays one, and `LABCTL_SIM_TRACE=1` prints every event of a run.
 
 mod sim;
 
@@ -14,8 +14,19 @@ use labctl::node::raft::{NodeId, Role};
 use serde_json::json;
 use sim::{chaos, Cluster, MS, SEC};
 
-/// Seeds run by default: enough to cover every fault, small enough for a quick debug build.
+/// Seeds run by default: enough to cover every fault, small enough for a quick debug build
+/// (under a minute on two cores)...
 const DEFAULT_SEEDS: u64 = 200;
+/// ...and under CI, where every change is checked: about eight minutes there.
+const CI_SEEDS: u64 = 2_000;
+
+fn default_seeds() -> u64 {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        CI_SEEDS
+    } else {
+        DEFAULT_SEEDS
+    }
+}
 
 fn env_u64(name: &str) -> Option<u64> {
     let v = std::env::var(name).ok()?;
@@ -36,7 +47,7 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 fn random_faults_never_break_safety_and_the_cluster_recovers() {
     let seeds: Vec<u64> = match env_u64("LABCTL_SIM_SEED") {
         Some(seed) => vec![seed],
-        None => (0..env_u64("LABCTL_SIM_SEEDS").unwrap_or(DEFAULT_SEEDS)).collect(),
+        None => (0..env_u64("LABCTL_SIM_SEEDS").unwrap_or_else(default_seeds)).collect(),
     };
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(seeds.len());
     let next = AtomicU64::new(0);
