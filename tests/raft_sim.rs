@@ -15,9 +15,9 @@ use serde_json::json;
 use sim::{chaos, Cluster, MS, SEC};
 
 /// Seeds run by default: enough to cover every fault, small enough for a quick debug build
-/// (under a minute on two cores)...
+/// (about a minute on two cores)...
 const DEFAULT_SEEDS: u64 = 200;
-/// ...and under CI, where every change is checked: about eight minutes there.
+/// ...and under CI, where every change is checked: about eleven minutes there.
 const CI_SEEDS: u64 = 2_000;
 
 fn default_seeds() -> u64 {
@@ -72,12 +72,13 @@ fn random_faults_never_break_safety_and_the_cluster_recovers() {
     let totals = totals.into_inner().unwrap();
     let of_size = |n: u32| totals.iter().filter(|r| r.nodes == n).count();
     eprintln!(
-        "{} seeds ({} of 3 nodes, {} of 5, {} of 7) in {:.1?}: {} virtual seconds, {} leaders elected, \
+        "{} seeds ({} of 3 nodes, {} of 5, {} of 7; {} in secure mode) in {:.1?}: {} virtual seconds, {} leaders elected, \
          {} entries committed, {} reads confirmed, {} datagrams sent, {} writes that took time ({} stalled), {} writes torn by a crash or a failed sync, {} failed syncs; a linearizable history of {} register writes and {} reads",
         totals.len(),
         of_size(3),
         of_size(5),
         of_size(7),
+        totals.iter().filter(|r| r.secure).count(),
         started.elapsed(),
         totals.iter().map(|r| r.virtual_time).sum::<u64>() / 1_000_000,
         totals.iter().map(|r| r.leaders).sum::<usize>(),

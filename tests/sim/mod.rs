@@ -19,6 +19,10 @@
 //! engine, the writes not yet done (the one on its way torn, half the time) and everything
 //! else volatile; a restart builds a new engine from what `Storage` recovers from the disk.
 //!
+//! In secure mode ([`Cluster::secure`]) every datagram is signed as the node's transport signs
+//! it (the controller's requests too), and each engine's guard checks signatures, receivers
+//! and replays, under the same reordering, duplication, crashes and restarts.
+//!
 //! After every step the [`Checker`] verifies Raft's safety properties on each `Ready` the
 //! engine handles; a violation, like any panic of the node's code, fails the run with the
 //! seed and a dump of the cluster. The clients' register writes and reads are checked for
@@ -36,6 +40,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use labctl::config;
 use labctl::node::apply::{apply_entries, ApplyItem, WriteResult};
 use labctl::node::engine::{Engine, Io, Outgoing};
+use labctl::node::guard::{AllowList, Guard};
 use labctl::node::log_writer::Write;
 use labctl::node::raft::{
     Config, EntryValue, HardState, LogEntry, Micros, Msg, NodeId, ProposeError, Raft, Ready, Rng, Role,
@@ -43,7 +48,8 @@ use labctl::node::raft::{
 use labctl::node::storage::{Recovered, Storage, StorageError};
 use labctl::node::store::command::{Command, Op as StoreOp, ProductInput};
 use labctl::node::store::{ApplyOutcome, Store};
-use labctl::proto::{Message, Request};
+use labctl::proto::auth::{self, Key};
+use labctl::proto::{node_name, Message, Request};
 use serde_json::Value;
 
 pub use self::checker::Checker;
@@ -61,6 +67,10 @@ type Ticket = Option<usize>;
 fn addr(id: NodeId) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::new(127, 0, 0, id as u8), 5555))
 }
+
+/// The wall clock of the simulated machines at virtual time zero, in microseconds since the
+/// Unix epoch: secure mode's sequence numbers and freshness.
+const WALL_EPOCH: Micros = 1_800_000_000_000_000;
 
 /// Where the controller's requests come from.
 const CONTROLLER: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(127, 0, 0, 200)), 40000);
@@ -158,6 +168,11 @@ pub struct Cluster {
     first_applied: HashMap<String, (u64, Micros)>,
     /// A time zero for the engines' `Instant`s.
     origin: std::time::Instant,
+    /// Secure mode: the key every datagram is signed with, and each sender's last sequence
+    /// number (the controller's under 0), which a node's transport starts again from the clock
+    /// when the node restarts.
+    key: Option<Key>,
+    sequences: HashMap<NodeId, u64>,
 }
 
 /// The engine's world while it handles one input of node `id`.
@@ -230,7 +245,33 @@ impl Cluster {
             write_ops: HashMap::new(),
             first_applied: HashMap::new(),
             origin,
+            key: None,
+            sequences: HashMap::new(),
         }
+    }
+
+    /// Secure mode, as with a cluster secret: from now on every datagram is signed, and every
+    /// node takes only those signed for it, by a member (or the controller), once.
+    pub fn secure(&mut self) {
+        let key = Key::derive(format!("the simulated cluster secret of seed {}", self.seed).as_bytes())
+            .expect("a long enough secret");
+        let n = self.nodes.len() as u32;
+        for node in &mut self.nodes {
+            if let Some(engine) = node.engine.as_mut() {
+                engine.secure(Guard::new(key.clone(), node.id, n, AllowList::default()));
+            }
+        }
+        self.key = Some(key);
+    }
+
+    /// `datagram` as `from` (0: the controller) sends it to `to` in secure mode; as it is
+    /// otherwise.
+    fn sealed(&mut self, from: NodeId, to: &str, datagram: Vec<u8>) -> Vec<u8> {
+        let Some(key) = &self.key else { return datagram };
+        let wall = WALL_EPOCH + self.now;
+        let last = self.sequences.entry(from).or_insert(0);
+        *last = (*last + 1).max(wall);
+        auth::seal(key, &datagram, to, *last)
     }
 
     // ---- reading the cluster ----
@@ -470,6 +511,7 @@ impl Cluster {
     fn control(&mut self, id: NodeId, request: Request) {
         self.trace(|| format!("node{id} {request}"));
         let datagram = Message::new(labctl::proto::CONTROLLER, request, None).encode();
+        let datagram = self.sealed(0, &node_name(id), datagram);
         self.drive(id, |engine, now, io| engine.datagram(now, &datagram, CONTROLLER, io));
     }
 
@@ -527,6 +569,8 @@ impl Cluster {
         node.commit = 0;
         node.leading = None;
         self.reads.retain(|&(node, _), _| node != id);
+        // Its transport's sequence numbers start again from the clock.
+        self.sequences.remove(&id);
     }
 
     /// With no write on its way, what a restart would see must be what the core has.
@@ -560,7 +604,11 @@ impl Cluster {
         node.restarts += 1;
         let seed = seed.wrapping_add(node.restarts.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let raft = Raft::new(node.cfg.clone(), node.hard, node.log.clone(), now, seed);
-        node.engine = Some(Engine::new(raft, members(n), origin, seed ^ u64::from(id)));
+        let mut engine = Engine::new(raft, members(n), origin, seed ^ u64::from(id));
+        if let Some(key) = self.key.clone() {
+            engine.secure(Guard::new(key, id, n, AllowList::default()));
+        }
+        self.nodes[id as usize - 1].engine = Some(engine);
         self.trace(|| format!("node{id} RESTART"));
         self.drive(id, |_, _, _| ());
     }
@@ -976,6 +1024,11 @@ impl SimIo<'_> {
         self.error.get_or_insert(why);
     }
 
+    /// Datagrams of the node as its transport signs them in secure mode.
+    fn sealed_all(&mut self, outgoing: Outgoing) -> Outgoing {
+        outgoing.into_iter().map(|(to, datagram)| (to, self.c.sealed(self.id, &node_name(to), datagram))).collect()
+    }
+
     /// The oldest write of the node is done: it is durable, its datagrams leave, and the
     /// engine hears of it. A sync that fails stops the node, as the log writer's error does.
     fn complete_write(&mut self, engine: &mut Engine<Ticket>) {
@@ -1155,7 +1208,7 @@ impl SimIo<'_> {
 
 impl Io<Ticket> for SimIo<'_> {
     fn wall_micros(&mut self) -> u64 {
-        self.c.now
+        WALL_EPOCH + self.c.now
     }
 
     fn is_from(&mut self, id: NodeId, from: SocketAddr) -> bool {
@@ -1166,7 +1219,8 @@ impl Io<Ticket> for SimIo<'_> {
         if self.dead {
             return;
         }
-        if let Err(why) = self.c.net.send(self.c.now, self.id, to, datagram.to_vec()) {
+        let datagram = self.c.sealed(self.id, &node_name(to), datagram.to_vec());
+        if let Err(why) = self.c.net.send(self.c.now, self.id, to, datagram) {
             self.failed(why);
         }
     }
@@ -1189,6 +1243,8 @@ impl Io<Ticket> for SimIo<'_> {
             self.dead = true;
             return true;
         }
+        // Signed as they are handed over, as the node's transport signs them for its log writer.
+        let then = self.sealed_all(then);
         let done_at = self.c.disk_time(self.id);
         self.c.slot_mut(self.id).writes.push_back(Pending { write, then, done_at });
         true
@@ -1198,13 +1254,15 @@ impl Io<Ticket> for SimIo<'_> {
         if self.dead {
             return true;
         }
-        match self.c.slot_mut(self.id).writes.back_mut() {
-            Some(last) => last.then.extend(then),
-            None => {
-                for (to, datagram) in then {
-                    self.send(to, &datagram);
-                }
+        if self.c.slot(self.id).writes.is_empty() {
+            for (to, datagram) in then {
+                self.send(to, &datagram);
             }
+            return true;
+        }
+        let then = self.sealed_all(then);
+        if let Some(last) = self.c.slot_mut(self.id).writes.back_mut() {
+            last.then.extend(then);
         }
         true
     }
