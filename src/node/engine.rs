@@ -212,11 +212,6 @@ impl<R> Engine<R> {
         self.stop.is_some()
     }
 
-    /// Committed entries handed to the applier so far.
-    pub fn handed_off(&self) -> u64 {
-        self.handed_off
-    }
-
     /// When the engine must next be given [`Engine::tick`]: the core's next timer, or a
     /// follower's batch of committed entries due.
     pub fn next_deadline(&self) -> Micros {

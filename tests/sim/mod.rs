@@ -432,15 +432,16 @@ impl Cluster {
         let now = self.now;
         let mut io = SimIo { c: self, id, dead: false, crash_before_write: false, error: None };
         let out = input(&mut engine, now, &mut io);
-        if !io.dead && io.error.is_none() && engine.end_turn(now, &mut io).is_err() {
-            io.error = Some(format!("node{id}'s engine found its log stopped, which the simulation never does"));
-        }
-        // A disk that takes no time: the writes are done before anything else happens.
-        while !io.dead && io.error.is_none() && io.c.disk.delay.is_none() && !io.c.slot(id).writes.is_empty() {
-            io.complete_write(&mut engine);
-            if !io.dead && io.error.is_none() && engine.end_turn(now, &mut io).is_err() {
-                io.error = Some(format!("node{id}'s engine found its log stopped"));
+        while !io.dead && io.error.is_none() {
+            if engine.end_turn(now, &mut io).is_err() {
+                io.error = Some(format!("node{id}'s engine found its log stopped, which the simulation never does"));
+                break;
             }
+            // A disk that takes no time: the writes are done before anything else happens.
+            if io.c.disk.delay.is_some() || io.c.slot(id).writes.is_empty() {
+                break;
+            }
+            io.complete_write(&mut engine);
         }
         let (dead, error) = (io.dead, io.error.take());
         self.slot_mut(id).engine = Some(engine);
