@@ -29,7 +29,7 @@ use super::apply::{AppliedIndex, Applier, ApplyItem, WriteResult};
 use super::engine::{Engine, Io, Outgoing, WriterStopped};
 use super::guard::Guard;
 use super::log_writer::{Datagrams, LogWriter, Write};
-use super::raft::{EntryValue, Micros, NodeId, Raft, Role};
+use super::raft::{EntryValue, LogEntry, Micros, NodeId, Raft, Role};
 use super::status::{NodeStatus, PeerStatus};
 use super::storage::StorageError;
 use super::transport::{Transport, RECV_BUFFER};
@@ -262,6 +262,11 @@ impl Driver {
         };
         driver.publish();
         driver
+    }
+
+    /// The entries compacted away that RETRIEVE still shows, as the log's storage kept them.
+    pub fn restore_retained(&mut self, retained: Vec<LogEntry>) {
+        self.engine.restore_retained(retained);
     }
 
     /// For a node with a database of its own: while that database has failed to apply the

@@ -28,6 +28,7 @@ use super::handshake::Handshake;
 use super::log_writer::Write;
 use super::raft::{EntryValue, Event, LogEntry, Micros, Msg, NodeId, ProposeError, Raft, Ready, Role};
 use super::status::Batching;
+use super::storage::Base;
 use super::transport::RateLimited;
 use super::waiting::{Failure, Waiting};
 use crate::config::Cluster;
@@ -121,6 +122,8 @@ pub struct Engine<R> {
     writes_done: u64,
     /// Committed entries up to here are handed to the applier (and their STOREs answered).
     handed_off: u64,
+    /// The newest entries compacted away that RETRIEVE still shows (see [`Base::retained`]).
+    retained: Vec<LogEntry>,
     /// A follower's committed entries not handed over yet are handed over by then.
     apply_due: Option<Micros>,
     /// Controller STOREs waiting for their entries to commit, by index.
@@ -150,6 +153,8 @@ impl<R> Engine<R> {
         let handshake = Handshake::new(name.clone(), cluster.http_addr(raft.id()));
         let fragmenter = Fragmenter::new(name.clone(), seed);
         let reassembler = Reassembler::new(Limits::for_messages_of(Self::largest_message(&raft)));
+        // The state machine holds everything up to the log's base.
+        let handed_off = raft.log().base().0;
         Engine {
             name,
             raft,
@@ -157,7 +162,8 @@ impl<R> Engine<R> {
             origin,
             writes_handed: 0,
             writes_done: 0,
-            handed_off: 0,
+            handed_off,
+            retained: Vec::new(),
             apply_due: None,
             stores: BTreeMap::new(),
             drops: RateLimited::new(10),
@@ -179,6 +185,11 @@ impl<R> Engine<R> {
     pub fn largest_message(raft: &Raft) -> usize {
         let cfg = raft.config();
         cfg.max_entry_bytes.max(cfg.max_batch_bytes) + MESSAGE_OVERHEAD
+    }
+
+    /// The entries compacted away that RETRIEVE still shows, as the log's storage kept them.
+    pub fn restore_retained(&mut self, retained: Vec<LogEntry>) {
+        self.retained = retained;
     }
 
     /// Secure mode: only the datagrams `guard` admits are taken.
@@ -521,8 +532,12 @@ impl<R> Engine<R> {
     /// when it does not fit one datagram.
     fn reply_retrieve(&mut self, to: SocketAddr, signed: bool, io: &mut impl Io<R>) {
         let committed = self.raft.log().slice(1, self.raft.commit_index());
-        let user: Vec<&LogEntry> =
-            committed.iter().filter(|e| !e.is_noop() && e.key.as_deref() != Some(BARRIER_KEY)).collect();
+        let user: Vec<&LogEntry> = self
+            .retained
+            .iter()
+            .chain(committed)
+            .filter(|e| !e.is_noop() && e.key.as_deref() != Some(BARRIER_KEY))
+            .collect();
         let mut reply = Message::new(self.name.clone(), Request::Retrieve, Some(self.raft.term()));
         reply.key = Some(KEY_COMMITED_LOGS.into());
         let (shown, too_large) = newest_that_fit(&user, MAX_DATAGRAM - 512, |e| super::raft::encoded_size(e) + 1);
@@ -566,13 +581,20 @@ impl<R> Engine<R> {
             }
             if let Some(persist_id) = ready.persist_id {
                 let last = self.raft.last_index();
-                let entries = ready.persist_from.map(|from| (from, self.raft.log().slice(from, last).to_vec()));
+                let (entries, base) = match ready.rewrite {
+                    Some((index, term)) => {
+                        let base = Base { index, term, retained: self.retained.clone() };
+                        (Some((index + 1, self.raft.log().entries().to_vec())), Some(base))
+                    }
+                    None => (ready.persist_from.map(|from| (from, self.raft.log().slice(from, last).to_vec())), None),
+                };
                 if let Some((_, written)) = entries.as_ref().filter(|(_, e)| !e.is_empty()) {
                     self.batching.log_writes += 1;
                     self.batching.log_entries += written.len() as u64;
                 }
                 let then = self.encoded(messages);
-                if !io.write(Write { persist_id, hard_state: ready.hard_state, entries }, then) {
+                let hard_state = if base.is_some() { Some(self.raft.hard_state()) } else { ready.hard_state };
+                if !io.write(Write { persist_id, hard_state, entries, base }, then) {
                     return Err(WriterStopped);
                 }
                 self.writes_handed = persist_id;

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc as async_mpsc;
 
 use super::raft::{HardState, LogEntry};
-use super::storage::{Storage, StorageError};
+use super::storage::{Base, Storage, StorageError};
 
 /// One write, as a `Ready` asked for it.
 #[derive(Debug)]
@@ -28,6 +28,9 @@ pub struct Write {
     pub hard_state: Option<HardState>,
     /// Entries from this index on replace what the log holds there.
     pub entries: Option<(u64, Vec<LogEntry>)>,
+    /// The log was compacted or replaced by a snapshot: the whole file is rewritten with this
+    /// base, and `entries` are then every entry after it.
+    pub base: Option<Base>,
 }
 
 impl Write {
@@ -36,6 +39,12 @@ impl Write {
         self.persist_id = later.persist_id;
         if later.hard_state.is_some() {
             self.hard_state = later.hard_state;
+        }
+        if later.base.is_some() {
+            // A rewrite holds the whole log.
+            self.base = later.base;
+            self.entries = later.entries;
+            return;
         }
         let Some((from, entries)) = later.entries else { return };
         match &mut self.entries {
@@ -109,7 +118,9 @@ impl LogWriter {
                         let entries = write.entries.as_ref().map(|(from, entries)| (*from, entries.as_slice()));
                         let started = clock.origin.elapsed();
                         clock.writing_since.store(started.as_micros() as u64 + 1, Ordering::Release);
-                        let result = storage.persist(write.hard_state, entries).map(|()| Some(write.persist_id));
+                        let result = storage
+                            .store(write.hard_state, write.base.as_ref(), entries)
+                            .map(|()| Some(write.persist_id));
                         let took = clock.origin.elapsed().saturating_sub(started);
                         clock.last_took.store(took.as_micros() as u64, Ordering::Release);
                         clock.writing_since.store(0, Ordering::Release);
@@ -188,23 +199,45 @@ mod tests {
 
     #[test]
     fn merged_writes_leave_what_the_writes_in_order_would() {
-        let mut first =
-            Write { persist_id: 1, hard_state: None, entries: Some((3, vec![entry(1, 3), entry(1, 4), entry(1, 5)])) };
+        let mut first = Write {
+            persist_id: 1,
+            hard_state: None,
+            base: None,
+            entries: Some((3, vec![entry(1, 3), entry(1, 4), entry(1, 5)])),
+        };
         // Appends after the end.
-        first.merge(Write { persist_id: 2, hard_state: None, entries: Some((6, vec![entry(1, 6)])) });
+        first.merge(Write { persist_id: 2, hard_state: None, base: None, entries: Some((6, vec![entry(1, 6)])) });
         assert_eq!(first.entries, Some((3, vec![entry(1, 3), entry(1, 4), entry(1, 5), entry(1, 6)])));
         // Replaces from inside, with a new term.
         let vote = HardState { term: 2, voted_for: Some(3) };
-        first.merge(Write { persist_id: 3, hard_state: Some(vote), entries: Some((5, vec![entry(2, 50)])) });
+        first.merge(Write {
+            persist_id: 3,
+            hard_state: Some(vote),
+            base: None,
+            entries: Some((5, vec![entry(2, 50)])),
+        });
         assert_eq!(first.entries, Some((3, vec![entry(1, 3), entry(1, 4), entry(2, 50)])));
         // A term alone keeps the entries.
         let later_vote = HardState { term: 3, voted_for: None };
-        first.merge(Write { persist_id: 4, hard_state: Some(later_vote), entries: None });
+        first.merge(Write { persist_id: 4, hard_state: Some(later_vote), base: None, entries: None });
         assert_eq!((first.persist_id, first.hard_state), (4, Some(later_vote)));
         // Replaces from before the first write's start.
-        first.merge(Write { persist_id: 5, hard_state: None, entries: Some((2, vec![entry(3, 20)])) });
+        first.merge(Write { persist_id: 5, hard_state: None, base: None, entries: Some((2, vec![entry(3, 20)])) });
         assert_eq!(first.entries, Some((2, vec![entry(3, 20)])));
         assert_eq!((first.persist_id, first.hard_state), (5, Some(later_vote)));
+    }
+
+    #[test]
+    fn a_rewrite_merged_in_holds_the_whole_log_and_later_writes_add_to_it() {
+        let hard = HardState { term: 3, voted_for: None };
+        let mut write = Write { persist_id: 1, hard_state: None, base: None, entries: Some((5, vec![entry(3, 5)])) };
+        let base = Base { index: 4, term: 3, retained: vec![] };
+        let all = vec![entry(3, 5), entry(3, 6)];
+        write.merge(Write { persist_id: 2, hard_state: Some(hard), base: Some(base.clone()), entries: Some((5, all)) });
+        write.merge(Write { persist_id: 3, hard_state: None, base: None, entries: Some((7, vec![entry(3, 7)])) });
+        assert_eq!(write.base, Some(base));
+        assert_eq!(write.entries, Some((5, vec![entry(3, 5), entry(3, 6), entry(3, 7)])));
+        assert_eq!((write.persist_id, write.hard_state), (3, Some(hard)));
     }
 
     #[test]
@@ -216,9 +249,10 @@ mod tests {
         let to = receiver.local_addr().expect("address");
         let mut writer = LogWriter::start("test", storage, socket).expect("thread");
         let hard = HardState { term: 4, voted_for: Some(1) };
-        assert!(writer.write(Write { persist_id: 1, hard_state: Some(hard), entries: None }, Vec::new()));
+        assert!(writer.write(Write { persist_id: 1, hard_state: Some(hard), base: None, entries: None }, Vec::new()));
         for n in 1..=50u64 {
-            let write = Write { persist_id: n + 1, hard_state: None, entries: Some((n, vec![entry(4, n)])) };
+            let write =
+                Write { persist_id: n + 1, hard_state: None, base: None, entries: Some((n, vec![entry(4, n)])) };
             assert!(writer.write(write, vec![(to, format!("ack {n}").into_bytes())]));
         }
         assert!(writer.send_after(vec![(to, b"after all".to_vec())]));

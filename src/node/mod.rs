@@ -203,9 +203,10 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
     }
     let (storage, recovered) = Storage::open(&node_dir).with_context(|| format!("cannot open the data of {name}"))?;
     log::info!(
-        "{name}: recovered term {} and {} log entries from {}",
+        "{name}: recovered term {} and {} log entries after index {} from {}",
         recovered.hard_state.term,
         recovered.entries.len(),
+        recovered.base.index,
         node_dir.display()
     );
 
@@ -235,7 +236,7 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
         // log was cut or replaced, and the node would have forgotten entries (and the term and
         // vote) it had promised the others to keep.
         let applied = write_store.last_applied().with_context(|| format!("cannot read the database of {name}"))?;
-        let last = recovered.entries.len() as u64;
+        let last = recovered.last_index();
         if applied.index > last {
             anyhow::bail!(
                 "{name}: {database_url} has applied the log up to entry {}, but {} holds entries only up to \
@@ -290,12 +291,14 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
             ..raft::Config::new(args.id, peers)
         };
         let origin = tokio::time::Instant::now();
-        let raft = Raft::new(config, recovered.hard_state, recovered.entries, 0, entropy_seed());
+        let log = raft::Log::after(recovered.base.index, recovered.base.term, recovered.entries);
+        let raft = Raft::restored(config, recovered.hard_state, log, 0, entropy_seed());
         let (proposals_tx, proposals) = tokio::sync::mpsc::channel(4096);
         let applied = applier.applied_index();
         let socket = transport.sending_socket().context("cannot share the Raft socket with the log writer")?;
         let writer = log_writer::LogWriter::start(&name, storage, socket).context("cannot start the log writer")?;
         let mut driver = Driver::new(raft, writer, transport, origin, cluster.clone(), proposals, applier);
+        driver.restore_retained(recovered.base.retained);
         if private {
             driver.step_down_on_stall(applied.clone());
         }

@@ -3,7 +3,11 @@
 //! Each line of `<node dir>/raft.log` is one record: the CRC-32C of its JSON text in 8 hex
 //! digits, a space, and the JSON text, which holds either or both of
 //! - `"hs":{"term":7,"voted_for":3}`: the hard state from here on;
-//! - `"from":12,"entries":[…]`: the log from index 12 on is replaced by these entries.
+//! - `"from":12,"entries":[…]`: the log from index 12 on is replaced by these entries;
+//!
+//! and, in the first record only, `"base":{"index":11,"term":2,"retained":[…]}`: the log was
+//! compacted, and starts after entry 11 of term 2 (see [`Base`]). A compaction rewrites the
+//! file as one record: base, hard state and every entry after the base.
 //!
 //! A write adds one record after the last one and calls `fdatasync` before the node sends
 //! anything that depends on it. After a crash, an unfinished last write is cut off: it was never
@@ -73,10 +77,23 @@ struct HardStateRecord {
     voted_for: Option<NodeId>,
 }
 
+/// Where the log starts after a compaction: the last entry compacted away (the log's base, see
+/// [`super::raft::Log::base`]), and the newest of the entries up to it that a controller's
+/// RETRIEVE still shows (the node keeps them, since RETRIEVE shows what fits one datagram).
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Base {
+    pub index: u64,
+    pub term: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retained: Vec<LogEntry>,
+}
+
 /// One record as written: the hard state, new entries, or both (one write, one record, so that
-/// a write torn by a crash damages that record alone).
+/// a write torn by a crash damages that record alone); a rewrite's record has the base too.
 #[derive(Serialize)]
 struct RecordOut<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    base: Option<&'a Base>,
     #[serde(skip_serializing_if = "Option::is_none")]
     hs: Option<HardStateRecord>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -88,6 +105,7 @@ struct RecordOut<'a> {
 /// A record as read.
 #[derive(Deserialize)]
 struct RecordLine {
+    base: Option<Base>,
     hs: Option<HardStateRecord>,
     from: Option<u64>,
     entries: Option<Vec<LogEntry>>,
@@ -95,6 +113,7 @@ struct RecordLine {
 
 /// What one record changes.
 struct Record {
+    base: Option<Base>,
     hs: Option<HardStateRecord>,
     entries: Option<(u64, Vec<LogEntry>)>,
 }
@@ -108,10 +127,10 @@ impl TryFrom<RecordLine> for Record {
             (None, None) => None,
             _ => return Err("`from` and `entries` must come together"),
         };
-        if line.hs.is_none() && entries.is_none() {
+        if line.hs.is_none() && entries.is_none() && line.base.is_none() {
             return Err("neither a hard state nor entries");
         }
-        Ok(Record { hs: line.hs, entries })
+        Ok(Record { base: line.base, hs: line.hs, entries })
     }
 }
 
@@ -119,7 +138,17 @@ impl TryFrom<RecordLine> for Record {
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Recovered {
     pub hard_state: HardState,
+    /// Where the log starts (index 0 when it was never compacted).
+    pub base: Base,
+    /// The entries after the base.
     pub entries: Vec<LogEntry>,
+}
+
+impl Recovered {
+    /// The index of the last entry.
+    pub fn last_index(&self) -> u64 {
+        self.base.index + self.entries.len() as u64
+    }
 }
 
 /// Where a node's log lives: a directory of its file system ([`FsLogDir`]), or a simulated
@@ -277,6 +306,8 @@ pub struct Storage {
     end: u64,
     /// The file's length, at least: zeros from `end` to here.
     allocated: u64,
+    /// The hard state on disk.
+    hard: HardState,
 }
 
 /// The unit of a direct write: offsets, lengths and memory are aligned to it.
@@ -373,7 +404,7 @@ impl Storage {
             file.cut(good_len).map_err(io)?;
             allocated = good_len;
         }
-        let mut storage = Storage { dir, file, end: good_len, allocated };
+        let mut storage = Storage { dir, file, end: good_len, allocated, hard: recovered.hard_state };
         let content = compact_size(&recovered);
         if legacy {
             log::info!("{}: adding checksums to the records", path.display());
@@ -394,6 +425,9 @@ impl Storage {
             return Ok(());
         }
         let buf = record(hard_state, entries);
+        if let Some(hs) = hard_state {
+            self.hard = hs;
+        }
         let end = self.end + buf.len() as u64;
         // Past what is zero-filled, PREALLOCATE more zeros go with the records.
         let zeros_to = if end > self.allocated { end + PREALLOCATE } else { end };
@@ -405,16 +439,57 @@ impl Storage {
         Ok(())
     }
 
+    /// Does one write of the log writer: a rewrite when it brings a base (its entries are then
+    /// all those after the base), else an append.
+    pub fn store(
+        &mut self,
+        hard_state: Option<HardState>,
+        base: Option<&Base>,
+        entries: Option<(u64, &[LogEntry])>,
+    ) -> Result<(), StorageError> {
+        match base {
+            Some(base) => {
+                let entries = entries.map_or(&[][..], |(from, entries)| {
+                    debug_assert_eq!(from, base.index + 1);
+                    entries
+                });
+                self.rewrite_all(hard_state.unwrap_or(self.hard), base, entries)
+            }
+            None => self.persist(hard_state, entries),
+        }
+    }
+
     /// Whether records reach the disk around the page cache.
     #[cfg(test)]
     fn writes_directly(&self) -> bool {
         self.file.direct()
     }
 
+    /// Replaces the file by one holding just this state, atomically: after a compaction, or
+    /// when a snapshot replaced the log. `entries` follow the base.
+    pub fn rewrite_all(
+        &mut self,
+        hard_state: HardState,
+        base: &Base,
+        entries: &[LogEntry],
+    ) -> Result<(), StorageError> {
+        self.hard = hard_state;
+        let from = base.index + 1;
+        let entries = (!entries.is_empty()).then_some((from, entries));
+        let base = (base.index > 0 || !base.retained.is_empty()).then_some(base);
+        let buf = record_with_base(base, Some(hard_state), entries);
+        self.file = self.dir.replace(&buf)?;
+        self.end = buf.len() as u64;
+        self.allocated = self.end;
+        Ok(())
+    }
+
     /// Replaces the file by one holding just `state`, atomically.
     fn rewrite(&mut self, state: &Recovered) -> Result<(), StorageError> {
-        let entries = (!state.entries.is_empty()).then_some((1, &state.entries[..]));
-        let buf = record(Some(state.hard_state), entries);
+        let from = state.base.index + 1;
+        let entries = (!state.entries.is_empty()).then_some((from, &state.entries[..]));
+        let base = (state.base.index > 0 || !state.base.retained.is_empty()).then_some(&state.base);
+        let buf = record_with_base(base, Some(state.hard_state), entries);
         self.file = self.dir.replace(&buf)?;
         self.end = buf.len() as u64;
         self.allocated = self.end;
@@ -425,7 +500,17 @@ impl Storage {
 
 /// One record, as written: the checksum, a space, the JSON, a newline.
 fn record(hard_state: Option<HardState>, entries: Option<(u64, &[LogEntry])>) -> Vec<u8> {
+    record_with_base(None, hard_state, entries)
+}
+
+/// A record that may start the file with a base.
+fn record_with_base(
+    base: Option<&Base>,
+    hard_state: Option<HardState>,
+    entries: Option<(u64, &[LogEntry])>,
+) -> Vec<u8> {
     let record = RecordOut {
+        base,
         hs: hard_state.map(|hs| HardStateRecord { term: hs.term, voted_for: hs.voted_for }),
         from: entries.map(|(from, _)| from),
         entries: entries.map(|(_, entries)| entries),
@@ -494,7 +579,7 @@ fn parse_line(line: &[u8], legacy: bool) -> Result<Record, String> {
 }
 
 fn compact_size(state: &Recovered) -> u64 {
-    state.entries.iter().map(|e| super::raft::encoded_size(e) as u64 + 1).sum::<u64>() + 64
+    state.entries.iter().chain(&state.base.retained).map(|e| super::raft::encoded_size(e) as u64 + 1).sum::<u64>() + 64
 }
 
 /// What [`read_records`] found.
@@ -570,7 +655,7 @@ fn read_records(path: &Path, file: &dyn LogFile) -> Result<Replay, StorageError>
         }
         match parse_line(&line, legacy) {
             Ok(record) => {
-                apply(&mut replay.state, record).map_err(corrupt)?;
+                apply(&mut replay.state, record, number == 1).map_err(corrupt)?;
                 replay.good += n as u64;
                 replay.legacy |= legacy;
                 legacy_allowed = legacy;
@@ -734,12 +819,19 @@ fn zeros_from(file: &dyn LogFile, offset: u64) -> std::io::Result<bool> {
     }
 }
 
-fn apply(state: &mut Recovered, record: Record) -> Result<(), String> {
-    if let Some((from, entries)) = record.entries {
-        if from == 0 || from > state.entries.len() as u64 + 1 {
-            return Err(format!("entries from index {from} leave a gap after {}", state.entries.len()));
+fn apply(state: &mut Recovered, record: Record, first: bool) -> Result<(), String> {
+    if let Some(base) = record.base {
+        if !first {
+            return Err("a base after the first record".into());
         }
-        state.entries.truncate(from as usize - 1);
+        state.base = base;
+    }
+    if let Some((from, entries)) = record.entries {
+        let last = state.last_index();
+        if from <= state.base.index || from > last + 1 {
+            return Err(format!("entries from index {from} leave a gap after {last} (base {})", state.base.index));
+        }
+        state.entries.truncate((from - state.base.index - 1) as usize);
         state.entries.extend(entries);
     }
     if let Some(hs) = record.hs {
@@ -1000,8 +1092,11 @@ mod tests {
         old.extend_from_slice(b"{\"from\":1,\"entries\":[{\"Term\":1,\"Key\":\"a\",\"Value\":\"a\"}]}\n");
         old.extend_from_slice(&[0u8; 100]);
         std::fs::write(&path, &old).unwrap();
-        let expected =
-            Recovered { hard_state: HardState { term: 3, voted_for: Some(2) }, entries: vec![entry(1, "a")] };
+        let expected = Recovered {
+            hard_state: HardState { term: 3, voted_for: Some(2) },
+            entries: vec![entry(1, "a")],
+            ..Default::default()
+        };
         {
             let (mut s, rec) = Storage::open(&dir).unwrap();
             assert_eq!(rec, expected);
@@ -1023,7 +1118,10 @@ mod tests {
         old.extend_from_slice(b"{\"from\":1,\"entries\":[{\"Term\":1,\"Key\":\"a\",\"Val");
         std::fs::write(&path, &old).unwrap();
         let (_s, rec) = Storage::open(&dir).unwrap();
-        assert_eq!(rec, Recovered { hard_state: HardState { term: 3, voted_for: Some(2) }, entries: vec![] });
+        assert_eq!(
+            rec,
+            Recovered { hard_state: HardState { term: 3, voted_for: Some(2) }, entries: vec![], ..Default::default() }
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -1152,6 +1250,62 @@ mod tests {
         drop(_s);
         let (_s, rec2) = Storage::open(&dir).unwrap();
         assert_eq!(rec2, rec);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_compacted_log_starts_after_its_base_and_keeps_it_through_reopens() {
+        let dir = tempdir("base");
+        let hs = HardState { term: 4, voted_for: Some(2) };
+        let base = Base { index: 40, term: 3, retained: vec![entry(3, "stored")] };
+        {
+            let (mut s, _) = Storage::open(&dir).unwrap();
+            s.persist(Some(hs), Some((1, &[entry(1, "old")]))).unwrap();
+            s.rewrite_all(hs, &base, &[entry(3, "a"), entry(4, "b")]).unwrap();
+            s.persist(None, Some((42, &[entry(4, "c"), entry(4, "d")]))).unwrap();
+        }
+        let (mut s, rec) = Storage::open(&dir).unwrap();
+        assert_eq!(rec.base, base);
+        assert_eq!(rec.entries, vec![entry(3, "a"), entry(4, "c"), entry(4, "d")]);
+        assert_eq!(rec.last_index(), 43);
+        // Every entry replaced: the log is its base alone.
+        s.persist(None, Some((41, &[]))).unwrap();
+        drop(s);
+        let (s, rec) = Storage::open(&dir).unwrap();
+        assert_eq!((rec.base.index, rec.entries.len(), rec.hard_state), (40, 0, hs));
+        drop(s);
+
+        // A record that would replace entries before the base is damage, not a write.
+        let path = dir.join(FILE_NAME);
+        let bad = record(None, Some((40, &[entry(4, "x")])));
+        let good = record(Some(hs), None);
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        let end = std::fs::read(&path).unwrap().iter().position(|&b| b == 0).unwrap() as u64;
+        f.write_all_at(&[bad, good].concat(), end).unwrap();
+        drop(f);
+        let err = Storage::open(&dir).err().expect("damage");
+        assert!(err.to_string().contains("gap"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_grown_compacted_file_is_rewritten_on_open_with_its_base() {
+        let dir = tempdir("base-grown");
+        let base = Base { index: 7, term: 2, retained: vec![] };
+        {
+            let (mut s, _) = Storage::open(&dir).unwrap();
+            s.rewrite_all(HardState { term: 2, voted_for: None }, &base, &[]).unwrap();
+            let big = "x".repeat(2048);
+            for term in 2..200 {
+                s.persist(Some(HardState { term, voted_for: Some(1) }), Some((8, &[entry(term, &big)]))).unwrap();
+            }
+        }
+        let before = std::fs::metadata(dir.join(FILE_NAME)).unwrap().len();
+        let (s, rec) = Storage::open(&dir).unwrap();
+        assert!(std::fs::metadata(dir.join(FILE_NAME)).unwrap().len() < before / 10);
+        assert_eq!((rec.base.clone(), rec.last_index()), (base, 8));
+        drop(s);
+        assert_eq!(Storage::open(&dir).unwrap().1, rec);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

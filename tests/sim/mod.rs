@@ -633,7 +633,7 @@ impl Cluster {
             }
         };
         node.storage = Some(storage);
-        let synced = Recovered { hard_state: node.hard, entries: node.log.clone() };
+        let synced = Recovered { hard_state: node.hard, entries: node.log.clone(), ..Default::default() };
         let unsure = node.unsure.take();
         if recovered == synced {
             return Ok(());

@@ -74,6 +74,26 @@
 //! state machine as soon as it has applied the read index. All reads waiting for the next
 //! check share it, so many reads cost one round of heartbeats, and nothing goes to the log.
 //!
+//! **Compaction and snapshots (§7).** The state machine holds everything applied, so the log
+//! need not: once the state machine has an index on its disk, the driver may
+//! [`Raft::compact`] the log up to it. The last entry dropped becomes the log's *base*: its
+//! index and term are kept, so AppendEntries anchored there are still checked, votes still
+//! compare the last term and index, and a node restarted from a compacted log counts the base
+//! as committed. A follower that needs an entry before the leader's base cannot be sent it:
+//! the leader sends it only heartbeats (anchored at index 0, where every log matches, when
+//! the entry it knows the follower holds is gone) and asks the driver, at every heartbeat,
+//! for a snapshot of its state machine ([`Ready::snapshots`]). The driver ships one; the
+//! follower asks [`Raft::snapshot_offered`] whether to take it (not from a leader of an
+//! older term; not when it has committed that far already, and then the leader hears at once
+//! how far its log matches), loads it into its state machine, and reports
+//! [`Raft::snapshot_installed`]: its log keeps the entries after the snapshot when it holds
+//! the snapshot's own entry, and starts after the snapshot otherwise (an entry there that
+//! differs conflicts with a committed one, so nothing from there on was committed). Either
+//! way it tells the leader it stores everything up to the snapshot, and the leader goes on
+//! with the entries after it. A follower's log never loses an entry it has not applied:
+//! entries up to its base are the state machine's, and entries before a leader's AppendEntries
+//! are anchored at the base or after it are skipped as the committed entries they are.
+//!
 //! # Driving the core
 //!
 //! The driver calls [`Raft::step`] for each message, [`Raft::tick`] when
@@ -187,8 +207,13 @@ pub struct Ready {
     /// Log entries from this index to the end are new or replaced: drop what storage holds
     /// from this index on and write `log().slice(from, last_index)`. Persist before sending.
     pub persist_from: Option<u64>,
-    /// Set when `hard_state` or `persist_from` is: give it to [`Raft::persisted`] once they
-    /// are on disk. Numbers rise with each such `Ready`; persisting happens in their order.
+    /// The log was compacted, or replaced by a snapshot: replace what storage holds by this
+    /// base (index and term) and every entry after it (`log().entries()`), with the hard
+    /// state. `persist_from` is then None: the rewrite covers it.
+    pub rewrite: Option<(u64, u64)>,
+    /// Set when `hard_state`, `persist_from` or `rewrite` is: give it to [`Raft::persisted`]
+    /// once they are on disk. Numbers rise with each such `Ready`; persisting happens in their
+    /// order.
     pub persist_id: Option<u64>,
     /// Send these after persisting (and after every earlier `Ready`'s persisting).
     pub messages: Vec<(NodeId, Msg)>,
@@ -197,6 +222,22 @@ pub struct Ready {
     pub events: Vec<Event>,
     /// Reads whose leadership check has passed.
     pub reads: Vec<ReadState>,
+    /// Leader: followers that need entries compacted away, so a snapshot of the state machine
+    /// at an index no lower than the log's base ([`Log::base`]). Asked again at every
+    /// heartbeat while still needed; the follower's [`Raft::snapshot_installed`] answers.
+    pub snapshots: Vec<NodeId>,
+}
+
+/// What a follower does with a snapshot the leader offers (see [`Raft::snapshot_offered`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    /// From a leader of an older term: refused (and the leader told of the newer term).
+    Stale,
+    /// Everything up to the snapshot's index is committed here already: not needed (and the
+    /// leader told how far this log matches).
+    Covered,
+    /// To load into the state machine, then report with [`Raft::snapshot_installed`].
+    Load,
 }
 
 /// Why a proposal was not accepted.
@@ -254,6 +295,9 @@ struct Progress {
     /// A follower that is not eager is sent entries up to here (the last index at the latest
     /// heartbeat) as its acknowledgements come in, and no further.
     catch_up_to: u64,
+    /// It needs entries compacted away: it gets heartbeats and a snapshot, no entries, until
+    /// it stores the log's base.
+    needs_snapshot: bool,
 }
 
 /// A read waiting for its leadership check.
@@ -322,11 +366,22 @@ pub struct Raft {
     /// The commit index handed out in the last Ready.
     reported_commit: u64,
     reads_ready: Vec<ReadState>,
+    /// The log was compacted or replaced since the last Ready: storage must be rewritten.
+    rewrite_due: bool,
+    /// Leader: followers to send a snapshot, for the next Ready.
+    snapshots_due: BTreeSet<NodeId>,
 }
 
 impl Raft {
     /// A node restarted from persisted `hard` state and `log`, as a follower.
     pub fn new(cfg: Config, hard: HardState, log: Vec<LogEntry>, now: Micros, seed: u64) -> Raft {
+        Raft::restored(cfg, hard, Log::from_entries(log), now, seed)
+    }
+
+    /// A node restarted from persisted `hard` state and a log that may start after a base
+    /// (its state machine holds everything up to the base: it counts as committed).
+    pub fn restored(cfg: Config, hard: HardState, log: Log, now: Micros, seed: u64) -> Raft {
+        let base = log.base().0;
         let mut raft = Raft {
             rng: Rng::new(seed ^ (cfg.id as u64).wrapping_mul(0x2545_F491_4F6C_DD1D)),
             cfg,
@@ -334,8 +389,8 @@ impl Raft {
             term: hard.term,
             voted_for: hard.voted_for,
             leader: None,
-            log: Log::from_entries(log),
-            commit: 0,
+            log,
+            commit: base,
             election_deadline: 0,
             last_leader_contact: None,
             heartbeat_deadline: 0,
@@ -358,8 +413,10 @@ impl Raft {
             unpersisted: std::collections::VecDeque::new(),
             last_persist_id: 0,
             reported: None,
-            reported_commit: 0,
+            reported_commit: base,
             reads_ready: Vec::new(),
+            rewrite_due: false,
+            snapshots_due: BTreeSet::new(),
         };
         raft.durable = raft.log.last_index();
         raft.reset_election_timer(now);
@@ -651,9 +708,13 @@ impl Raft {
             events.push(Event::RoleChanged { role: self.role, term: self.term, leader: self.leader });
         }
         let hard_state = std::mem::take(&mut self.hard_dirty).then(|| self.hard_state());
-        let persist_from = self.persist_from.take();
+        let mut persist_from = self.persist_from.take();
+        let rewrite = std::mem::take(&mut self.rewrite_due).then(|| self.log.base());
+        if rewrite.is_some() {
+            persist_from = None;
+        }
         let mut persist_id = None;
-        if hard_state.is_some() || persist_from.is_some() {
+        if hard_state.is_some() || persist_from.is_some() || rewrite.is_some() {
             self.last_persist_id += 1;
             self.unpersisted.push_back((self.last_persist_id, self.log.last_index()));
             persist_id = Some(self.last_persist_id);
@@ -662,11 +723,13 @@ impl Raft {
         Ready {
             hard_state,
             persist_from,
+            rewrite,
             persist_id,
             messages: std::mem::take(&mut self.msgs),
             commit_index: self.reported_commit,
             events,
             reads: std::mem::take(&mut self.reads_ready),
+            snapshots: std::mem::take(&mut self.snapshots_due).into_iter().collect(),
         }
     }
 
@@ -680,6 +743,120 @@ impl Raft {
             || self.reported != Some((self.role, self.term, self.leader))
             || self.read_check_due
             || !self.reads_ready.is_empty()
+            || self.rewrite_due
+            || !self.snapshots_due.is_empty()
+    }
+
+    // ---- compaction and snapshots ----
+
+    /// Drops the log up to `index`, which the state machine holds on its disk: the entry at
+    /// `index` becomes the log's base. Only committed entries on this node's disk can go
+    /// ([`Raft::applicable_index`]); false when `index` is not such an entry, or is the base
+    /// already. Storage is rewritten with the next `Ready` ([`Ready::rewrite`]). A follower
+    /// that needs entries compacted away gets a snapshot ([`Ready::snapshots`]).
+    pub fn compact(&mut self, index: u64) -> bool {
+        if index > self.applicable_index() || !self.log.compact(index) {
+            return false;
+        }
+        self.rewrite_due = true;
+        true
+    }
+
+    /// A leader of `term`, `from`, offers a snapshot of its state machine at `index` (the
+    /// entry there has `snap_term`). Says whether to load it; when it is not needed, the
+    /// leader is told so at once.
+    pub fn snapshot_offered(&mut self, now: Micros, from: NodeId, term: u64, index: u64) -> Offer {
+        self.clock = self.clock.max(now);
+        if !self.cfg.peers.contains(&from) || term > MAX_WIRE_NUMBER {
+            return Offer::Stale;
+        }
+        if term < self.term {
+            self.refuse_stale(from, 0);
+            return Offer::Stale;
+        }
+        if !self.heard_from_leader(now, from, term) {
+            return Offer::Stale;
+        }
+        if index <= self.commit {
+            // Committed entries are the leader's too (§5.4): this log matches up to here.
+            self.send(
+                from,
+                Msg::AppendReply {
+                    term,
+                    success: true,
+                    match_index: self.commit,
+                    conflict_index: 0,
+                    conflict_term: None,
+                    read_seq: 0,
+                },
+            );
+            return Offer::Covered;
+        }
+        Offer::Load
+    }
+
+    /// The state machine now holds, on its disk, the snapshot at `index` (entry term
+    /// `snap_term`) that `from`, leader of `term`, sent. The log keeps what follows `index` if
+    /// it holds that very entry, and starts after the snapshot otherwise (what it held there
+    /// conflicts with a committed entry, so none of it was committed); the leader is told
+    /// that this node stores everything up to `index`.
+    pub fn snapshot_installed(&mut self, now: Micros, from: NodeId, term: u64, index: u64, snap_term: u64) {
+        self.clock = self.clock.max(now);
+        if term < self.term || !self.cfg.peers.contains(&from) || !self.heard_from_leader(now, from, term) {
+            return;
+        }
+        if index > self.log.base().0 {
+            if self.log.term(index) == Some(snap_term) && index <= self.log.last_index() {
+                self.log.compact(index);
+            } else {
+                self.log.reset(index, snap_term);
+                for (_, last) in self.unpersisted.iter_mut() {
+                    *last = (*last).min(index);
+                }
+                self.persist_from = None;
+            }
+            self.durable = self.durable.min(self.log.last_index()).max(index);
+            self.commit = self.commit.max(index);
+            self.rewrite_due = true;
+        }
+        let match_index = index.max(self.log.base().0);
+        self.send(
+            from,
+            Msg::AppendReply { term, success: true, match_index, conflict_index: 0, conflict_term: None, read_seq: 0 },
+        );
+    }
+
+    /// A message from `from` as leader of `term` (no older than this node's): this node follows
+    /// it from now. False when this node leads `term` itself.
+    fn heard_from_leader(&mut self, now: Micros, from: NodeId, term: u64) -> bool {
+        if self.role == Role::Leader && term == self.term {
+            ::log::error!("{} is leader of term {term} and got a leader's message from node{from}", self.name());
+            debug_assert!(false, "two leaders in term {term}");
+            return false;
+        }
+        if term > self.term || self.role == Role::Candidate || self.leader != Some(from) {
+            self.become_follower(now, term, Some(from));
+        } else {
+            self.last_leader_contact = Some(now);
+            self.prevoting = false;
+            self.reset_election_timer(now);
+        }
+        true
+    }
+
+    /// Tells a leader of an older term of this node's, so that it steps down.
+    fn refuse_stale(&mut self, to: NodeId, read_seq: u64) {
+        self.send(
+            to,
+            Msg::AppendReply {
+                term: self.term,
+                success: false,
+                match_index: 0,
+                conflict_index: 0,
+                conflict_term: None,
+                read_seq,
+            },
+        );
     }
 
     // ---- elections ----
@@ -835,6 +1012,7 @@ impl Raft {
                     // The voters answered: they are the first eager followers.
                     heard: voters.contains(&p),
                     catch_up_to: 0,
+                    needs_snapshot: false,
                 };
                 (p, progress)
             })
@@ -1004,14 +1182,18 @@ impl Raft {
     }
 
     /// An AppendEntries without entries, anchored at the last index known to match, so it
-    /// never fails the consistency check on entries still in flight.
+    /// never fails the consistency check on entries still in flight. (When that entry is
+    /// compacted away, at index 0: every log matches there.)
     fn send_heartbeat(&mut self, peer: NodeId) {
         let Some(pr) = self.progress.get(&peer) else { return };
-        let prev = pr.matched;
+        let (prev, prev_term) = match self.log.term(pr.matched) {
+            Some(term) => (pr.matched, term),
+            None => (0, 0),
+        };
         let msg = Msg::Append {
             term: self.term,
             prev_log_index: prev,
-            prev_log_term: self.log.term(prev).unwrap_or(0),
+            prev_log_term: prev_term,
             entries: Vec::new(),
             leader_commit: self.commit,
             read_seq: self.read_seq,
@@ -1026,8 +1208,16 @@ impl Raft {
         let read_seq = self.read_seq;
         let budget = self.cfg.max_batch_bytes;
         let (now, heartbeat) = (self.clock, self.cfg.heartbeat);
+        let base = self.log.base().0;
         let Some(pr) = self.progress.get_mut(&peer) else { return };
         pr.next = pr.next.clamp(pr.matched + 1, last + 1);
+        if pr.next <= base {
+            // What it needs first is compacted away: a snapshot, then entries after it.
+            pr.needs_snapshot = true;
+            self.snapshots_due.insert(peer);
+            self.send_heartbeat(peer);
+            return;
+        }
         if pr.next > last {
             self.send_heartbeat(peer);
             return;
@@ -1072,7 +1262,12 @@ impl Raft {
             }
             pr.next = pr.next.max(pr.matched + 1);
             // The follower took an AppendEntries sent since the probe: pipelining again.
-            let probe_answered = pr.probing && read_seq >= pr.resent_seq;
+            let mut probe_answered = pr.probing && read_seq >= pr.resent_seq;
+            if pr.needs_snapshot && pr.matched >= self.log.base().0 {
+                // It installed a snapshot (or had the entries after all): entries from here.
+                pr.needs_snapshot = false;
+                probe_answered = pr.probing;
+            }
             if probe_answered {
                 pr.probing = false;
             }
@@ -1126,32 +1321,34 @@ impl Raft {
         let Append { prev_log_index, prev_log_term, entries, leader_commit, read_seq } = append;
         if term < self.term {
             // A stale leader: our newer term makes it step down.
-            self.send(
-                from,
-                Msg::AppendReply {
-                    term: self.term,
-                    success: false,
-                    match_index: 0,
+            self.refuse_stale(from, read_seq);
+            return;
+        }
+        // Two leaders in one term would break Raft's first guarantee. (A leader of a newer
+        // term is normal: this node was deposed and steps down.)
+        if !self.heard_from_leader(now, from, term) {
+            return;
+        }
+        let (mut prev_log_index, mut prev_log_term, mut entries) = (prev_log_index, prev_log_term, entries);
+        let (base, base_term) = self.log.base();
+        if prev_log_index < base {
+            // Entries up to the base are committed: the leader's are the same. Skip them.
+            let skip = (base - prev_log_index).min(entries.len() as u64);
+            entries.drain(..skip as usize);
+            prev_log_index += skip;
+            if prev_log_index < base {
+                let reply = Msg::AppendReply {
+                    term,
+                    success: true,
+                    match_index: base,
                     conflict_index: 0,
                     conflict_term: None,
                     read_seq,
-                },
-            );
-            return;
-        }
-        if self.role == Role::Leader && term == self.term {
-            // Two leaders in one term would break Raft's first guarantee. (A leader of a
-            // newer term is normal: this node was deposed and steps down below.)
-            ::log::error!("{} is leader of term {term} and got AppendEntries from node{from}", self.name());
-            debug_assert!(false, "two leaders in term {term}");
-            return;
-        }
-        if term > self.term || self.role == Role::Candidate || self.leader != Some(from) {
-            self.become_follower(now, term, Some(from));
-        } else {
-            self.last_leader_contact = Some(now);
-            self.prevoting = false;
-            self.reset_election_timer(now);
+                };
+                self.send(from, reply);
+                return;
+            }
+            prev_log_term = base_term;
         }
 
         let reject = |conflict_index: u64, conflict_term: Option<u64>| Msg::AppendReply {

@@ -717,3 +717,173 @@ fn a_write_whose_entries_were_replaced_meanwhile_leaves_only_what_came_before_th
     assert_eq!(raft.durable_index(), 2);
     assert_eq!(raft.last_index(), 2);
 }
+
+/// Leader of 3 in term 1 holding the no-op and `n` more entries, all acknowledged by node 2
+/// and committed; node 3 never answered.
+fn leader_with_entries(n: u64) -> Raft {
+    let mut raft = leader_with_committed_noop();
+    for i in 0..n {
+        raft.propose(None, json!(i)).unwrap();
+    }
+    handled(&mut raft);
+    raft.step(0, 2, append_reply(1, true, n + 1, 0));
+    assert_eq!(raft.commit_index(), n + 1);
+    handled(&mut raft);
+    raft
+}
+
+#[test]
+fn compaction_drops_only_applicable_entries_and_asks_storage_for_a_rewrite() {
+    let mut raft = leader_with_entries(9);
+    assert!(!raft.compact(11), "not in the log");
+    raft.propose(None, json!("new")).unwrap();
+    assert!(!raft.compact(11), "not committed");
+    assert!(raft.compact(8));
+    assert!(!raft.compact(8) && !raft.compact(3), "at or before the base already");
+    assert_eq!((raft.log().base(), raft.log().first_index(), raft.last_index()), ((8, 1), 9, 11));
+    let ready = handled(&mut raft);
+    assert_eq!(ready.rewrite, Some((8, 1)));
+    assert_eq!(ready.persist_from, None, "the rewrite holds the new entry too");
+    assert!(ready.persist_id.is_some());
+    assert_eq!(raft.durable_index(), 11);
+}
+
+#[test]
+fn a_follower_behind_the_base_is_sent_a_snapshot_then_the_entries_after_it() {
+    let mut raft = leader_with_entries(9);
+    assert!(raft.compact(8));
+    handled(&mut raft);
+    // Node 3 never answered: at the heartbeat it needs index 1, which is gone.
+    let now = raft.next_deadline();
+    raft.tick(now);
+    let beat = handled(&mut raft);
+    assert_eq!(beat.snapshots, [3]);
+    assert_eq!(
+        sent_to(&beat, 3),
+        [&Msg::Append {
+            term: 1,
+            prev_log_index: 0,
+            prev_log_term: 0,
+            entries: vec![],
+            leader_commit: 10,
+            read_seq: raft.read_seq
+        }],
+        "a heartbeat anchored where every log matches"
+    );
+    // Asked again at every heartbeat until it is done; new entries do not go to it.
+    raft.propose(None, json!("new")).unwrap();
+    let ready = handled(&mut raft);
+    assert!(entries_to(&ready, 3).is_empty());
+    let now = raft.next_deadline();
+    raft.tick(now);
+    assert_eq!(handled(&mut raft).snapshots, [3]);
+
+    // Node 3 installed a snapshot at 9: the leader sends what follows.
+    raft.step(now, 3, append_reply(1, true, 9, 0));
+    let ready = handled(&mut raft);
+    assert!(ready.snapshots.is_empty());
+    assert_eq!(entries_to(&ready, 3), [10, 11]);
+    let now = raft.next_deadline();
+    raft.tick(now);
+    assert!(handled(&mut raft).snapshots.is_empty());
+}
+
+/// Node 3 of 3, a follower of node 1 in term 1, holding `terms` as its log.
+fn follower_with(terms: &[u64]) -> Raft {
+    let entries = terms.iter().map(|&t| LogEntry { term: t, key: None, value: json!("x").into() }).collect();
+    let mut raft = Raft::new(Config::new(3, vec![1, 2]), HardState { term: 1, voted_for: None }, entries, 0, 7);
+    raft.step(
+        0,
+        1,
+        Msg::Append { term: 1, prev_log_index: 0, prev_log_term: 0, entries: vec![], leader_commit: 0, read_seq: 0 },
+    );
+    handled(&mut raft);
+    raft
+}
+
+fn only_reply(ready: &Ready, to: NodeId) -> (bool, u64) {
+    match sent_to(ready, to).as_slice() {
+        [Msg::AppendReply { success, match_index, .. }] => (*success, *match_index),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn an_installed_snapshot_replaces_a_log_that_does_not_hold_its_entry() {
+    // Index 3 of term 1 is missing here (the log ends at 2): the log starts after the snapshot.
+    let mut raft = follower_with(&[1, 1]);
+    assert_eq!(raft.snapshot_offered(0, 1, 1, 5), Offer::Load);
+    raft.snapshot_installed(0, 1, 1, 5, 1);
+    assert_eq!((raft.log().base(), raft.last_index(), raft.commit_index()), ((5, 1), 5, 5));
+    let ready = handled(&mut raft);
+    assert_eq!(ready.rewrite, Some((5, 1)));
+    assert_eq!(only_reply(&ready, 1), (true, 5));
+    assert_eq!(ready.commit_index, 5, "the state machine holds it");
+
+    // A conflicting entry at the snapshot's index: everything from the old log goes.
+    let mut raft = follower_with(&[1, 1, 1, 1]);
+    raft.snapshot_installed(0, 1, 2, 3, 2);
+    assert_eq!((raft.term(), raft.log().base(), raft.last_index()), (2, (3, 2), 3));
+}
+
+#[test]
+fn an_installed_snapshot_keeps_the_entries_after_its_own() {
+    let mut raft = follower_with(&[1, 1, 1, 1, 1]);
+    raft.snapshot_installed(0, 1, 1, 3, 1);
+    assert_eq!((raft.log().base(), raft.last_index()), ((3, 1), 5));
+    let ready = handled(&mut raft);
+    assert_eq!(only_reply(&ready, 1), (true, 3), "what follows is not known to match the leader's");
+    // AppendEntries anchored before the base skip what the snapshot holds.
+    let append = Msg::Append {
+        term: 1,
+        prev_log_index: 1,
+        prev_log_term: 1,
+        entries: (0..5).map(|_| LogEntry { term: 1, key: None, value: json!("x").into() }).collect(),
+        leader_commit: 6,
+        read_seq: 4,
+    };
+    raft.step(0, 1, append);
+    assert_eq!((raft.last_index(), raft.commit_index()), (6, 6));
+    assert_eq!(only_reply(&handled(&mut raft), 1), (true, 6));
+    let behind =
+        Msg::Append { term: 1, prev_log_index: 0, prev_log_term: 0, entries: vec![], leader_commit: 6, read_seq: 5 };
+    raft.step(0, 1, behind);
+    assert_eq!(only_reply(&handled(&mut raft), 1), (true, 3), "the base matches, whatever came before");
+}
+
+#[test]
+fn a_snapshot_already_committed_here_or_from_an_old_leader_is_not_loaded() {
+    let mut raft = follower_with(&[1, 1, 1]);
+    raft.step(
+        0,
+        1,
+        Msg::Append { term: 1, prev_log_index: 3, prev_log_term: 1, entries: vec![], leader_commit: 3, read_seq: 0 },
+    );
+    handled(&mut raft);
+    assert_eq!(raft.snapshot_offered(0, 1, 1, 2), Offer::Covered);
+    assert_eq!(only_reply(&handled(&mut raft), 1), (true, 3));
+    raft.step(
+        0,
+        2,
+        Msg::Append { term: 2, prev_log_index: 3, prev_log_term: 1, entries: vec![], leader_commit: 3, read_seq: 0 },
+    );
+    handled(&mut raft);
+    assert_eq!(raft.snapshot_offered(0, 1, 1, 9), Offer::Stale);
+    let ready = handled(&mut raft);
+    assert!(matches!(sent_to(&ready, 1).as_slice(), [Msg::AppendReply { term: 2, success: false, .. }]));
+    raft.snapshot_installed(0, 1, 1, 9, 1);
+    assert_eq!((raft.log().base(), raft.last_index()), ((0, 0), 3), "an old leader's snapshot changes nothing");
+}
+
+#[test]
+fn a_node_restarted_after_compaction_counts_its_base_as_committed_and_votes_by_it() {
+    let log = Log::after(40, 3, vec![LogEntry { term: 4, key: None, value: json!("x").into() }]);
+    let mut raft = Raft::restored(Config::new(1, vec![2, 3]), HardState { term: 4, voted_for: None }, log, 0, 7);
+    assert_eq!((raft.commit_index(), raft.last_index()), (40, 41));
+    assert_eq!(raft.take_ready().commit_index, 40);
+    // A candidate with a shorter log of the same last term is refused; one as long is granted.
+    raft.step(0, 2, Msg::Vote { term: 5, last_log_index: 40, last_log_term: 4, force: false });
+    assert!(sent_to(&handled(&mut raft), 2).is_empty());
+    raft.step(0, 3, Msg::Vote { term: 5, last_log_index: 41, last_log_term: 4, force: false });
+    assert_eq!(sent_to(&handled(&mut raft), 3), [&Msg::VoteAck { term: 5 }]);
+}
