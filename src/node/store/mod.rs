@@ -51,8 +51,8 @@ pub use self::command::{
     Status, TaskInput, UserInput, MAX_IDEMPOTENCY_KEY,
 };
 pub use self::models::{
-    Account, AccountView, Applied, Dump, IdempotencyRecord, Meta, Page, PageRequest, Pagination, Product, ProductQuery,
-    Session, Task, TaskQuery, TaskStats, User, DEFAULT_LIMIT, MAX_LIMIT,
+    Account, AccountView, Applied, Dump, IdempotencyRecord, Meta, OutcomeRecord, Page, PageRequest, Pagination,
+    Product, ProductQuery, Session, Task, TaskQuery, TaskStats, User, DEFAULT_LIMIT, MAX_LIMIT,
 };
 use self::schema::{accounts, apply_outcomes, idempotency_keys, meta, products, sessions, tasks, users};
 

@@ -6,15 +6,19 @@ use diesel::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::command::{Priority, Status};
-use super::schema::{accounts, idempotency_keys, meta, products, sessions, tasks, users};
+use super::schema::{accounts, apply_outcomes, idempotency_keys, meta, products, sessions, tasks, users};
 
 /// Default page size of a listing.
 pub const DEFAULT_LIMIT: u64 = 20;
 /// Largest page size of a listing; larger requests are cut to this.
 pub const MAX_LIMIT: u64 = 100;
 
+// In the rows with optional columns here, None inserts NULL (`treat_none_as_default_value =
+// false`), which is what the columns' default gives too: then every row has the same columns, and
+// a batch of rows is one statement on SQLite as well (see `snapshot`), where diesel otherwise
+// inserts row by row.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Queryable, Selectable, Insertable, AsChangeset)]
-#[diesel(table_name = products, treat_none_as_null = true)]
+#[diesel(table_name = products, treat_none_as_null = true, treat_none_as_default_value = false)]
 pub struct Product {
     pub id: i64,
     pub title: String,
@@ -40,7 +44,7 @@ pub struct User {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Queryable, Selectable, Insertable, AsChangeset)]
-#[diesel(table_name = tasks, treat_none_as_null = true)]
+#[diesel(table_name = tasks, treat_none_as_null = true, treat_none_as_default_value = false)]
 pub struct Task {
     pub id: i64,
     pub title: String,
@@ -118,7 +122,7 @@ pub struct Meta {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Queryable, Selectable, Insertable)]
-#[diesel(table_name = idempotency_keys)]
+#[diesel(table_name = idempotency_keys, treat_none_as_default_value = false)]
 pub struct IdempotencyRecord {
     pub idem_key: String,
     pub log_index: i64,
@@ -127,6 +131,16 @@ pub struct IdempotencyRecord {
     /// SHA-256 (hex) of the operation the key was first used for; none for keys recorded
     /// before fingerprints were kept.
     pub fingerprint: Option<String>,
+}
+
+/// What applying one log entry answered, kept for the other nodes sharing the database (see
+/// [`Store::outcome_of`](super::Store::outcome_of)).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Queryable, Selectable, Insertable)]
+#[diesel(table_name = apply_outcomes)]
+pub struct OutcomeRecord {
+    pub log_index: i64,
+    /// The JSON of the [`ApplyOutcome`](super::ApplyOutcome).
+    pub outcome: String,
 }
 
 /// The last log entry the database reflects.
