@@ -31,6 +31,11 @@
 //! the same transaction, for the last [`OUTCOMES_KEPT`] entries: the node whose client waits
 //! for an entry that another node applied reads the real answer with [`Store::outcome_of`].
 //! Migrations at start are serialised by a database lock, so nodes may start together.
+//!
+//! # Snapshots
+//! [`snapshot`] writes the whole replicated state at its last applied index to a file, and
+//! replaces it by such a file, in one format whatever the backend: what lets the Raft log be
+//! compacted, and a follower that fell behind the leader's compacted log catch up.
 
 pub mod command;
 mod fixed;
@@ -55,6 +60,7 @@ pub use self::models::{
     Product, ProductQuery, Session, Task, TaskQuery, TaskStats, User, DEFAULT_LIMIT, MAX_LIMIT,
 };
 use self::schema::{accounts, apply_outcomes, idempotency_keys, meta, products, sessions, tasks, users};
+pub use self::snapshot::SnapshotInfo;
 
 /// Outcomes of this many most recent log entries are kept (see [`Store::outcome_of`]).
 pub const OUTCOMES_KEPT: u64 = 10_000;
@@ -104,7 +110,11 @@ macro_rules! on_backend {
     };
 }
 
-/// Errors of the database itself; business errors of a write are an [`ApplyOutcome`] instead.
+// Declared after `on_backend!`, which it uses.
+pub mod snapshot;
+
+/// Errors of the database itself and of snapshots; business errors of a write are an
+/// [`ApplyOutcome`] instead.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("unsupported database URL {url:?}: this build knows {}", known_urls())]
@@ -125,6 +135,19 @@ pub enum StoreError {
     NoMeta,
     #[error("no database connection became free: {0}")]
     Pool(String),
+    /// Reading or writing a file (a snapshot); `context` says which and what.
+    #[error("{context}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A snapshot that is not one, or is damaged: `line` is its line (from 1) where that shows.
+    #[error("snapshot line {line}: {reason}")]
+    SnapshotFormat { line: u64, reason: String },
+    /// A snapshot other than the one announced (its size, SHA-256, index or term).
+    #[error("the snapshot is not the one announced: {0}")]
+    SnapshotMismatch(String),
     #[error(
         "the database's encoding is {found}, which cannot hold every character a client may send; \
          labctl needs a UTF8 database (CREATE DATABASE … ENCODING 'UTF8' TEMPLATE template0)"
