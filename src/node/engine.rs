@@ -26,9 +26,10 @@ use super::apply::{ApplyItem, WriteResult, BARRIER_KEY, COMMAND_KEY};
 use super::guard::Guard;
 use super::handshake::Handshake;
 use super::log_writer::Write;
-use super::raft::{EntryValue, Event, LogEntry, Micros, Msg, NodeId, ProposeError, Raft, Ready, Role};
+use super::raft::{EntryValue, Event, LogEntry, Micros, Msg, NodeId, Offer, ProposeError, Raft, Ready, Role};
 use super::status::Batching;
 use super::storage::Base;
+use super::transfer::{self, Receiving, Sending, SnapshotInfo};
 use super::transport::RateLimited;
 use super::waiting::{Failure, Waiting};
 use crate::config::Cluster;
@@ -47,6 +48,27 @@ const MESSAGE_OVERHEAD: usize = 64 * 1024;
 /// of per entry leave the CPU to the leader and the followers' acknowledgements.
 const FOLLOWER_APPLY_BATCH: u64 = 256;
 const FOLLOWER_APPLY_DELAY: Duration = Duration::from_millis(10);
+
+/// What a controller's RETRIEVE shows at most: the committed entries that fit one datagram.
+const RETRIEVE_BUDGET: usize = MAX_DATAGRAM - 512;
+
+/// When the log is compacted: once the state machine holds, on its disk, `every_entries`
+/// entries (or `every_bytes` of them) beyond the log's base and the tail kept, the log is cut
+/// to its last `keep_entries` entries before that point. The tail serves followers a little
+/// behind with entries; one further behind gets a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compaction {
+    pub every_entries: u64,
+    pub every_bytes: u64,
+    pub keep_entries: u64,
+}
+
+impl Default for Compaction {
+    /// etcd snapshots every 10,000 entries and keeps 5,000 for followers catching up.
+    fn default() -> Compaction {
+        Compaction { every_entries: 10_000, every_bytes: 64 * 1024 * 1024, keep_entries: 5_000 }
+    }
+}
 
 /// Why the node stopped.
 #[derive(Debug, PartialEq, Eq)]
@@ -94,6 +116,22 @@ pub trait Io<R> {
     fn read(&mut self, reply: R);
     /// Answers a client's write or read now (it failed, or cannot be taken).
     fn answer(&mut self, reply: R, result: WriteResult);
+    /// Leader: makes a snapshot of the state machine as it is now, after everything handed to
+    /// [`Io::apply`]; its info comes back through [`Engine::snapshot_made`].
+    fn make_snapshot(&mut self);
+    /// Leader: `len` bytes from `offset` of the snapshot `info` it made.
+    fn read_snapshot(&mut self, info: &SnapshotInfo, offset: u64, len: usize) -> Result<Vec<u8>, String>;
+    /// Follower: a transfer of `info` starts; how many of its bytes are held already (from a
+    /// transfer of the same snapshot cut short). Any other partial snapshot is thrown away.
+    fn begin_snapshot(&mut self, info: &SnapshotInfo) -> u64;
+    /// Follower: stores bytes of the snapshot being received, at `offset` (pieces may come in
+    /// any order; each is written once). With them, the bytes from the start are held without
+    /// a gap up to `held`: what [`Io::begin_snapshot`] may say of this snapshot later.
+    fn write_snapshot(&mut self, info: &SnapshotInfo, offset: u64, bytes: &[u8], held: u64) -> Result<(), String>;
+    /// Follower: every byte of `info` is here: check it and load it into the state machine,
+    /// after everything handed to [`Io::apply`]. The outcome comes back through
+    /// [`Engine::snapshot_loaded`]; a snapshot that fails its checks is thrown away.
+    fn load_snapshot(&mut self, info: &SnapshotInfo);
     /// Sees each `Ready` of the core before the engine handles it (for the simulation's checks).
     fn observe(&mut self, _raft: &Raft, _ready: &Ready) {}
 }
@@ -143,6 +181,18 @@ pub struct Engine<R> {
     reassembler: Reassembler,
     /// Secure mode: what the node takes, by the cluster secret.
     guard: Option<Guard>,
+    /// When the log is compacted; never when None.
+    compaction: Option<Compaction>,
+    /// The state machine holds the log up to here on its disk.
+    state_durable: u64,
+    /// Leader: the snapshot made for followers, with what RETRIEVE shows up to its index.
+    snapshot: Option<(SnapshotInfo, Vec<LogEntry>)>,
+    /// Leader: a snapshot is being made.
+    making_snapshot: bool,
+    /// Leader: snapshots on their way to followers.
+    sending: BTreeMap<NodeId, Sending>,
+    /// Follower: the snapshot on its way here.
+    receiving: Option<Receiving>,
 }
 
 impl<R> Engine<R> {
@@ -178,7 +228,23 @@ impl<R> Engine<R> {
             fragmenter,
             reassembler,
             guard: None,
+            compaction: None,
+            state_durable: handed_off,
+            snapshot: None,
+            making_snapshot: false,
+            sending: BTreeMap::new(),
+            receiving: None,
         }
+    }
+
+    /// Compacts the log as `compaction` says, or never.
+    pub fn set_compaction(&mut self, compaction: Option<Compaction>) {
+        self.compaction = compaction;
+    }
+
+    /// The state machine holds the log up to `index` on its disk: the log before it may go.
+    pub fn state_durable(&mut self, index: u64) {
+        self.state_durable = self.state_durable.max(index);
     }
 
     /// The largest message the node accepts: its largest entry or batch, and room for the rest.
@@ -252,6 +318,8 @@ impl<R> Engine<R> {
     /// handled, incomplete messages given up, a follower's due batch applied, requests past
     /// their deadline failed. Returns why the node stops, when a controller said so.
     pub fn end_turn(&mut self, now: Micros, io: &mut impl Io<R>) -> Result<Option<Stopped>, WriterStopped> {
+        self.maybe_compact();
+        self.transfers_turn(now, io);
         self.handle_ready(now, io)?;
         self.reassembler.evict_stale(self.instant(now));
         let given_up = self.reassembler.take_given_up();
@@ -398,6 +466,18 @@ impl<R> Engine<R> {
         if matches!(request, Request::Accept | Request::Credentials) {
             return self.handle_handshake(&msg, request, io);
         }
+        if matches!(request, Request::Snapshot | Request::SnapshotAck) {
+            let Some(peer) = msg.sender_name.as_deref().and_then(proto::parse_node_name) else { return };
+            let read = if request == Request::Snapshot {
+                transfer::read_piece(msg).map(|piece| self.on_piece(now, peer, piece, io))
+            } else {
+                transfer::read_ack(msg).map(|ack| self.on_ack(now, peer, ack, io))
+            };
+            if let Err(e) = read {
+                self.dropped(from, &e);
+            }
+            return;
+        }
         match Msg::from_wire(msg, request) {
             Ok((peer, raft_msg)) => {
                 if let Msg::Append { term, ref entries, .. } = raft_msg {
@@ -540,7 +620,7 @@ impl<R> Engine<R> {
             .collect();
         let mut reply = Message::new(self.name.clone(), Request::Retrieve, Some(self.raft.term()));
         reply.key = Some(KEY_COMMITED_LOGS.into());
-        let (shown, too_large) = newest_that_fit(&user, MAX_DATAGRAM - 512, |e| super::raft::encoded_size(e) + 1);
+        let (shown, too_large) = newest_that_fit(&user, RETRIEVE_BUDGET, |e| super::raft::encoded_size(e) + 1);
         if shown.len() < user.len() {
             log::warn!(
                 "{}: RETRIEVE reply holds {} of {} committed entries (datagram limit; {} alone larger than a datagram)",
@@ -639,6 +719,9 @@ impl<R> Engine<R> {
             for read in ready.reads {
                 self.waiting.confirmed(read.id, read.index);
             }
+            if !ready.snapshots.is_empty() {
+                self.snapshots_wanted(now, &ready.snapshots, io);
+            }
             self.apply(now, ready.commit_index, io);
         }
         Ok(())
@@ -681,12 +764,25 @@ impl<R> Engine<R> {
 
     /// A message's datagram, or its fragments when it is larger than a datagram.
     fn encode(&mut self, msg: &Msg) -> Vec<Vec<u8>> {
-        let bytes = msg.to_wire(self.raft.id()).encode();
+        self.encode_message(&msg.to_wire(self.raft.id()))
+    }
+
+    /// A node message's datagram, or its fragments when it is larger than a datagram.
+    fn encode_message(&mut self, msg: &Message) -> Vec<Vec<u8>> {
+        let bytes = msg.encode();
         // Room for the MAC of secure mode, so both modes cut messages alike.
         if bytes.len() > MAX_DATAGRAM - auth::SEAL_ROOM {
-            self.fragmenter.split(Some(msg.term()), &bytes)
+            self.fragmenter.split(msg.term, &bytes)
         } else {
             vec![bytes]
+        }
+    }
+
+    /// Sends a node message that nothing waits for, cut into fragments when it is large.
+    fn send_message(&mut self, to: NodeId, msg: &Message, io: &mut impl Io<R>) {
+        match self.encode_message(msg).as_slice() {
+            [one] => io.send(to, one),
+            fragments => io.send_paced(to, fragments),
         }
     }
 
@@ -753,6 +849,231 @@ impl<R> Engine<R> {
         }
     }
 
+    // ---- compaction and snapshots ----
+
+    /// Compacts the log when the state machine holds enough of it on its disk (see
+    /// [`Compaction`]), never past a snapshot on its way to a follower: that follower goes on
+    /// with the entries after it.
+    fn maybe_compact(&mut self) {
+        let Some(c) = self.compaction else { return };
+        let (base, _) = self.raft.log().base();
+        let durable = self.state_durable.min(self.raft.applicable_index()).min(self.handed_off);
+        let mut upto = durable.saturating_sub(c.keep_entries);
+        if let Some(sending) = self.sending.values().map(|s| s.info.index).min() {
+            upto = upto.min(sending);
+        }
+        if upto <= base {
+            return;
+        }
+        let due = upto - base >= c.every_entries || self.raft.log().bytes() as u64 >= c.every_bytes;
+        if !due {
+            return;
+        }
+        let dropped = self.raft.log().slice(base + 1, upto);
+        let retained = retrieve_window(&self.retained, dropped);
+        if self.raft.compact(upto) {
+            log::info!("{}: log compacted up to index {upto}", self.name);
+            self.retained = retained;
+        }
+    }
+
+    /// Leader: `peers` need a snapshot at the log's base or later. The one made last serves
+    /// while it is recent enough; else one is made.
+    fn snapshots_wanted(&mut self, now: Micros, peers: &[NodeId], io: &mut impl Io<R>) {
+        let base = self.raft.log().base().0;
+        for &peer in peers {
+            if self.sending.get(&peer).is_some_and(|s| s.info.index >= base) {
+                continue;
+            }
+            self.sending.remove(&peer);
+            match &self.snapshot {
+                Some((info, _)) if info.index >= base => {
+                    let info = info.clone();
+                    log::info!(
+                        "{}: sending node{peer} the snapshot at index {} ({} bytes)",
+                        self.name,
+                        info.index,
+                        info.size
+                    );
+                    self.sending.insert(peer, Sending::new(info, now));
+                    self.pump(now, peer, io);
+                }
+                _ if self.making_snapshot => {}
+                _ => {
+                    self.making_snapshot = true;
+                    io.make_snapshot();
+                }
+            }
+        }
+    }
+
+    /// Leader: the snapshot asked of the state machine is made (or why not).
+    pub fn snapshot_made(&mut self, now: Micros, made: Result<SnapshotInfo, String>, io: &mut impl Io<R>) {
+        self.making_snapshot = false;
+        let info = match made {
+            Ok(info) => info,
+            Err(e) => {
+                log::error!("{}: cannot make a snapshot for followers: {e}", self.name);
+                return;
+            }
+        };
+        let (base, _) = self.raft.log().base();
+        if self.raft.role() != Role::Leader || info.index < base || info.index > self.handed_off {
+            // Compacted past it meanwhile (or no longer leading): the next heartbeat asks again.
+            return;
+        }
+        let tail = self.raft.log().slice(base + 1, info.index);
+        let retained = retrieve_window(&self.retained, tail);
+        log::info!("{}: made a snapshot at index {} ({} bytes)", self.name, info.index, info.size);
+        self.snapshot = Some((info, retained));
+        let peers: Vec<NodeId> = self.cluster.ids().filter(|&p| self.raft.needs_snapshot(p)).collect();
+        self.snapshots_wanted(now, &peers, io);
+    }
+
+    /// Leader: sends `peer` the pieces of its snapshot that are due.
+    fn pump(&mut self, now: Micros, peer: NodeId, io: &mut impl Io<R>) {
+        let Some(sending) = self.sending.get_mut(&peer) else { return };
+        let info = sending.info.clone();
+        let due = sending.due(now);
+        let term = self.raft.term();
+        for (offset, len) in due {
+            let bytes = match io.read_snapshot(&info, offset, len) {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    log::error!("{}: cannot read the snapshot at index {}: {e}", self.name, info.index);
+                    self.sending.remove(&peer);
+                    self.snapshot = None;
+                    return;
+                }
+            };
+            let retained = match &self.snapshot {
+                Some((made, retained)) if *made == info && offset == 0 => retained.as_slice(),
+                _ => &[],
+            };
+            let msg = transfer::piece(&self.name, term, &info, offset, &bytes, retained);
+            self.send_message(peer, &msg, io);
+        }
+    }
+
+    /// Leader: a follower's answer to pieces of a snapshot.
+    fn on_ack(&mut self, now: Micros, peer: NodeId, ack: transfer::Ack, io: &mut impl Io<R>) {
+        if self.raft.role() != Role::Leader || ack.term != self.raft.term() {
+            return;
+        }
+        let Some(sending) = self.sending.get_mut(&peer) else { return };
+        if sending.info != ack.info {
+            return;
+        }
+        sending.acked(now, ack.received);
+        self.pump(now, peer, io);
+    }
+
+    /// The transfers' timers: a leader resends what was lost and gives up on followers that
+    /// stopped answering or need nothing any more; a node that stopped leading drops them all.
+    fn transfers_turn(&mut self, now: Micros, io: &mut impl Io<R>) {
+        if self.raft.role() != Role::Leader {
+            self.sending.clear();
+            self.snapshot = None;
+            return;
+        }
+        let peers: Vec<NodeId> = self.sending.keys().copied().collect();
+        for peer in peers {
+            let gone = !self.raft.needs_snapshot(peer);
+            let given_up = self.sending.get(&peer).is_some_and(|s| s.given_up(now));
+            if gone || given_up {
+                if given_up && !gone {
+                    log::warn!("{}: node{peer} stopped answering its snapshot: given up for now", self.name);
+                }
+                self.sending.remove(&peer);
+                continue;
+            }
+            self.pump(now, peer, io);
+        }
+    }
+
+    /// Follower: a piece of a snapshot from `peer`.
+    fn on_piece(&mut self, now: Micros, peer: NodeId, piece: transfer::Piece, io: &mut impl Io<R>) {
+        let same =
+            self.receiving.as_ref().is_some_and(|r| r.leader == peer && r.term == piece.term && r.info == piece.info);
+        if !same {
+            if self.receiving.as_ref().is_some_and(|r| r.loading) {
+                // One snapshot is loaded at a time.
+                return;
+            }
+            if self.raft.snapshot_offered(now, peer, piece.term, piece.info.index) != Offer::Load {
+                self.receiving = None;
+                return;
+            }
+            let held = io.begin_snapshot(&piece.info).min(piece.info.size);
+            log::info!(
+                "{}: receiving a snapshot at index {} ({} bytes, {held} held) from node{peer}",
+                self.name,
+                piece.info.index,
+                piece.info.size
+            );
+            self.receiving = Some(Receiving {
+                leader: peer,
+                term: piece.term,
+                info: piece.info.clone(),
+                retained: Vec::new(),
+                received: held,
+                beyond: Default::default(),
+                first_seen: false,
+                loading: false,
+            });
+        }
+        let Some(r) = self.receiving.as_mut() else { return };
+        if piece.offset == 0 {
+            r.first_seen = true;
+            r.retained = piece.retained;
+        }
+        if r.wants(piece.offset, piece.data.len()) {
+            let held = r.held_after(piece.offset, piece.data.len());
+            if let Err(e) = io.write_snapshot(&r.info, piece.offset, &piece.data, held) {
+                log::error!("{}: cannot store the snapshot from node{peer}: {e}", self.name);
+                self.receiving = None;
+                return;
+            }
+            r.wrote(piece.offset, piece.data.len());
+        }
+        // Until the first piece is here (it says what RETRIEVE shows), the leader starts over.
+        let held = if r.first_seen { r.received } else { 0 };
+        let ack = transfer::ack(&self.name, r.term, &r.info, held);
+        let complete = r.first_seen && r.received == r.info.size && !r.loading;
+        if complete {
+            r.loading = true;
+            io.load_snapshot(&r.info);
+        }
+        self.send_message(peer, &ack, io);
+    }
+
+    /// Follower: the snapshot received is loaded into the state machine, on its disk (or was
+    /// refused, and thrown away).
+    pub fn snapshot_loaded(&mut self, now: Micros, loaded: Result<SnapshotInfo, String>, io: &mut impl Io<R>) {
+        let Some(r) = self.receiving.take_if(|r| r.loading) else { return };
+        match loaded {
+            Ok(info) if info == r.info => {
+                log::info!("{}: installed the snapshot at index {} from node{}", self.name, info.index, r.leader);
+                self.raft.snapshot_installed(now, r.leader, r.term, info.index, info.term);
+                self.retained = r.retained;
+                self.handed_off = self.handed_off.max(info.index);
+                self.state_durable = self.state_durable.max(info.index);
+            }
+            Ok(other) => log::error!("{}: loaded snapshot {other:?}, expected {:?}", self.name, r.info),
+            Err(e) => {
+                log::error!(
+                    "{}: the snapshot at index {} from node{} is refused: {e}",
+                    self.name,
+                    r.info.index,
+                    r.leader
+                );
+                // Its bytes are thrown away: the leader sends them all again.
+                let ack = transfer::ack(&self.name, r.term, &r.info, 0);
+                self.send_message(r.leader, &ack, io);
+            }
+        }
+    }
+
     /// Fails STOREs and clients' requests that have not committed in time (e.g. the leader
     /// lost its majority).
     fn expire_pending(&mut self, now: Micros, io: &mut impl Io<R>) {
@@ -799,6 +1120,16 @@ impl std::fmt::Display for Stopped {
             Stopped::Signal => "signal",
         })
     }
+}
+
+/// The entries RETRIEVE shows of a log compacted up to the end of `dropped`: the newest that
+/// fit its datagram among those `retained` from earlier compactions and `dropped`. (RETRIEVE
+/// then shows the newest that fit among these and the log, as it would of the whole log.)
+fn retrieve_window(retained: &[LogEntry], dropped: &[LogEntry]) -> Vec<LogEntry> {
+    let user: Vec<&LogEntry> =
+        retained.iter().chain(dropped).filter(|e| !e.is_noop() && e.key.as_deref() != Some(BARRIER_KEY)).collect();
+    let (shown, _) = newest_that_fit(&user, RETRIEVE_BUDGET, |e| super::raft::encoded_size(e) + 1);
+    shown.into_iter().cloned().collect()
 }
 
 /// The newest items of `items` (kept in log order) whose sizes add up to at most `budget`,

@@ -23,6 +23,7 @@ pub mod respond;
 pub mod status;
 pub mod storage;
 pub mod store;
+pub mod transfer;
 pub mod transport;
 pub mod waiting;
 

@@ -255,6 +255,11 @@ pub enum Request {
     Credentials,
     /// One piece of a node message larger than a datagram (see [`fragment`]).
     Fragment,
+    /// A piece of a snapshot of the leader's state machine, for a follower that needs entries
+    /// the leader's log no longer holds (see `node::transfer`).
+    Snapshot,
+    /// A follower's answer to `SNAPSHOT`: how many of the snapshot's bytes it holds.
+    SnapshotAck,
     // Control requests (sender "Controller") and their replies.
     ConvertFollower,
     Timeout,
@@ -265,7 +270,7 @@ pub enum Request {
 }
 
 impl Request {
-    pub const ALL: [Request; 15] = [
+    pub const ALL: [Request; 17] = [
         Request::AppendRpc,
         Request::AppendReply,
         Request::VoteRequest,
@@ -275,6 +280,8 @@ impl Request {
         Request::Accept,
         Request::Credentials,
         Request::Fragment,
+        Request::Snapshot,
+        Request::SnapshotAck,
         Request::ConvertFollower,
         Request::Timeout,
         Request::Shutdown,
@@ -295,6 +302,8 @@ impl Request {
             Request::Accept => "ACCEPT",
             Request::Credentials => "CREDENTIALS",
             Request::Fragment => "FRAGMENT",
+            Request::Snapshot => "SNAPSHOT",
+            Request::SnapshotAck => "SNAPSHOT_ACK",
             Request::ConvertFollower => "CONVERT_FOLLOWER",
             Request::Timeout => "TIMEOUT",
             Request::Shutdown => "SHUTDOWN",

@@ -15,6 +15,7 @@
 //! must be confirmed, each within ten election timeouts.
 
 use labctl::node::apply::COMMAND_KEY;
+use labctl::node::engine::Compaction;
 use labctl::node::raft::{encoded_size, LogEntry, Micros, NodeId, Rng};
 use labctl::proto::MAX_DATAGRAM;
 
@@ -52,6 +53,9 @@ pub struct Report {
     /// Writes that reached the disk in part, and syncs that failed.
     pub torn_writes: u64,
     pub failed_syncs: u64,
+    /// The nodes compacted their logs, and the snapshots followers installed.
+    pub compacting: bool,
+    pub snapshots: u64,
 }
 
 /// Runs seed `seed` to the end; panics, naming the seed, if Raft misbehaves.
@@ -89,6 +93,17 @@ pub fn run(seed: u64) -> Report {
     if secure {
         c.secure();
     }
+    // And half the runs compact their logs every few dozen entries, so that followers that
+    // were down or cut off need snapshots of a leader's database.
+    let mut compaction_rng = Rng::new(seed ^ 0xC0_4AC7_0000_0001);
+    let compacting = compaction_rng.chance(0.5);
+    if compacting {
+        c.compact(Compaction {
+            every_entries: compaction_rng.range(5, 60),
+            every_bytes: compaction_rng.range(64 * 1024, 4 * 1024 * 1024),
+            keep_entries: compaction_rng.range(0, 20),
+        });
+    }
     let profile = if rng.chance(0.25) { Profile::LeaderCrashes } else { Profile::Mixed };
     let mut client = Client { proposed: 0 };
     // The registers, before any fault.
@@ -106,6 +121,7 @@ pub fn run(seed: u64) -> Report {
         heal_and_check_liveness(&mut c, &mut client, small_batches.is_some_and(|b| b < one_entry_batch()));
     }
     c.check_logs_match();
+    c.check_databases_converge(10 * c.election_max());
     let (register_writes, register_reads) = c.check_linearizable();
     Report {
         secure,
@@ -121,6 +137,8 @@ pub fn run(seed: u64) -> Report {
         stalled_writes: c.stalled_writes,
         torn_writes: c.disk_faults().0,
         failed_syncs: c.disk_faults().1,
+        compacting,
+        snapshots: c.snapshots_installed,
     }
 }
 

@@ -178,4 +178,19 @@ impl Checker {
     pub fn committed_len(&self) -> u64 {
         self.committed.len() as u64
     }
+
+    /// The entries known committed up to `to`, and the hash of the log up to `to` (0 for 0).
+    pub fn committed_prefix(&self, to: u64) -> (Vec<LogEntry>, u64) {
+        let to = (to as usize).min(self.committed.len());
+        let hash = if to == 0 { 0 } else { self.committed[to - 1].1 };
+        (self.committed[..to].iter().map(|(e, _)| e.clone()).collect(), hash)
+    }
+
+    /// The hash of the log up to `index`, if it is known committed.
+    pub fn committed_hash(&self, index: u64) -> Option<u64> {
+        match index {
+            0 => Some(0),
+            i => self.committed.get(i as usize - 1).map(|(_, h)| *h),
+        }
+    }
 }

@@ -39,15 +39,16 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use labctl::config;
 use labctl::node::apply::{apply_entries, ApplyItem, WriteResult};
-use labctl::node::engine::{Engine, Io, Outgoing};
+use labctl::node::engine::{Compaction, Engine, Io, Outgoing};
 use labctl::node::guard::{AllowList, Guard};
 use labctl::node::log_writer::Write;
 use labctl::node::raft::{
-    Config, EntryValue, HardState, LogEntry, Micros, Msg, NodeId, ProposeError, Raft, Ready, Rng, Role,
+    Config, EntryValue, HardState, Log, LogEntry, Micros, Msg, NodeId, ProposeError, Raft, Ready, Rng, Role,
 };
-use labctl::node::storage::{Recovered, Storage, StorageError};
+use labctl::node::storage::{Base, Recovered, Storage, StorageError};
 use labctl::node::store::command::{Command, Op as StoreOp, ProductInput};
 use labctl::node::store::{ApplyOutcome, Store};
+use labctl::node::transfer::SnapshotInfo;
 use labctl::proto::auth::{self, Key};
 use labctl::proto::{node_name, Message, Request};
 use serde_json::Value;
@@ -82,15 +83,25 @@ struct Pending {
     done_at: Micros,
 }
 
-/// What a write asks the disk for: the hard state, and the entries from an index on.
-type Asked = (Option<HardState>, Option<u64>, Vec<LogEntry>);
+/// What a write asks the disk for: the hard state, a new base (a rewrite of the whole log),
+/// and the entries from an index on.
+type Asked = (Option<HardState>, Option<Base>, Option<u64>, Vec<LogEntry>);
 
 fn asked(write: &Write) -> Asked {
     let (from, entries) = match &write.entries {
         Some((from, entries)) => (Some(*from), entries.clone()),
         None => (None, Vec::new()),
     };
-    (write.hard_state, from, entries)
+    (write.hard_state, write.base.clone(), from, entries)
+}
+
+/// Work of a node's state machine that the engine hears of later, as the node's applier
+/// thread reports it.
+enum SmEvent {
+    /// A snapshot asked for by a leader was made (at the time it was asked).
+    Made(Result<SnapshotInfo, String>),
+    /// A follower's snapshot, received whole, is checked and loaded now.
+    Load(SnapshotInfo),
 }
 
 /// How long the nodes' writes take, and how they fail.
@@ -116,10 +127,22 @@ struct Node {
     /// Durable: the persisted hard state and log, as the writes that completed left them
     /// (what the disk must give back on a restart)...
     hard: HardState,
+    /// ...the whole log, from index 1: what the disk holds after its base, and before it the
+    /// committed entries that were compacted away or that a snapshot held...
     log: Vec<LogEntry>,
+    /// ...and the base the disk's log starts after, with the entries RETRIEVE shows of it...
+    base: u64,
+    retained: Vec<LogEntry>,
     /// ...and the write on its way when the node last stopped, which the disk may hold in
     /// whole or not at all.
     unsure: Option<Asked>,
+    /// Volatile: the snapshot made for followers when leading, and the state machine's work
+    /// the engine hears of later, by when.
+    snap_out: Option<(SnapshotInfo, Vec<u8>)>,
+    sm_events: VecDeque<(Micros, SmEvent)>,
+    /// The part of a snapshot received so far (a file that outlives a crash), and how much
+    /// of it from the start is held without a gap.
+    snap_in: Option<(SnapshotInfo, Vec<u8>, u64)>,
     /// Hash of the durable log up to each index.
     prefix: Vec<u64>,
     /// Volatile: how far the engine has handed the log to the database.
@@ -173,6 +196,10 @@ pub struct Cluster {
     /// when the node restarts.
     key: Option<Key>,
     sequences: HashMap<NodeId, u64>,
+    /// When the nodes compact their logs (never by default).
+    compaction: Option<Compaction>,
+    /// Snapshots the followers installed.
+    pub snapshots_installed: u64,
 }
 
 /// The engine's world while it handles one input of node `id`.
@@ -215,7 +242,12 @@ impl Cluster {
                     disk,
                     hard: HardState::default(),
                     log: Vec::new(),
+                    base: 0,
+                    retained: Vec::new(),
                     unsure: None,
+                    snap_out: None,
+                    sm_events: VecDeque::new(),
+                    snap_in: None,
                     prefix: Vec::new(),
                     applied: 0,
                     store: Store::open(":memory:").expect("a database in memory opens").private(),
@@ -247,7 +279,20 @@ impl Cluster {
             origin,
             key: None,
             sequences: HashMap::new(),
+            compaction: None,
+            snapshots_installed: 0,
         }
+    }
+
+    /// The nodes compact their logs as `compaction` says, from now on and after restarts;
+    /// followers too far behind get snapshots of a leader's database.
+    pub fn compact(&mut self, compaction: Compaction) {
+        for node in &mut self.nodes {
+            if let Some(engine) = node.engine.as_mut() {
+                engine.set_compaction(Some(compaction));
+            }
+        }
+        self.compaction = Some(compaction);
     }
 
     /// Secure mode, as with a cluster secret: from now on every datagram is signed, and every
@@ -334,10 +379,20 @@ impl Cluster {
         })
     }
 
+    /// Node `id`'s whole log up to `to`, as its core has it: the committed entries up to its
+    /// base (compacted away, or held by a snapshot), then the entries it holds.
+    fn whole_log(&self, raft: &Raft, to: u64) -> Vec<LogEntry> {
+        let (base, _) = raft.log().base();
+        let (mut log, _) = self.checker.committed_prefix(base.min(to));
+        log.extend_from_slice(raft.log().slice(base + 1, to));
+        log
+    }
+
     /// The user entries a node has committed, in log order.
     pub fn committed_values(&self, id: NodeId) -> Vec<Value> {
         let raft = self.node(id);
-        raft.log().slice(1, raft.commit_index()).iter().filter(|e| !e.is_noop()).map(|e| e.value.to_value()).collect()
+        let committed = self.whole_log(raft, raft.commit_index());
+        committed.iter().filter(|e| !e.is_noop()).map(|e| e.value.to_value()).collect()
     }
 
     /// True when every node is up and has committed every value.
@@ -345,11 +400,14 @@ impl Cluster {
         let first = values.first().map(EntryValue::from);
         self.nodes.iter().all(|n| {
             let Some(raft) = n.engine.as_ref().map(Engine::raft) else { return false };
-            let committed = raft.log().slice(1, raft.commit_index());
             if let (1, Some(first)) = (values.len(), &first) {
                 // The common case: look from the end, where a new entry is.
-                return committed.iter().rev().any(|e| e.value == *first);
+                let held = raft.log().slice(1, raft.commit_index());
+                if held.iter().rev().any(|e| e.value == *first) {
+                    return true;
+                }
             }
+            let committed = self.whole_log(raft, raft.commit_index());
             let have: HashSet<String> = committed.iter().map(|e| e.value.to_string()).collect();
             values.iter().all(|v| have.contains(&EntryValue::from(v).to_string()))
         })
@@ -433,6 +491,8 @@ impl Cluster {
         let mut io = SimIo { c: self, id, dead: false, crash_before_write: false, error: None };
         let out = input(&mut engine, now, &mut io);
         while !io.dead && io.error.is_none() {
+            // The database is the node's own, which outlives a crash: what it applied is on its disk.
+            engine.state_durable(io.c.slot(id).applied);
             if engine.end_turn(now, &mut io).is_err() {
                 io.error = Some(format!("node{id}'s engine found its log stopped, which the simulation never does"));
                 break;
@@ -452,6 +512,47 @@ impl Cluster {
             self.kill(id);
         }
         Some(out)
+    }
+
+    /// The state machine of node `id` reports work the engine asked of it.
+    fn state_machine_event(&mut self, id: NodeId, event: SmEvent) {
+        match event {
+            SmEvent::Made(made) => {
+                self.trace(|| format!("node{id} snapshot made: {made:?}"));
+                self.drive(id, |engine, now, io| engine.snapshot_made(now, made, io));
+            }
+            SmEvent::Load(info) => {
+                let loaded = self.load_snapshot(id, &info);
+                self.trace(|| format!("node{id} snapshot loaded: {loaded:?}"));
+                if loaded.is_ok() {
+                    self.snapshots_installed += 1;
+                }
+                self.drive(id, |engine, now, io| engine.snapshot_loaded(now, loaded, io));
+            }
+        }
+    }
+
+    /// Checks the snapshot node `id` received and loads it into its database with the node's
+    /// own code, unless the database has applied that far already.
+    fn load_snapshot(&mut self, id: NodeId, info: &SnapshotInfo) -> Result<SnapshotInfo, String> {
+        let node = self.slot_mut(id);
+        let bytes = match node.snap_in.take() {
+            Some((held, bytes, _)) if held == *info => bytes,
+            _ => return Err("no such snapshot received".into()),
+        };
+        if bytes.len() as u64 != info.size || sha256_hex(&bytes) != info.sha256 {
+            return Err("size or SHA-256 differ from the leader's".into());
+        }
+        let applied = node.store.last_applied().map_err(|e| e.to_string())?.index;
+        if applied < info.index {
+            let (index, term) =
+                node.store.load_snapshot(&mut bytes.as_slice()).map_err(|e| format!("cannot load: {e}"))?;
+            if (index, term) != (info.index, info.term) {
+                return Err(format!("the snapshot holds index {index} of term {term}, not {info:?}"));
+            }
+        }
+        node.applied = node.applied.max(info.index);
+        Ok(info.clone())
     }
 
     /// A client's write of `value` to node `id`: the entry's index when the node takes it.
@@ -552,11 +653,11 @@ impl Cluster {
         match (node.writes.front(), node.storage.as_mut()) {
             (Some(w), Some(storage)) if torn => {
                 node.disk.crash_in(0);
-                let (hard, from, entries) = asked(&w.write);
-                if storage.persist(hard, from.map(|from| (from, &entries[..]))).is_ok() {
+                let (hard, base, from, entries) = asked(&w.write);
+                if storage.store(hard, base.as_ref(), from.map(|from| (from, &entries[..]))).is_ok() {
                     self.fail(&format!("node{id}'s disk crashed inside a write that returned"));
                 }
-                node.unsure = Some((hard, from, entries));
+                node.unsure = Some((hard, base, from, entries));
             }
             _ => node.disk.crash(),
         }
@@ -569,6 +670,8 @@ impl Cluster {
         node.applied = 0;
         node.commit = 0;
         node.leading = None;
+        node.snap_out = None;
+        node.sm_events.clear();
         self.reads.retain(|&(node, _), _| node != id);
         // Its transport's sequence numbers start again from the clock.
         self.sequences.remove(&id);
@@ -585,7 +688,9 @@ impl Cluster {
     /// With no write on its way, node `id`'s disk holds what its core `raft` has.
     fn durable_is(&self, id: NodeId, raft: &Raft) -> Result<(), String> {
         let node = self.slot(id);
-        if node.writes.is_empty() && (raft.hard_state() != node.hard || raft.log().entries() != node.log.as_slice()) {
+        let held = node.log.get(node.base as usize..).unwrap_or_default();
+        let same = raft.hard_state() == node.hard && raft.log().base().0 == node.base && raft.log().entries() == held;
+        if node.writes.is_empty() && !same {
             return Err(format!("node{id}'s durable state differs from its core's state with no write on its way"));
         }
         Ok(())
@@ -604,8 +709,14 @@ impl Cluster {
         let node = &mut self.nodes[id as usize - 1];
         node.restarts += 1;
         let seed = seed.wrapping_add(node.restarts.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let raft = Raft::new(node.cfg.clone(), node.hard, node.log.clone(), now, seed);
+        let base_term = if node.base == 0 { 0 } else { node.log[node.base as usize - 1].term };
+        let log = Log::after(node.base, base_term, node.log[node.base as usize..].to_vec());
+        let raft = Raft::restored(node.cfg.clone(), node.hard, log, now, seed);
+        // The database holds everything up to the base: the engine hands on from there.
+        node.applied = node.base;
         let mut engine = Engine::new(raft, members(n), origin, seed ^ u64::from(id));
+        engine.restore_retained(node.retained.clone());
+        engine.set_compaction(self.compaction);
         if let Some(key) = self.key.clone() {
             engine.secure(Guard::new(key, id, n, AllowList::default()));
         }
@@ -633,12 +744,12 @@ impl Cluster {
             }
         };
         node.storage = Some(storage);
-        let synced = Recovered { hard_state: node.hard, entries: node.log.clone(), ..Default::default() };
+        let synced = durable_state(node);
         let unsure = node.unsure.take();
         if recovered == synced {
             return Ok(());
         }
-        let Some((hard, from, entries)) = unsure else {
+        let Some((hard, base, from, entries)) = unsure else {
             return Err(format!(
                 "node{id} recovered term {} and {} entries from its disk, where writes that completed left term {} \
                  and {} entries",
@@ -649,9 +760,9 @@ impl Cluster {
             ));
         };
         // The unsure write is on the disk whole: it is durable now, as if it had completed.
-        self.store(id, hard, from, entries)?;
+        self.store(id, hard, base, from, entries)?;
         let node = self.slot(id);
-        if recovered.hard_state != node.hard || recovered.entries != node.log {
+        if recovered != durable_state(node) {
             return Err(format!(
                 "node{id} recovered term {} and {} entries from its disk: neither what completed writes left nor \
                  that with the write on its way",
@@ -670,6 +781,17 @@ impl Cluster {
         let timer = self.nodes.iter().filter_map(|n| n.engine.as_ref().map(|e| (e.next_deadline(), n.id))).min();
         let write = self.nodes.iter().filter_map(|n| n.writes.front().map(|w| (w.done_at, n.id))).min();
         let datagram = self.net.next_at();
+        let sm = self.nodes.iter().filter_map(|n| n.sm_events.front().map(|(at, _)| (*at, n.id))).min();
+        if let Some((at, id)) = sm.filter(|&(at, _)| at <= limit) {
+            let first = [timer.map(|t| t.0), write.map(|w| w.0), datagram].into_iter().flatten().all(|t| at <= t);
+            if first {
+                self.now = self.now.max(at);
+                if let Some((_, event)) = self.slot_mut(id).sm_events.pop_front() {
+                    self.state_machine_event(id, event);
+                }
+                return true;
+            }
+        }
         if let Some((at, id)) = write.filter(|&(at, _)| at <= limit) {
             if timer.is_none_or(|(t, _)| at <= t) && datagram.is_none_or(|d| at <= d) {
                 self.now = self.now.max(at);
@@ -751,8 +873,9 @@ impl Cluster {
                 let term = self.node(leader).term();
                 if submitted_to != Some((leader, term)) {
                     submitted_to = Some((leader, term));
+                    let raft = self.node(leader);
                     let have: HashSet<String> =
-                        self.node(leader).log().entries().iter().map(|e| e.value.to_string()).collect();
+                        self.whole_log(raft, raft.last_index()).iter().map(|e| e.value.to_string()).collect();
                     for v in values.iter().filter(|v| !have.contains(&EntryValue::from(*v).to_string())) {
                         if let Err(e) = self.propose(leader, v.clone()) {
                             self.fail(&format!("the leader refused a proposal: {e}"));
@@ -782,10 +905,13 @@ impl Cluster {
     /// Cross-checks log matching the slow way: any two logs (of up nodes, or durable logs of
     /// crashed ones) that share an (index, term) are identical up to it.
     pub fn check_logs_match(&self) {
-        let logs: Vec<(NodeId, &[LogEntry])> = self
+        let logs: Vec<(NodeId, Vec<LogEntry>)> = self
             .nodes
             .iter()
-            .map(|n| (n.id, n.engine.as_ref().map_or(n.log.as_slice(), |e| e.raft().log().entries())))
+            .map(|n| match n.engine.as_ref() {
+                Some(e) => (n.id, self.whole_log(e.raft(), e.raft().last_index())),
+                None => (n.id, n.log.clone()),
+            })
             .collect();
         for (i, (a, la)) in logs.iter().enumerate() {
             for (b, lb) in &logs[i + 1..] {
@@ -809,13 +935,23 @@ impl Cluster {
         if index == 0 || index > raft.last_index() {
             return None;
         }
+        // Up to its base the core holds the committed entries.
+        let (base, _) = raft.log().base();
+        if index <= base {
+            return self.checker.committed_hash(index);
+        }
         // Up to the durable index the core's log is the one on disk.
         let durable = raft.durable_index().min(node.prefix.len() as u64);
         if index <= durable {
             return Some(node.prefix[index as usize - 1]);
         }
-        let start = if durable == 0 { 0 } else { node.prefix[durable as usize - 1] };
-        Some(raft.log().slice(durable + 1, index).iter().fold(start, checker::chain))
+        let from = durable.max(base);
+        let start = if from == durable && durable > 0 {
+            node.prefix[durable as usize - 1]
+        } else {
+            self.checker.committed_hash(from)?
+        };
+        Some(raft.log().slice(from + 1, index).iter().fold(start, checker::chain))
     }
 
     /// When a write handed to node `id`'s disk now is done: after the node's earlier writes.
@@ -843,9 +979,13 @@ impl Cluster {
         &mut self,
         id: NodeId,
         hard: Option<HardState>,
+        base: Option<Base>,
         from: Option<u64>,
         entries: Vec<LogEntry>,
     ) -> Result<(), String> {
+        if let Some(base) = base {
+            self.rebase(id, base, from)?;
+        }
         let node = &mut self.nodes[id as usize - 1];
         if let Some(hard) = hard {
             self.checker.hard_state(id, node.hard, hard)?;
@@ -865,6 +1005,39 @@ impl Cluster {
             }
             self.checker.stored(id, &node.log, &node.prefix, from)?;
         }
+        Ok(())
+    }
+
+    /// A rewrite of node `id`'s log with `base`: up to there the log is the committed one (what
+    /// compaction dropped, or what a snapshot held), which the disk no longer holds; the
+    /// entries after it follow (from `from`, which must be just after the base).
+    fn rebase(&mut self, id: NodeId, base: Base, from: Option<u64>) -> Result<(), String> {
+        if from.is_some_and(|f| f != base.index + 1) {
+            return Err(format!("node{id} rewrites its log after base {} with entries from {from:?}", base.index));
+        }
+        let (committed, hash) = self.checker.committed_prefix(base.index);
+        if (committed.len() as u64) < base.index || committed.last().map_or(0, |e| e.term) != base.term {
+            return Err(format!(
+                "node{id} rewrites its log after index {} of term {}, which is not known committed",
+                base.index, base.term
+            ));
+        }
+        let node = &mut self.nodes[id as usize - 1];
+        let kept_prefix =
+            node.prefix.len() as u64 >= base.index && node.prefix.get(base.index as usize - 1) == Some(&hash);
+        if !kept_prefix || base.index == 0 {
+            // A snapshot: the log up to the base is the committed one.
+            node.log = committed;
+            node.prefix.clear();
+            for entry in &node.log {
+                let prev = node.prefix.last().copied().unwrap_or(0);
+                node.prefix.push(checker::chain(prev, entry));
+            }
+        }
+        node.log.truncate(base.index as usize);
+        node.prefix.truncate(base.index as usize);
+        node.base = base.index;
+        node.retained = base.retained;
         Ok(())
     }
 
@@ -951,6 +1124,44 @@ impl Cluster {
         checked
     }
 
+    /// Waits until every node has applied everything committed, then checks that their
+    /// databases hold the same rows; fails the run naming the first that differs.
+    pub fn check_databases_converge(&mut self, within: Micros) {
+        let done = |c: &Cluster| {
+            let target = c.up_nodes().map(Raft::commit_index).max().unwrap_or(0);
+            c.nodes.iter().all(|n| {
+                n.engine.as_ref().is_some_and(|e| e.raft().commit_index() == target)
+                    && n.applied == target
+                    && n.sm_events.is_empty()
+            })
+        };
+        if !self.run_until_cond(within, done) {
+            self.fail(&format!("the nodes did not all apply what was committed within {}ms", within / MS));
+        }
+        let mut dumps = Vec::new();
+        for id in self.ids() {
+            match self.slot_mut(id).store.dump() {
+                Ok(dump) => dumps.push((id, dump)),
+                Err(e) => self.fail(&format!("node{id} cannot read its database: {e}")),
+            }
+        }
+        let (first, reference) = &dumps[0];
+        for (id, dump) in &dumps[1..] {
+            if dump != reference {
+                self.fail(&format!(
+                    "node{id}'s database differs from node{first}'s at applied index {} and {}",
+                    dump.meta.last_index, reference.meta.last_index
+                ));
+            }
+        }
+    }
+
+    /// The rows of node `id`'s database.
+    pub fn database(&mut self, id: NodeId) -> labctl::node::store::Dump {
+        let node = &mut self.nodes[id as usize - 1];
+        node.store.dump().unwrap_or_else(|e| panic!("node{id} cannot read its database: {e}"))
+    }
+
     /// Writes that a crash or a failed sync left on the disk in part, and syncs that failed.
     pub fn disk_faults(&self) -> (u64, u64) {
         self.nodes.iter().map(|n| n.disk.faults()).fold((0, 0), |(t, f), (t2, f2)| (t + t2, f + f2))
@@ -1015,6 +1226,22 @@ struct Op {
     ret: Option<Micros>,
 }
 
+/// SHA-256 in lowercase hex, as snapshots are known by.
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What node's disk must give back on a restart, by the writes that completed.
+fn durable_state(node: &Node) -> Recovered {
+    let term = if node.base == 0 { 0 } else { node.log[node.base as usize - 1].term };
+    Recovered {
+        hard_state: node.hard,
+        base: Base { index: node.base, term, retained: node.retained.clone() },
+        entries: node.log[node.base as usize..].to_vec(),
+    }
+}
+
 /// The members of a simulated cluster of `n` nodes, as the engines know them.
 fn members(n: u32) -> config::Cluster {
     config::Cluster { nodes: n, ..config::Cluster::default() }
@@ -1047,23 +1274,24 @@ impl SimIo<'_> {
         if fail_sync {
             node.disk.fail_next_sync();
         }
-        let (hard, from, entries) = asked(&pending.write);
-        if let Err(e) = storage.persist(hard, from.map(|from| (from, &entries[..]))) {
+        let (hard, base, from, entries) = asked(&pending.write);
+        if let Err(e) = storage.store(hard, base.as_ref(), from.map(|from| (from, &entries[..]))) {
             // The node stops; the write may be on the disk or not.
             node.writes.clear();
-            node.unsure = Some((hard, from, entries));
+            node.unsure = Some((hard, base, from, entries));
             self.dead = true;
             self.c.trace(|| format!("node{id} STOPS: {e}"));
             return Ok(());
         }
-        self.c.store(id, hard, from, entries)?;
+        self.c.store(id, hard, base, from, entries)?;
         self.c.trace(|| format!("node{id} write {} done", pending.write.persist_id));
         for (to, datagram) in pending.then {
             self.c.net.send(now, id, to, datagram)?;
         }
         engine.persisted(pending.write.persist_id);
         let raft = engine.raft();
-        if raft.durable_index() > self.c.slot(id).log.len() as u64 {
+        // Up to its base, a snapshot it installed: on the database's disk.
+        if raft.durable_index() > (self.c.slot(id).log.len() as u64).max(raft.log().base().0) {
             return Err(format!(
                 "node{id} counts index {} as on its disk, which holds {}",
                 raft.durable_index(),
@@ -1136,12 +1364,16 @@ impl SimIo<'_> {
         if commit < node.commit {
             return Err(format!("node{id}'s commit index went back from {} to {commit}", node.commit));
         }
-        if commit > node.log.len() as u64 {
+        // Up to its base the node's state machine holds the log (a snapshot it installed).
+        let (base, _) = raft.log().base();
+        if commit > base && commit > node.log.len() as u64 {
             return Err(format!("node{id} may apply index {commit} but its disk holds {} entries", node.log.len()));
         }
         if commit > node.commit {
             let node = &mut c.nodes[id as usize - 1];
-            c.checker.committed(id, term, node.commit, commit, &node.log, &node.prefix)?;
+            if commit > base {
+                c.checker.committed(id, term, node.commit.max(base), commit, &node.log, &node.prefix)?;
+            }
             node.commit = commit;
             // Leader completeness for every leader, now that more is known committed.
             if role == Role::Leader {
@@ -1294,6 +1526,78 @@ impl Io<Ticket> for SimIo<'_> {
     /// A request that failed: its client knows nothing sure, and it stays without an answer
     /// in the history.
     fn answer(&mut self, _ticket: Ticket, _result: WriteResult) {}
+
+    fn make_snapshot(&mut self) {
+        if self.dead {
+            return;
+        }
+        let (id, now) = (self.id, self.c.now);
+        let took = self.c.disk_rng.range(MS, 20 * MS);
+        let node = self.c.slot_mut(id);
+        let mut bytes = Vec::new();
+        let made = node.store.write_snapshot(&mut bytes).map_err(|e| e.to_string()).map(|(index, term)| SnapshotInfo {
+            index,
+            term,
+            size: bytes.len() as u64,
+            sha256: sha256_hex(&bytes),
+        });
+        if let Ok(info) = &made {
+            node.snap_out = Some((info.clone(), bytes));
+        }
+        // The applier does one thing after another: this after what it was given before.
+        let at = node.sm_events.back().map_or(0, |(at, _)| *at).max(now + took);
+        node.sm_events.push_back((at, SmEvent::Made(made)));
+    }
+
+    fn read_snapshot(&mut self, info: &SnapshotInfo, offset: u64, len: usize) -> Result<Vec<u8>, String> {
+        match &self.c.slot(self.id).snap_out {
+            Some((made, bytes)) if made == info => bytes
+                .get(offset as usize..offset as usize + len)
+                .map(<[u8]>::to_vec)
+                .ok_or_else(|| "beyond the snapshot's end".into()),
+            _ => Err("no such snapshot here".into()),
+        }
+    }
+
+    fn begin_snapshot(&mut self, info: &SnapshotInfo) -> u64 {
+        let node = self.c.slot_mut(self.id);
+        match &node.snap_in {
+            Some((held, _, without_gap)) if held == info => *without_gap,
+            _ => {
+                node.snap_in = Some((info.clone(), Vec::new(), 0));
+                0
+            }
+        }
+    }
+
+    fn write_snapshot(&mut self, info: &SnapshotInfo, offset: u64, data: &[u8], held: u64) -> Result<(), String> {
+        if self.dead {
+            return Err("the node is down".into());
+        }
+        match &mut self.c.slot_mut(self.id).snap_in {
+            Some((this, bytes, without_gap)) if this == info && offset + data.len() as u64 <= info.size => {
+                let end = offset as usize + data.len();
+                if bytes.len() < end {
+                    bytes.resize(end, 0);
+                }
+                bytes[offset as usize..end].copy_from_slice(data);
+                *without_gap = held;
+                Ok(())
+            }
+            _ => Err(format!("a piece at {offset} of a snapshot not begun")),
+        }
+    }
+
+    fn load_snapshot(&mut self, info: &SnapshotInfo) {
+        if self.dead {
+            return;
+        }
+        let took = self.c.disk_rng.range(MS, 20 * MS);
+        let now = self.c.now;
+        let node = self.c.slot_mut(self.id);
+        let at = node.sm_events.back().map_or(0, |(at, _)| *at).max(now + took);
+        node.sm_events.push_back((at, SmEvent::Load(info.clone())));
+    }
 
     fn observe(&mut self, raft: &Raft, ready: &Ready) {
         if self.dead || self.error.is_some() {

@@ -17,6 +17,8 @@ pub struct Log {
     base_term: u64,
     entries: Vec<LogEntry>,
     sizes: Vec<usize>,
+    /// The sum of `sizes`.
+    bytes: usize,
 }
 
 /// Encoded size of an entry on the wire.
@@ -31,8 +33,9 @@ impl Log {
 
     /// A log whose entries follow the base `(base_index, base_term)`.
     pub fn after(base_index: u64, base_term: u64, entries: Vec<LogEntry>) -> Log {
-        let sizes = entries.iter().map(encoded_size).collect();
-        Log { base_index, base_term, entries, sizes }
+        let sizes: Vec<usize> = entries.iter().map(encoded_size).collect();
+        let bytes = sizes.iter().sum();
+        Log { base_index, base_term, entries, sizes, bytes }
     }
 
     /// The index and term of the last entry compacted away: `(0, 0)` when none was.
@@ -85,6 +88,11 @@ impl Log {
         &self.entries[start..start + (to - from + 1) as usize]
     }
 
+    /// The encoded size of the entries held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// The entries held, from [`Log::first_index`] on.
     pub fn entries(&self) -> &[LogEntry] {
         &self.entries
@@ -98,15 +106,17 @@ impl Log {
     /// Appends an entry whose [`encoded_size`] the caller has just computed.
     pub fn append_sized(&mut self, entry: LogEntry, size: usize) -> u64 {
         self.sizes.push(size);
+        self.bytes += size;
         self.entries.push(entry);
         self.last_index()
     }
 
     /// Removes the entries at `index` and after (never the base or what is before it).
     pub fn truncate_from(&mut self, index: u64) {
-        let keep = index.max(self.first_index()) - self.first_index();
-        self.entries.truncate(keep as usize);
-        self.sizes.truncate(keep as usize);
+        let keep = (index.max(self.first_index()) - self.first_index()) as usize;
+        self.bytes -= self.sizes.get(keep..).map_or(0, |cut| cut.iter().sum());
+        self.entries.truncate(keep);
+        self.sizes.truncate(keep);
     }
 
     /// Drops the entries up to `index`, which becomes the base; false (and nothing changes)
@@ -115,7 +125,7 @@ impl Log {
         let Some(term) = self.get(index).map(|e| e.term) else { return false };
         let n = (index - self.base_index) as usize;
         self.entries.drain(..n);
-        self.sizes.drain(..n);
+        self.bytes -= self.sizes.drain(..n).sum::<usize>();
         // What a long log left allocated goes back once the tail is much shorter.
         if self.entries.capacity() > 4 * self.entries.len() + 1024 {
             self.entries.shrink_to(2 * self.entries.len());
@@ -130,6 +140,7 @@ impl Log {
     pub fn reset(&mut self, index: u64, term: u64) {
         self.entries = Vec::new();
         self.sizes = Vec::new();
+        self.bytes = 0;
         self.base_index = index;
         self.base_term = term;
     }

@@ -477,6 +477,10 @@ impl Raft {
         let members = self.cfg.peers.len() + 1;
         members / 2 + 1
     }
+    /// Leader: whether `peer` needs a snapshot (it lacks entries compacted away).
+    pub fn needs_snapshot(&self, peer: NodeId) -> bool {
+        self.progress.get(&peer).is_some_and(|p| p.needs_snapshot)
+    }
     /// Leader: the highest index each follower is known to store.
     pub fn match_indexes(&self) -> Vec<(NodeId, u64)> {
         self.progress.iter().map(|(&id, p)| (id, p.matched)).collect()
