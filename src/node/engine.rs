@@ -918,8 +918,19 @@ impl<R> Engine<R> {
             }
         };
         let (base, _) = self.raft.log().base();
-        if self.raft.role() != Role::Leader || info.index < base || info.index > self.handed_off {
+        if self.raft.role() != Role::Leader || info.index < base {
             // Compacted past it meanwhile (or no longer leading): the next heartbeat asks again.
+            return;
+        }
+        // The database may be ahead of what this leader knows committed (it outlived a restart
+        // of the node): its state is committed all the same, and this log holds its entries.
+        if self.raft.log().term(info.index) != Some(info.term) {
+            log::error!(
+                "{}: the snapshot made holds index {} of term {}, which this log does not",
+                self.name,
+                info.index,
+                info.term
+            );
             return;
         }
         let tail = self.raft.log().slice(base + 1, info.index);
