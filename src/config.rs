@@ -78,6 +78,10 @@ pub struct RaftFile {
     pub check_quorum: Option<bool>,
     /// The largest log entry a leader accepts, in bytes.
     pub max_entry_bytes: Option<usize>,
+    /// Compact the log every this many entries (0: never).
+    pub compact_every: Option<u64>,
+    /// Entries kept before the compaction point, for followers a little behind.
+    pub compact_keep: Option<u64>,
 }
 
 /// `[node]`: options of one member.
@@ -442,6 +446,12 @@ pub struct RaftArgs {
     /// The largest log entry (an uploaded file is one) a leader accepts, in bytes; every node needs the same value [default: 16777216]
     #[arg(long, env = "LABCTL_MAX_ENTRY_BYTES")]
     pub max_entry_bytes: Option<usize>,
+    /// Compact the Raft log once the database holds this many entries more on its disk (or 64 MiB of them); a follower too far behind then gets a snapshot of the leader's database. 0: never [default: 0]
+    #[arg(long, env = "LABCTL_COMPACT_EVERY")]
+    pub compact_every: Option<u64>,
+    /// Entries the log keeps before the compaction point, for followers a little behind [default: 5000]
+    #[arg(long, env = "LABCTL_COMPACT_KEEP")]
+    pub compact_keep: Option<u64>,
 }
 
 /// Resolved Raft options: timing in milliseconds, and the largest entry.
@@ -453,6 +463,9 @@ pub struct RaftTiming {
     pub pre_vote: bool,
     pub check_quorum: bool,
     pub max_entry_bytes: usize,
+    /// Log compaction: every this many entries (0: never), keeping this many.
+    pub compact_every: u64,
+    pub compact_keep: u64,
 }
 
 /// The smallest `max_entry_bytes` accepted: an ordinary write must fit.
@@ -469,6 +482,8 @@ impl Default for RaftTiming {
             pre_vote: true,
             check_quorum: true,
             max_entry_bytes: crate::node::raft::DEFAULT_MAX_ENTRY_BYTES,
+            compact_every: 0,
+            compact_keep: 5_000,
         }
     }
 }
@@ -490,6 +505,8 @@ impl RaftTiming {
             pre_vote: args.pre_vote.or(file.pre_vote).unwrap_or(d.pre_vote),
             check_quorum: args.check_quorum.or(file.check_quorum).unwrap_or(d.check_quorum),
             max_entry_bytes: args.max_entry_bytes.or(file.max_entry_bytes).unwrap_or(d.max_entry_bytes),
+            compact_every: args.compact_every.or(file.compact_every).unwrap_or(d.compact_every),
+            compact_keep: args.compact_keep.or(file.compact_keep).unwrap_or(d.compact_keep),
         };
         if !(MIN_ENTRY_BYTES..=MAX_ENTRY_BYTES).contains(&t.max_entry_bytes) {
             return Err(ConfigError::Invalid(format!(
@@ -524,7 +541,18 @@ impl RaftTiming {
             format!("--pre-vote={}", self.pre_vote),
             format!("--check-quorum={}", self.check_quorum),
             format!("--max-entry-bytes={}", self.max_entry_bytes),
+            format!("--compact-every={}", self.compact_every),
+            format!("--compact-keep={}", self.compact_keep),
         ]
+    }
+
+    /// When the log is compacted, if ever.
+    pub fn compaction(&self) -> Option<crate::node::engine::Compaction> {
+        (self.compact_every > 0).then_some(crate::node::engine::Compaction {
+            every_entries: self.compact_every,
+            every_bytes: 64 * 1024 * 1024,
+            keep_entries: self.compact_keep,
+        })
     }
 }
 

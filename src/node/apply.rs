@@ -28,6 +28,7 @@
 //! the answer and the client; a read that needs it, or whatever takes the database next,
 //! commits it first.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -38,7 +39,7 @@ use tokio::sync::oneshot;
 use super::raft::LogEntry;
 use super::status::RunAhead;
 use super::store::own_file::OwnFile;
-use super::store::{ApplyOutcome, Command, Store};
+use super::store::{snapshot, ApplyOutcome, Command, SnapshotInfo, Store};
 
 /// The `Key` of log entries that carry a database command.
 pub const COMMAND_KEY: &str = "labctl.command";
@@ -88,6 +89,25 @@ enum Work {
     Entry(ApplyItem),
     /// A read to let go once everything before it is applied.
     Read(oneshot::Sender<WriteResult>),
+    /// Work on a snapshot, once everything before it is applied.
+    Snapshot(SnapshotJob),
+}
+
+/// Work on a snapshot of the database, done by the applier thread in order with the entries.
+#[derive(Debug)]
+pub enum SnapshotJob {
+    /// Writes a snapshot of everything applied so far to `path` (a leader's, for followers).
+    Make { path: PathBuf },
+    /// Loads the snapshot received at `path`, checked against `info` first, unless the
+    /// database has applied that far already; then has the database on its disk.
+    Load { path: PathBuf, info: SnapshotInfo },
+}
+
+/// What became of a [`SnapshotJob`].
+#[derive(Debug)]
+pub enum SnapshotDone {
+    Made(Result<SnapshotInfo, String>),
+    Loaded(Result<SnapshotInfo, String>),
 }
 
 /// A leader's entry run ahead of its commit by the preparing thread (see [`Applier::prepare`]).
@@ -206,6 +226,8 @@ impl AppliedIndex {
 
 /// The handle the driver keeps.
 pub struct Applier {
+    /// What became of the snapshot work handed over, in order.
+    pub snapshots: tokio::sync::mpsc::UnboundedReceiver<SnapshotDone>,
     tx: mpsc::Sender<Work>,
     shared: Arc<Shared>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -221,6 +243,11 @@ struct Shared {
     /// zero, everything it handed over is applied and the thread does not touch the store.
     queued: AtomicUsize,
     applied: AtomicU64,
+    /// Everything up to here is on the database's disk: what the Raft log may drop.
+    durable: AtomicU64,
+    /// A node's own file, written without flushes, is flushed once this many entries were
+    /// applied since it last was (0: only when it stops), so that the log may drop them.
+    flush_every: AtomicU64,
     /// The highest index whose writer was answered before its transaction committed.
     answered: AtomicU64,
     /// The entry run ahead of its commit. Locked after `store` when both are held, and only
@@ -351,6 +378,8 @@ impl Applier {
             store: Mutex::new(store),
             queued: AtomicUsize::new(0),
             applied: AtomicU64::new(applied),
+            durable: AtomicU64::new(if own.is_some() { 0 } else { applied }),
+            flush_every: AtomicU64::new(0),
             answered: AtomicU64::new(0),
             prepared: Mutex::new(Prepared::None),
             uncommitted: Mutex::new(None),
@@ -363,7 +392,8 @@ impl Applier {
             name,
         });
         let theirs = shared.clone();
-        let thread = std::thread::Builder::new().name("apply".into()).spawn(move || run(&theirs, own, rx))?;
+        let (done_tx, snapshots) = tokio::sync::mpsc::unbounded_channel();
+        let thread = std::thread::Builder::new().name("apply".into()).spawn(move || run(&theirs, own, rx, &done_tx))?;
         let preparer = if own_file {
             let (prepare_tx, prepare_rx) = mpsc::channel();
             let theirs = shared.clone();
@@ -373,7 +403,27 @@ impl Applier {
         } else {
             None
         };
-        Ok(Applier { tx, shared, thread: Some(thread), preparer })
+        Ok(Applier { snapshots, tx, shared, thread: Some(thread), preparer })
+    }
+
+    /// Snapshot work, done after everything handed over before; what became of it comes
+    /// back in [`Applier::snapshots`]. An entry run ahead of its commit is given up first (it
+    /// is applied the usual way once it commits): the snapshot needs the database to itself.
+    pub fn snapshot(&self, job: SnapshotJob) {
+        self.abandon_prepared();
+        self.send(Work::Snapshot(job));
+    }
+
+    /// Everything up to this index is on the database's disk.
+    pub fn durable(&self) -> u64 {
+        self.shared.durable.load(Ordering::Acquire)
+    }
+
+    /// Has a node's own file, written without flushes, flushed once `entries` entries were
+    /// applied since the last flush (0: only when it stops), so that the Raft log may drop
+    /// them. A database server's commits are on its disk already.
+    pub fn flush_every(&self, entries: u64) {
+        self.shared.flush_every.store(entries, Ordering::Release);
     }
 
     /// Applies committed entries, in order after those handed over before: the thread does,
@@ -552,7 +602,12 @@ impl Applier {
     }
 }
 
-fn run(shared: &Shared, own: Option<OwnFile>, rx: mpsc::Receiver<Work>) {
+fn run(
+    shared: &Shared,
+    own: Option<OwnFile>,
+    rx: mpsc::Receiver<Work>,
+    snapshots: &tokio::sync::mpsc::UnboundedSender<SnapshotDone>,
+) {
     let name = &shared.name;
     // When the file was last handed to the disk, and the applied index then.
     let mut written_back = (Instant::now(), shared.applied.load(Ordering::Acquire));
@@ -572,21 +627,34 @@ fn run(shared: &Shared, own: Option<OwnFile>, rx: mpsc::Receiver<Work>) {
         };
         let first = match received {
             Ok(first) => first,
-            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                // A leader's lone writes are applied by the preparing thread, never here: the
+                // flush they may be due is looked at now and then.
+                if shared.flush_every.load(Ordering::Acquire) > 0 {
+                    let mut store = lock(&shared.store);
+                    make_durable(shared, &mut store, own.as_ref(), false);
+                }
+                continue;
+            }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
-        let (mut batch, mut reads) = (Vec::new(), Vec::new());
+        let (mut batch, mut reads, mut job) = (Vec::new(), Vec::new(), None);
         let mut work = Some(first);
         while let Some(w) = work.take() {
             match w {
                 Work::Entry(item) => batch.push(item),
                 Work::Read(reply) => reads.push(reply),
+                // Done after the entries before it; what follows waits for the next round.
+                Work::Snapshot(j) => {
+                    job = Some(j);
+                    break;
+                }
             }
             if batch.len() < MAX_BATCH {
                 work = rx.try_recv().ok();
             }
         }
-        let taken = batch.len() + reads.len();
+        let taken = batch.len() + reads.len() + usize::from(job.is_some());
         // Reads queued behind these entries go once they are applied (or at once if none).
         let mut store = lock(&shared.store);
         shared.commit_answered(&mut store);
@@ -595,6 +663,11 @@ fn run(shared: &Shared, own: Option<OwnFile>, rx: mpsc::Receiver<Work>) {
             // still queued are let go unanswered.
             break;
         }
+        if let Some(job) = job {
+            let done = snapshot_job(shared, &mut store, own.as_ref(), job);
+            let _ = snapshots.send(done);
+        }
+        make_durable(shared, &mut store, own.as_ref(), false);
         drop(store);
         for reply in reads {
             let _ = reply.send(WriteResult::Readable);
@@ -610,6 +683,55 @@ fn run(shared: &Shared, own: Option<OwnFile>, rx: mpsc::Receiver<Work>) {
             Ok(()) => log::info!("{name}: database flushed to disk"),
             Err(e) => log::warn!("{name}: cannot flush the database on stop ({e}); a reboot will rebuild it"),
         }
+    }
+}
+
+/// Does a snapshot job on the store (the applier thread holds it).
+fn snapshot_job(shared: &Shared, store: &mut Store, own: Option<&OwnFile>, job: SnapshotJob) -> SnapshotDone {
+    match job {
+        SnapshotJob::Make { path } => {
+            SnapshotDone::Made(snapshot::write_file(store, &path).map_err(|e| e.with_causes()))
+        }
+        SnapshotJob::Load { path, info } => {
+            let applied = match store.last_applied() {
+                Ok(applied) => applied.index,
+                Err(e) => return SnapshotDone::Loaded(Err(e.with_causes())),
+            };
+            if applied < info.index {
+                if let Err(e) = snapshot::load_file(store, &path, &info) {
+                    return SnapshotDone::Loaded(Err(e.with_causes()));
+                }
+                shared.applied.fetch_max(info.index, Ordering::AcqRel);
+            }
+            // The log drops what the snapshot holds once the core is told: on the disk first.
+            make_durable(shared, store, own, true);
+            SnapshotDone::Loaded(Ok(info))
+        }
+    }
+}
+
+/// Publishes how far the database is on its disk: a server's commits are; a node's own file,
+/// written without flushes, is flushed once [`Shared::flush_every`] entries were applied since
+/// the last flush (or now, when `now`).
+fn make_durable(shared: &Shared, store: &mut Store, own: Option<&OwnFile>, now: bool) {
+    let applied = shared.applied.load(Ordering::Acquire);
+    if own.is_none() {
+        shared.durable.fetch_max(applied, Ordering::AcqRel);
+        return;
+    }
+    let every = shared.flush_every.load(Ordering::Acquire);
+    let durable = shared.durable.load(Ordering::Acquire);
+    let due = now || (every > 0 && applied >= durable + every);
+    if !due || applied <= durable {
+        return;
+    }
+    shared.commit_answered(store);
+    let flushed = store.flush_to_disk().and_then(|()| store.without_flushes());
+    match flushed {
+        Ok(()) => {
+            shared.durable.fetch_max(applied, Ordering::AcqRel);
+        }
+        Err(e) => log::error!("{}: cannot flush the database to disk: {}", shared.name, e.with_causes()),
     }
 }
 
@@ -935,6 +1057,8 @@ mod tests {
             store: Mutex::new(Store::open(url).unwrap().private()),
             queued: AtomicUsize::new(0),
             applied: AtomicU64::new(0),
+            durable: AtomicU64::new(0),
+            flush_every: AtomicU64::new(0),
             answered: AtomicU64::new(0),
             prepared: Mutex::new(Prepared::None),
             uncommitted: Mutex::new(None),

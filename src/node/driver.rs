@@ -25,11 +25,12 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use super::apply::{AppliedIndex, Applier, ApplyItem, WriteResult};
-use super::engine::{Engine, Io, Outgoing, WriterStopped};
+use super::apply::{AppliedIndex, Applier, ApplyItem, SnapshotDone, SnapshotJob, WriteResult};
+use super::engine::{Compaction, Engine, Io, Outgoing, WriterStopped};
 use super::guard::Guard;
 use super::log_writer::{Datagrams, LogWriter, Write};
 use super::raft::{EntryValue, LogEntry, Micros, NodeId, Raft, Role};
+use super::snapshot_files::SnapshotFiles;
 use super::status::{NodeStatus, PeerStatus};
 use super::storage::StorageError;
 use super::transfer::SnapshotInfo;
@@ -84,6 +85,8 @@ pub struct Driver {
     disk_watch: DiskWatch,
     /// When the database and the log are next looked at.
     next_health_check: std::time::Instant,
+    /// Where snapshots made for followers and received from a leader are kept.
+    snapshot_files: Option<SnapshotFiles>,
 }
 
 /// The engine's [`Io`] on the real node.
@@ -91,6 +94,7 @@ struct NodeIo<'a> {
     transport: &'a mut Transport,
     writer: &'a LogWriter,
     applier: &'a Applier,
+    files: Option<&'a mut SnapshotFiles>,
 }
 
 impl NodeIo<'_> {
@@ -150,27 +154,30 @@ impl Io<Reply> for NodeIo<'_> {
         let _ = reply.send(result);
     }
 
-    // The node does not compact its log yet (the engine's compaction is off), so no leader
-    // asks for a snapshot and no follower is sent one. Snapshots of the database and their
-    // transfer are built in steps: the engine and the simulation first.
-
     fn make_snapshot(&mut self) {
-        log::error!("a follower needs a snapshot, and this node cannot make one yet");
+        match &self.files {
+            Some(files) => self.applier.snapshot(SnapshotJob::Make { path: files.made_path() }),
+            None => log::error!("a follower needs a snapshot, and this node has nowhere to make one"),
+        }
     }
 
-    fn read_snapshot(&mut self, _info: &SnapshotInfo, _offset: u64, _len: usize) -> Result<Vec<u8>, String> {
-        Err("this node holds no snapshot".into())
+    fn read_snapshot(&mut self, info: &SnapshotInfo, offset: u64, len: usize) -> Result<Vec<u8>, String> {
+        self.files.as_ref().ok_or("no snapshot files")?.read(info, offset, len)
     }
 
-    fn begin_snapshot(&mut self, _info: &SnapshotInfo) -> u64 {
-        0
+    fn begin_snapshot(&mut self, info: &SnapshotInfo) -> u64 {
+        self.files.as_mut().map_or(0, |files| files.begin(info))
     }
 
-    fn write_snapshot(&mut self, _info: &SnapshotInfo, _offset: u64, _bytes: &[u8], _held: u64) -> Result<(), String> {
-        Err("this node cannot take snapshots yet".into())
+    fn write_snapshot(&mut self, info: &SnapshotInfo, offset: u64, bytes: &[u8], held: u64) -> Result<(), String> {
+        self.files.as_mut().ok_or("no snapshot files")?.write(info, offset, bytes, held)
     }
 
-    fn load_snapshot(&mut self, _info: &SnapshotInfo) {}
+    fn load_snapshot(&mut self, info: &SnapshotInfo) {
+        if let Some(files) = &self.files {
+            self.applier.snapshot(SnapshotJob::Load { path: files.received_path(), info: info.clone() });
+        }
+    }
 }
 
 /// Whether a leader's own disk holds up the cluster.
@@ -282,9 +289,21 @@ impl Driver {
             stall_watch: None,
             disk_watch: DiskWatch::default(),
             next_health_check: std::time::Instant::now(),
+            snapshot_files: None,
         };
         driver.publish();
         driver
+    }
+
+    /// Snapshots are kept in `files`: this node can send them to followers and take them
+    /// from a leader. With `compaction`, its log is compacted (and its own database file,
+    /// written without flushes, is flushed as often as that needs).
+    pub fn snapshots(&mut self, files: SnapshotFiles, compaction: Option<Compaction>) {
+        self.snapshot_files = Some(files);
+        if let Some(c) = compaction {
+            self.applier.flush_every((c.every_entries / 2).max(1));
+        }
+        self.engine.set_compaction(compaction);
     }
 
     /// The entries compacted away that RETRIEVE still shows, as the log's storage kept them.
@@ -432,7 +451,12 @@ impl Driver {
 
     /// The engine, and the node's socket, log writer and applier as its [`Io`].
     fn parts(&mut self) -> (&mut Engine<Reply>, NodeIo<'_>) {
-        let io = NodeIo { transport: &mut self.transport, writer: &self.writer, applier: &self.applier };
+        let io = NodeIo {
+            transport: &mut self.transport,
+            writer: &self.writer,
+            applier: &self.applier,
+            files: self.snapshot_files.as_mut(),
+        };
         (&mut self.engine, io)
     }
 
@@ -487,11 +511,13 @@ impl Driver {
                         self.propose(now, proposal);
                     }
                 }
+                Some(done) = self.applier.snapshots.recv() => self.snapshot_done(done),
                 _ = tokio::time::sleep_until(paced.map_or(deadline, Instant::from_std)), if paced.is_some() => {}
                 _ = &mut signal => signalled = true,
             }
             self.check_health();
             let now = self.now();
+            self.engine.state_durable(self.applier.durable());
             let (engine, mut io) = self.parts();
             let stopped = match engine.end_turn(now, &mut io) {
                 Ok(stopped) => stopped,
@@ -509,6 +535,28 @@ impl Driver {
                 engine.finish(&mut io);
                 self.applier.stop();
                 return Ok(stopped);
+            }
+        }
+    }
+
+    /// The applier did snapshot work the engine asked for.
+    fn snapshot_done(&mut self, done: SnapshotDone) {
+        let now = self.now();
+        match done {
+            SnapshotDone::Made(made) => {
+                let made = match (made, self.snapshot_files.as_mut()) {
+                    (Ok(info), Some(files)) => files.made(&info).map(|()| info),
+                    (made, _) => made,
+                };
+                let (engine, mut io) = self.parts();
+                engine.snapshot_made(now, made, &mut io);
+            }
+            SnapshotDone::Loaded(loaded) => {
+                if let Some(files) = self.snapshot_files.as_mut() {
+                    files.received_done(loaded.is_ok());
+                }
+                let (engine, mut io) = self.parts();
+                engine.snapshot_loaded(now, loaded, &mut io);
             }
         }
     }

@@ -20,6 +20,7 @@ pub mod log_writer;
 pub mod notify;
 pub mod raft;
 pub mod respond;
+pub mod snapshot_files;
 pub mod status;
 pub mod storage;
 pub mod store;
@@ -238,7 +239,19 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
         // vote) it had promised the others to keep.
         let applied = write_store.last_applied().with_context(|| format!("cannot read the database of {name}"))?;
         let last = recovered.last_index();
-        if applied.index > last {
+        // A snapshot loaded just before the node stopped, before its log was rewritten to
+        // start after it: the database is ahead of the log, rightly.
+        let loaded = snapshot_files::SnapshotFiles::loaded_at(&node_dir.join("snapshots"));
+        if applied.index > last && loaded == Some(applied.index) {
+            log::info!("{name}: the database holds the snapshot at index {} it received last", applied.index);
+        } else if applied.index < recovered.base.index {
+            anyhow::bail!(
+                "{name}: {database_url} has applied the log up to entry {}, but {} was compacted up to entry {}:                  the entries between are in no file of this node (its database was lost or rebuilt, as after a                  restart of the machine). Keep the node stopped; a node that lost its database after compaction                  cannot be recovered yet (see the README, \"When a node's disk fails\")",
+                applied.index,
+                node_dir.join("raft.log").display(),
+                recovered.base.index,
+            );
+        } else if applied.index > last {
             anyhow::bail!(
                 "{name}: {database_url} has applied the log up to entry {}, but {} holds entries only up to \
                  {last}: the Raft log was cut or replaced, and this node has lost entries it acknowledged. Put \
@@ -300,6 +313,9 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
         let writer = log_writer::LogWriter::start(&name, storage, socket).context("cannot start the log writer")?;
         let mut driver = Driver::new(raft, writer, transport, origin, cluster.clone(), proposals, applier);
         driver.restore_retained(recovered.base.retained);
+        let snapshots = snapshot_files::SnapshotFiles::open(&node_dir.join("snapshots"))
+            .with_context(|| format!("cannot open {}", node_dir.join("snapshots").display()))?;
+        driver.snapshots(snapshots, timing.compaction());
         if private {
             driver.step_down_on_stall(applied.clone());
         }
