@@ -1019,3 +1019,30 @@ fn unsupported_urls_are_errors() {
     let store = Store::open(plain_path.to_str().unwrap()).unwrap();
     assert_eq!((store.backend(), format!("{store:?}").as_str()), ("sqlite", r#"Store { backend: "sqlite" }"#));
 }
+
+/// A node's own file written checkpointed (when it compacts its Raft log): commits stay in
+/// the WAL, and a flushed checkpoint moves them into the file and empties the WAL; with a
+/// reader in the way it says it is not done.
+#[test]
+fn a_checkpointed_file_keeps_commits_in_its_wal_until_a_flushed_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("own.db");
+    let url = path.to_string_lossy().into_owned();
+    let mut store = Store::open(&url).unwrap().private();
+    store.checkpointed().unwrap();
+    let wal = dir.path().join("own.db-wal");
+    let file_before = std::fs::metadata(&path).unwrap().len();
+    for i in 1..=600 {
+        let cmd = Command::new(at(i), Op::CreateProduct { product: product(&format!("p{i}"), 1.0) });
+        store.apply(i as u64, 1, &cmd).unwrap();
+    }
+    let wal_len = std::fs::metadata(&wal).unwrap().len();
+    assert!(wal_len > 1000 * 4096, "600 commits: a WAL of {wal_len} bytes, past SQLite's own checkpoint");
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), file_before, "SQLite checkpointed on its own");
+    assert!(store.checkpoint_flushed().unwrap());
+    assert_eq!(std::fs::metadata(&wal).unwrap().len(), 0, "the WAL is emptied");
+    assert!(std::fs::metadata(&path).unwrap().len() > file_before);
+    let mut other = Store::open(&url).unwrap();
+    assert_eq!(other.last_applied().unwrap().index, 600, "the file holds them");
+    assert!(other.get_product(600).unwrap().is_some());
+}

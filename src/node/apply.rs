@@ -245,8 +245,9 @@ struct Shared {
     applied: AtomicU64,
     /// Everything up to here is on the database's disk: what the Raft log may drop.
     durable: AtomicU64,
-    /// A node's own file, written without flushes, is flushed once this many entries were
-    /// applied since it last was (0: only when it stops), so that the log may drop them.
+    /// A node's own file, written checkpointed, is checkpointed with flushes once this many
+    /// entries were applied since it last was (0: only when it stops), so that the log may drop
+    /// them.
     flush_every: AtomicU64,
     /// The highest index whose writer was answered before its transaction committed.
     answered: AtomicU64,
@@ -726,12 +727,12 @@ fn make_durable(shared: &Shared, store: &mut Store, own: Option<&OwnFile>, now: 
         return;
     }
     shared.commit_answered(store);
-    let flushed = store.flush_to_disk().and_then(|()| store.without_flushes());
-    match flushed {
-        Ok(()) => {
+    match store.checkpoint_flushed() {
+        Ok(true) => {
             shared.durable.fetch_max(applied, Ordering::AcqRel);
         }
-        Err(e) => log::error!("{}: cannot flush the database to disk: {}", shared.name, e.with_causes()),
+        Ok(false) => log::debug!("{}: a reader kept the checkpoint from completing; again later", shared.name),
+        Err(e) => log::error!("{}: cannot checkpoint the database to disk: {}", shared.name, e.with_causes()),
     }
 }
 

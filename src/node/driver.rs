@@ -154,11 +154,11 @@ impl Io<Reply> for NodeIo<'_> {
         let _ = reply.send(result);
     }
 
-    fn make_snapshot(&mut self) {
-        match &self.files {
-            Some(files) => self.applier.snapshot(SnapshotJob::Make { path: files.made_path() }),
-            None => log::error!("a follower needs a snapshot, and this node has nowhere to make one"),
-        }
+    fn make_snapshot(&mut self) -> Result<(), String> {
+        let files = self.files.as_ref().ok_or("no place for snapshots")?;
+        let path = files.made_path().map_err(|e| e.to_string())?;
+        self.applier.snapshot(SnapshotJob::Make { path });
+        Ok(())
     }
 
     fn read_snapshot(&mut self, info: &SnapshotInfo, offset: u64, len: usize) -> Result<Vec<u8>, String> {

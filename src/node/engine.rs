@@ -117,8 +117,9 @@ pub trait Io<R> {
     /// Answers a client's write or read now (it failed, or cannot be taken).
     fn answer(&mut self, reply: R, result: WriteResult);
     /// Leader: makes a snapshot of the state machine as it is now, after everything handed to
-    /// [`Io::apply`]; its info comes back through [`Engine::snapshot_made`].
-    fn make_snapshot(&mut self);
+    /// [`Io::apply`]; its info comes back through [`Engine::snapshot_made`] (or why it cannot
+    /// be asked now).
+    fn make_snapshot(&mut self) -> Result<(), String>;
     /// Leader: `len` bytes from `offset` of the snapshot `info` it made.
     fn read_snapshot(&mut self, info: &SnapshotInfo, offset: u64, len: usize) -> Result<Vec<u8>, String>;
     /// Follower: a transfer of `info` starts; how many of its bytes are held already (from a
@@ -899,10 +900,10 @@ impl<R> Engine<R> {
                     self.pump(now, peer, io);
                 }
                 _ if self.making_snapshot => {}
-                _ => {
-                    self.making_snapshot = true;
-                    io.make_snapshot();
-                }
+                _ => match io.make_snapshot() {
+                    Ok(()) => self.making_snapshot = true,
+                    Err(e) => log::error!("{}: node{peer} needs a snapshot, and none can be made: {e}", self.name),
+                },
             }
         }
     }

@@ -216,7 +216,7 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
     let database_url = given_url.unwrap_or_else(|| node_dir.join("labctl.db").to_string_lossy().into_owned());
     // The node's own file is written without flushes, and rebuilt if the machine restarted under it.
     let own_file = if private {
-        let (own, verdict) = OwnFile::prepare(Path::new(&database_url))
+        let (own, verdict) = OwnFile::prepare(Path::new(&database_url), timing.compaction().is_some())
             .with_context(|| format!("cannot check the state of {database_url}"))?;
         match verdict {
             Verdict::Rebuilt(why) => log::warn!("{name}: rebuilding {database_url} from the Raft log: {why}"),
@@ -263,7 +263,10 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
         }
     }
     if own_file.is_some() {
-        write_store.without_flushes().with_context(|| format!("cannot set up the database of {name}"))?;
+        // A compacted log cannot rebuild the file after a reboot: it is written checkpointed.
+        let set_up =
+            if timing.compaction().is_some() { write_store.checkpointed() } else { write_store.without_flushes() };
+        set_up.with_context(|| format!("cannot set up the database of {name}"))?;
     }
     let reads = ReadPool::open(&open_url, READ_CONNECTIONS)
         .with_context(|| format!("cannot open read connections to the database of {name}"))?;
@@ -313,8 +316,7 @@ pub fn run(args: Args, file: &FileConfig) -> anyhow::Result<ExitCode> {
         let writer = log_writer::LogWriter::start(&name, storage, socket).context("cannot start the log writer")?;
         let mut driver = Driver::new(raft, writer, transport, origin, cluster.clone(), proposals, applier);
         driver.restore_retained(recovered.base.retained);
-        let snapshots = snapshot_files::SnapshotFiles::open(&node_dir.join("snapshots"))
-            .with_context(|| format!("cannot open {}", node_dir.join("snapshots").display()))?;
+        let snapshots = snapshot_files::SnapshotFiles::open(&node_dir.join("snapshots"));
         driver.snapshots(snapshots, timing.compaction());
         if private {
             driver.step_down_on_stall(applied.clone());

@@ -41,15 +41,16 @@ struct Record {
 }
 
 impl SnapshotFiles {
-    /// The files in `dir` (created if needed).
-    pub fn open(dir: &Path) -> std::io::Result<SnapshotFiles> {
-        std::fs::create_dir_all(dir)?;
-        Ok(SnapshotFiles { dir: dir.to_path_buf(), made: Vec::new(), received: None })
+    /// The files in `dir`, which is made once a snapshot is (a node that never makes or
+    /// receives one has no such directory).
+    pub fn open(dir: &Path) -> SnapshotFiles {
+        SnapshotFiles { dir: dir.to_path_buf(), made: Vec::new(), received: None }
     }
 
-    /// Where the applier writes a snapshot for followers.
-    pub fn made_path(&self) -> PathBuf {
-        self.dir.join("made.snap")
+    /// Where the applier writes a snapshot for followers (the directory made if needed).
+    pub fn made_path(&self) -> std::io::Result<PathBuf> {
+        std::fs::create_dir_all(&self.dir)?;
+        Ok(self.dir.join("made.snap"))
     }
 
     /// Where the snapshot received is, for the applier to check and load.
@@ -63,7 +64,8 @@ impl SnapshotFiles {
 
     /// The applier made the snapshot `info` at [`SnapshotFiles::made_path`].
     pub fn made(&mut self, info: &SnapshotInfo) -> Result<(), String> {
-        let file = File::open(self.made_path()).map_err(|e| format!("{}: {e}", self.made_path().display()))?;
+        let path = self.dir.join("made.snap");
+        let file = File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         self.made.push((info.clone(), file));
         if self.made.len() > 2 {
             self.made.remove(0);
@@ -76,7 +78,7 @@ impl SnapshotFiles {
         let (_, file) =
             self.made.iter().rev().find(|(made, _)| made == info).ok_or("that snapshot is gone from here")?;
         let mut buf = vec![0u8; len];
-        file.read_exact_at(&mut buf, offset).map_err(|e| format!("{}: {e}", self.made_path().display()))?;
+        file.read_exact_at(&mut buf, offset).map_err(|e| format!("{}/made.snap: {e}", self.dir.display()))?;
         Ok(buf)
     }
 
@@ -98,7 +100,10 @@ impl SnapshotFiles {
         }
         self.received = None;
         let _ = std::fs::remove_file(self.record_path());
-        match OpenOptions::new().create(true).truncate(true).read(true).write(true).open(self.received_path()) {
+        let created = std::fs::create_dir_all(&self.dir).and_then(|()| {
+            OpenOptions::new().create(true).truncate(true).read(true).write(true).open(self.received_path())
+        });
+        match created {
             Ok(file) => {
                 self.received = Some(Received { info: info.clone(), file, held: 0, recorded: 0 });
                 let _ = self.record();
@@ -166,7 +171,7 @@ mod tests {
     fn a_received_snapshot_resumes_after_a_restart_from_what_was_recorded() {
         let dir = tempfile::tempdir().unwrap();
         let size = 3 * RECORD_EVERY;
-        let mut files = SnapshotFiles::open(dir.path()).unwrap();
+        let mut files = SnapshotFiles::open(dir.path());
         assert_eq!(files.begin(&info(size)), 0);
         let piece = vec![5u8; RECORD_EVERY as usize];
         files.write(&info(size), 0, &piece, RECORD_EVERY).unwrap();
@@ -174,7 +179,7 @@ mod tests {
         assert_eq!(files.begin(&info(size)), RECORD_EVERY + 100, "the same transfer goes on");
         drop(files);
         // After a restart: what was recorded.
-        let mut files = SnapshotFiles::open(dir.path()).unwrap();
+        let mut files = SnapshotFiles::open(dir.path());
         assert_eq!(files.begin(&info(size)), RECORD_EVERY);
         // Another snapshot starts from nothing, and the old one's bytes are gone.
         let other = SnapshotInfo { index: 9, ..info(size) };
@@ -194,13 +199,13 @@ mod tests {
     #[test]
     fn a_made_snapshot_is_read_back_by_its_info_and_the_one_before_stays_readable() {
         let dir = tempfile::tempdir().unwrap();
-        let mut files = SnapshotFiles::open(dir.path()).unwrap();
-        std::fs::write(files.made_path(), b"first snapshot").unwrap();
+        let mut files = SnapshotFiles::open(dir.path());
+        std::fs::write(files.made_path().unwrap(), b"first snapshot").unwrap();
         files.made(&info(14)).unwrap();
         // The next one replaces the file, as the applier's atomic write does.
         let tmp = dir.path().join("next");
         std::fs::write(&tmp, b"second").unwrap();
-        std::fs::rename(&tmp, files.made_path()).unwrap();
+        std::fs::rename(&tmp, files.made_path().unwrap()).unwrap();
         files.made(&info(6)).unwrap();
         assert_eq!(files.read(&info(14), 6, 8).unwrap(), b"snapshot");
         assert_eq!(files.read(&info(6), 0, 6).unwrap(), b"second");

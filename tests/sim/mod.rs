@@ -1527,9 +1527,9 @@ impl Io<Ticket> for SimIo<'_> {
     /// in the history.
     fn answer(&mut self, _ticket: Ticket, _result: WriteResult) {}
 
-    fn make_snapshot(&mut self) {
+    fn make_snapshot(&mut self) -> Result<(), String> {
         if self.dead {
-            return;
+            return Ok(());
         }
         let (id, now) = (self.id, self.c.now);
         let took = self.c.disk_rng.range(MS, 20 * MS);
@@ -1547,6 +1547,7 @@ impl Io<Ticket> for SimIo<'_> {
         // The applier does one thing after another: this after what it was given before.
         let at = node.sm_events.back().map_or(0, |(at, _)| *at).max(now + took);
         node.sm_events.push_back((at, SmEvent::Made(made)));
+        Ok(())
     }
 
     fn read_snapshot(&mut self, info: &SnapshotInfo, offset: u64, len: usize) -> Result<Vec<u8>, String> {

@@ -342,6 +342,42 @@ impl Store {
         }
     }
 
+    /// A node's own file that must survive a reboot without being rebuilt from the log (see
+    /// [`own_file`]): commits go to the WAL without flushes, and SQLite never checkpoints on
+    /// its own (`wal_autocheckpoint = 0`): only [`Store::checkpoint_flushed`] writes the file.
+    /// No effect on a database server.
+    pub fn checkpointed(&mut self) -> Result<(), StoreError> {
+        match &mut self.conn {
+            DbConnection::Sqlite(conn) => {
+                Ok(conn.batch_execute("PRAGMA synchronous = OFF; PRAGMA wal_autocheckpoint = 0;")?)
+            }
+            #[allow(unreachable_patterns)]
+            _ => Ok(()),
+        }
+    }
+
+    /// Checkpoints the WAL into the file, flushing the WAL before and the file after, and
+    /// empties the WAL: true when the checkpoint was complete (a reader in the way leaves it
+    /// for the next time), and then everything applied is on the disk. Then commits go on
+    /// without flushes. A database server's commits are on its disk already: true.
+    pub fn checkpoint_flushed(&mut self) -> Result<bool, StoreError> {
+        #[derive(QueryableByName)]
+        struct Checkpoint {
+            #[diesel(sql_type = diesel::sql_types::Integer)]
+            busy: i32,
+        }
+        match &mut self.conn {
+            DbConnection::Sqlite(conn) => {
+                conn.batch_execute("PRAGMA synchronous = NORMAL;")?;
+                let done = diesel::sql_query("PRAGMA wal_checkpoint(TRUNCATE)").get_result::<Checkpoint>(conn);
+                conn.batch_execute("PRAGMA synchronous = OFF;")?;
+                Ok(done?.busy == 0)
+            }
+            #[allow(unreachable_patterns)]
+            _ => Ok(true),
+        }
+    }
+
     /// Whether this is a node's own SQLite file ([`Store::private`]): no other process writes
     /// it, so a write never waits for a lock another node holds.
     pub fn is_own_file(&self) -> bool {

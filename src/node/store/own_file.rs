@@ -13,6 +13,8 @@
 //!   still holds every write and the file is used. If it has, the file is deleted and the
 //!   node applies the whole Raft log to a new one.
 //! - `clean`: the node stopped normally and flushed the file first; it is used after a reboot too.
+//! - `checkpointed`: a node that compacts its Raft log wrote it (see below); it is used after a
+//!   reboot too.
 //! - no marker, beside an existing file: a file written with flushes on every checkpoint
 //!   (`synchronous = NORMAL`), which a power loss leaves consistent; it is used.
 //!
@@ -24,6 +26,15 @@
 //! Why: with `synchronous = NORMAL`, each checkpoint flushed megabytes of WAL and pages while
 //! the nodes flushed their Raft logs on the same disk, and those flushes, on the write path of
 //! every acknowledgement, waited 3–12 ms behind them.
+//!
+//! **A node that compacts its log** cannot rebuild the file from it, so the file must survive
+//! a reboot. It is written *checkpointed*: commits still go to the WAL without flushes, but
+//! SQLite never checkpoints on its own (`wal_autocheckpoint = 0`); the applier does, every few
+//! thousand entries, flushing the WAL before it copies pages into the file and the file after
+//! ([`crate::node::store::Store::checkpoint_flushed`]). The file itself is then written only by
+//! flushed checkpoints, and a reboot leaves it as the last one did, with a WAL whose frames
+//! SQLite checks by their checksums and takes up to the first torn one: a state no older than
+//! the last checkpoint, which is as far as the log was compacted.
 
 use std::fs::File;
 use std::io::Write;
@@ -56,6 +67,9 @@ pub fn verdict(file_exists: bool, marker: Option<&str>, boot: Option<&str>) -> V
     if marker == "clean" {
         return Verdict::Kept("left flushed by a normal stop");
     }
+    if marker == "checkpointed" {
+        return Verdict::Kept("written with flushed checkpoints only");
+    }
     match (marker.strip_prefix("open "), boot) {
         (Some(then), Some(now)) if then.trim() == now => Verdict::Kept("the machine has not restarted since"),
         (Some(then), Some(_)) => Verdict::Rebuilt(format!(
@@ -87,9 +101,10 @@ fn companions(db: &Path) -> [PathBuf; 4] {
 
 impl OwnFile {
     /// Checks the file at `db` before it is opened: deletes it when it cannot be trusted, and
-    /// marks it open in this boot. `None` when this boot's id is unknown: the file must then be
-    /// written with flushes (its marker is removed, so a later start trusts it).
-    pub fn prepare(db: &Path) -> std::io::Result<(Option<OwnFile>, Verdict)> {
+    /// marks it open in this boot, or `checkpointed` (see the module documentation). `None`
+    /// when this boot's id is unknown: the file must then be written with flushes (its marker
+    /// is removed, so a later start trusts it).
+    pub fn prepare(db: &Path, checkpointed: bool) -> std::io::Result<(Option<OwnFile>, Verdict)> {
         let [wal, shm, journal, marker] = companions(db);
         let boot = std::fs::read_to_string(BOOT_ID).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
         let marker_text = match std::fs::read_to_string(&marker) {
@@ -109,7 +124,11 @@ impl OwnFile {
             return Ok((None, verdict));
         };
         let own = OwnFile { db: db.to_path_buf(), marker, file: std::sync::OnceLock::new() };
-        own.mark(&format!("open {boot}\n"))?;
+        if checkpointed {
+            own.mark("checkpointed\n")?;
+        } else {
+            own.mark(&format!("open {boot}\n"))?;
+        }
         Ok((Some(own), verdict))
     }
 
@@ -181,6 +200,7 @@ mod tests {
         assert!(matches!(verdict(true, None, boot), Verdict::Kept(_)), "older files were written with flushes");
         assert!(matches!(verdict(true, Some("clean\n"), boot), Verdict::Kept(_)));
         assert!(matches!(verdict(true, Some("clean"), None), Verdict::Kept(_)));
+        assert!(matches!(verdict(true, Some("checkpointed\n"), boot), Verdict::Kept(_)), "survives a reboot");
         assert!(matches!(verdict(true, Some("open b2\n"), boot), Verdict::Kept(_)), "only the process stopped");
         assert!(matches!(verdict(true, Some("open b1\n"), boot), Verdict::Rebuilt(_)), "the machine restarted");
         assert!(matches!(verdict(true, Some("open b1"), None), Verdict::Rebuilt(_)), "cannot tell");
@@ -197,7 +217,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("labctl.db");
         let [wal, shm, _, marker] = companions(&db);
-        let (own, verdict) = OwnFile::prepare(&db).unwrap();
+        let (own, verdict) = OwnFile::prepare(&db, false).unwrap();
         assert_eq!(verdict, Verdict::New);
         assert!(own.is_some());
         assert_eq!(std::fs::read_to_string(&marker).unwrap(), format!("open {}\n", boot_id()));
@@ -205,12 +225,12 @@ mod tests {
         for path in [&db, &wal, &shm] {
             std::fs::write(path, b"pages").unwrap();
         }
-        let (_, verdict) = OwnFile::prepare(&db).unwrap();
+        let (_, verdict) = OwnFile::prepare(&db, false).unwrap();
         assert!(matches!(verdict, Verdict::Kept(_)), "{verdict:?}");
         assert!(db.exists() && wal.exists());
 
         std::fs::write(&marker, "open 00000000-0000-0000-0000-000000000000\n").unwrap();
-        let (_, verdict) = OwnFile::prepare(&db).unwrap();
+        let (_, verdict) = OwnFile::prepare(&db, false).unwrap();
         assert!(matches!(verdict, Verdict::Rebuilt(_)), "{verdict:?}");
         assert!(!db.exists() && !wal.exists() && !shm.exists(), "the torn file and its WAL are gone");
         assert_eq!(std::fs::read_to_string(&marker).unwrap(), format!("open {}\n", boot_id()));
@@ -220,12 +240,26 @@ mod tests {
     fn a_file_closed_normally_is_kept_after_a_reboot() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("labctl.db");
-        let (own, _) = OwnFile::prepare(&db).unwrap();
+        let (own, _) = OwnFile::prepare(&db, false).unwrap();
         std::fs::write(&db, b"pages").unwrap();
         own.unwrap().close().unwrap();
         let [.., marker] = companions(&db);
         assert_eq!(std::fs::read_to_string(&marker).unwrap(), "clean\n");
-        let (_, verdict) = OwnFile::prepare(&db).unwrap();
+        let (_, verdict) = OwnFile::prepare(&db, false).unwrap();
+        assert!(matches!(verdict, Verdict::Kept(_)), "{verdict:?}");
+        assert_eq!(std::fs::read(&db).unwrap(), b"pages");
+    }
+
+    #[test]
+    fn a_checkpointed_file_is_marked_so_and_kept_after_a_reboot() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("labctl.db");
+        let (own, _) = OwnFile::prepare(&db, true).unwrap();
+        assert!(own.is_some());
+        let [.., marker] = companions(&db);
+        assert_eq!(std::fs::read_to_string(&marker).unwrap(), "checkpointed\n");
+        std::fs::write(&db, b"pages").unwrap();
+        let (_, verdict) = OwnFile::prepare(&db, false).unwrap();
         assert!(matches!(verdict, Verdict::Kept(_)), "{verdict:?}");
         assert_eq!(std::fs::read(&db).unwrap(), b"pages");
     }
