@@ -18,7 +18,7 @@ use sim::{chaos, register_write_value, upload_value, Cluster, MS, SEC};
 /// Seeds run by default: enough to cover every fault, small enough for a quick debug build
 /// (about a minute on two cores)...
 const DEFAULT_SEEDS: u64 = 200;
-/// ...and under CI, where every change is checked: about eleven minutes there.
+/// ...and under CI, where every change is checked: about sixteen minutes there.
 const CI_SEEDS: u64 = 2_000;
 
 fn default_seeds() -> u64 {
