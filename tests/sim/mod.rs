@@ -1229,7 +1229,7 @@ struct Op {
 /// SHA-256 in lowercase hex, as snapshots are known by.
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    auth::hex(&sha2::Sha256::digest(bytes))
 }
 
 /// What node's disk must give back on a restart, by the writes that completed.

@@ -66,6 +66,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
+use crate::proto::auth::hex;
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
@@ -814,10 +815,6 @@ fn format_error(line: u64, reason: String) -> StoreError {
 
 fn io_error(context: String, source: std::io::Error) -> StoreError {
     StoreError::Io { context, source }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A writer that hashes and counts what goes through it.
