@@ -1021,8 +1021,8 @@ fn unsupported_urls_are_errors() {
 }
 
 /// A node's own file written checkpointed (when it compacts its Raft log): commits stay in
-/// the WAL, and a flushed checkpoint moves them into the file and empties the WAL; with a
-/// reader in the way it says it is not done.
+/// the WAL, and a flushed checkpoint moves them into the file and starts the WAL again; with
+/// a transaction open it says it is not done.
 #[test]
 fn a_checkpointed_file_keeps_commits_in_its_wal_until_a_flushed_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
@@ -1039,10 +1039,22 @@ fn a_checkpointed_file_keeps_commits_in_its_wal_until_a_flushed_checkpoint() {
     let wal_len = std::fs::metadata(&wal).unwrap().len();
     assert!(wal_len > 1000 * 4096, "600 commits: a WAL of {wal_len} bytes, past SQLite's own checkpoint");
     assert_eq!(std::fs::metadata(&path).unwrap().len(), file_before, "SQLite checkpointed on its own");
+    // An entry run ahead of its commit leaves its transaction open: the checkpoint waits.
+    let next = Command::new(at(601), Op::CreateProduct { product: product("p601", 1.0) });
+    store.apply_open(&[(601, 1, next)]).unwrap();
+    assert!(!store.checkpoint_flushed().unwrap(), "checkpointed inside an open transaction");
+    store.commit_open().unwrap();
     assert!(store.checkpoint_flushed().unwrap());
-    assert_eq!(std::fs::metadata(&wal).unwrap().len(), 0, "the WAL is emptied");
     assert!(std::fs::metadata(&path).unwrap().len() > file_before);
-    let mut other = Store::open(&url).unwrap();
-    assert_eq!(other.last_applied().unwrap().index, 600, "the file holds them");
-    assert!(other.get_product(600).unwrap().is_some());
+    let wal_len = std::fs::metadata(&wal).unwrap().len();
+    // The file alone, without its WAL, holds them.
+    let copy = dir.path().join("copy.db");
+    std::fs::copy(&path, &copy).unwrap();
+    let mut other = Store::open(copy.to_str().unwrap()).unwrap();
+    assert_eq!(other.last_applied().unwrap().index, 601, "the file holds them");
+    assert!(other.get_product(601).unwrap().is_some());
+    // Later commits start the WAL again from its beginning, in the blocks it has.
+    let next = Command::new(at(602), Op::CreateProduct { product: product("p602", 1.0) });
+    store.apply(602, 1, &next).unwrap();
+    assert_eq!(std::fs::metadata(&wal).unwrap().len(), wal_len, "the WAL was truncated or grew");
 }

@@ -731,7 +731,10 @@ fn make_durable(shared: &Shared, store: &mut Store, own: Option<&OwnFile>, now: 
         Ok(true) => {
             shared.durable.fetch_max(applied, Ordering::AcqRel);
         }
-        Ok(false) => log::debug!("{}: a reader kept the checkpoint from completing; again later", shared.name),
+        Ok(false) => log::debug!(
+            "{}: a reader or an entry run ahead of its commit kept the checkpoint from completing; again later",
+            shared.name
+        ),
         Err(e) => log::error!("{}: cannot checkpoint the database to disk: {}", shared.name, e.with_causes()),
     }
 }

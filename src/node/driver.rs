@@ -301,7 +301,8 @@ impl Driver {
     pub fn snapshots(&mut self, files: SnapshotFiles, compaction: Option<Compaction>) {
         self.snapshot_files = Some(files);
         if let Some(c) = compaction {
-            self.applier.flush_every((c.every_entries / 2).max(1));
+            // One flush a compaction: the log drops what the flush before made durable.
+            self.applier.flush_every(c.every_entries.max(1));
         }
         self.engine.set_compaction(compaction);
     }
