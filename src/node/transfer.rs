@@ -10,7 +10,8 @@
 //! pieces. The follower writes each piece where it belongs, also one that overtook another on
 //! the way (within two windows of what it holds), and answers each with `SNAPSHOT_ACK`: how
 //! many bytes from the start it holds without a gap. When that answer has not moved for
-//! [`RESEND_AFTER`], the leader sends again from there (a piece was lost); without any answer
+//! [`RESEND_AFTER`], the leader sends again from there (a piece was lost), waiting twice as
+//! long each time it brings no progress (up to [`RESEND_AFTER_MAX`]); without any answer
 //! for [`GIVE_UP_AFTER`], it gives up, and the core asks for a snapshot again at a heartbeat.
 //!
 //! **Resumed after loss.** A follower keeps the bytes it received of a snapshot (its state
@@ -39,6 +40,11 @@ pub const CHUNK: usize = 32 * 1024;
 pub const WINDOW: u64 = 8 * CHUNK as u64;
 /// Without an answer for this long, the leader sends again from what the follower holds.
 pub const RESEND_AFTER: Micros = 100_000;
+/// The wait before resending doubles with each resend that brought no progress, up to this: a
+/// follower slow to take the pieces (busy, or reading a backlog of datagrams after a pause) is
+/// not sent the same window again every [`RESEND_AFTER`], which would keep both nodes busy
+/// encoding and decoding it, the leader's heartbeats late, and the follower further behind.
+pub const RESEND_AFTER_MAX: Micros = 1_600_000;
 /// Without an answer for this long, the leader gives the transfer up.
 pub const GIVE_UP_AFTER: Micros = 10_000_000;
 /// Once the follower holds every byte, the first piece goes again this often until it has
@@ -155,11 +161,14 @@ pub struct Sending {
     pub sent_at: Micros,
     /// The follower has answered this transfer.
     answered: bool,
+    /// How long without progress before the pieces go again: [`RESEND_AFTER`], doubled at
+    /// every resend that brought none, up to [`RESEND_AFTER_MAX`].
+    resend_after: Micros,
 }
 
 impl Sending {
     pub fn new(info: SnapshotInfo, now: Micros) -> Sending {
-        Sending { info, acked: 0, next: 0, heard_at: now, sent_at: now, answered: false }
+        Sending { info, acked: 0, next: 0, heard_at: now, sent_at: now, answered: false, resend_after: RESEND_AFTER }
     }
 
     /// The follower holds `received` bytes without a gap, and sending goes on from there (a
@@ -173,10 +182,12 @@ impl Sending {
             self.acked = received;
             self.next = received;
             self.sent_at = now;
+            self.resend_after = RESEND_AFTER;
         } else if progress {
             self.acked = received;
             self.next = self.next.max(received);
             self.sent_at = now;
+            self.resend_after = RESEND_AFTER;
         }
     }
 
@@ -189,10 +200,12 @@ impl Sending {
             self.sent_at = now;
             return vec![(0, self.info.size.min(CHUNK as u64) as usize)];
         }
-        if now.saturating_sub(self.sent_at) >= RESEND_AFTER {
-            // Lost on the way, pieces or answers: again from what the follower holds.
+        if now.saturating_sub(self.sent_at) >= self.resend_after {
+            // Lost on the way, pieces or answers, or a follower slow to take them: again from
+            // what the follower holds, and later each time until it moves on.
             self.next = self.acked;
             self.sent_at = now;
+            self.resend_after = (self.resend_after * 2).min(RESEND_AFTER_MAX);
         }
         let mut due = Vec::new();
         while self.next < self.info.size && self.next < self.acked + WINDOW {
@@ -356,6 +369,25 @@ mod tests {
         // A follower that lost its copy says 0: everything again.
         s.acked(50 + RESEND_AFTER + LOADING_CHECK, 0);
         assert_eq!(s.due(50 + RESEND_AFTER + LOADING_CHECK).first(), Some(&(0, CHUNK)));
+    }
+
+    #[test]
+    fn a_follower_that_takes_nothing_is_sent_the_window_again_less_and_less_often() {
+        let size = 20 * CHUNK as u64;
+        let mut s = Sending::new(info(size), 0);
+        assert_eq!(s.due(0).len(), 8);
+        let mut resends = Vec::new();
+        for now in (0..5_000_000).step_by(10_000) {
+            if !s.due(now).is_empty() {
+                resends.push(now);
+            }
+        }
+        assert_eq!(resends, [100_000, 300_000, 700_000, 1_500_000, 3_100_000, 4_700_000]);
+        // Progress: the next resend is after the first wait again.
+        s.acked(5_000_000, CHUNK as u64);
+        assert_eq!(s.due(5_000_000).len(), 1, "the window moves by the piece taken");
+        assert!(s.due(5_000_000 + RESEND_AFTER - 1).is_empty());
+        assert_eq!(s.due(5_000_000 + RESEND_AFTER).len(), 8);
     }
 
     #[test]
