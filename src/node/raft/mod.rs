@@ -1275,7 +1275,9 @@ impl Raft {
             if probe_answered {
                 pr.probing = false;
             }
-            let more = pr.next <= last && !pr.probing && (pr.eager || pr.next <= pr.catch_up_to);
+            // A follower waiting for a snapshot answered a heartbeat: nothing to send it until
+            // the snapshot is in (answering at once would bounce heartbeats between the two).
+            let more = !pr.needs_snapshot && pr.next <= last && !pr.probing && (pr.eager || pr.next <= pr.catch_up_to);
             self.maybe_commit();
             if more {
                 self.send_append(from, if probe_answered { MAX_BATCHES_PER_SEND } else { 1 });

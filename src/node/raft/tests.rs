@@ -770,6 +770,11 @@ fn a_follower_behind_the_base_is_sent_a_snapshot_then_the_entries_after_it() {
         }],
         "a heartbeat anchored where every log matches"
     );
+    // Its answer asks nothing more of the leader: the next heartbeat goes at its time. (Each
+    // answer was answered at once, and the two exchanged heartbeats as fast as they could for
+    // as long as the snapshot took, while the leader's other followers waited for theirs.)
+    raft.step(now, 3, append_reply(1, true, 0, 0));
+    assert_eq!(sent_to(&handled(&mut raft), 3), Vec::<&Msg>::new());
     // Asked again at every heartbeat until it is done; new entries do not go to it.
     raft.propose(None, json!("new")).unwrap();
     let ready = handled(&mut raft);
