@@ -2,7 +2,7 @@
 //! seeds with Raft's safety properties checked after every step, and scenario tests of what
 //! a user of the cluster observes.
 //!
-//! The random runs take 200 seeds, 2,000 under CI (`CI=true`); `LABCTL_SIM_SEEDS=5000` runs
+//! The random runs take 200 seeds, 1,000 under CI (`CI=true`); `LABCTL_SIM_SEEDS=5000` runs
 //! more, `LABCTL_SIM_SEED=N` replays one, and `LABCTL_SIM_TRACE=1` prints every event of a run.
 
 mod sim;
@@ -19,7 +19,7 @@ use sim::{chaos, register_write_value, upload_value, Cluster, MS, SEC};
 /// (about a minute on two cores)...
 const DEFAULT_SEEDS: u64 = 200;
 /// ...and under CI, where every change is checked: about sixteen minutes there.
-const CI_SEEDS: u64 = 2_000;
+const CI_SEEDS: u64 = 1_000;
 
 fn default_seeds() -> u64 {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
