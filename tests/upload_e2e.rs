@@ -100,7 +100,12 @@ fn a_file_of_2000_products_is_one_entry_and_reaches_every_node() {
     let reply = upload(leader_addr, "/api/upload/file", &body, &[("Idempotency-Key", "upload-2000")]);
     assert_eq!(reply.status, 201, "{}", reply.body);
     assert_eq!(reply.json(), json!({ "imported": 2000, "ids": [1, 2000] }));
-    let after = status(leader_addr);
+    // `/status` is published at the end of the node's turn, which may be just after the
+    // answer left: the commit it shows catches up within moments.
+    let after = poll("the leader's status to show the upload committed", ELECTION, || {
+        let s = status(leader_addr);
+        (s["commit_index"].as_u64()? > before["commit_index"].as_u64()?).then_some(s)
+    });
     assert_eq!(
         after["commit_index"].as_u64().unwrap(),
         before["commit_index"].as_u64().unwrap() + 1,
