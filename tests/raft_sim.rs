@@ -18,7 +18,8 @@ use sim::{chaos, register_write_value, upload_value, Cluster, MS, SEC};
 /// Seeds run by default: enough to cover every fault, small enough for a quick debug build
 /// (about a minute on two cores)...
 const DEFAULT_SEEDS: u64 = 200;
-/// ...and under CI, where every change is checked: about sixteen minutes there.
+/// ...and under CI, where every change is checked: about eight minutes there on a quick day,
+/// nineteen on a slow one.
 const CI_SEEDS: u64 = 1_000;
 
 fn default_seeds() -> u64 {

@@ -29,10 +29,10 @@
 //!
 //! **A node that compacts its log** cannot rebuild the file from it, so the file must survive
 //! a reboot. It is written *checkpointed*: commits still go to the WAL without flushes, but
-//! SQLite never checkpoints on its own (`wal_autocheckpoint = 0`); the applier does, every few
-//! thousand entries, flushing the WAL before it copies pages into the file and the file after
-//! ([`crate::node::store::Store::checkpoint_flushed`]). The file itself is then written only by
-//! flushed checkpoints, and a reboot leaves it as the last one did, with a WAL whose frames
+//! SQLite never checkpoints on its own (`wal_autocheckpoint = 0`); the applier does, once per
+//! compaction interval (`--compact-every` entries), flushing the WAL before it copies pages
+//! into the file and the file after ([`crate::node::store::Store::checkpoint_flushed`]). The
+//! file itself is then written only by flushed checkpoints, and a reboot leaves it as the last one did, with a WAL whose frames
 //! SQLite checks by their checksums and takes up to the first torn one: a state no older than
 //! the last checkpoint, which is as far as the log was compacted.
 
